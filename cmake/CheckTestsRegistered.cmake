@@ -1,0 +1,16 @@
+# Run as a script: every *_test.cc below src/, kernels/ and bench/ must be a registered test source.
+file(GLOB_RECURSE tests RELATIVE ${SOURCE_DIR} ${SOURCE_DIR}/src/*_test.cc ${SOURCE_DIR}/kernels/*_test.cc
+     ${SOURCE_DIR}/bench/*_test.cc ${SOURCE_DIR}/kernels/*_test.cu)
+set(missing "")
+foreach(t ${tests})
+  get_filename_component(n ${t} NAME_WE)
+  list(FIND REGISTERED ${n} idx)
+  if(idx EQUAL -1)
+    list(APPEND missing ${t})
+  endif()
+endforeach()
+list(LENGTH tests count)
+if(missing)
+  message(FATAL_ERROR "test sources not registered with strata_add_test(): ${missing}")
+endif()
+message(STATUS "all ${count} test sources are registered")

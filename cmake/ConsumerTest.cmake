@@ -1,0 +1,23 @@
+# Run as a script: install the built tree into a scratch prefix, then configure, build and run
+# examples/consumer against it with find_package(strata).
+set(prefix ${BUILD_DIR}/consumer-test/prefix)
+set(cbuild ${BUILD_DIR}/consumer-test/build)
+file(REMOVE_RECURSE ${BUILD_DIR}/consumer-test)
+execute_process(COMMAND ${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${prefix} RESULT_VARIABLE rc OUTPUT_QUIET)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "cmake --install failed (${rc})")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR}/examples/consumer -B ${cbuild} -DCMAKE_PREFIX_PATH=${prefix}
+                RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "configuring the consumer against the installed strata failed (${rc})")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} --build ${cbuild} RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "building the consumer failed (${rc})")
+endif()
+execute_process(COMMAND ${cbuild}/consumer RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "the consumer program failed (${rc})")
+endif()
+message(STATUS "consumer built and ran against ${prefix}")

@@ -1,0 +1,15 @@
+# Every public header compiles on its own: one generated translation unit per header,
+# built as part of the default target.
+function(strata_header_check)
+  file(GLOB_RECURSE headers RELATIVE ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR}/include/strata/*.h)
+  set(srcs "")
+  foreach(h ${headers})
+    string(MAKE_C_IDENTIFIER ${h} id)
+    set(f ${CMAKE_BINARY_DIR}/header_check/${id}.cc)
+    file(CONFIGURE OUTPUT ${f} CONTENT "#include \"${h}\"\n#include \"${h}\"\nint strata_header_check_${id}() { return 0; }\n")
+    list(APPEND srcs ${f})
+  endforeach()
+  add_library(strata_header_check OBJECT ${srcs})
+  target_include_directories(strata_header_check PRIVATE ${PROJECT_SOURCE_DIR}/include)
+  strata_set_warnings(strata_header_check)
+endfunction()

@@ -1,0 +1,181 @@
+// strata/profile.h — the offload profile: one TOML or JSON document configures a run.
+//
+// Both formats have the same keys and map to the same Profile. Sizes take units ("64MiB",
+// "1.5GB"; a plain integer is bytes). Validation is strict: an unknown key is an error naming
+// the full key path and the nearest known key; a wrong type, an out-of-range value or an
+// impossible combination is an error with the location (file:line:column for TOML, file and
+// JSON pointer for JSON), what was expected and what was found. A key that is absent takes
+// the default documented below and printed by `strata profile defaults`.
+//
+// Thread-safety: Profile is a plain value. The load/parse functions are reentrant.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "strata/dtype.h"
+#include "strata/status.h"
+
+namespace strata {
+
+// Where a group of tensors lives when it is not in use on the device.
+enum class OffloadTarget : std::uint8_t { kNone = 0, kCpu, kNvme };
+std::string_view offload_target_name(OffloadTarget t);
+
+enum class PipelineSchedule : std::uint8_t { kGPipe = 0, k1F1B, kInterleaved };
+std::string_view pipeline_schedule_name(PipelineSchedule s);
+
+struct MemoryConfig {
+  std::uint64_t device_budget = 2ULL << 30;       // bytes of accelerator memory strata may use
+  std::uint64_t host_budget = 8ULL << 30;         // bytes of pinned host memory strata may use
+  std::uint64_t host_device_bandwidth = 0;        // bytes/s throttle for the host-emulated device; 0 = none
+  bool operator==(const MemoryConfig&) const = default;
+};
+
+struct OptimizerOffloadConfig {
+  OffloadTarget device = OffloadTarget::kNone;    // where fp32 master weights and moments live
+  std::vector<std::string> nvme_path;             // swap directories; several stripe across drives
+  bool pin_memory = true;                         // page-lock host buffers
+  int buffer_count = 4;                           // pinned staging buffers for the NVMe pipeline
+  bool pipeline_read = true;                      // read chunk i+1 while chunk i is updated
+  bool pipeline_write = true;                     // write chunk i-1 while chunk i is updated
+  bool operator==(const OptimizerOffloadConfig&) const = default;
+};
+
+struct ParamOffloadConfig {
+  OffloadTarget device = OffloadTarget::kNone;    // where parameters live between uses
+  std::vector<std::string> nvme_path;
+  std::uint64_t max_in_cpu = 1ULL << 30;          // bytes of parameters kept in host RAM with nvme
+  int buffer_count = 5;                           // pinned staging buffers for parameters
+  std::uint64_t buffer_size = 64ULL << 20;        // bytes per staging buffer
+  bool operator==(const ParamOffloadConfig&) const = default;
+};
+
+struct NvmeConfig {
+  std::string engine = "io_uring";                // io_uring | libaio | posix
+  std::uint64_t block_size = 1ULL << 20;          // bytes per I/O request
+  int queue_depth = 16;                           // requests in flight per thread
+  int threads = 1;                                // I/O threads (rings), for striping
+  bool direct = true;                             // O_DIRECT
+  bool registered_buffers = true;                 // io_uring fixed buffers
+  bool sqpoll = false;                            // io_uring kernel submission polling
+  bool checksums = false;                         // crc32c per block, verified on read
+  bool operator==(const NvmeConfig&) const = default;
+};
+
+struct ZeroConfig {
+  int stage = 0;                                  // 0 (plain data parallel) .. 3
+  std::uint64_t reduce_bucket_size = 25ULL << 20;     // bytes of gradients per reduce
+  std::uint64_t allgather_bucket_size = 25ULL << 20;  // bytes of parameters per all-gather
+  std::uint64_t prefetch_bucket_size = 50ULL << 20;   // bytes fetched ahead of use
+  std::uint64_t max_live_parameters = 1000000000;     // parameters resident at once (elements)
+  std::uint64_t param_persistence_threshold = 100000; // parameters smaller than this stay resident (elements)
+  bool overlap_comm = true;
+  bool operator==(const ZeroConfig&) const = default;
+};
+
+struct ParallelConfig {
+  int dp = 1;
+  int tp = 1;
+  int pp = 1;
+  PipelineSchedule schedule = PipelineSchedule::k1F1B;
+  int micro_batches = 1;                          // micro-batches per pipeline step
+  int virtual_stages = 1;                         // model chunks per stage (interleaved schedule)
+  bool operator==(const ParallelConfig&) const = default;
+};
+
+struct PrecisionConfig {
+  DType dtype = DType::kF32;                      // parameter and activation type
+  bool dynamic_loss_scale = true;                 // loss_scale = "dynamic"
+  double loss_scale = 0;                          // static scale when not dynamic
+  int initial_scale_power = 16;                   // dynamic scaling starts at 2^this
+  int scale_window = 1000;                        // clean steps before the scale doubles
+  int hysteresis = 2;                             // overflows tolerated before the scale halves
+  double min_loss_scale = 1;
+  bool operator==(const PrecisionConfig&) const = default;
+};
+
+struct OptimizerConfig {
+  std::string type = "adamw";                     // adam | adamw
+  double lr = 3e-4;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  bool bias_correction = true;
+  double grad_clip = 1.0;                         // global-norm clip; 0 = off
+  bool operator==(const OptimizerConfig&) const = default;
+};
+
+struct ActivationConfig {
+  bool checkpointing = false;                     // recompute each block in backward
+  bool offload = false;                           // keep checkpointed activations in host memory
+  bool operator==(const ActivationConfig&) const = default;
+};
+
+// Model dimensions. A preset fills them; explicit keys override the preset.
+struct ModelDims {
+  int n_layer = 0;
+  int n_head = 0;
+  int n_embd = 0;
+  int vocab = 0;
+  int seq_len = 0;
+  bool operator==(const ModelDims&) const = default;
+  // Parameters of a GPT-2 with these dimensions (tied head).
+  std::uint64_t parameter_count() const;
+};
+
+// Known presets: tiny, small, default, gpt2, gpt2-medium, gpt2-large, gpt2-xl, 2b, 7b.
+// Returns false for an unknown name.
+bool model_preset(std::string_view name, ModelDims* out);
+std::vector<std::string> model_preset_names();
+
+struct TrainConfig {
+  std::string model = "default";                  // preset name
+  ModelDims dims;                                 // resolved: preset overridden by explicit keys
+  int micro_batch = 8;                            // sequences per micro-batch
+  int grad_accum = 1;                             // micro-batches per optimizer step
+  int steps = 300;
+  std::uint64_t seed = 1234;
+  std::string data;                               // token source; empty = the built-in default text
+  std::string checkpoint_dir;                     // empty = no checkpoints
+  int checkpoint_every = 0;                       // steps between checkpoints; 0 = only at the end
+  bool operator==(const TrainConfig&) const = default;
+};
+
+struct Profile {
+  MemoryConfig memory;
+  OptimizerOffloadConfig offload_optimizer;
+  ParamOffloadConfig offload_param;
+  NvmeConfig nvme;
+  ZeroConfig zero;
+  ParallelConfig parallel;
+  PrecisionConfig precision;
+  OptimizerConfig optimizer;
+  ActivationConfig activation;
+  TrainConfig train;
+  bool operator==(const Profile&) const = default;
+
+  // Reads a file; the format follows the extension (.toml, .json).
+  static Result<Profile> load(const std::string& path);
+  // `origin` names the document in error messages (usually its path).
+  static Result<Profile> from_toml_string(std::string_view text, std::string_view origin);
+  static Result<Profile> from_json_string(std::string_view text, std::string_view origin);
+
+  // Normalised forms: every key, with units where they are exact.
+  std::string to_toml() const;
+  std::string to_json() const;
+
+  // The default profile as a commented TOML document that itself passes validation.
+  static std::string defaults_toml();
+
+  // Cross-field checks (run by the loaders; call again after editing a Profile in code).
+  Status validate() const;
+};
+
+// Library version, e.g. "0.1.0".
+std::string_view version();
+
+}  // namespace strata

@@ -1,0 +1,10 @@
+// strata/strata.h — everything a user of strata includes.
+//
+// Thread-safety: see each header.
+#pragma once
+
+#include "strata/dtype.h"
+#include "strata/log.h"
+#include "strata/profile.h"
+#include "strata/status.h"
+#include "strata/units.h"
