@@ -282,18 +282,20 @@ struct GemmArgs {
   std::int64_t batch = 1;
 };
 
-// Hyper-parameters of one Adam/AdamW step; the math is PyTorch's torch.optim.Adam/AdamW
-// (see kernels/adam_math.h, shared with the CPU optimizer).
+// Hyper-parameters of one Adam/AdamW step; the math is PyTorch's torch.optim.Adam/AdamW,
+// per element exactly as kernels/adam_math.h writes it (shared with the CPU optimizer, so the
+// device and CPU steps agree bit for bit). Per-step constants are derived in double, as
+// PyTorch does from Python floats.
 struct AdamHyper {
-  float lr = 1e-3f;
-  float beta1 = 0.9f;
-  float beta2 = 0.999f;
-  float eps = 1e-8f;
-  float weight_decay = 0.0f;
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
   bool adamw = true;            // decoupled weight decay (AdamW); false = L2 added to the gradient
   bool bias_correction = true;
   std::int64_t step = 1;        // 1-based number of this step
-  float grad_scale = 1.0f;      // gradients are multiplied by this (1/loss_scale x clip coefficient)
+  double grad_scale = 1.0;      // gradients are multiplied by this (1/loss_scale x clip coefficient)
 };
 
 // The tensors of one Adam step, all `n` elements long.
@@ -343,6 +345,8 @@ struct DeviceStats {
   std::uint64_t bytes_to_host = 0;
   std::uint64_t bytes_on_device = 0;
   std::uint64_t gemm_flops = 0;        // 2*M*N*K*batch summed over enqueued GEMMs
+  std::uint64_t emulated_gemms = 0;    // GEMMs run on fp32 copies because the backend has no
+                                       // kernel for their dtype (host device, fp16 on most CPUs)
 };
 
 class Device {
