@@ -78,6 +78,20 @@ STRATA_ADAM_INLINE void stream_element(const KernelArgs& a, std::size_t i) {
 
 // ---- vectors ----
 
+// The arrays of a range as local values: stores through them cannot alias these copies,
+// so the compiler keeps them in registers instead of reloading KernelArgs after each store.
+struct Arrays {
+  float* p;
+  const void* g;
+  float* m;
+  float* v;
+  std::uint16_t* copy;
+};
+
+STRATA_ADAM_INLINE Arrays arrays_of(const KernelArgs& a) {
+  return Arrays{a.p, a.g, a.m, a.v, static_cast<std::uint16_t*>(a.copy)};
+}
+
 template <class V>
 struct VecConstants {
   typename V::F scale, l2, decay, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size, inv_sqrt_bc2;
@@ -107,40 +121,40 @@ STRATA_ADAM_INLINE typename V::F load_grad_vec(const void* g, std::size_t i) {
 
 // One vector of elements; the same operations, in the same order, as adam::update().
 template <class V, DType G, CopyKind C, bool L2>
-STRATA_ADAM_INLINE void adam_vec(const KernelArgs& a, const VecConstants<V>& c, std::size_t i) {
+STRATA_ADAM_INLINE void adam_vec(Arrays x, const VecConstants<V>& c, std::size_t i) {
   using F = typename V::F;
-  F g = V::mul(load_grad_vec<V, G>(a.g, i), c.scale);
-  const F p = V::load(a.p + i);
+  F g = V::mul(load_grad_vec<V, G>(x.g, i), c.scale);
+  const F p = V::load(x.p + i);
   if constexpr (L2) g = V::fma(c.l2, p, g);
   const F pd = V::mul(p, c.decay);
-  const F m = V::fma(c.one_minus_beta1, g, V::mul(c.beta1, V::load(a.m + i)));
-  const F v = V::fma(V::mul(c.one_minus_beta2, g), g, V::mul(c.beta2, V::load(a.v + i)));
+  const F m = V::fma(c.one_minus_beta1, g, V::mul(c.beta1, V::load(x.m + i)));
+  const F v = V::fma(V::mul(c.one_minus_beta2, g), g, V::mul(c.beta2, V::load(x.v + i)));
   const F d = V::fma(V::sqrt(v), c.inv_sqrt_bc2, c.eps);
   const F p1 = V::fnma(c.step_size, V::div(m, d), pd);  // pd - step_size * (m / d), one rounding
-  V::store(a.p + i, p1);
-  V::store(a.m + i, m);
-  V::store(a.v + i, v);
+  V::store(x.p + i, p1);
+  V::store(x.m + i, m);
+  V::store(x.v + i, v);
   if constexpr (C == CopyKind::kBF16) {
-    V::stream_bf16(static_cast<std::uint16_t*>(a.copy) + i, p1);
+    V::stream_bf16(x.copy + i, p1);
   } else if constexpr (C == CopyKind::kF16) {
-    V::stream_f16(static_cast<std::uint16_t*>(a.copy) + i, p1);
+    V::stream_f16(x.copy + i, p1);
   }
 }
 
 template <class V, DType G, CopyKind C>
-STRATA_ADAM_INLINE void stream_vec(const KernelArgs& a, typename V::F zero, std::size_t i) {
+STRATA_ADAM_INLINE void stream_vec(Arrays x, typename V::F zero, std::size_t i) {
   using F = typename V::F;
   F g;
   if constexpr (G == DType::kF32) {
-    g = V::load(static_cast<const float*>(a.g) + i);
+    g = V::load(static_cast<const float*>(x.g) + i);
   } else {
-    g = V::load_bf16(static_cast<const std::uint16_t*>(a.g) + i);
+    g = V::load_bf16(static_cast<const std::uint16_t*>(x.g) + i);
   }
-  const F p = V::fma(g, zero, V::load(a.p + i));
-  V::store(a.p + i, p);
-  V::store(a.m + i, V::fma(g, zero, V::load(a.m + i)));
-  V::store(a.v + i, V::fma(g, zero, V::load(a.v + i)));
-  if constexpr (C != CopyKind::kNone) V::stream_trunc16(static_cast<std::uint16_t*>(a.copy) + i, p);
+  const F p = V::fma(g, zero, V::load(x.p + i));
+  V::store(x.p + i, p);
+  V::store(x.m + i, V::fma(g, zero, V::load(x.m + i)));
+  V::store(x.v + i, V::fma(g, zero, V::load(x.v + i)));
+  if constexpr (C != CopyKind::kNone) V::stream_trunc16(x.copy + i, p);
 }
 
 // Elements to process one by one before the copy pointer is aligned for V's streaming store.
@@ -165,13 +179,14 @@ void adam_range(const KernelArgs& a, std::size_t begin, std::size_t end) {
     constexpr std::size_t L = V::kLanes;
     for (std::size_t stop = i + copy_peel<V, C>(a, begin, end); i < stop; ++i) adam_element<G, C>(a, i);
     const VecConstants<V> c(a.k);
+    const Arrays x = arrays_of(a);
     for (; i + 4 * L <= end; i += 4 * L) {
-      adam_vec<V, G, C, L2>(a, c, i);
-      adam_vec<V, G, C, L2>(a, c, i + L);
-      adam_vec<V, G, C, L2>(a, c, i + 2 * L);
-      adam_vec<V, G, C, L2>(a, c, i + 3 * L);
+      adam_vec<V, G, C, L2>(x, c, i);
+      adam_vec<V, G, C, L2>(x, c, i + L);
+      adam_vec<V, G, C, L2>(x, c, i + 2 * L);
+      adam_vec<V, G, C, L2>(x, c, i + 3 * L);
     }
-    for (; i + L <= end; i += L) adam_vec<V, G, C, L2>(a, c, i);
+    for (; i + L <= end; i += L) adam_vec<V, G, C, L2>(x, c, i);
   }
   for (; i < end; ++i) adam_element<G, C>(a, i);
   if constexpr (V::kLanes > 0 && C != CopyKind::kNone) V::store_fence();
@@ -184,13 +199,14 @@ void stream_range(const KernelArgs& a, std::size_t begin, std::size_t end) {
     constexpr std::size_t L = V::kLanes;
     for (std::size_t stop = i + copy_peel<V, C>(a, begin, end); i < stop; ++i) stream_element<G, C>(a, i);
     const typename V::F zero = V::set1(0.0f);
+    const Arrays x = arrays_of(a);
     for (; i + 4 * L <= end; i += 4 * L) {
-      stream_vec<V, G, C>(a, zero, i);
-      stream_vec<V, G, C>(a, zero, i + L);
-      stream_vec<V, G, C>(a, zero, i + 2 * L);
-      stream_vec<V, G, C>(a, zero, i + 3 * L);
+      stream_vec<V, G, C>(x, zero, i);
+      stream_vec<V, G, C>(x, zero, i + L);
+      stream_vec<V, G, C>(x, zero, i + 2 * L);
+      stream_vec<V, G, C>(x, zero, i + 3 * L);
     }
-    for (; i + L <= end; i += L) stream_vec<V, G, C>(a, zero, i);
+    for (; i + L <= end; i += L) stream_vec<V, G, C>(x, zero, i);
   }
   for (; i < end; ++i) stream_element<G, C>(a, i);
   if constexpr (V::kLanes > 0 && C != CopyKind::kNone) V::store_fence();
