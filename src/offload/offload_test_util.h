@@ -1,0 +1,202 @@
+// src/offload/offload_test_util.h — helpers for the tier manager tests only: a host device, an
+// NVMe tier (I/O engine, optionally wrapped in a FaultyEngine, and a SwapStore in a scratch
+// directory) and a TierManager on top; deterministic block contents; a watchdog that turns a
+// hang into a failure.
+//
+// Thread-safety: fill_pattern/check_pattern are reentrant; the rest is per test.
+#pragma once
+
+#include <stdlib.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "nvme/faulty_engine.h"
+#include "nvme/io_engine.h"
+#include "nvme/swap_store.h"
+#include "offload/tier_manager.h"
+#include "strata/device.h"
+
+namespace strata::offload::testing {
+
+inline std::string scratch_root() {
+  const char* env = std::getenv("STRATA_TEST_TMPDIR");
+  return env != nullptr && *env != '\0' ? std::string(env) : std::string("/tmp");
+}
+
+// A fresh directory, removed with its contents at the end.
+class ScratchDir {
+ public:
+  ScratchDir() {
+    std::filesystem::create_directories(scratch_root());
+    std::string tmpl = scratch_root() + "/strata-tiers-XXXXXX";
+    if (::mkdtemp(tmpl.data()) == nullptr) {
+      ADD_FAILURE() << "mkdtemp in " << scratch_root() << " failed";
+      return;
+    }
+    path_ = tmpl;
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Bytes of block `block` at content `version`: a splitmix64 stream, so a wrong offset, a
+// stale version or another block's bytes all show.
+inline std::uint64_t pattern_word(std::uint64_t block, std::uint64_t version, std::uint64_t i) {
+  std::uint64_t z = (block * 0x9E3779B97F4A7C15ULL) ^ (version * 0xBF58476D1CE4E5B9ULL) ^ (i * 0x94D049BB133111EBULL);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+inline void fill_pattern(std::span<std::byte> out, std::uint64_t block, std::uint64_t version) {
+  for (std::size_t i = 0; i < out.size(); i += 8) {
+    std::uint64_t w = pattern_word(block, version, i / 8);
+    std::memcpy(out.data() + i, &w, std::min<std::size_t>(8, out.size() - i));
+  }
+}
+
+// True when `in` holds pattern (block, version); version 0 means zeros (never written).
+inline bool check_pattern(std::span<const std::byte> in, std::uint64_t block, std::uint64_t version) {
+  for (std::size_t i = 0; i < in.size(); i += 8) {
+    std::uint64_t w = version == 0 ? 0 : pattern_word(block, version, i / 8);
+    if (std::memcmp(in.data() + i, &w, std::min<std::size_t>(8, in.size() - i)) != 0) return false;
+  }
+  return true;
+}
+
+// Aborts the test program with a message when not disarmed in time (a hang is a failure,
+// not a timeout of the whole suite).
+class Watchdog {
+ public:
+  Watchdog(std::chrono::seconds limit, std::string what) : what_(std::move(what)) {
+    thread_ = std::thread([this, limit] {
+      std::unique_lock lk(mu_);
+      if (!cv_.wait_for(lk, limit, [&] { return done_; })) {
+        std::fprintf(stderr, "watchdog: '%s' did not finish within %lld s (deadlock?)\n", what_.c_str(),
+                     static_cast<long long>(limit.count()));
+        std::abort();
+      }
+    });
+  }
+  ~Watchdog() {
+    {
+      std::lock_guard lk(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+
+ private:
+  std::string what_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+struct RigOptions {
+  std::uint64_t device_capacity = 64ULL << 20;
+  std::uint64_t copy_bandwidth = 0;
+  std::uint64_t swap_capacity = 64ULL << 20;
+  bool nvme = true;
+  bool faulty = false;     // wrap the engine in a FaultyEngine
+  bool checksums = false;
+  std::string engine = "posix";
+  TierOptions tiers;
+};
+
+// Device + NVMe tier + tier manager, torn down in the right order.
+struct Rig {
+  std::unique_ptr<ScratchDir> dir;
+  std::unique_ptr<Device> device;
+  std::unique_ptr<nvme::IoEngine> engine;
+  nvme::FaultyEngine* faulty = nullptr;  // owned by `engine` when present
+  std::unique_ptr<nvme::SwapStore> swap;
+  std::unique_ptr<TierManager> tiers;
+
+  ~Rig() {
+    tiers.reset();
+    if (swap) swap->close().ignore();
+    swap.reset();
+    engine.reset();
+  }
+
+  static std::unique_ptr<Rig> make(const RigOptions& o) {
+    auto rig = std::make_unique<Rig>();
+    DeviceOptions d;
+    d.capacity = o.device_capacity;
+    d.copy_bandwidth = o.copy_bandwidth;
+    d.compute_threads = 1;
+    auto dev = create_device("host", d);
+    EXPECT_TRUE(dev.ok()) << dev.status();
+    if (!dev.ok()) return nullptr;
+    rig->device = std::move(dev).value();
+    if (o.nvme) {
+      rig->dir = std::make_unique<ScratchDir>();
+      NvmeConfig c;
+      c.engine = o.engine;
+      c.direct = false;  // the scratch directory may be on tmpfs
+      c.block_size = 64 * 1024;
+      c.queue_depth = 8;
+      c.checksums = o.checksums;
+      c.registered_buffers = o.engine == "io_uring";
+      auto eng = nvme::make_io_engine(c);
+      EXPECT_TRUE(eng.ok()) << eng.status();
+      if (!eng.ok()) return nullptr;
+      rig->engine = std::move(eng).value();
+      if (o.faulty) {
+        auto f = std::make_unique<nvme::FaultyEngine>(std::move(rig->engine));
+        rig->faulty = f.get();
+        rig->engine = std::move(f);
+      }
+      auto store = nvme::SwapStore::create({{rig->dir->path()}, o.swap_capacity}, *rig->engine);
+      EXPECT_TRUE(store.ok()) << store.status();
+      if (!store.ok()) return nullptr;
+      rig->swap = std::move(store).value();
+    }
+    auto tm = TierManager::create(*rig->device, rig->swap.get(), o.tiers);
+    EXPECT_TRUE(tm.ok()) << tm.status();
+    if (!tm.ok()) return nullptr;
+    rig->tiers = std::move(tm).value();
+    return rig;
+  }
+};
+
+// Reads a pinned copy's bytes on the host (the host device's memory is host-addressable).
+inline std::span<const std::byte> pinned_bytes(const Pin& pin) {
+  if (pin.tier() == Tier::kHost) return pin.host_bytes();
+  DeviceRange r = pin.device_range();
+  return {static_cast<const std::byte*>(r.address()), r.bytes()};
+}
+
+inline std::span<std::byte> pinned_bytes_mut(const Pin& pin) {
+  if (pin.tier() == Tier::kHost) return pin.host_bytes();
+  DeviceRange r = pin.device_range();
+  return {static_cast<std::byte*>(r.address()), r.bytes()};
+}
+
+}  // namespace strata::offload::testing
