@@ -1,0 +1,225 @@
+// strata/model.h — models as trees of Modules with named Parameters, and the GPT-2 model.
+//
+// A Module owns its Parameters (name, shape, how to initialise them) and its child Modules;
+// it has explicit forward and backward functions (each layer its own pair, with shape
+// comments on the tensor arguments, as in llm.c). A Module does not own device memory for its
+// parameters: whoever runs the model (the Trainer, later the ZeRO engine) *binds* a value view
+// (the compute dtype) and a gradient view to each Parameter, and may unbind and rebind them
+// between layers. ModuleHooks let that runner act around every module's forward and backward
+// (gather parameters before, release after, start reducing gradients after backward) without
+// the layers knowing about it.
+//
+// Parameter names are the Hugging Face GPT-2 names ("wte.weight", "h.3.attn.c_attn.weight",
+// "ln_f.bias"); linear weights are stored as HF's Conv1D does, (in, out) row-major, so
+// y = x @ W + b and the weights import and export as they are.
+//
+// Initial values come from a counter-based generator keyed by (seed, parameter name, element
+// index), so every element, and so every shard of a parameter, can be initialised alone:
+//   key    = splitmix64(seed ^ fnv1a64(name))               (64-bit FNV-1a over the name bytes)
+//   bits   = philox4x32-10(counter = {index lo, index hi, 0, 0}, key = {key lo, key hi})
+//   u1     = (bits[0] + 1) / 2^32  in (0, 1],   u2 = bits[1] / 2^32  in [0, 1)
+//   normal = sqrt(-2 ln u1) * cos(2 pi u2)                  (in double, rounded to float once)
+//   value  = normal * std   for kNormal; 1 for kOnes; 0 for kZeros.
+// GPT-2 uses std 0.02, and 0.02 / sqrt(2 n_layer) for the residual output projections
+// (attn.c_proj.weight and mlp.c_proj.weight); LayerNorm weights are 1, all biases 0.
+//
+// Thread-safety: a Module tree is used by one thread at a time; the work it enqueues follows
+// the stream rules of strata/device.h. The init functions are pure and reentrant.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "strata/device.h"
+#include "strata/dtype.h"
+#include "strata/profile.h"
+#include "strata/status.h"
+
+namespace strata {
+
+class Module;
+
+// ---------------------------------------------------------------------------------------------
+// Parameters
+
+enum class ParamInit : std::uint8_t { kNormal = 0, kOnes, kZeros };
+
+class Parameter {
+ public:
+  Parameter(std::string name, std::vector<std::int64_t> shape, ParamInit init, float init_std);
+  Parameter(const Parameter&) = delete;
+  Parameter& operator=(const Parameter&) = delete;
+
+  // The full name, e.g. "h.0.attn.c_attn.weight".
+  const std::string& name() const { return name_; }
+  const std::vector<std::int64_t>& shape() const { return shape_; }
+  std::size_t numel() const { return numel_; }
+  ParamInit init() const { return init_; }
+  float init_std() const { return init_std_; }
+  // "(256, 768)"
+  std::string shape_string() const;
+
+  // Device storage: the value in the model's compute dtype and the gradient in its gradient
+  // dtype, both numel() elements. Empty until bound.
+  const DeviceView& value() const { return value_; }
+  const DeviceView& grad() const { return grad_; }
+  bool bound() const { return !value_.empty(); }
+  // Fails (binding nothing) when a view does not hold numel() elements.
+  Status bind(DeviceView value, DeviceView grad);
+  void unbind();
+
+ private:
+  std::string name_;
+  std::vector<std::int64_t> shape_;
+  std::size_t numel_;
+  ParamInit init_;
+  float init_std_;
+  DeviceView value_;
+  DeviceView grad_;
+};
+
+// Standard normal number `index` of the stream keyed by (seed, name), as described above.
+float init_normal(std::uint64_t seed, std::string_view name, std::uint64_t index);
+
+// out[i] = the initial value of element first + i of `p` under `seed`.
+// REQUIRES: first + out.size() <= p.numel().
+void init_parameter_values(const Parameter& p, std::uint64_t seed, std::uint64_t first, std::span<float> out);
+
+// ---------------------------------------------------------------------------------------------
+// Modules and hooks
+
+// Called around every module's forward and backward, in execution order (a parent's
+// before_forward comes before its children's). `recompute` is true when activation
+// checkpointing reruns a forward during backward. A hook that fails stops the pass, and the
+// pass returns its Status.
+class ModuleHooks {
+ public:
+  virtual ~ModuleHooks() = default;
+  virtual Status before_forward(Module& module, bool recompute);
+  virtual Status after_forward(Module& module, bool recompute);
+  virtual Status before_backward(Module& module);
+  virtual Status after_backward(Module& module);
+};
+
+class Module {
+ public:
+  virtual ~Module();
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  // A path for people and logs: "h.3.attn", "ln_f", "embeddings", "lm_head"; "" for a root.
+  const std::string& name() const { return name_; }
+  // The parameters this module created, in creation order.
+  const std::vector<Parameter*>& own_parameters() const { return own_; }
+  // Parameters created elsewhere that this module's forward and backward also use (the tied
+  // output head uses wte); a hook must make them available too.
+  const std::vector<Parameter*>& tied_parameters() const { return tied_; }
+  const std::vector<Module*>& children() const { return children_; }
+  // Every parameter of this subtree once, in creation order (own, then children's).
+  std::vector<Parameter*> parameters() const;
+  // The parameter of this subtree called `name`, or nullptr.
+  Parameter* find_parameter(std::string_view name) const;
+
+  // Installs `hooks` on this module and its whole subtree (nullptr removes them). The hooks
+  // object must outlive its installation.
+  void set_hooks(ModuleHooks* hooks);
+  ModuleHooks* hooks() const { return hooks_; }
+
+ protected:
+  explicit Module(std::string name);
+
+  Parameter& add_parameter(std::string full_name, std::vector<std::int64_t> shape, ParamInit init,
+                           float init_std = 0.0f);
+  void tie_parameter(Parameter& p) { tied_.push_back(&p); }
+  // `child` is owned by the derived class and must live as long as this module.
+  void add_child(Module& child);
+
+  // For forward/backward implementations: run the installed hooks (OK when none).
+  Status hook_before_forward(bool recompute) { return hooks_ ? hooks_->before_forward(*this, recompute) : Status::OK(); }
+  Status hook_after_forward(bool recompute) { return hooks_ ? hooks_->after_forward(*this, recompute) : Status::OK(); }
+  Status hook_before_backward() { return hooks_ ? hooks_->before_backward(*this) : Status::OK(); }
+  Status hook_after_backward() { return hooks_ ? hooks_->after_backward(*this) : Status::OK(); }
+
+ private:
+  std::string name_;
+  std::vector<std::unique_ptr<Parameter>> storage_;
+  std::vector<Parameter*> own_;
+  std::vector<Parameter*> tied_;
+  std::vector<Module*> children_;
+  ModuleHooks* hooks_ = nullptr;
+};
+
+// ---------------------------------------------------------------------------------------------
+// GPT-2
+
+struct GptConfig {
+  ModelDims dims;                      // n_layer, n_head, n_embd, vocab, seq_len
+  DType dtype = DType::kF32;           // parameters and activations on the device
+  DType grad_dtype = DType::kF32;      // parameter gradients: fp32 or `dtype`
+  bool checkpointing = false;          // keep only block inputs; recompute blocks in backward
+
+  // From a profile: train.dims, precision.dtype, activation.checkpointing; fp32 gradients.
+  static GptConfig from_profile(const Profile& profile);
+  // Checks the dimensions (positive, n_embd divisible by n_head, sizes that fit) and dtypes.
+  Status validate() const;
+};
+
+// Floating-point operations of one training step (forward + backward) of `tokens` tokens,
+// counted as the model needs them: 6 per parameter of every matmul (blocks and the tied head)
+// per token, plus 12 * n_layer * seq_len * n_embd per token for attention (PaLM's formula).
+// Recomputation and the masked half of causal attention are not counted.
+double gpt_training_flops(const ModelDims& dims, std::uint64_t tokens);
+
+// GPT-2 as published: token and learned position embeddings, n_layer pre-LayerNorm blocks
+// (causal multi-head self-attention, MLP with tanh-GELU, residuals), a final LayerNorm and an
+// output head tied to the token embedding, cross-entropy loss; no dropout.
+//
+// Use: create(); bind every parameter; prepare(device, B); then per micro-batch forward() and
+// backward() on one stream. Gradients accumulate (+=) into the bound gradient views; whoever
+// runs the model zeroes them between optimizer steps.
+class Gpt final : public Module {
+ public:
+  static Result<std::unique_ptr<Gpt>> create(const GptConfig& config);
+  ~Gpt() override;
+
+  const GptConfig& config() const { return config_; }
+
+  // Device bytes prepare() allocates for activations at micro-batch B (depends on
+  // checkpointing; one allocation).
+  static std::uint64_t activation_bytes(const GptConfig& config, int micro_batch);
+
+  // Allocates activation memory on `device` for micro-batches of B sequences and picks the nn
+  // kernels for the device. Calling it again replaces the previous allocation.
+  Status prepare(Device& device, int micro_batch);
+  int micro_batch() const;
+  bool prepared() const;
+
+  // Enqueues the forward pass on `stream`:  loss_sum: (1) fp32 += loss_weight * mean over
+  // (B, T) of the cross-entropy of predicting targets from tokens.
+  // tokens, targets: (B, T) int32 in device memory, ids < vocab. They and the parameters must
+  // stay unchanged until backward() has been enqueued and has run.
+  // REQUIRES: prepared, every parameter bound.
+  Status forward(DeviceRange tokens, DeviceRange targets, DeviceView loss_sum, float loss_weight, Stream& stream);
+
+  // Enqueues the backward pass of the latest forward(): every parameter gradient +=
+  // d(dloss * mean cross-entropy)/d(parameter). dloss is the loss scale divided by the number
+  // of micro-batches accumulated (1 for a plain fp32 step).
+  Status backward(float dloss, Stream& stream);
+
+  // The latest forward's per-token losses (B, T) fp32 and logits (B, T, V) in the compute
+  // dtype. backward() overwrites the logits with their gradient.
+  DeviceView losses() const;
+  DeviceView logits() const;
+
+ private:
+  struct Impl;
+  explicit Gpt(const GptConfig& config);
+  GptConfig config_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace strata

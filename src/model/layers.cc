@@ -1,0 +1,315 @@
+// The GPT-2 layers of layers.h: forward and backward of each, on the device stream.
+#include "model/layers.h"
+
+#include <cmath>
+
+namespace strata::model {
+
+constexpr float kInitStd = 0.02f;
+
+Result<DeviceView> sub(const DeviceView& v, std::int64_t first, std::int64_t count) {
+  auto r = v.slice(static_cast<std::size_t>(first), static_cast<std::size_t>(count));
+  if (!r.ok()) return internal_error("model layout: " + r.status().message());
+  return r;
+}
+
+Status matmul(const Ctx& ctx, DeviceView c, DeviceView a, DeviceView b, std::int64_t M, std::int64_t N,
+              std::int64_t K, bool trans_a, bool trans_b, float alpha, float beta) {
+  GemmArgs g;
+  g.a = MatrixView{a, trans_a ? K : M, trans_a ? M : K, 0, 0};
+  g.b = MatrixView{b, trans_b ? N : K, trans_b ? K : N, 0, 0};
+  g.c = MatrixView{c, M, N, 0, 0};
+  g.trans_a = trans_a;
+  g.trans_b = trans_b;
+  g.alpha = alpha;
+  g.beta = beta;
+  return ctx.device.gemm(g, ctx.stream);
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm
+
+LayerNorm::LayerNorm(const std::string& prefix, std::int64_t C)
+    : Module(prefix),
+      weight(add_parameter(prefix + ".weight", {C}, ParamInit::kOnes)),
+      bias(add_parameter(prefix + ".bias", {C}, ParamInit::kZeros)),
+      C_(C) {}
+
+Status LayerNorm::forward(const Ctx& ctx, DeviceView out, DeviceView mean, DeviceView rstd, DeviceView x,
+                          std::int64_t N, bool recompute) {
+  STRATA_RETURN_IF_ERROR(hook_before_forward(recompute));
+  STRATA_RETURN_IF_ERROR(ctx.nn.layernorm_forward(out, mean, rstd, x, weight.value(), bias.value(), N, C_, ctx.stream));
+  return hook_after_forward(recompute);
+}
+
+Status LayerNorm::backward(const Ctx& ctx, DeviceView dx, DeviceView dout, DeviceView x, DeviceView mean,
+                           DeviceView rstd, std::int64_t N) {
+  STRATA_RETURN_IF_ERROR(hook_before_backward());
+  STRATA_RETURN_IF_ERROR(ctx.nn.layernorm_backward(dx, weight.grad(), bias.grad(), dout, x, weight.value(), mean, rstd,
+                                                   N, C_, ctx.stream));
+  return hook_after_backward();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear
+
+Linear::Linear(const std::string& prefix, std::int64_t in, std::int64_t out, float init_std)
+    : Module(prefix),
+      weight(add_parameter(prefix + ".weight", {in, out}, ParamInit::kNormal, init_std)),
+      bias(add_parameter(prefix + ".bias", {out}, ParamInit::kZeros)),
+      in_(in),
+      out_(out) {}
+
+Status Linear::forward(const Ctx& ctx, DeviceView y, DeviceView x, std::int64_t N, bool recompute,
+                       DeviceView residual) {
+  STRATA_RETURN_IF_ERROR(hook_before_forward(recompute));
+  // y = b, then y += x @ W in one GEMM (beta = 1): one rounding of the sum in the compute dtype.
+  STRATA_RETURN_IF_ERROR(ctx.nn.bias_broadcast(y, bias.value(), N, out_, ctx.stream));
+  STRATA_RETURN_IF_ERROR(matmul(ctx, y, x, weight.value(), N, out_, in_, false, false, 1.0f, 1.0f));
+  if (!residual.empty()) STRATA_RETURN_IF_ERROR(ctx.nn.add(y, y, residual, ctx.stream));
+  return hook_after_forward(recompute);
+}
+
+Status Linear::backward(const Ctx& ctx, DeviceView dx, DeviceView dy, DeviceView x, std::int64_t N) {
+  STRATA_RETURN_IF_ERROR(hook_before_backward());
+  // dW: (in, out) += x^T @ dy
+  STRATA_RETURN_IF_ERROR(matmul(ctx, weight.grad(), x, dy, in_, out_, N, true, false, 1.0f, 1.0f));
+  // db: (out) += sum_n dy
+  STRATA_RETURN_IF_ERROR(ctx.nn.bias_backward(bias.grad(), dy, N, out_, ctx.stream));
+  // dx: (N, in) = dy @ W^T
+  STRATA_RETURN_IF_ERROR(matmul(ctx, dx, dy, weight.value(), N, in_, out_, false, true));
+  return hook_after_backward();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+namespace {
+
+// One strided batch of per-head matrices inside a (B, T, W) activation: for row b, head h's
+// matrix is rows t, columns [col0 + h*hs, col0 + (h+1)*hs), i.e. ld W and batch stride hs.
+Result<MatrixView> heads(const DeviceView& act, std::int64_t b, std::int64_t T, std::int64_t W, std::int64_t col0,
+                         std::int64_t NH, std::int64_t hs) {
+  const std::int64_t extent = (NH - 1) * hs + (T - 1) * W + hs;
+  STRATA_ASSIGN_OR_RETURN(DeviceView v, sub(act, b * T * W + col0, extent));
+  return MatrixView{v, T, hs, W, hs};
+}
+
+// The NH (T, T) score matrices of row b inside a (B, NH, T, T) activation.
+Result<MatrixView> scores(const DeviceView& att, std::int64_t b, std::int64_t NH, std::int64_t T) {
+  STRATA_ASSIGN_OR_RETURN(DeviceView v, sub(att, b * NH * T * T, NH * T * T));
+  return MatrixView{v, T, T, T, T * T};
+}
+
+Status batched(const Ctx& ctx, MatrixView a, MatrixView b, MatrixView c, bool ta, bool tb, float alpha,
+               std::int64_t batch) {
+  GemmArgs g;
+  g.a = a;
+  g.b = b;
+  g.c = c;
+  g.trans_a = ta;
+  g.trans_b = tb;
+  g.alpha = alpha;
+  g.beta = 0.0f;
+  g.batch = batch;
+  return ctx.device.gemm(g, ctx.stream);
+}
+
+}  // namespace
+
+Attention::Attention(const std::string& prefix, std::int64_t C, std::int64_t NH, float proj_std)
+    : Module(prefix),
+      c_attn(prefix + ".c_attn", C, 3 * C, kInitStd),
+      c_proj(prefix + ".c_proj", C, C, proj_std),
+      C_(C),
+      NH_(NH) {
+  add_child(c_attn);
+  add_child(c_proj);
+}
+
+Status Attention::forward(const Ctx& ctx, BlockActs& acts, DeviceView x, std::int64_t B, std::int64_t T,
+                          bool recompute) {
+  STRATA_RETURN_IF_ERROR(hook_before_forward(recompute));
+  const std::int64_t N = B * T, C = C_, NH = NH_, hs = C / NH;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+  // qkv: (B, T, 3C) = ln1 @ W_attn + b_attn
+  STRATA_RETURN_IF_ERROR(c_attn.forward(ctx, acts.qkv, acts.ln1, N, recompute));
+  for (std::int64_t b = 0; b < B; ++b) {
+    STRATA_ASSIGN_OR_RETURN(MatrixView q, heads(acts.qkv, b, T, 3 * C, 0, NH, hs));
+    STRATA_ASSIGN_OR_RETURN(MatrixView k, heads(acts.qkv, b, T, 3 * C, C, NH, hs));
+    STRATA_ASSIGN_OR_RETURN(MatrixView s, scores(acts.att, b, NH, T));
+    // preatt[b, h]: (T, T) = Q (T, hs) @ K^T / sqrt(hs)
+    STRATA_RETURN_IF_ERROR(batched(ctx, q, k, s, false, true, scale, NH));
+  }
+  // att: (B, NH, T, T) = causal softmax, in place
+  STRATA_RETURN_IF_ERROR(ctx.nn.softmax_causal_forward(acts.att, acts.att, B * NH, T, ctx.stream));
+  for (std::int64_t b = 0; b < B; ++b) {
+    STRATA_ASSIGN_OR_RETURN(MatrixView s, scores(acts.att, b, NH, T));
+    STRATA_ASSIGN_OR_RETURN(MatrixView v, heads(acts.qkv, b, T, 3 * C, 2 * C, NH, hs));
+    STRATA_ASSIGN_OR_RETURN(MatrixView y, heads(acts.atty, b, T, C, 0, NH, hs));
+    // atty[b, :, h]: (T, hs) = att[b, h] (T, T) @ V (T, hs)
+    STRATA_RETURN_IF_ERROR(batched(ctx, s, v, y, false, false, 1.0f, NH));
+  }
+  // res2: (B, T, C) = x + atty @ W_proj + b_proj
+  STRATA_RETURN_IF_ERROR(c_proj.forward(ctx, acts.res2, acts.atty, N, recompute, x));
+  return hook_after_forward(recompute);
+}
+
+Status Attention::backward(const Ctx& ctx, const BlockActs& acts, BlockGrads& g, std::int64_t B, std::int64_t T) {
+  STRATA_RETURN_IF_ERROR(hook_before_backward());
+  const std::int64_t N = B * T, C = C_, NH = NH_, hs = C / NH;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+  // datty: (B, T, C) = dres @ W_proj^T, into dln
+  STRATA_RETURN_IF_ERROR(c_proj.backward(ctx, g.dln, g.dres, acts.atty, N));
+  for (std::int64_t b = 0; b < B; ++b) {
+    STRATA_ASSIGN_OR_RETURN(MatrixView dy, heads(g.dln, b, T, C, 0, NH, hs));
+    STRATA_ASSIGN_OR_RETURN(MatrixView v, heads(acts.qkv, b, T, 3 * C, 2 * C, NH, hs));
+    STRATA_ASSIGN_OR_RETURN(MatrixView s, scores(acts.att, b, NH, T));
+    STRATA_ASSIGN_OR_RETURN(MatrixView ds, scores(g.datt, b, NH, T));
+    STRATA_ASSIGN_OR_RETURN(MatrixView dv, heads(g.dqkv, b, T, 3 * C, 2 * C, NH, hs));
+    // datt[b, h]: (T, T) = dy (T, hs) @ V^T
+    STRATA_RETURN_IF_ERROR(batched(ctx, dy, v, ds, false, true, 1.0f, NH));
+    // dV: (T, hs) = att^T (T, T) @ dy
+    STRATA_RETURN_IF_ERROR(batched(ctx, s, dy, dv, true, false, 1.0f, NH));
+  }
+  // dpreatt = softmax backward, in place over datt
+  STRATA_RETURN_IF_ERROR(ctx.nn.softmax_causal_backward(g.datt, acts.att, g.datt, B * NH, T, ctx.stream));
+  for (std::int64_t b = 0; b < B; ++b) {
+    STRATA_ASSIGN_OR_RETURN(MatrixView ds, scores(g.datt, b, NH, T));
+    STRATA_ASSIGN_OR_RETURN(MatrixView q, heads(acts.qkv, b, T, 3 * C, 0, NH, hs));
+    STRATA_ASSIGN_OR_RETURN(MatrixView k, heads(acts.qkv, b, T, 3 * C, C, NH, hs));
+    STRATA_ASSIGN_OR_RETURN(MatrixView dq, heads(g.dqkv, b, T, 3 * C, 0, NH, hs));
+    STRATA_ASSIGN_OR_RETURN(MatrixView dk, heads(g.dqkv, b, T, 3 * C, C, NH, hs));
+    // dQ: (T, hs) = dpreatt (T, T) @ K / sqrt(hs);  dK = dpreatt^T @ Q / sqrt(hs)
+    STRATA_RETURN_IF_ERROR(batched(ctx, ds, k, dq, false, false, scale, NH));
+    STRATA_RETURN_IF_ERROR(batched(ctx, ds, q, dk, true, false, scale, NH));
+  }
+  // dln1: (B, T, C) = dqkv @ W_attn^T, into dln (datty is consumed by now)
+  STRATA_RETURN_IF_ERROR(c_attn.backward(ctx, g.dln, g.dqkv, acts.ln1, N));
+  return hook_after_backward();
+}
+
+// ---------------------------------------------------------------------------------------------
+// MLP
+
+Mlp::Mlp(const std::string& prefix, std::int64_t C, float proj_std)
+    : Module(prefix), c_fc(prefix + ".c_fc", C, 4 * C, kInitStd), c_proj(prefix + ".c_proj", 4 * C, C, proj_std) {
+  add_child(c_fc);
+  add_child(c_proj);
+}
+
+Status Mlp::forward(const Ctx& ctx, BlockActs& acts, DeviceView out, std::int64_t N, bool recompute) {
+  STRATA_RETURN_IF_ERROR(hook_before_forward(recompute));
+  // fch: (B, T, 4C) = ln2 @ W_fc + b_fc; fch_gelu = gelu(fch)
+  STRATA_RETURN_IF_ERROR(c_fc.forward(ctx, acts.fch, acts.ln2, N, recompute));
+  STRATA_RETURN_IF_ERROR(ctx.nn.gelu_forward(acts.fch_gelu, acts.fch, ctx.stream));
+  // out: (B, T, C) = res2 + fch_gelu @ W_proj + b_proj (not needed again when recomputing)
+  if (!recompute) STRATA_RETURN_IF_ERROR(c_proj.forward(ctx, out, acts.fch_gelu, N, recompute, acts.res2));
+  return hook_after_forward(recompute);
+}
+
+Status Mlp::backward(const Ctx& ctx, const BlockActs& acts, BlockGrads& g, std::int64_t N) {
+  STRATA_RETURN_IF_ERROR(hook_before_backward());
+  // dfch_gelu: (B, T, 4C) = dres @ W_proj^T, into dfch
+  STRATA_RETURN_IF_ERROR(c_proj.backward(ctx, g.dfch, g.dres, acts.fch_gelu, N));
+  // dfch = gelu'(fch) * dfch_gelu, in place
+  STRATA_RETURN_IF_ERROR(ctx.nn.gelu_backward(g.dfch, acts.fch, g.dfch, ctx.stream));
+  // dln2: (B, T, C) = dfch @ W_fc^T
+  STRATA_RETURN_IF_ERROR(c_fc.backward(ctx, g.dln, g.dfch, acts.ln2, N));
+  return hook_after_backward();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block
+
+namespace {
+std::string block_name(int i) { return "h." + std::to_string(i); }
+}  // namespace
+
+Block::Block(int index, std::int64_t C, std::int64_t NH, int n_layer)
+    : Module(block_name(index)),
+      ln_1(block_name(index) + ".ln_1", C),
+      attn(block_name(index) + ".attn", C, NH, kInitStd / std::sqrt(2.0f * static_cast<float>(n_layer))),
+      ln_2(block_name(index) + ".ln_2", C),
+      mlp(block_name(index) + ".mlp", C, kInitStd / std::sqrt(2.0f * static_cast<float>(n_layer))) {
+  add_child(ln_1);
+  add_child(attn);
+  add_child(ln_2);
+  add_child(mlp);
+}
+
+Status Block::forward(const Ctx& ctx, BlockActs& acts, DeviceView x, DeviceView out, std::int64_t B, std::int64_t T,
+                      bool recompute) {
+  STRATA_RETURN_IF_ERROR(hook_before_forward(recompute));
+  const std::int64_t N = B * T;
+  // ln1 = LN(x); res2 = x + attn(ln1); ln2 = LN(res2); out = res2 + mlp(ln2)
+  STRATA_RETURN_IF_ERROR(ln_1.forward(ctx, acts.ln1, acts.ln1_mean, acts.ln1_rstd, x, N, recompute));
+  STRATA_RETURN_IF_ERROR(attn.forward(ctx, acts, x, B, T, recompute));
+  STRATA_RETURN_IF_ERROR(ln_2.forward(ctx, acts.ln2, acts.ln2_mean, acts.ln2_rstd, acts.res2, N, recompute));
+  STRATA_RETURN_IF_ERROR(mlp.forward(ctx, acts, out, N, recompute));
+  return hook_after_forward(recompute);
+}
+
+Status Block::backward(const Ctx& ctx, const BlockActs& acts, BlockGrads& g, DeviceView x, std::int64_t B,
+                       std::int64_t T) {
+  STRATA_RETURN_IF_ERROR(hook_before_backward());
+  const std::int64_t N = B * T;
+  // The residual passes d(out) through: dres holds d(out), then d(res2), then d(x).
+  STRATA_RETURN_IF_ERROR(mlp.backward(ctx, acts, g, N));
+  STRATA_RETURN_IF_ERROR(ln_2.backward(ctx, g.dres, g.dln, acts.res2, acts.ln2_mean, acts.ln2_rstd, N));
+  STRATA_RETURN_IF_ERROR(attn.backward(ctx, acts, g, B, T));
+  STRATA_RETURN_IF_ERROR(ln_1.backward(ctx, g.dres, g.dln, x, acts.ln1_mean, acts.ln1_rstd, N));
+  return hook_after_backward();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embeddings and head
+
+Embeddings::Embeddings(std::int64_t V, std::int64_t maxT, std::int64_t C)
+    : Module("embeddings"),
+      wte(add_parameter("wte.weight", {V, C}, ParamInit::kNormal, kInitStd)),
+      wpe(add_parameter("wpe.weight", {maxT, C}, ParamInit::kNormal, kInitStd)),
+      C_(C) {}
+
+Status Embeddings::forward(const Ctx& ctx, DeviceView out, DeviceRange tokens, std::int64_t B, std::int64_t T,
+                           bool recompute) {
+  STRATA_RETURN_IF_ERROR(hook_before_forward(recompute));
+  STRATA_RETURN_IF_ERROR(ctx.nn.embedding_forward(out, tokens, wte.value(), wpe.value(), B * T, T, C_, ctx.stream));
+  return hook_after_forward(recompute);
+}
+
+Status Embeddings::backward(const Ctx& ctx, DeviceView dout, DeviceRange tokens, std::int64_t B, std::int64_t T) {
+  STRATA_RETURN_IF_ERROR(hook_before_backward());
+  STRATA_RETURN_IF_ERROR(ctx.nn.embedding_backward(wte.grad(), wpe.grad(), dout, tokens, B * T, T, C_, ctx.stream));
+  return hook_after_backward();
+}
+
+LmHead::LmHead(Parameter& wte) : Module("lm_head"), wte_(wte) { tie_parameter(wte); }
+
+Status LmHead::forward(const Ctx& ctx, DeviceView logits, DeviceView losses, DeviceView loss_sum, float weight,
+                       DeviceView x, DeviceRange targets, std::int64_t N, bool recompute) {
+  STRATA_RETURN_IF_ERROR(hook_before_forward(recompute));
+  const std::int64_t V = wte_.shape()[0], C = wte_.shape()[1];
+  // logits: (N, V) = x (N, C) @ wte^T
+  STRATA_RETURN_IF_ERROR(matmul(ctx, logits, x, wte_.value(), N, V, C, false, true));
+  // losses: (N) = cross-entropy; loss_sum += weight * mean
+  STRATA_RETURN_IF_ERROR(ctx.nn.crossentropy_forward(losses, logits, targets, N, V, ctx.stream));
+  STRATA_RETURN_IF_ERROR(ctx.nn.accumulate_sum(loss_sum, losses, weight / static_cast<float>(N), ctx.stream));
+  return hook_after_forward(recompute);
+}
+
+Status LmHead::backward(const Ctx& ctx, DeviceView dx, DeviceView logits, DeviceView x, DeviceRange targets,
+                        float dloss, std::int64_t N) {
+  STRATA_RETURN_IF_ERROR(hook_before_backward());
+  const std::int64_t V = wte_.shape()[0], C = wte_.shape()[1];
+  // dlogits: (N, V) = (softmax - onehot) * dloss / N, in place over the logits
+  STRATA_RETURN_IF_ERROR(
+      ctx.nn.crossentropy_backward(logits, logits, targets, dloss / static_cast<float>(N), N, V, ctx.stream));
+  // dwte: (V, C) += dlogits^T @ x
+  STRATA_RETURN_IF_ERROR(matmul(ctx, wte_.grad(), logits, x, V, C, N, true, false, 1.0f, 1.0f));
+  // dx: (N, C) = dlogits @ wte
+  STRATA_RETURN_IF_ERROR(matmul(ctx, dx, logits, wte_.value(), N, C, V, false, false));
+  return hook_after_backward();
+}
+
+}  // namespace strata::model

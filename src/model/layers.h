@@ -1,0 +1,191 @@
+// src/model/layers.h — the GPT-2 layers: each a Module with an explicit forward and backward
+// over device views (llm.c style), enqueued on one stream through Device::gemm and the nn ops.
+//
+// Shapes use B (batch rows), T (sequence length), C (channels), NH (heads), hs = C / NH,
+// V (vocabulary), N = B * T. Activations are in the model's compute dtype, LayerNorm
+// statistics and losses in fp32, parameter gradients in the gradient dtype. Backward functions
+// *accumulate* parameter gradients (+=) and say for each input gradient whether they
+// overwrite it or add to it.
+//
+// Thread-safety: as strata/model.h (one thread at a time per module tree).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "model/nn_ops.h"
+#include "strata/device.h"
+#include "strata/model.h"
+
+namespace strata::model {
+
+// Where a layer's work goes.
+struct Ctx {
+  Device& device;
+  nn::NnOps& nn;
+  Stream& stream;
+};
+
+// Sub-view helpers: element `first`, `count` elements (an internal error when out of bounds,
+// which would be a bug in the caller's layout).
+Result<DeviceView> sub(const DeviceView& v, std::int64_t first, std::int64_t count);
+
+// C = alpha * op(A) @ op(B) + beta * C for row-major 2-D matrices: op(A) (M, K), op(B) (K, N),
+// C (M, N). A is stored (M, K), or (K, M) when trans_a; B is stored (K, N), or (N, K) when
+// trans_b.
+Status matmul(const Ctx& ctx, DeviceView c, DeviceView a, DeviceView b, std::int64_t M, std::int64_t N,
+              std::int64_t K, bool trans_a, bool trans_b, float alpha = 1.0f, float beta = 0.0f);
+
+class LayerNorm final : public Module {
+ public:
+  // Parameters "<prefix>.weight" (ones) and "<prefix>.bias" (zeros), both (C).
+  LayerNorm(const std::string& prefix, std::int64_t C);
+
+  // out: (N, C), mean, rstd: (N) fp32 = LayerNorm(x: (N, C))
+  Status forward(const Ctx& ctx, DeviceView out, DeviceView mean, DeviceView rstd, DeviceView x, std::int64_t N,
+                 bool recompute);
+  // dx: (N, C) += d/dx; weight and bias gradients +=. dout: (N, C); x, mean, rstd from forward.
+  Status backward(const Ctx& ctx, DeviceView dx, DeviceView dout, DeviceView x, DeviceView mean, DeviceView rstd,
+                  std::int64_t N);
+
+  Parameter& weight;
+  Parameter& bias;
+
+ private:
+  std::int64_t C_;
+};
+
+// Hugging Face's Conv1D: y = x @ W + b with W stored (in, out).
+class Linear final : public Module {
+ public:
+  // Parameters "<prefix>.weight" (in, out) ~ normal(0, init_std) and "<prefix>.bias" (out) = 0.
+  Linear(const std::string& prefix, std::int64_t in, std::int64_t out, float init_std);
+
+  // y: (N, out) = x: (N, in) @ W + b (+ residual: (N, out) when given; it may not be y)
+  Status forward(const Ctx& ctx, DeviceView y, DeviceView x, std::int64_t N, bool recompute,
+                 DeviceView residual = {});
+  // dx: (N, in) = dy @ W^T (overwritten); dW += x^T @ dy; db += sum_n dy. dy: (N, out).
+  Status backward(const Ctx& ctx, DeviceView dx, DeviceView dy, DeviceView x, std::int64_t N);
+
+  std::int64_t in() const { return in_; }
+  std::int64_t out() const { return out_; }
+  Parameter& weight;
+  Parameter& bias;
+
+ private:
+  std::int64_t in_, out_;
+};
+
+// Activations of one transformer block (kept per block, or one shared set when blocks are
+// recomputed in backward).
+struct BlockActs {
+  DeviceView ln1;       // (B, T, C)
+  DeviceView ln1_mean;  // (B, T) fp32
+  DeviceView ln1_rstd;  // (B, T) fp32
+  DeviceView qkv;       // (B, T, 3C)
+  DeviceView att;       // (B, NH, T, T): the pre-softmax scores, then (in place) the probabilities
+  DeviceView atty;      // (B, T, C): attention output before the projection
+  DeviceView res2;      // (B, T, C): x + attention
+  DeviceView ln2;       // (B, T, C)
+  DeviceView ln2_mean;  // (B, T) fp32
+  DeviceView ln2_rstd;  // (B, T) fp32
+  DeviceView fch;       // (B, T, 4C)
+  DeviceView fch_gelu;  // (B, T, 4C)
+};
+
+// Gradient scratch shared by all blocks (backward runs one block at a time).
+struct BlockGrads {
+  DeviceView dres;  // (B, T, C): gradient of the residual stream, updated in place block by block
+  DeviceView dln;   // (B, T, C): gradients of LayerNorm outputs and of the attention output
+  DeviceView dqkv;  // (B, T, 3C)
+  DeviceView datt;  // (B, NH, T, T)
+  DeviceView dfch;  // (B, T, 4C)
+};
+
+// Causal multi-head self-attention: c_attn (C -> 3C), softmax(Q K^T / sqrt(hs)) V per head,
+// c_proj (C -> C) added to the residual stream.
+class Attention final : public Module {
+ public:
+  Attention(const std::string& prefix, std::int64_t C, std::int64_t NH, float proj_std);
+
+  // acts.res2: (B, T, C) = x + c_proj(attention(acts.ln1)); fills acts.qkv, att, atty.
+  Status forward(const Ctx& ctx, BlockActs& acts, DeviceView x, std::int64_t B, std::int64_t T, bool recompute);
+  // From g.dres = d(res2): g.dln = d(ln1) (overwritten); parameter gradients +=.
+  Status backward(const Ctx& ctx, const BlockActs& acts, BlockGrads& g, std::int64_t B, std::int64_t T);
+
+  Linear c_attn;
+  Linear c_proj;
+
+ private:
+  std::int64_t C_, NH_;
+};
+
+// MLP: c_fc (C -> 4C), GELU, c_proj (4C -> C) added to the residual stream.
+class Mlp final : public Module {
+ public:
+  Mlp(const std::string& prefix, std::int64_t C, float proj_std);
+
+  // out: (B, T, C) = acts.res2 + c_proj(gelu(c_fc(acts.ln2))); fills acts.fch, fch_gelu.
+  // With recompute, stops after fch_gelu (out is not needed again).
+  Status forward(const Ctx& ctx, BlockActs& acts, DeviceView out, std::int64_t N, bool recompute);
+  // From g.dres = d(out): g.dln = d(ln2) (overwritten); parameter gradients +=.
+  Status backward(const Ctx& ctx, const BlockActs& acts, BlockGrads& g, std::int64_t N);
+
+  Linear c_fc;
+  Linear c_proj;
+};
+
+// One pre-LayerNorm transformer block "h.<i>".
+class Block final : public Module {
+ public:
+  Block(int index, std::int64_t C, std::int64_t NH, int n_layer);
+
+  // out: (B, T, C) = block(x: (B, T, C)); intermediate activations into acts.
+  Status forward(const Ctx& ctx, BlockActs& acts, DeviceView x, DeviceView out, std::int64_t B, std::int64_t T,
+                 bool recompute);
+  // g.dres: d(out) on entry, d(x) on return; parameter gradients +=.
+  Status backward(const Ctx& ctx, const BlockActs& acts, BlockGrads& g, DeviceView x, std::int64_t B,
+                  std::int64_t T);
+
+  LayerNorm ln_1;
+  Attention attn;
+  LayerNorm ln_2;
+  Mlp mlp;
+};
+
+// Token and position embeddings: "wte.weight" (V, C), "wpe.weight" (T, C).
+class Embeddings final : public Module {
+ public:
+  Embeddings(std::int64_t V, std::int64_t maxT, std::int64_t C);
+
+  // out: (B, T, C) = wte[tokens] + wpe[t]; tokens: (B, T) int32
+  Status forward(const Ctx& ctx, DeviceView out, DeviceRange tokens, std::int64_t B, std::int64_t T, bool recompute);
+  // wte and wpe gradients += from dout: (B, T, C)
+  Status backward(const Ctx& ctx, DeviceView dout, DeviceRange tokens, std::int64_t B, std::int64_t T);
+
+  Parameter& wte;
+  Parameter& wpe;
+
+ private:
+  std::int64_t C_;
+};
+
+// The output head, tied to the token embedding, and the cross-entropy loss.
+class LmHead final : public Module {
+ public:
+  explicit LmHead(Parameter& wte);
+
+  // logits: (N, V) = x: (N, C) @ wte^T; losses: (N) fp32; loss_sum: (1) += weight * mean(losses)
+  Status forward(const Ctx& ctx, DeviceView logits, DeviceView losses, DeviceView loss_sum, float weight,
+                 DeviceView x, DeviceRange targets, std::int64_t N, bool recompute);
+  // logits are overwritten with their gradient (dloss * mean over N); wte gradient +=;
+  // dx: (N, C) = dlogits @ wte (overwritten).
+  Status backward(const Ctx& ctx, DeviceView dx, DeviceView logits, DeviceView x, DeviceRange targets, float dloss,
+                  std::int64_t N);
+
+ private:
+  Parameter& wte_;
+};
+
+}  // namespace strata::model
