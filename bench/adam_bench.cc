@@ -290,6 +290,11 @@ int bench_adam(int argc, char** argv) {
       skipped.push_back(std::string(cpu_adam::isa_name(isa)) + ": " + cpu_adam::isa_missing(isa));
     }
   }
+  if (skipped.size() == isas.size()) {
+    std::cerr << "strata bench adam: none of the requested paths runs on this CPU (" << skipped.front()
+              << "); this machine runs: " << supported << "\n";
+    return kExitFailed;
+  }
   std::int64_t step = 0;
   using Clock = std::chrono::steady_clock;
   for (int threads : thread_counts) {

@@ -10,6 +10,12 @@
 // elements. Peeled and tail elements go through adam::update(), whose operations are
 // the same as the vector ones, so every element of every path gets bit-identical results.
 //
+// Stores: p, m and v are updated in place with ordinary stores (their lines were just read,
+// so writing them back costs exactly one write each). The 16-bit copy is write-only and
+// uses non-temporal stores: an ordinary store would first read each line (read-for-
+// ownership), 2 extra bytes per parameter that the step does not need to move. The
+// streaming ceiling (stream_range) uses the same stores.
+//
 // Only the backend files include this header, each once, the SIMD ones after
 // `#pragma GCC target(...)` so that every function here is compiled for that instruction
 // set. Everything is in an unnamed namespace: each backend gets its own private copy, and
