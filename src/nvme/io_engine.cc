@@ -114,6 +114,15 @@ Status validate_nvme_config(const NvmeConfig& c) {
   if (!known) {
     return invalid_argument("nvme.engine: unknown I/O engine \"" + c.engine + "\"; known engines: " + known_names());
   }
+  // Honour or refuse: a feature the chosen backend does not have is an error, not ignored.
+  if (c.sqpoll && c.engine != "io_uring") {
+    return invalid_argument("nvme.sqpoll: sqpoll is an io_uring feature; nvme.engine is \"" + c.engine + "\"");
+  }
+  if (c.registered_buffers && c.engine != "io_uring") {
+    return invalid_argument(
+        "nvme.registered_buffers: registered buffers are an io_uring feature; set registered_buffers = false for "
+        "engine \"" + c.engine + "\"");
+  }
   constexpr std::uint64_t kMinBlock = 4 * KiB;
   constexpr std::uint64_t kMaxBlock = 1 * GiB;
   if (c.block_size < kMinBlock || c.block_size > kMaxBlock || c.block_size % kMinBlock != 0) {

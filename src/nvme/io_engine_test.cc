@@ -367,6 +367,13 @@ TEST(EngineRegistry, ValidatesRanges) {
   cfg = NvmeConfig{};
   cfg.threads = 0;
   EXPECT_NE(validate_nvme_config(cfg).message().find("nvme.threads"), std::string::npos);
+  cfg = NvmeConfig{};
+  cfg.engine = "libaio";
+  EXPECT_NE(validate_nvme_config(cfg).message().find("nvme.registered_buffers"), std::string::npos)
+      << "a feature the backend lacks is refused, not ignored";
+  cfg.registered_buffers = false;
+  cfg.sqpoll = true;
+  EXPECT_NE(validate_nvme_config(cfg).message().find("nvme.sqpoll"), std::string::npos);
   EXPECT_TRUE(validate_nvme_config(NvmeConfig{}).ok());
 }
 
