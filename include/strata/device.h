@@ -49,6 +49,7 @@
 #include <vector>
 
 #include "strata/dtype.h"
+#include "strata/optimizer.h"
 #include "strata/profile.h"
 #include "strata/status.h"
 
@@ -282,23 +283,10 @@ struct GemmArgs {
   std::int64_t batch = 1;
 };
 
-// Hyper-parameters of one Adam/AdamW step; the math is PyTorch's torch.optim.Adam/AdamW,
-// per element exactly as kernels/adam_math.h writes it (shared with the CPU optimizer, so the
-// device and CPU steps agree bit for bit). Per-step constants are derived in double, as
-// PyTorch does from Python floats.
-struct AdamHyper {
-  double lr = 1e-3;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double eps = 1e-8;
-  double weight_decay = 0.0;
-  bool adamw = true;            // decoupled weight decay (AdamW); false = L2 added to the gradient
-  bool bias_correction = true;
-  std::int64_t step = 1;        // 1-based number of this step
-  double grad_scale = 1.0;      // gradients are multiplied by this (1/loss_scale x clip coefficient)
-};
-
-// The tensors of one Adam step, all `n` elements long.
+// The tensors of one Adam step on the device, all the same length; the device counterpart of
+// AdamChunk (strata/optimizer.h). Hyper-parameters and step are the optimizer seam's AdamHyper
+// and AdamStep, and the per-element math is kernels/adam_math.h, shared with the CPU
+// optimizer, so device and CPU steps agree bit for bit.
 struct AdamTensors {
   DeviceView params;      // fp32 master weights, updated in place
   DeviceView grads;       // fp32, bf16 or fp16
@@ -395,8 +383,9 @@ class Device {
   // out[0] += sum of x[i]^2 in fp32 (x any dtype; out one fp32 element, zero it first), so one
   // accumulator can collect the squared norm of many tensors.
   Status sum_squares(DeviceView x, DeviceView out, Stream& stream);
-  // One Adam/AdamW step over the tensors, element-wise.
-  Status adam_step(const AdamTensors& tensors, const AdamHyper& hyper, Stream& stream);
+  // One Adam/AdamW step over the tensors, element-wise. Hyper-parameters are checked exactly
+  // as the CPU optimizer checks them.
+  Status adam_step(const AdamTensors& tensors, const AdamHyper& hyper, const AdamStep& at, Stream& stream);
 
  protected:
   Device() = default;
@@ -418,7 +407,8 @@ class Device {
   virtual Status axpy_impl(DeviceView y, float alpha, DeviceView x, Stream& stream) = 0;
   virtual Status check_finite_impl(DeviceView x, DeviceView flag, Stream& stream) = 0;
   virtual Status sum_squares_impl(DeviceView x, DeviceView out, Stream& stream) = 0;
-  virtual Status adam_step_impl(const AdamTensors& tensors, const AdamHyper& hyper, Stream& stream) = 0;
+  virtual Status adam_step_impl(const AdamTensors& tensors, const AdamHyper& hyper, const AdamStep& at,
+                                Stream& stream) = 0;
 
   // True when [address, address + bytes) lies inside memory this device handed out; backends
   // answer from their allocator so that a view of freed or foreign memory is refused.

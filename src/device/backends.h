@@ -20,7 +20,7 @@ Result<std::unique_ptr<Device>> make_host_device(const DeviceOptions& options);
 // says so; with no GPU present it answers "no CUDA device".
 Result<std::unique_ptr<Device>> make_cuda_device(const DeviceOptions& options);
 
-// The shared Adam math's hyper-parameters for a device step (mode from `adamw`).
+// The shared Adam math's hyper-parameters for the optimizer seam's AdamHyper.
 adam::Hyper adam_hyper(const AdamHyper& h);
 
 }  // namespace strata::device

@@ -141,7 +141,7 @@ class CudaDevice final : public Device {
   Status axpy_impl(DeviceView y, float alpha, DeviceView x, Stream& stream) override;
   Status check_finite_impl(DeviceView x, DeviceView flag, Stream& stream) override;
   Status sum_squares_impl(DeviceView x, DeviceView out, Stream& stream) override;
-  Status adam_step_impl(const AdamTensors& t, const AdamHyper& h, Stream& stream) override;
+  Status adam_step_impl(const AdamTensors& t, const AdamHyper& h, const AdamStep& at, Stream& stream) override;
 
  private:
   static cudaStream_t handle(Stream& s) { return static_cast<CudaStream&>(s).handle(); }
@@ -498,9 +498,9 @@ Status CudaDevice::sum_squares_impl(DeviceView x, DeviceView out, Stream& stream
                                                         static_cast<float*>(out.address()), handle(stream)));
 }
 
-Status CudaDevice::adam_step_impl(const AdamTensors& t, const AdamHyper& h, Stream& stream) {
+Status CudaDevice::adam_step_impl(const AdamTensors& t, const AdamHyper& h, const AdamStep& at, Stream& stream) {
   STRATA_RETURN_IF_ERROR(activate());
-  const adam::Constants k = adam::make_constants(adam_hyper(h), h.step, h.grad_scale);
+  const adam::Constants k = adam::make_constants(adam_hyper(h), at.step, at.grad_scale);
   return STRATA_CUDA_OK(kern::cuda::launch_adam(
       k, static_cast<float*>(t.params.address()), t.grads.address(), t.grads.dtype(),
       static_cast<float*>(t.exp_avg.address()), static_cast<float*>(t.exp_avg_sq.address()),

@@ -392,13 +392,13 @@ adam::Hyper adam_hyper(const AdamHyper& h) {
   a.beta2 = h.beta2;
   a.eps = h.eps;
   a.weight_decay = h.weight_decay;
-  a.mode = h.adamw ? adam::Mode::kAdamW : adam::Mode::kAdam;
+  a.mode = h.mode == AdamMode::kAdamW ? adam::Mode::kAdamW : adam::Mode::kAdam;
   a.bias_correction = h.bias_correction;
   return a;
 }
 }  // namespace device
 
-Status Device::adam_step(const AdamTensors& t, const AdamHyper& h, Stream& stream) {
+Status Device::adam_step(const AdamTensors& t, const AdamHyper& h, const AdamStep& at, Stream& stream) {
   constexpr std::string_view op = "adam step";
   STRATA_RETURN_IF_ERROR(check_stream(stream, op));
   STRATA_RETURN_IF_ERROR(check_view(t.params, op, "params"));
@@ -431,11 +431,11 @@ Status Device::adam_step(const AdamTensors& t, const AdamHyper& h, Stream& strea
       }
     }
   }
-  if (const char* why = adam::check_hyper(device::adam_hyper(h), h.step, h.grad_scale)) {
+  if (const char* why = adam::check_hyper(device::adam_hyper(h), at.step, at.grad_scale)) {
     return invalid_argument(std::string("adam step: ") + why);
   }
   if (t.params.empty()) return Status::OK();
-  return adam_step_impl(t, h, stream);
+  return adam_step_impl(t, h, at, stream);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -483,9 +483,12 @@ TEST_P(DeviceTest, GemmMatchesReferenceForEveryTransposeAndDtype) {
 }
 
 TEST_P(DeviceTest, GemmAtModelShapes) {
-  // The default model's QKV projection (B*T = 1024 rows, C = 256 -> 3C) and its weight gradient.
-  run_gemm_case(this, *dev_, {DType::kF32, DType::kF32, false, false, 1024, 768, 256, 1, 0, 1.0f, 0.0f}, 99);
-  run_gemm_case(this, *dev_, {DType::kBF16, DType::kF32, true, false, 256, 768, 1024, 1, 0, 1.0f, 1.0f}, 98);
+  // The default model's QKV projection (C = 256 -> 3C) and its weight gradient, for 256 of the
+  // B*T = 1024 token rows (the reference is a plain triple loop).
+  run_gemm_case(this, *dev_, {DType::kF32, DType::kF32, false, false, 256, 768, 256, 1, 0, 1.0f, 0.0f}, 99);
+  run_gemm_case(this, *dev_, {DType::kBF16, DType::kF32, true, false, 256, 768, 256, 1, 0, 1.0f, 1.0f}, 98);
+  // Attention scores: (B*H) x (T, hd) @ (T, hd)^T with the 1/sqrt(hd) scale.
+  run_gemm_case(this, *dev_, {DType::kF32, DType::kF32, false, true, 128, 128, 64, 4, 0, 0.125f, 0.0f}, 97);
 }
 
 TEST_P(DeviceTest, GemmRefusesBadShapes) {
@@ -651,14 +654,15 @@ TEST_P(DeviceTest, AdamStepMatchesTheSharedScalarMathBitForBit) {
           AdamHyper h;
           h.lr = 1e-3;
           h.weight_decay = 0.01;
-          h.adamw = adamw;
-          h.grad_scale = 0.5;
+          h.mode = adamw ? AdamMode::kAdamW : AdamMode::kAdam;
+          AdamStep at;
+          at.grad_scale = 0.5;
           AdamTensors tensors{dp.view(DType::kF32), dg.view(gt, 0, n).value(), dm.view(DType::kF32), dv.view(DType::kF32),
                               out == 0 ? DeviceView() : dout.view(ot, 0, n).value()};
           HostTensor po(ot, n);
           for (std::int64_t step = 1; step <= 3; ++step) {
-            h.step = step;
-            ASSERT_TRUE(dev_->adam_step(tensors, h, s).ok());
+            at.step = step;
+            ASSERT_TRUE(dev_->adam_step(tensors, h, at, s).ok());
             adam::Hyper ah;
             ah.lr = h.lr;
             ah.beta1 = h.beta1;
@@ -666,7 +670,7 @@ TEST_P(DeviceTest, AdamStepMatchesTheSharedScalarMathBitForBit) {
             ah.eps = h.eps;
             ah.weight_decay = h.weight_decay;
             ah.mode = adamw ? adam::Mode::kAdamW : adam::Mode::kAdam;
-            const adam::Constants k = adam::make_constants(ah, step, h.grad_scale);
+            const adam::Constants k = adam::make_constants(ah, step, at.grad_scale);
             for (std::size_t i = 0; i < n; ++i) {
               float pi = p.get(i), mi = m.get(i), vi = v.get(i);
               adam::update(k, g.get(i), pi, mi, vi);
@@ -700,7 +704,7 @@ TEST_P(DeviceTest, AdamStepFollowsTheTextbookFormula) {
   h.lr = 0.01;
   h.weight_decay = 0.1;
   ASSERT_TRUE(dev_->adam_step({dp.view(DType::kF32), dg.view(DType::kF32), dm.view(DType::kF32), dv.view(DType::kF32), {}}, h,
-                              dev_->default_stream())
+                              AdamStep{}, dev_->default_stream())
                   .ok());
   HostTensor got = download(dp, DType::kF32, n);
   for (std::size_t i = 0; i < n; ++i) {
@@ -717,20 +721,26 @@ TEST_P(DeviceTest, AdamStepRefusesBadArguments) {
   DeviceBuffer a = alloc(400), b = alloc(400), c = alloc(400), d = alloc(400);
   AdamTensors t{a.view(DType::kF32), b.view(DType::kF32), c.view(DType::kF32), d.view(DType::kF32), {}};
   AdamHyper h;
-  h.step = 0;
-  EXPECT_EQ(dev_->adam_step(t, h, dev_->default_stream()).code(), StatusCode::kInvalidArgument);
-  h.step = 1;
+  AdamStep at;
+  at.step = 0;
+  Status st = dev_->adam_step(t, h, at, dev_->default_stream());
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("step"), std::string::npos) << st;
+  at.step = 1;
   h.beta1 = 1.0;
-  EXPECT_EQ(dev_->adam_step(t, h, dev_->default_stream()).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(dev_->adam_step(t, h, at, dev_->default_stream()).code(), StatusCode::kInvalidArgument);
   h.beta1 = 0.9;
+  at.grad_scale = std::nan("");
+  EXPECT_EQ(dev_->adam_step(t, h, at, dev_->default_stream()).code(), StatusCode::kInvalidArgument);
+  at.grad_scale = 1.0;
   t.exp_avg = b.view(DType::kF32);
-  Status st = dev_->adam_step(t, h, dev_->default_stream());
+  st = dev_->adam_step(t, h, at, dev_->default_stream());
   EXPECT_NE(st.message().find("overlap"), std::string::npos) << st;
   t.exp_avg = c.view(DType::kBF16);
-  EXPECT_EQ(dev_->adam_step(t, h, dev_->default_stream()).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(dev_->adam_step(t, h, at, dev_->default_stream()).code(), StatusCode::kInvalidArgument);
   t.exp_avg = c.view(DType::kF32);
   t.params_out = d.view(DType::kF32);
-  EXPECT_EQ(dev_->adam_step(t, h, dev_->default_stream()).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(dev_->adam_step(t, h, at, dev_->default_stream()).code(), StatusCode::kInvalidArgument);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, DeviceTest, ::testing::Values("host", "cuda"),

@@ -210,7 +210,7 @@ class HostDevice final : public Device {
   Status axpy_impl(DeviceView y, float alpha, DeviceView x, Stream& stream) override;
   Status check_finite_impl(DeviceView x, DeviceView flag, Stream& stream) override;
   Status sum_squares_impl(DeviceView x, DeviceView out, Stream& stream) override;
-  Status adam_step_impl(const AdamTensors& t, const AdamHyper& h, Stream& stream) override;
+  Status adam_step_impl(const AdamTensors& t, const AdamHyper& h, const AdamStep& at, Stream& stream) override;
 
  private:
   void advance(StreamState* first);  // REQUIRES: mu_ held
@@ -768,7 +768,7 @@ Status HostDevice::run_gemm(const GemmArgs& g) {
     b = fb;
     if (g.c.data.dtype() != DType::kF32) {
       float* fc = scratch(2, c_n);
-      if (g.beta != 0.0f) to_f32_buffer(c, g.c.data.dtype(), fc, c_n);
+      if (g.beta != 0.0f || c_n != static_cast<std::size_t>(g.batch * g.c.rows * g.c.cols)) to_f32_buffer(c, g.c.data.dtype(), fc, c_n);  // gaps between strided C rows are written back too, so they must hold C
       c = fc;
     }
   }
@@ -890,9 +890,8 @@ Status HostDevice::sum_squares_impl(DeviceView x, DeviceView out, Stream& stream
 // ---------------------------------------------------------------------------------------------
 // Adam (kernels/adam_math.h)
 
-Status HostDevice::adam_step_impl(const AdamTensors& t, const AdamHyper& h, Stream& stream) {
-  return enqueue_compute(stream, [t, h] {
-    const adam::Constants k = adam::make_constants(adam_hyper(h), h.step, h.grad_scale);
+Status HostDevice::adam_step_impl(const AdamTensors& t, const AdamHyper& h, const AdamStep& at, Stream& stream) {
+  return enqueue_compute(stream, [t, k = adam::make_constants(adam_hyper(h), at.step, at.grad_scale)] {
     float* p = static_cast<float*>(t.params.address());
     float* m = static_cast<float*>(t.exp_avg.address());
     float* v = static_cast<float*>(t.exp_avg_sq.address());
