@@ -80,9 +80,9 @@ Result<UniqueFd> open_data_file(int dirfd, const std::string& name, const OpenOp
   if (fd < 0) {
     int err = errno;
     if (err == EINVAL && o.direct) {
-      // O_DIRECT is the only flag here a file system may reject with EINVAL; a file created
-      // by the failed attempt would not exist (the open failed before creation on every
-      // Linux file system that refuses O_DIRECT at open time).
+      // O_DIRECT is the only flag here a file system may reject with EINVAL, and it does so
+      // after creating the file (ramfs). O_EXCL proves the name is ours, so remove it.
+      if (o.create) ::unlinkat(dirfd, name.c_str(), 0);
       return direct_io_refused(display, o.create ? "creating" : "opening");
     }
     if (err == ELOOP && !o.follow) {
@@ -173,6 +173,7 @@ StorageInfo describe_storage(const std::string& path) {
 Result<std::uint64_t> free_bytes(const std::string& path) {
   struct statvfs vfs {};
   if (::statvfs(path.c_str(), &vfs) != 0) return STRATA_ERRNO(errno, "statvfs", path);
+  if (vfs.f_blocks == 0) return UINT64_MAX;  // no capacity reported (ramfs): unlimited
   return static_cast<std::uint64_t>(vfs.f_bavail) * static_cast<std::uint64_t>(vfs.f_frsize);
 }
 

@@ -77,7 +77,8 @@ struct StorageInfo {
 };
 StorageInfo describe_storage(const std::string& path);
 
-// Free bytes under `path` for unprivileged writers (statvfs f_bavail * f_frsize).
+// Free bytes under `path` for unprivileged writers (statvfs f_bavail * f_frsize), or
+// UINT64_MAX for a file system that reports no capacity at all (ramfs).
 Result<std::uint64_t> free_bytes(const std::string& path);
 
 }  // namespace strata::nvme
