@@ -1,0 +1,472 @@
+// `strata bench device`: copy bandwidth per direction and GEMM throughput at the shapes of the
+// default and gpt2 models, each against a ceiling measured in the same run.
+//
+// * Copies: host (pinned) -> device, device -> host, device -> device, and both link directions
+//   at once, through Device streams. The ceiling is what the device's copy engine can at best
+//   do: the configured throttle when there is one, otherwise a plain memcpy between the same
+//   two buffers on the calling thread (the host device's engine is one memcpy thread).
+// * GEMMs: every matrix product of one GPT-2 training step (forward, input gradient, weight
+//   gradient of each linear layer; attention scores and mixing with their gradients; the tied
+//   output head), through Device::gemm, and the same product through oneDNN called directly
+//   (same primitive, same memory, same threads). The headline is the wrapper cost: the device
+//   time over the direct time, per shape and over the whole step (bar: < 5 %).
+//
+// Both sides enqueue a batch of identical products and wait once, as a model does; device and
+// direct batches alternate, and the median of each side is compared.
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <cxxopts.hpp>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "cli/command.h"
+#include "strata/device.h"
+#include "strata/profile.h"
+#include "strata/units.h"
+
+namespace strata::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string build_kind() {
+#if defined(__SANITIZE_ADDRESS__)
+  return "sanitizer (address)";
+#elif !defined(__OPTIMIZE__)
+  return "debug (unoptimised)";
+#elif !defined(NDEBUG)
+  return "optimised with assertions";
+#else
+  return "release";
+#endif
+}
+
+std::string cpu_brand() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      auto p = line.find(':');
+      if (p != std::string::npos) return line.substr(p + 2);
+    }
+  }
+  return "unknown";
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n == 0 ? 0.0 : n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+double seconds(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// ---------------------------------------------------------------------------------------------
+// GEMM shapes of one training step
+
+struct Shape {
+  std::string name;
+  std::int64_t m, n, k;
+  bool ta, tb;
+  std::int64_t batch;
+  float alpha, beta;
+  int per_step;  // occurrences in one forward + backward
+};
+
+// Row-major conventions: activations (rows, features), linear weights (in, out) as GPT-2's
+// Conv1D stores them, the tied head's weight as the token embedding (vocab, C).
+std::vector<Shape> step_shapes(const ModelDims& d, int micro_batch) {
+  const std::int64_t bt = static_cast<std::int64_t>(micro_batch) * d.seq_len;
+  const std::int64_t c = d.n_embd, t = d.seq_len, hd = d.n_embd / d.n_head, bh = static_cast<std::int64_t>(micro_batch) * d.n_head;
+  const int l = d.n_layer;
+  std::vector<Shape> s;
+  auto linear = [&](const std::string& name, std::int64_t in, std::int64_t out) {
+    s.push_back({name + " fwd", bt, out, in, false, false, 1, 1.0f, 0.0f, l});   // y = x W
+    s.push_back({name + " dx", bt, in, out, false, true, 1, 1.0f, 0.0f, l});     // dx = dy W^T
+    s.push_back({name + " dW", in, out, bt, true, false, 1, 1.0f, 1.0f, l});     // dW += x^T dy
+  };
+  linear("qkv", c, 3 * c);
+  linear("attn proj", c, c);
+  linear("fc", c, 4 * c);
+  linear("fc proj", 4 * c, c);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  s.push_back({"scores q k^T", t, t, hd, false, true, bh, scale, 0.0f, l});
+  s.push_back({"mix p v", t, hd, t, false, false, bh, 1.0f, 0.0f, l});
+  s.push_back({"mix dp = dy v^T", t, t, hd, false, true, bh, 1.0f, 0.0f, l});
+  s.push_back({"mix dv = p^T dy", t, hd, t, true, false, bh, 1.0f, 0.0f, l});
+  s.push_back({"scores dq = ds k", t, hd, t, false, false, bh, scale, 0.0f, l});
+  s.push_back({"scores dk = ds^T q", t, hd, t, true, false, bh, scale, 0.0f, l});
+  s.push_back({"head fwd", bt, d.vocab, c, false, true, 1, 1.0f, 0.0f, 1});   // logits = x wte^T
+  s.push_back({"head dx", bt, c, d.vocab, false, false, 1, 1.0f, 0.0f, 1});   // dx = dlogits wte
+  s.push_back({"head dW", d.vocab, c, bt, true, false, 1, 1.0f, 1.0f, 1});    // dwte += dlogits^T x
+  return s;
+}
+
+double flops(const Shape& s) { return 2.0 * static_cast<double>(s.m) * s.n * s.k * s.batch; }
+
+struct GemmResult {
+  Shape shape;
+  DType dtype;
+  double device_s = 0, direct_s = 0;  // median seconds per product
+  std::string impl;
+};
+
+dnnl::memory::data_type dt(DType t) {
+  return t == DType::kF32 ? dnnl::memory::data_type::f32
+         : t == DType::kBF16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f16;
+}
+
+// The memory descriptor a oneDNN user writes for op(X) of a dense row-major batch.
+dnnl::memory::desc md(std::int64_t batch, std::int64_t rows, std::int64_t cols, bool trans, DType t) {
+  // Stored (cols, rows) when transposed: swap the strides.
+  const std::int64_t rs = trans ? 1 : cols, cs = trans ? rows : 1;
+  if (batch == 1) return dnnl::memory::desc({rows, cols}, dt(t), {rs, cs});
+  return dnnl::memory::desc({batch, rows, cols}, dt(t), {rows * cols, rs, cs});
+}
+
+Status measure_gemm(Device& dev, const Shape& s, DType dtype, double min_time, GemmResult* out) {
+  const std::size_t es = dtype_size(dtype);
+  const std::size_t na = static_cast<std::size_t>(s.batch * s.m * s.k), nb = static_cast<std::size_t>(s.batch * s.k * s.n),
+                    nc = static_cast<std::size_t>(s.batch * s.m * s.n);
+  STRATA_ASSIGN_OR_RETURN(DeviceBuffer a, dev.allocate(na * es));
+  STRATA_ASSIGN_OR_RETURN(DeviceBuffer b, dev.allocate(nb * es));
+  STRATA_ASSIGN_OR_RETURN(DeviceBuffer c, dev.allocate(nc * 4));
+  Stream& st = dev.default_stream();
+  STRATA_RETURN_IF_ERROR(dev.fill(a.view(dtype), 0.01f, st));
+  STRATA_RETURN_IF_ERROR(dev.fill(b.view(dtype), 0.02f, st));
+  STRATA_RETURN_IF_ERROR(dev.fill(c.view(DType::kF32), 0.0f, st));
+  MatrixView am, bm, cm;
+  am.data = a.view(dtype);
+  am.rows = s.ta ? s.k : s.m;
+  am.cols = s.ta ? s.m : s.k;
+  bm.data = b.view(dtype);
+  bm.rows = s.tb ? s.n : s.k;
+  bm.cols = s.tb ? s.k : s.n;
+  cm.data = c.view(DType::kF32);
+  cm.rows = s.m;
+  cm.cols = s.n;
+  const GemmArgs args{am, bm, cm, s.ta, s.tb, s.alpha, s.beta, s.batch};
+
+  // oneDNN directly, on the same memory (the host device's memory is host-addressable).
+  dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  dnnl::stream strm(eng);
+  dnnl::primitive_attr attr;
+  if (s.alpha != 1.0f) attr.set_output_scales(0, {s.alpha});
+  if (s.beta != 0.0f) {
+    dnnl::post_ops po;
+    po.append_sum(s.beta);
+    attr.set_post_ops(po);
+  }
+  dnnl::memory::desc a_md = md(s.batch, s.m, s.k, s.ta, dtype), b_md = md(s.batch, s.k, s.n, s.tb, dtype),
+                     c_md = md(s.batch, s.m, s.n, false, DType::kF32);
+  dnnl::matmul::primitive_desc pd;
+  try {
+    pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, c_md), attr, eng);
+  } catch (const dnnl::error& e) {
+    return unavailable(std::string("oneDNN has no matmul for ") + std::string(dtype_name(dtype)) + " here: " + e.what());
+  }
+  dnnl::matmul prim(pd);
+  out->impl = pd.impl_info_str();
+  dnnl::memory amem(a_md, eng, a.address()), bmem(b_md, eng, b.address()), cmem(c_md, eng, c.address());
+
+  auto device_batch = [&](int reps) -> Result<double> {
+    const auto t0 = Clock::now();
+    for (int i = 0; i < reps; ++i) STRATA_RETURN_IF_ERROR(dev.gemm(args, st));
+    STRATA_RETURN_IF_ERROR(st.synchronize());
+    return seconds(t0) / reps;
+  };
+  auto direct_batch = [&](int reps) -> double {
+    const auto t0 = Clock::now();
+    for (int i = 0; i < reps; ++i) prim.execute(strm, {{DNNL_ARG_SRC, amem}, {DNNL_ARG_WEIGHTS, bmem}, {DNNL_ARG_DST, cmem}});
+    strm.wait();
+    return seconds(t0) / reps;
+  };
+  // Warm up both (primitive creation, page faults, OpenMP teams), then size the batches so
+  // that one takes about 20 ms.
+  STRATA_ASSIGN_OR_RETURN(double warm, device_batch(1));
+  const double warm_direct = direct_batch(1);
+  const double per = std::max(1e-7, std::min(warm, warm_direct));
+  const int reps = static_cast<int>(std::clamp(0.02 / per, 1.0, 10000.0));
+  std::vector<double> dev_t, dir_t;
+  const auto start = Clock::now();
+  while (dev_t.size() < 3 || seconds(start) < min_time) {
+    STRATA_ASSIGN_OR_RETURN(double d, device_batch(reps));
+    dev_t.push_back(d);
+    dir_t.push_back(direct_batch(reps));
+    if (dev_t.size() >= 200) break;
+  }
+  out->shape = s;
+  out->dtype = dtype;
+  out->device_s = median(dev_t);
+  out->direct_s = median(dir_t);
+  return Status::OK();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Copies
+
+struct CopyResult {
+  std::string name;
+  double gbps = 0;      // through the device
+  double ceiling = 0;   // GB/s
+  std::string ceiling_name;
+};
+
+int bench_device(int argc, char** argv) {
+  cxxopts::Options opts("strata bench device",
+                        "Copy bandwidth per direction and GEMM throughput at the model's shapes, "
+                        "against ceilings measured in the same run.");
+  opts.add_options()
+      ("device", "device backend: host or cuda", cxxopts::value<std::string>()->default_value("host"))
+      ("bandwidth", "host device copy throttle per direction, e.g. 25GB/s; 0 = none",
+       cxxopts::value<std::string>()->default_value("0"))
+      ("copy-size", "bytes per copy", cxxopts::value<std::string>()->default_value("64MiB"))
+      ("models", "comma-separated model presets for the GEMM shapes", cxxopts::value<std::string>()->default_value("default,gpt2"))
+      ("micro-batch", "sequences per micro-batch for the default model (gpt2 uses 1)",
+       cxxopts::value<int>()->default_value("8"))
+      ("dtypes", "comma-separated GEMM input dtypes (fp32, bf16)", cxxopts::value<std::string>()->default_value("fp32,bf16"))
+      ("min-time", "seconds of measurement per shape and side", cxxopts::value<double>()->default_value("0.15"))
+      ("no-gemm", "skip the GEMM part")
+      ("h,help", "show this help");
+  cxxopts::ParseResult args;
+  try {
+    args = opts.parse(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "strata bench device: " << e.what() << "\n" << opts.help();
+    return kExitUsage;
+  }
+  if (args.count("help")) {
+    std::cout << opts.help();
+    return kExitOk;
+  }
+  auto usage = [&](const std::string& msg) {
+    std::cerr << "strata bench device: " << msg << "\n";
+    return kExitUsage;
+  };
+  if (!args.unmatched().empty()) return usage("unexpected argument '" + args.unmatched().front() + "'");
+  auto bw = parse_bandwidth(args["bandwidth"].as<std::string>());
+  if (!bw.ok()) return usage("--bandwidth: " + bw.status().message());
+  auto copy_size = parse_bytes(args["copy-size"].as<std::string>());
+  if (!copy_size.ok()) return usage("--copy-size: " + copy_size.status().message());
+  if (*copy_size == 0 || *copy_size > (4ULL << 30)) return usage("--copy-size must be between 1 byte and 4GiB");
+  const double min_time = args["min-time"].as<double>();
+  if (!(min_time > 0 && min_time <= 60)) return usage("--min-time must be in (0, 60] seconds");
+  const int micro_batch = args["micro-batch"].as<int>();
+  if (micro_batch < 1 || micro_batch > 1024) return usage("--micro-batch must be between 1 and 1024");
+  std::vector<std::pair<std::string, ModelDims>> models;
+  {
+    std::stringstream ss(args["models"].as<std::string>());
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      ModelDims d;
+      if (!model_preset(item, &d)) {
+        std::string known;
+        for (const auto& n : model_preset_names()) known += (known.empty() ? "" : ", ") + n;
+        return usage("--models: unknown preset '" + item + "'; known: " + known);
+      }
+      models.emplace_back(item, d);
+    }
+  }
+  std::vector<DType> dtypes;
+  {
+    std::stringstream ss(args["dtypes"].as<std::string>());
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      DType t;
+      if (!parse_dtype(item, &t) || t == DType::kF16) return usage("--dtypes: '" + item + "' is not fp32 or bf16");
+      dtypes.push_back(t);
+    }
+  }
+  const std::string backend = args["device"].as<std::string>();
+
+  // The device: room for the copy buffers and the largest GEMM operands.
+  DeviceOptions o;
+  o.copy_bandwidth = *bw;
+  o.capacity = 3 * *copy_size + (1ULL << 30);
+  {
+    const std::uint64_t ram = static_cast<std::uint64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+    o.capacity = std::min<std::uint64_t>(o.capacity, ram / 2);
+  }
+  auto dev_r = create_device(backend, o);
+  if (!dev_r.ok()) {
+    std::cerr << "strata bench device: " << dev_r.status() << "\n";
+    return dev_r.status().code() == StatusCode::kInvalidArgument ? kExitUsage : kExitFailed;
+  }
+  Device& dev = **dev_r;
+  const dnnl_version_t* v = dnnl_version();
+  std::cout << "strata bench device\n"
+            << "  cpu:      " << cpu_brand() << ", " << std::thread::hardware_concurrency() << " logical CPUs, "
+            << omp_get_max_threads() << " OpenMP threads\n"
+            << "  build:    " << build_kind() << "; oneDNN " << v->major << "." << v->minor << "." << v->patch << " ("
+            << v->cpu_runtime << " runtime)\n"
+            << "  device:   " << dev.info().name << ", capacity " << format_bytes_human(static_cast<double>(dev.info().capacity))
+            << "\n"
+            << "            " << dev.info().notes << "\n";
+  if (build_kind() != "release") std::cout << "  WARNING: not a release build; figures are not representative\n";
+  int rc = kExitOk;
+
+  // ---- copies ----
+  {
+    const std::size_t n = *copy_size;
+    auto d1 = dev.allocate(n), d2 = dev.allocate(n);
+    auto h1 = dev.allocate_pinned(n), h2 = dev.allocate_pinned(n);
+    auto s2 = dev.create_stream("bench-2");
+    if (!d1.ok() || !d2.ok() || !h1.ok() || !h2.ok() || !s2.ok()) {
+      std::cerr << "strata bench device: cannot allocate the copy buffers ("
+                << (!d1.ok() ? d1.status() : !d2.ok() ? d2.status() : !h1.ok() ? h1.status() : !h2.ok() ? h2.status() : s2.status())
+                << ")\n";
+      return kExitFailed;
+    }
+    std::memset(h1->data(), 1, n);
+    std::memset(h2->data(), 2, n);
+    Stream& s1 = dev.default_stream();
+    auto run = [&](auto&& enqueue) -> Result<double> {  // seconds
+      const auto t0 = Clock::now();
+      STRATA_RETURN_IF_ERROR(enqueue());
+      STRATA_RETURN_IF_ERROR(dev.synchronize());
+      return seconds(t0);
+    };
+    auto h2d = [&] { return dev.copy_to_device(d1->range(), h1->bytes(), s1); };
+    auto d2h = [&] { return dev.copy_to_host(h2->bytes(), d1->range(), s1); };
+    auto d2d = [&] { return dev.copy_on_device(d2->range(), d1->range(), s1); };
+    auto both = [&]() -> Status {
+      STRATA_RETURN_IF_ERROR(dev.copy_to_device(d1->range(), h1->bytes(), s1));
+      return dev.copy_to_host(h2->bytes(), d2->range(), **s2);
+    };
+    const bool addressable = dev.info().host_addressable;
+    auto memcpy_time = [&](void* dst, const void* src) {
+      const auto t0 = Clock::now();
+      std::memcpy(dst, src, n);
+      return seconds(t0);
+    };
+    struct Dir {
+      std::string name;
+      std::function<Status()> fn;
+      void* dst;
+      const void* src;
+      double bytes_factor;
+      bool throttled;
+    };
+    std::vector<Dir> dirs = {
+        {"host -> device", h2d, d1->address(), h1->data(), 1.0, true},
+        {"device -> host", d2h, h2->data(), d1->address(), 1.0, true},
+        {"device -> device", d2d, d2->address(), d1->address(), 1.0, false},
+        {"both directions at once", both, nullptr, nullptr, 2.0, true},
+    };
+    std::vector<CopyResult> results;
+    for (auto& d : dirs) {
+      std::vector<double> t, c;
+      if (auto w = run(d.fn); !w.ok()) {  // warm-up: first touch of every page
+        std::cerr << "strata bench device: " << w.status() << "\n";
+        return kExitFailed;
+      }
+      const auto start = Clock::now();
+      while (t.size() < 5 || (seconds(start) < 4 * min_time && t.size() < 100)) {
+        auto r = run(d.fn);
+        if (!r.ok()) {
+          std::cerr << "strata bench device: " << r.status() << "\n";
+          return kExitFailed;
+        }
+        t.push_back(*r);
+        if (addressable && d.dst != nullptr) c.push_back(memcpy_time(d.dst, d.src));
+      }
+      CopyResult cr;
+      cr.name = d.name;
+      cr.gbps = d.bytes_factor * static_cast<double>(n) / median(t) / 1e9;
+      if (*bw != 0 && d.throttled) {
+        cr.ceiling = d.bytes_factor * static_cast<double>(*bw) / 1e9;
+        cr.ceiling_name = "throttle";
+      } else if (!c.empty()) {
+        cr.ceiling = static_cast<double>(n) / median(c) / 1e9;
+        cr.ceiling_name = "memcpy";
+      } else if (d.name.find("both") != std::string::npos && !results.empty()) {
+        cr.ceiling = results[0].gbps + results[1].gbps;
+        cr.ceiling_name = "sum of one-way";
+      }
+      results.push_back(cr);
+    }
+    std::cout << "\ncopies: " << format_bytes_human(static_cast<double>(n)) << " per copy, pinned host memory, median of >= 5\n"
+              << "  " << std::left << std::setw(26) << "direction" << std::right << std::setw(10) << "GB/s" << std::setw(12)
+              << "ceiling" << std::setw(10) << "ratio" << "  ceiling is\n";
+    for (const auto& r : results) {
+      std::cout << "  " << std::left << std::setw(26) << r.name << std::right << std::fixed << std::setprecision(2)
+                << std::setw(10) << r.gbps << std::setw(12) << r.ceiling << std::setw(10)
+                << (r.ceiling > 0 ? r.gbps / r.ceiling : 0.0) << "  " << r.ceiling_name << "\n";
+    }
+  }
+
+  // ---- GEMMs ----
+  if (!args.count("no-gemm")) {
+    if (!dev.info().host_addressable) {
+      std::cout << "\ngemm: the direct oneDNN comparison needs host-addressable device memory; skipped on "
+                << dev.info().backend << "\n";
+      return rc;
+    }
+    for (const auto& [name, dims] : models) {
+      const int mb = name == "default" ? micro_batch : 1;
+      for (DType dtype : dtypes) {
+        std::vector<GemmResult> res;
+        for (const Shape& s : step_shapes(dims, mb)) {
+          GemmResult g;
+          Status st = measure_gemm(dev, s, dtype, min_time, &g);
+          if (!st.ok()) {
+            std::cerr << "strata bench device: gemm " << s.name << ": " << st << "\n";
+            rc = kExitFailed;
+            continue;
+          }
+          res.push_back(g);
+        }
+        double dev_total = 0, dir_total = 0, fl_total = 0, worst = 0;
+        std::cout << "\ngemm: model '" << name << "' (n_layer " << dims.n_layer << ", n_head " << dims.n_head << ", n_embd "
+                  << dims.n_embd << ", vocab " << dims.vocab << ", seq " << dims.seq_len << ", micro-batch " << mb << "), "
+                  << dtype_name(dtype) << " inputs, fp32 accumulate and output\n"
+                  << "  " << std::left << std::setw(20) << "product" << std::right << std::setw(22) << "M x N x K (batch)"
+                  << std::setw(6) << "x" << std::setw(11) << "device" << std::setw(11) << "oneDNN" << std::setw(9) << "ratio"
+                  << "  (GFLOP/s; ratio = device time / direct time)\n";
+        for (const auto& g : res) {
+          const double f = flops(g.shape);
+          std::ostringstream dims_s;
+          dims_s << g.shape.m << "x" << g.shape.n << "x" << g.shape.k;
+          if (g.shape.batch > 1) dims_s << " (" << g.shape.batch << ")";
+          const double ratio = g.device_s / g.direct_s;
+          worst = std::max(worst, ratio);
+          std::cout << "  " << std::left << std::setw(20) << g.shape.name << std::right << std::setw(22) << dims_s.str()
+                    << std::setw(6) << g.shape.per_step << std::fixed << std::setprecision(1) << std::setw(11)
+                    << f / g.device_s / 1e9 << std::setw(11) << f / g.direct_s / 1e9 << std::setprecision(3) << std::setw(9)
+                    << ratio << "\n";
+          dev_total += g.shape.per_step * g.device_s;
+          dir_total += g.shape.per_step * g.direct_s;
+          fl_total += g.shape.per_step * f;
+        }
+        if (dir_total > 0) {
+          const double ratio = dev_total / dir_total;
+          std::cout << "  step total: " << std::fixed << std::setprecision(3) << fl_total / 1e9 << " GFLOP; device "
+                    << std::setprecision(1) << fl_total / dev_total / 1e9 << " GFLOP/s, oneDNN direct "
+                    << fl_total / dir_total / 1e9 << " GFLOP/s; wrapper cost " << std::showpos << std::setprecision(1)
+                    << (ratio - 1.0) * 100 << std::noshowpos << " % (bar: < 5 %: " << (ratio < 1.05 ? "met" : "NOT met")
+                    << "); worst single shape " << std::setprecision(3) << worst << "\n";
+        }
+      }
+    }
+  }
+  return rc;
+}
+
+}  // namespace
+
+STRATA_COMMAND("bench device", "copy GB/s per direction and GEMM GFLOP/s at the model's shapes, vs oneDNN direct",
+               bench_device);
+
+}  // namespace strata::cli
