@@ -1,0 +1,159 @@
+// strata/trainer.h — one-rank training of the GPT-2 model: a Trainer runs the step (forward,
+// backward, optimizer) on a Device, and a StepOptimizer seam owns the optimizer state, so that
+// where master weights and Adam moments live (device memory here; host RAM or NVMe with
+// offload) is a choice of backend, not of the training loop.
+//
+// A training step (Trainer::train_step), all on one device stream:
+//   1. zero the parameter gradients;
+//   2. for each of grad_accum micro-batches: copy the tokens in (strata/data.h's sampling),
+//      forward (loss += mean cross-entropy / grad_accum), backward with dloss =
+//      loss_scale / grad_accum — gradients accumulate in the parameters' gradient views;
+//   3. StepOptimizer::step(): global gradient norm and inf/nan check, clip coefficient
+//      min(1, grad_clip / (norm + 1e-6)) as torch.nn.utils.clip_grad_norm_, then AdamW with
+//      grad_scale = clip / loss_scale, skipping the update when the gradients are not finite;
+//   4. fp16 only: dynamic loss scaling (DeepSpeed's rule: on overflow skip the step and, once
+//      `hysteresis` overflows have been tolerated, halve the scale down to min_loss_scale;
+//      double it after `scale_window` clean steps). fp32 and bf16 train with scale 1.
+// The learning rate is the profile's constant optimizer.lr; weight decay applies to every
+// parameter (one parameter group, as torch.optim.AdamW(model.parameters())).
+//
+// Thread-safety: a Trainer and its optimizer are used by one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "strata/data.h"
+#include "strata/device.h"
+#include "strata/model.h"
+#include "strata/optimizer.h"
+#include "strata/profile.h"
+#include "strata/status.h"
+
+namespace strata {
+
+// ---------------------------------------------------------------------------------------------
+// The optimizer seam
+
+// What one update needs from the training loop.
+struct UpdateRequest {
+  double lr = 3e-4;
+  double loss_scale = 1.0;  // the gradients hold loss_scale times the true gradient
+  double grad_clip = 0.0;   // clip the global norm to this; 0 = off
+};
+
+struct UpdateResult {
+  double grad_norm = 0.0;  // L2 norm of the true gradient before clipping (inf or NaN when not finite)
+  bool finite = true;      // every gradient element is finite
+  bool applied = false;    // false: the update was skipped because the gradients were not finite
+};
+
+// Owns fp32 master weights and Adam moments for a model's parameters wherever it keeps them,
+// and keeps the parameters' device values (the compute copy) in step with the masters.
+class StepOptimizer {
+ public:
+  virtual ~StepOptimizer() = default;
+
+  // "device-adam", ...
+  virtual std::string name() const = 0;
+
+  // Takes charge of `model`'s parameters, which are bound to device storage on `device`;
+  // allocates the state. Later calls enqueue on `stream`.
+  virtual Status attach(Module& model, Device& device, Stream& stream) = 0;
+
+  // Master weights, elements [first, first + n) of `p`, in fp32. set_master also refreshes the
+  // parameter's device value; both return once the copy is complete.
+  virtual Status set_master(const Parameter& p, std::uint64_t first, std::span<const float> values) = 0;
+  virtual Status get_master(const Parameter& p, std::uint64_t first, std::span<float> out) = 0;
+
+  // Called after `module`'s backward in every micro-step, with `last` true in the step's last
+  // micro-step (its parameters' gradients are then final), so a backend can start moving them.
+  virtual Status after_backward(Module& module, bool last) {
+    (void)module;
+    (void)last;
+    return Status::OK();
+  }
+
+  // One update from the gradients in the parameters' gradient views (see the file comment).
+  // The device values are updated (or, when skipped, unchanged) in stream order.
+  virtual Result<UpdateResult> step(const UpdateRequest& request) = 0;
+
+  // Updates applied so far (skipped steps do not count); Adam's bias correction uses it.
+  virtual std::int64_t updates() const = 0;
+  // Device bytes the optimizer state occupies.
+  virtual std::uint64_t device_bytes() const = 0;
+};
+
+// The optimizer the profile's [optimizer] section describes (adam or adamw), with master
+// weights and moments in device memory, updated by Device::adam_step.
+Result<std::unique_ptr<StepOptimizer>> make_device_adam(const OptimizerConfig& config);
+
+// The Adam settings of a profile's [optimizer] section (lr is per request).
+AdamHyper adam_hyper(const OptimizerConfig& config);
+
+// ---------------------------------------------------------------------------------------------
+// The trainer
+
+struct TrainerOptions {
+  // Synchronise the stream after the forward passes, the backward passes and the optimizer
+  // step so that StepStats splits the step time among them (benchmarks); costs a little
+  // overlap.
+  bool phase_timing = false;
+};
+
+struct StepStats {
+  std::int64_t step = 0;        // 1-based number of this step
+  double loss = 0.0;            // mean cross-entropy over the step's tokens
+  double grad_norm = 0.0;       // global gradient norm before clipping
+  double lr = 0.0;
+  double loss_scale = 1.0;      // the scale this step's backward used
+  bool skipped = false;         // gradients were not finite; no update
+  std::uint64_t tokens = 0;     // tokens trained on in this step
+  double seconds = 0.0;         // wall time of the step
+  double tokens_per_s = 0.0;
+  double forward_s = 0.0;       // with TrainerOptions::phase_timing, else 0
+  double backward_s = 0.0;
+  double optimizer_s = 0.0;
+};
+
+class Trainer {
+ public:
+  // Builds the GPT of profile.train (dimensions, precision, activation checkpointing), binds
+  // its parameters and gradients to device memory, prepares activations for
+  // train.micro_batch, attaches `optimizer` (the device Adam of profile.optimizer when null)
+  // and initialises the weights from the counter-based generator with train.seed.
+  // Device memory that does not fit is an out-of-memory Status naming what needed it.
+  static Result<std::unique_ptr<Trainer>> create(const Profile& profile, Device& device,
+                                                 std::unique_ptr<StepOptimizer> optimizer = nullptr,
+                                                 const TrainerOptions& options = {});
+  ~Trainer();
+
+  Gpt& model();
+  StepOptimizer& optimizer();
+  const Profile& profile() const;
+  // Steps completed; the next train_step() is step steps_done() + 1 and samples data step
+  // steps_done() (0-based, strata/data.h).
+  std::int64_t steps_done() const;
+  double loss_scale() const;
+  // Tokens per step: micro_batch x grad_accum x seq_len.
+  std::uint64_t tokens_per_step() const;
+
+  // One training step on `data` (checked against the model's vocabulary and seq_len).
+  Result<StepStats> train_step(const TokenDataset& data);
+
+  // Weights as safetensors with Hugging Face GPT-2 names, from the fp32 master weights,
+  // written as F32, BF16 or F16.
+  Status export_weights(const std::string& path, DType dtype = DType::kF32);
+  // Replaces the master weights (and device values) with a safetensors file's; the file must
+  // match the model (see model/safetensors.h). The optimizer moments are left as they are.
+  Status import_weights(const std::string& path);
+
+ private:
+  struct Impl;
+  explicit Trainer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace strata

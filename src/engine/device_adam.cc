@@ -1,0 +1,175 @@
+// The device StepOptimizer: fp32 master weights and Adam moments in device memory, updated by
+// Device::adam_step per parameter. With an fp32 model the master weights are the parameters'
+// device values themselves; with bf16/fp16 the step writes the rounded copy into them.
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "strata/log.h"
+#include "strata/trainer.h"
+
+namespace strata {
+
+AdamHyper adam_hyper(const OptimizerConfig& c) {
+  AdamHyper h;
+  h.lr = c.lr;
+  h.beta1 = c.beta1;
+  h.beta2 = c.beta2;
+  h.eps = c.eps;
+  h.weight_decay = c.weight_decay;
+  h.mode = c.type == "adam" ? AdamMode::kAdam : AdamMode::kAdamW;
+  h.bias_correction = c.bias_correction;
+  return h;
+}
+
+namespace {
+
+class DeviceAdam final : public StepOptimizer {
+ public:
+  explicit DeviceAdam(const OptimizerConfig& c) : hyper_(adam_hyper(c)) {}
+
+  std::string name() const override { return "device-adam"; }
+
+  Status attach(Module& model, Device& device, Stream& stream) override {
+    device_ = &device;
+    stream_ = &stream;
+    params_.clear();
+    std::size_t master_bytes = 0, moment_bytes = 0;
+    auto round_up = [](std::size_t b) { return (b + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment; };
+    for (Parameter* p : model.parameters()) {
+      if (!p->bound()) return failed_precondition("device adam: parameter " + p->name() + " has no device storage");
+      if (p->value().device() != &device) {
+        return invalid_argument("device adam: parameter " + p->name() + " lives on another device");
+      }
+      if (p->value().dtype() != DType::kF32) master_bytes += round_up(p->numel() * 4);
+      moment_bytes += round_up(p->numel() * 4);
+    }
+    auto alloc = [&](std::size_t bytes, const char* what) -> Result<DeviceBuffer> {
+      auto b = device.allocate(std::max<std::size_t>(bytes, 1));
+      if (!b.ok()) return b.status().with_context(std::string("device adam: ") + what);
+      return b;
+    };
+    if (master_bytes > 0) {
+      STRATA_ASSIGN_OR_RETURN(master_, alloc(master_bytes, "fp32 master weights"));
+    }
+    STRATA_ASSIGN_OR_RETURN(exp_avg_, alloc(moment_bytes, "first moments (exp_avg)"));
+    STRATA_ASSIGN_OR_RETURN(exp_avg_sq_, alloc(moment_bytes, "second moments (exp_avg_sq)"));
+    STRATA_ASSIGN_OR_RETURN(scalars_, alloc(2 * sizeof(float), "norm scratch"));
+    STRATA_ASSIGN_OR_RETURN(host_scalars_, device.allocate_pinned(2 * sizeof(float)));
+    std::size_t m_at = 0, s_at = 0;
+    for (Parameter* p : model.parameters()) {
+      State st;
+      st.param = p;
+      if (p->value().dtype() == DType::kF32) {
+        st.master = p->value();
+      } else {
+        STRATA_ASSIGN_OR_RETURN(st.master, master_.view(DType::kF32, m_at, p->numel()));
+        m_at += round_up(p->numel() * 4);
+      }
+      STRATA_ASSIGN_OR_RETURN(st.exp_avg, exp_avg_.view(DType::kF32, s_at, p->numel()));
+      STRATA_ASSIGN_OR_RETURN(st.exp_avg_sq, exp_avg_sq_.view(DType::kF32, s_at, p->numel()));
+      s_at += round_up(p->numel() * 4);
+      params_.push_back(st);
+    }
+    STRATA_RETURN_IF_ERROR(device.fill(exp_avg_.view(DType::kF32), 0.0f, stream));
+    STRATA_RETURN_IF_ERROR(device.fill(exp_avg_sq_.view(DType::kF32), 0.0f, stream));
+    updates_ = 0;
+    return stream.synchronize();
+  }
+
+  Status set_master(const Parameter& p, std::uint64_t first, std::span<const float> values) override {
+    STRATA_ASSIGN_OR_RETURN(const State* st, find(p));
+    STRATA_ASSIGN_OR_RETURN(DeviceView m, st->master.slice(first, values.size()));
+    STRATA_RETURN_IF_ERROR(device_->copy_to_device(m.range(), std::as_bytes(values), *stream_));
+    if (st->master.address() != p.value().address()) {
+      STRATA_ASSIGN_OR_RETURN(DeviceView v, p.value().slice(first, values.size()));
+      STRATA_RETURN_IF_ERROR(device_->cast(v, m, *stream_));
+    }
+    return stream_->synchronize();  // `values` may go away once this returns
+  }
+
+  Status get_master(const Parameter& p, std::uint64_t first, std::span<float> out) override {
+    STRATA_ASSIGN_OR_RETURN(const State* st, find(p));
+    STRATA_ASSIGN_OR_RETURN(DeviceView m, st->master.slice(first, out.size()));
+    STRATA_RETURN_IF_ERROR(device_->copy_to_host(std::as_writable_bytes(out), m.range(), *stream_));
+    return stream_->synchronize();
+  }
+
+  Result<UpdateResult> step(const UpdateRequest& req) override {
+    if (device_ == nullptr) return failed_precondition("device adam: attach() a model first");
+    if (!(req.loss_scale > 0) || !std::isfinite(req.loss_scale)) {
+      return invalid_argument("device adam: loss_scale must be finite and positive");
+    }
+    // Squared norm and the inf/nan flag of all gradients, read back once.
+    DeviceView sumsq = *scalars_.view(DType::kF32, 0, 1);
+    DeviceView flag = *scalars_.view(DType::kF32, sizeof(float), 1);
+    STRATA_RETURN_IF_ERROR(device_->fill(scalars_.view(DType::kF32), 0.0f, *stream_));
+    for (const State& st : params_) {
+      STRATA_RETURN_IF_ERROR(device_->sum_squares(st.param->grad(), sumsq, *stream_));
+      STRATA_RETURN_IF_ERROR(device_->check_finite(st.param->grad(), flag, *stream_));
+    }
+    STRATA_RETURN_IF_ERROR(device_->copy_to_host(host_scalars_.bytes(), scalars_.range(), *stream_));
+    STRATA_RETURN_IF_ERROR(stream_->synchronize());
+    float host[2];
+    std::memcpy(host, host_scalars_.data(), sizeof host);
+    UpdateResult r;
+    r.grad_norm = std::sqrt(static_cast<double>(host[0])) / req.loss_scale;
+    r.finite = host[1] == 0.0f && std::isfinite(host[0]);
+    if (!r.finite) {
+      r.grad_norm = std::isnan(host[0]) ? NAN : INFINITY;
+      return r;
+    }
+    double clip = 1.0;
+    if (req.grad_clip > 0 && r.grad_norm > req.grad_clip) clip = req.grad_clip / (r.grad_norm + 1e-6);
+    AdamHyper h = hyper_;
+    h.lr = req.lr;
+    const AdamStep at{updates_ + 1, clip / req.loss_scale};
+    for (const State& st : params_) {
+      AdamTensors t;
+      t.params = st.master;
+      t.grads = st.param->grad();
+      t.exp_avg = st.exp_avg;
+      t.exp_avg_sq = st.exp_avg_sq;
+      if (st.master.address() != st.param->value().address()) t.params_out = st.param->value();
+      STRATA_RETURN_IF_ERROR(device_->adam_step(t, h, at, *stream_));
+    }
+    ++updates_;
+    r.applied = true;
+    return r;
+  }
+
+  std::int64_t updates() const override { return updates_; }
+  std::uint64_t device_bytes() const override { return master_.size() + exp_avg_.size() + exp_avg_sq_.size(); }
+
+ private:
+  struct State {
+    Parameter* param = nullptr;
+    DeviceView master, exp_avg, exp_avg_sq;
+  };
+
+  Result<const State*> find(const Parameter& p) const {
+    for (const State& st : params_) {
+      if (st.param == &p) return &st;
+    }
+    return invalid_argument("device adam: parameter " + p.name() + " is not attached");
+  }
+
+  AdamHyper hyper_;
+  Device* device_ = nullptr;
+  Stream* stream_ = nullptr;
+  DeviceBuffer master_, exp_avg_, exp_avg_sq_, scalars_;
+  PinnedBuffer host_scalars_;
+  std::vector<State> params_;
+  std::int64_t updates_ = 0;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<StepOptimizer>> make_device_adam(const OptimizerConfig& config) {
+  if (config.type != "adam" && config.type != "adamw") {
+    return invalid_argument("optimizer.type = \"" + config.type + "\": the device optimizer knows adam and adamw");
+  }
+  return std::unique_ptr<StepOptimizer>(new DeviceAdam(config));
+}
+
+}  // namespace strata

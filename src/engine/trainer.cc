@@ -1,0 +1,257 @@
+// The one-rank Trainer of strata/trainer.h: parameter and gradient storage on the device, the
+// training step, loss scaling and the weights interchange.
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <vector>
+
+#include "engine/loss_scaler.h"
+#include "model/safetensors.h"
+#include "strata/log.h"
+#include "strata/trainer.h"
+
+namespace strata {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::size_t aligned(std::size_t bytes) { return (bytes + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment; }
+
+// Elements initialised per call (bounds the host memory of initialising a large parameter).
+constexpr std::size_t kInitChunk = 1 << 20;
+
+// What this trainer runs; everything else in a profile is refused rather than ignored.
+Status check_supported(const Profile& p, bool custom_optimizer) {
+  auto refuse = [](const std::string& key, const std::string& why) {
+    return unavailable("strata train: " + key + ": " + why);
+  };
+  if (p.parallel.dp != 1 || p.parallel.tp != 1 || p.parallel.pp != 1) {
+    return refuse("parallel", "the trainer runs one rank (dp = tp = pp = 1); found dp = " +
+                                  std::to_string(p.parallel.dp) + ", tp = " + std::to_string(p.parallel.tp) +
+                                  ", pp = " + std::to_string(p.parallel.pp));
+  }
+  if (p.offload_optimizer.device != OffloadTarget::kNone && !custom_optimizer) {
+    return refuse("offload.optimizer.device = \"" + std::string(offload_target_name(p.offload_optimizer.device)) + "\"",
+                  "the device optimizer keeps its state in device memory; set it to \"none\"");
+  }
+  if (p.offload_param.device != OffloadTarget::kNone) {
+    return refuse("offload.param.device", "parameter offload is not available in the one-rank trainer; set it to \"none\"");
+  }
+  if (p.activation.offload) {
+    return refuse("activation.offload", "checkpointed activations stay in device memory; set it to false");
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+struct Trainer::Impl final : ModuleHooks {
+  explicit Impl(const Profile& p) : profile(p), scaler(p.precision) {}
+  ~Impl() override {
+    // Buffers must not be freed under work still queued on the stream.
+    if (stream) stream->synchronize().ignore();
+    if (model) model->set_hooks(nullptr);
+  }
+
+  Status after_backward(Module& m) override { return opt->after_backward(m, last_micro); }
+
+  Profile profile;
+  TrainerOptions options;
+  Device* device = nullptr;
+  std::unique_ptr<Stream> stream;
+  std::unique_ptr<Gpt> model;
+  std::unique_ptr<StepOptimizer> opt;
+  DeviceBuffer values;   // every parameter's compute copy, each 256-byte aligned
+  DeviceBuffer grads;    // every parameter's gradient, same layout
+  DeviceBuffer tokens;   // (2, B, T) int32: inputs, then targets
+  DeviceBuffer loss;     // (1) fp32
+  PinnedBuffer staging;  // (A, 2, B, T) int32 of host tokens, then the loss read back
+  engine::LossScaler scaler;
+  std::int64_t steps_done = 0;
+  bool last_micro = false;
+
+  std::size_t rows_tokens() const {
+    return static_cast<std::size_t>(profile.train.micro_batch) * static_cast<std::size_t>(profile.train.dims.seq_len);
+  }
+  std::int32_t* host_tokens(int micro) {
+    return staging.as<std::int32_t>().data() + static_cast<std::size_t>(micro) * 2 * rows_tokens();
+  }
+  float* host_loss() {
+    return reinterpret_cast<float*>(host_tokens(profile.train.grad_accum));
+  }
+};
+
+Trainer::Trainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Trainer::~Trainer() = default;
+
+Result<std::unique_ptr<Trainer>> Trainer::create(const Profile& profile, Device& device,
+                                                 std::unique_ptr<StepOptimizer> optimizer,
+                                                 const TrainerOptions& options) {
+  STRATA_RETURN_IF_ERROR(profile.validate());
+  STRATA_RETURN_IF_ERROR(check_supported(profile, optimizer != nullptr));
+  const TrainConfig& tc = profile.train;
+  if (tc.micro_batch < 1 || tc.grad_accum < 1) {
+    return invalid_argument("train.micro_batch and train.grad_accum must be at least 1");
+  }
+  auto impl = std::make_unique<Impl>(profile);
+  Impl& m = *impl;
+  m.options = options;
+  m.device = &device;
+  STRATA_ASSIGN_OR_RETURN(m.stream, device.create_stream("train"));
+  STRATA_ASSIGN_OR_RETURN(m.model, Gpt::create(GptConfig::from_profile(profile)));
+  const GptConfig& gc = m.model->config();
+
+  // Parameters and gradients: one allocation each, one aligned slot per parameter.
+  std::size_t vbytes = 0, gbytes = 0;
+  for (const Parameter* p : m.model->parameters()) {
+    vbytes += aligned(p->numel() * dtype_size(gc.dtype));
+    gbytes += aligned(p->numel() * dtype_size(gc.grad_dtype));
+  }
+  auto values = device.allocate(vbytes);
+  if (!values.ok()) {
+    return values.status().with_context("trainer: " + std::to_string(gc.dims.parameter_count()) + " parameters in " +
+                                        std::string(dtype_name(gc.dtype)));
+  }
+  m.values = std::move(*values);
+  auto grads = device.allocate(gbytes);
+  if (!grads.ok()) return grads.status().with_context("trainer: parameter gradients");
+  m.grads = std::move(*grads);
+  std::size_t va = 0, ga = 0;
+  for (Parameter* p : m.model->parameters()) {
+    STRATA_ASSIGN_OR_RETURN(DeviceView v, m.values.view(gc.dtype, va, p->numel()));
+    STRATA_ASSIGN_OR_RETURN(DeviceView g, m.grads.view(gc.grad_dtype, ga, p->numel()));
+    STRATA_RETURN_IF_ERROR(p->bind(v, g));
+    va += aligned(p->numel() * dtype_size(gc.dtype));
+    ga += aligned(p->numel() * dtype_size(gc.grad_dtype));
+  }
+  STRATA_RETURN_IF_ERROR(m.model->prepare(device, tc.micro_batch));
+
+  const std::size_t bt = m.rows_tokens();
+  auto tokens = device.allocate(2 * bt * sizeof(std::int32_t));
+  if (!tokens.ok()) return tokens.status().with_context("trainer: token buffer");
+  m.tokens = std::move(*tokens);
+  auto loss = device.allocate(sizeof(float));
+  if (!loss.ok()) return loss.status().with_context("trainer: loss scalar");
+  m.loss = std::move(*loss);
+  STRATA_ASSIGN_OR_RETURN(
+      m.staging,
+      device.allocate_pinned(static_cast<std::size_t>(tc.grad_accum) * 2 * bt * sizeof(std::int32_t) + sizeof(float)));
+
+  if (optimizer == nullptr) {
+    STRATA_ASSIGN_OR_RETURN(optimizer, make_device_adam(profile.optimizer));
+  }
+  m.opt = std::move(optimizer);
+  STRATA_RETURN_IF_ERROR(m.opt->attach(*m.model, device, *m.stream));
+  m.model->set_hooks(&m);
+
+  // Initial weights from the counter-based generator, chunk by chunk.
+  std::vector<float> chunk;
+  for (Parameter* p : m.model->parameters()) {
+    for (std::uint64_t first = 0; first < p->numel();) {
+      const std::size_t n = std::min<std::uint64_t>(kInitChunk, p->numel() - first);
+      chunk.resize(n);
+      init_parameter_values(*p, tc.seed, first, chunk);
+      STRATA_RETURN_IF_ERROR(m.opt->set_master(*p, first, chunk));
+      first += n;
+    }
+  }
+  STRATA_RETURN_IF_ERROR(device.fill(m.grads.view(gc.grad_dtype), 0.0f, *m.stream));
+  STRATA_RETURN_IF_ERROR(m.stream->synchronize());
+  STRATA_LOG(kDebug) << "trainer: " << gc.dims.parameter_count() << " parameters, " << vbytes << " B values, " << gbytes
+                     << " B gradients, " << Gpt::activation_bytes(gc, tc.micro_batch) << " B activations, optimizer "
+                     << m.opt->name() << " " << m.opt->device_bytes() << " B on " << device.info().name;
+  return std::unique_ptr<Trainer>(new Trainer(std::move(impl)));
+}
+
+Gpt& Trainer::model() { return *impl_->model; }
+StepOptimizer& Trainer::optimizer() { return *impl_->opt; }
+const Profile& Trainer::profile() const { return impl_->profile; }
+std::int64_t Trainer::steps_done() const { return impl_->steps_done; }
+double Trainer::loss_scale() const { return impl_->scaler.scale(); }
+std::uint64_t Trainer::tokens_per_step() const {
+  return static_cast<std::uint64_t>(impl_->profile.train.grad_accum) * impl_->rows_tokens();
+}
+
+Result<StepStats> Trainer::train_step(const TokenDataset& data) {
+  Impl& m = *impl_;
+  const TrainConfig& tc = m.profile.train;
+  STRATA_RETURN_IF_ERROR(data.check(tc.dims.vocab, tc.dims.seq_len));
+  Device& dev = *m.device;
+  Stream& s = *m.stream;
+  const GptConfig& gc = m.model->config();
+  const BatchShape shape{tc.micro_batch, tc.grad_accum, tc.dims.seq_len};
+  const std::size_t bt = m.rows_tokens();
+  const int A = tc.grad_accum;
+
+  StepStats st;
+  st.step = m.steps_done + 1;
+  st.lr = m.profile.optimizer.lr;
+  st.loss_scale = m.scaler.scale();
+  st.tokens = tokens_per_step();
+  const auto t0 = Clock::now();
+  auto phase = [&](double* acc, Clock::time_point since) -> Status {
+    if (!m.options.phase_timing) return Status::OK();
+    STRATA_RETURN_IF_ERROR(s.synchronize());
+    *acc += seconds_since(since);
+    return Status::OK();
+  };
+
+  STRATA_RETURN_IF_ERROR(dev.fill(m.grads.view(gc.grad_dtype), 0.0f, s));
+  STRATA_RETURN_IF_ERROR(dev.fill(*m.loss.view(DType::kF32, 0, 1), 0.0f, s));
+  const DeviceRange tok = *m.tokens.range(0, bt * 4);
+  const DeviceRange tgt = *m.tokens.range(bt * 4, bt * 4);
+  for (int a = 0; a < A; ++a) {
+    std::int32_t* host = m.host_tokens(a);
+    STRATA_RETURN_IF_ERROR(data.batch(m.steps_done, a, shape, {host, bt}, {host + bt, bt}));
+    STRATA_RETURN_IF_ERROR(dev.copy_to_device(*m.tokens.range(0, 2 * bt * 4),
+                                              {reinterpret_cast<const std::byte*>(host), 2 * bt * 4}, s));
+    m.last_micro = a == A - 1;
+    auto tf = Clock::now();
+    STRATA_RETURN_IF_ERROR(m.model->forward(tok, tgt, *m.loss.view(DType::kF32, 0, 1), 1.0f / static_cast<float>(A), s));
+    STRATA_RETURN_IF_ERROR(phase(&st.forward_s, tf));
+    auto tb = Clock::now();
+    STRATA_RETURN_IF_ERROR(m.model->backward(static_cast<float>(m.scaler.scale() / A), s));
+    STRATA_RETURN_IF_ERROR(phase(&st.backward_s, tb));
+  }
+  STRATA_RETURN_IF_ERROR(dev.copy_to_host({reinterpret_cast<std::byte*>(m.host_loss()), sizeof(float)}, m.loss.range(), s));
+  auto to = Clock::now();
+  UpdateRequest req;
+  req.lr = m.profile.optimizer.lr;
+  req.loss_scale = m.scaler.scale();
+  req.grad_clip = m.profile.optimizer.grad_clip;
+  STRATA_ASSIGN_OR_RETURN(UpdateResult r, m.opt->step(req));
+  STRATA_RETURN_IF_ERROR(s.synchronize());
+  if (m.options.phase_timing) st.optimizer_s = seconds_since(to);
+  st.seconds = seconds_since(t0);
+
+  st.loss = *m.host_loss();
+  st.grad_norm = r.grad_norm;
+  st.skipped = !r.applied;
+  st.tokens_per_s = st.seconds > 0 ? static_cast<double>(st.tokens) / st.seconds : 0.0;
+  m.scaler.update(r.finite);
+  if (!r.finite) {
+    STRATA_LOG(kInfo) << "step " << st.step << ": gradients not finite at loss scale " << st.loss_scale
+                      << "; update skipped" << (m.scaler.dynamic() ? ", scale now " + std::to_string(m.scaler.scale()) : "");
+  }
+  ++m.steps_done;
+  return st;
+}
+
+Status Trainer::export_weights(const std::string& path, DType dtype) {
+  Impl& m = *impl_;
+  return safetensors::export_gpt(path, *m.model, dtype, [&](const Parameter& p, std::uint64_t first, std::span<float> out) {
+    return m.opt->get_master(p, first, out);
+  });
+}
+
+Status Trainer::import_weights(const std::string& path) {
+  Impl& m = *impl_;
+  return safetensors::import_gpt(path, *m.model, [&](const Parameter& p, std::uint64_t first, std::span<const float> v) {
+    return m.opt->set_master(p, first, v);
+  });
+}
+
+}  // namespace strata
