@@ -837,6 +837,8 @@ Result<Pin> TierManager::acquire(BlockId id, Tier tier, Access access) {
     ++stats_.in_flight_hits;
   } else {
     ++stats_.misses;
+    STRATA_LOG(kTrace) << "tier manager: miss: block '" << b->name << "' in " << tier_name(tier) << " ("
+                       << access_name(access) << ")";
   }
   observe(*b, tier, access);
 
@@ -937,6 +939,11 @@ void TierManager::end_step() {
   issue_prefetches();
 }
 
+void TierManager::restart_trace() {
+  std::lock_guard lk(mu_);
+  trace_.reset();
+}
+
 void TierManager::issue_prefetches() {
   if (!options_.tracing || options_.prefetch_bytes == 0 || !trace_.replaying()) return;
   const std::size_t n = trace_.size();
@@ -996,6 +1003,8 @@ void TierManager::issue_prefetches() {
       start_load(*b, t, /*prefetch=*/true, true);
       live_bytes(t) += b->charge;
     } else {
+      STRATA_LOG(kTrace) << "tier manager: prefetch of block '" << b->name << "' into " << tier_name(t)
+                         << (r.progress ? " waits for write-backs" : " finds no copy used later to evict");
       if (r.progress) {  // write-backs of later-needed copies are under way: wait for them
         c.state = CopyState::kQueued;
         c.queued_content = true;
@@ -1165,7 +1174,13 @@ bool TierManager::start_load(Block& b, Tier t, bool prefetch, bool content) {
     ++stats_.prefetches;
     stats_.prefetch_bytes += b.bytes;
   }
-  if (x->reads_copy) ++b.copy(x->src).readers;
+  if (x->reads_copy) {
+    // A copy being written back for eviction may be the only current one: reading it cancels
+    // the eviction (the room it promised is looked for again when this load completes).
+    Copy& s = b.copy(x->src);
+    ++s.readers;
+    s.evicting = false;
+  }
   ++b.transfers;
   launch(std::move(x));
   return true;
@@ -1491,7 +1506,7 @@ void TierManager::complete(Xfer& x) {
       ++u.write_backs;
       u.write_back_bytes += b.bytes;
       if (x.dst == Tier::kNvme) stats_.bytes_moved[static_cast<std::size_t>(ti(x.src))][ti(Tier::kNvme)] += b.bytes;
-      if (s.evicting && s.pins == 0) {
+      if (s.evicting && s.pins == 0 && s.readers == 0) {
         ++u.evictions;
         free_copy(b, x.src);
       } else if (!s.home && s.pins == 0 && s.readers == 0 && s.version != b.version) {

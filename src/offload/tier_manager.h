@@ -194,6 +194,9 @@ class TierManager {
   // Marks the end of a training step: the first step's accesses become the trace; later
   // steps are checked against it. Also starts prefetching the next step's first blocks.
   void end_step();
+  // Forgets the trace and any recording: the accesses from now until the next end_step() are
+  // recorded as the first step (call it after initialisation, whose accesses do not repeat).
+  void restart_trace();
 
   TierStats stats() const;
   Result<BlockInfo> info(BlockId id) const;
