@@ -1,0 +1,234 @@
+// `strata train`: trains the profile's GPT-2 on one rank and reports progress.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cxxopts.hpp>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+
+#include "cli/command.h"
+#include "strata/data.h"
+#include "strata/device.h"
+#include "strata/profile.h"
+#include "strata/trainer.h"
+#include "strata/units.h"
+
+namespace strata::cli {
+namespace {
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+std::string clock_time(double s) {
+  if (!std::isfinite(s) || s < 0) return "--:--";
+  const auto t = static_cast<long>(s + 0.5);
+  char buf[32];
+  if (t >= 3600) {
+    std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+  } else {
+    std::snprintf(buf, sizeof buf, "%02ld:%02ld", t / 60, t % 60);
+  }
+  return buf;
+}
+
+// A JSON number, or null for inf/NaN (which JSON cannot spell).
+std::string json_num(double v) {
+  if (!std::isfinite(v)) return "null";
+  return fmt("%.9g", v);
+}
+
+std::string json_line(const StepStats& s) {
+  std::ostringstream o;
+  o << "{\"step\":" << s.step << ",\"loss\":" << json_num(s.loss) << ",\"grad_norm\":" << json_num(s.grad_norm)
+    << ",\"lr\":" << json_num(s.lr) << ",\"loss_scale\":" << json_num(s.loss_scale)
+    << ",\"tokens_per_s\":" << json_num(s.tokens_per_s) << ",\"skipped\":" << (s.skipped ? "true" : "false") << "}";
+  return o.str();
+}
+
+std::string progress_bar(std::int64_t step, std::int64_t total, int width) {
+  const int fill = total > 0 ? static_cast<int>(static_cast<double>(width) * static_cast<double>(step) / static_cast<double>(total)) : width;
+  return "[" + std::string(static_cast<std::size_t>(fill), '#') + std::string(static_cast<std::size_t>(width - fill), '.') + "]";
+}
+
+int train(int argc, char** argv) {
+  cxxopts::Options opts("strata train", "Train the profile's GPT-2 on one rank.");
+  opts.add_options()
+      ("profile", "offload profile (*.toml or *.json); default: the built-in defaults", cxxopts::value<std::string>())
+      ("data", "token data: a text file (byte tokens) or a *.u16 file; default: train.data, else the built-in text",
+       cxxopts::value<std::string>())
+      ("steps", "optimizer steps (overrides train.steps)", cxxopts::value<long>())
+      ("log-json", "write one JSON object per step to FILE", cxxopts::value<std::string>())
+      ("export-init", "write the initial weights (safetensors) before the first step", cxxopts::value<std::string>())
+      ("export", "write the trained weights (safetensors) at the end", cxxopts::value<std::string>())
+      ("import", "start from the weights of a safetensors file", cxxopts::value<std::string>())
+      ("export-dtype", "dtype of exported weights: fp32, bf16 or fp16", cxxopts::value<std::string>()->default_value("fp32"))
+      ("device", "device backend: host or cuda", cxxopts::value<std::string>()->default_value("host"))
+      ("h,help", "show this help");
+  cxxopts::ParseResult args;
+  try {
+    args = opts.parse(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "strata train: " << e.what() << "\n" << opts.help();
+    return kExitUsage;
+  }
+  if (args.count("help")) {
+    std::cout << opts.help();
+    return kExitOk;
+  }
+  if (!args.unmatched().empty()) {
+    std::cerr << "strata train: unexpected argument '" << args.unmatched().front() << "'\n" << opts.help();
+    return kExitUsage;
+  }
+
+  // Profile.
+  Result<Profile> loaded = args.count("profile") ? Profile::load(args["profile"].as<std::string>())
+                                                 : Profile::from_toml_string("", "built-in defaults");
+  if (!loaded.ok()) {
+    std::cerr << "strata train: " << loaded.status() << "\n";
+    return kExitUsage;
+  }
+  Profile profile = *loaded;
+  if (args.count("steps")) {
+    const long steps = args["steps"].as<long>();
+    if (steps < 0 || steps > 1000000000L) {
+      std::cerr << "strata train: --steps " << steps << " must be between 0 and 1000000000\n";
+      return kExitUsage;
+    }
+    profile.train.steps = static_cast<int>(steps);
+  }
+  DType export_dtype;
+  if (!parse_dtype(args["export-dtype"].as<std::string>(), &export_dtype)) {
+    std::cerr << "strata train: --export-dtype '" << args["export-dtype"].as<std::string>()
+              << "' is not one of fp32, bf16, fp16\n";
+    return kExitUsage;
+  }
+
+  // Data.
+  std::string data_path = args.count("data") ? args["data"].as<std::string>() : profile.train.data;
+  Result<TokenDataset> data = data_path.empty() ? TokenDataset::default_text() : TokenDataset::open(data_path);
+  if (!data.ok()) {
+    std::cerr << "strata train: " << data.status() << "\n";
+    return kExitUsage;
+  }
+  if (Status st = data->check(profile.train.dims.vocab, profile.train.dims.seq_len); !st.ok()) {
+    std::cerr << "strata train: " << st << "\n";
+    return kExitUsage;
+  }
+
+  // Device and trainer.
+  auto device = create_device(args["device"].as<std::string>(), device_options(profile.memory));
+  if (!device.ok()) {
+    std::cerr << "strata train: " << device.status() << "\n";
+    return device.status().code() == StatusCode::kInvalidArgument ? kExitUsage : kExitFailed;
+  }
+  std::ofstream log;
+  if (args.count("log-json")) {
+    const std::string path = args["log-json"].as<std::string>();
+    log.open(path, std::ios::out | std::ios::trunc);
+    if (!log) {
+      std::cerr << "strata train: cannot open --log-json file '" << path << "'\n";
+      return kExitUsage;
+    }
+  }
+  int code = kExitOk;
+  {
+    auto trainer = Trainer::create(profile, **device);
+    if (!trainer.ok()) {
+      std::cerr << "strata train: " << trainer.status() << "\n";
+      return trainer.status().code() == StatusCode::kOutOfMemory || trainer.status().code() == StatusCode::kInternal
+                 ? kExitFailed
+                 : kExitUsage;
+    }
+    Trainer& t = **trainer;
+    const TrainConfig& tc = profile.train;
+    const ModelDims& d = tc.dims;
+    std::cout << "model    GPT-2 '" << tc.model << "': " << d.n_layer << " layers, " << d.n_head << " heads, n_embd "
+              << d.n_embd << ", vocab " << d.vocab << ", seq_len " << d.seq_len << " ("
+              << fmt("%.2f", static_cast<double>(d.parameter_count()) / 1e6) << "M parameters, "
+              << dtype_name(profile.precision.dtype) << (profile.activation.checkpointing ? ", checkpointed" : "")
+              << ")\n"
+              << "device   " << (*device)->info().name << "\n"
+              << "data     " << data->name() << " (" << data->size() << " tokens)\n"
+              << "batch    " << tc.micro_batch << " x " << tc.grad_accum << " x " << d.seq_len << " = "
+              << t.tokens_per_step() << " tokens per step; " << t.optimizer().name() << " " << profile.optimizer.type
+              << " lr " << profile.optimizer.lr << ", " << tc.steps << " steps\n";
+
+    if (args.count("import")) {
+      if (Status st = t.import_weights(args["import"].as<std::string>()); !st.ok()) {
+        std::cerr << "strata train: --import: " << st << "\n";
+        return kExitUsage;
+      }
+      std::cout << "weights  " << args["import"].as<std::string>() << "\n";
+    }
+    if (args.count("export-init")) {
+      if (Status st = t.export_weights(args["export-init"].as<std::string>(), export_dtype); !st.ok()) {
+        std::cerr << "strata train: --export-init: " << st << "\n";
+        return kExitFailed;
+      }
+    }
+
+    const bool tty = ::isatty(STDOUT_FILENO) == 1;
+    double elapsed = 0, first_loss = NAN, last_loss = NAN;
+    std::uint64_t tokens = 0;
+    for (std::int64_t i = 0; i < tc.steps; ++i) {
+      auto s = t.train_step(*data);
+      if (!s.ok()) {
+        if (tty) std::cout << "\n";
+        std::cerr << "strata train: step " << i + 1 << ": " << s.status() << "\n";
+        code = kExitFailed;
+        break;
+      }
+      elapsed += s->seconds;
+      tokens += s->tokens;
+      if (i == 0) first_loss = s->loss;
+      last_loss = s->loss;
+      const double eta = elapsed / static_cast<double>(i + 1) * static_cast<double>(tc.steps - i - 1);
+      const double tps = elapsed > 0 ? static_cast<double>(tokens) / elapsed : 0;
+      if (tty) {
+        std::cout << "\r" << progress_bar(s->step, tc.steps, 30) << " step " << s->step << "/" << tc.steps << "  loss "
+                  << fmt("%.4f", s->loss) << "  " << fmt("%.0f", tps) << " tok/s  ETA " << clock_time(eta)
+                  << (s->skipped ? "  (skipped)" : "") << "   " << std::flush;
+      } else {
+        std::cout << "step " << s->step << "/" << tc.steps << " loss " << fmt("%.4f", s->loss) << " grad_norm "
+                  << fmt("%.4g", s->grad_norm) << " lr " << fmt("%.3g", s->lr) << " loss_scale "
+                  << fmt("%.6g", s->loss_scale) << " " << fmt("%.0f", s->tokens_per_s) << " tok/s"
+                  << (s->skipped ? " skipped" : "") << "\n";
+      }
+      if (log.is_open()) {
+        log << json_line(*s) << "\n";
+        log.flush();
+        if (!log) {
+          std::cerr << "strata train: writing the --log-json file failed\n";
+          code = kExitFailed;
+          break;
+        }
+      }
+    }
+    if (tty) std::cout << "\n";
+    if (tc.steps > 0 && code == kExitOk) {
+      std::cout << "done     " << t.steps_done() << " steps in " << clock_time(elapsed) << " ("
+                << fmt("%.3f", elapsed / static_cast<double>(t.steps_done())) << " s/step, "
+                << fmt("%.0f", static_cast<double>(tokens) / elapsed) << " tok/s); loss " << fmt("%.4f", first_loss)
+                << " -> " << fmt("%.4f", last_loss) << "\n";
+    }
+    if (code == kExitOk && args.count("export")) {
+      if (Status st = t.export_weights(args["export"].as<std::string>(), export_dtype); !st.ok()) {
+        std::cerr << "strata train: --export: " << st << "\n";
+        return kExitFailed;
+      }
+      std::cout << "exported " << args["export"].as<std::string>() << "\n";
+    }
+  }
+  return code;
+}
+
+STRATA_COMMAND("train", "train the profile's GPT-2 on one rank (progress, JSON log, safetensors weights)", train);
+
+}  // namespace
+}  // namespace strata::cli
