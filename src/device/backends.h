@@ -20,6 +20,11 @@ Result<std::unique_ptr<Device>> make_host_device(const DeviceOptions& options);
 // says so; with no GPU present it answers "no CUDA device".
 Result<std::unique_ptr<Device>> make_cuda_device(const DeviceOptions& options);
 
+// The cudaStream_t behind a stream of the CUDA device, for kernels launched outside the device
+// layer (the nn ops of src/model); nullptr for a stream of any other backend. Defined only in
+// builds with the CUDA toolkit.
+void* cuda_stream_handle(Stream& stream);
+
 // The shared Adam math's hyper-parameters for the optimizer seam's AdamHyper.
 adam::Hyper adam_hyper(const AdamHyper& h);
 

@@ -510,6 +510,11 @@ Status CudaDevice::adam_step_impl(const AdamTensors& t, const AdamHyper& h, cons
 
 }  // namespace
 
+void* cuda_stream_handle(Stream& stream) {
+  if (stream.device().info().backend != "cuda") return nullptr;
+  return static_cast<CudaStream&>(stream).handle();
+}
+
 Result<std::unique_ptr<Device>> make_cuda_device(const DeviceOptions& options) {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
