@@ -22,12 +22,15 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "strata/data.h"
 #include "strata/device.h"
 #include "strata/model.h"
+#include "strata/offload.h"
 #include "strata/optimizer.h"
 #include "strata/profile.h"
 #include "strata/status.h"
@@ -43,6 +46,10 @@ struct UpdateRequest {
   double loss_scale = 1.0;  // the gradients hold loss_scale times the true gradient
   double grad_clip = 0.0;   // clip the global norm to this; 0 = off
 };
+
+// The optimizer tensors of a parameter (for checkpoints): fp32 master weights and Adam moments.
+enum class OptimizerState : std::uint8_t { kMaster = 0, kExpAvg = 1, kExpAvgSq = 2 };
+std::string_view optimizer_state_name(OptimizerState which);  // "master", "exp_avg", "exp_avg_sq"
 
 struct UpdateResult {
   double grad_norm = 0.0;  // L2 norm of the true gradient before clipping (inf or NaN when not finite)
@@ -84,11 +91,39 @@ class StepOptimizer {
   virtual std::int64_t updates() const = 0;
   // Device bytes the optimizer state occupies.
   virtual std::uint64_t device_bytes() const = 0;
+
+  // Any optimizer tensor, elements [first, first + n) of `p`, in fp32, wherever it lives
+  // (checkpoints). Writing kMaster also refreshes the device value, as set_master. Both return
+  // once the copy is complete. The defaults reach only the master weights.
+  virtual Status read_state(const Parameter& p, OptimizerState which, std::uint64_t first, std::span<float> out) {
+    if (which == OptimizerState::kMaster) return get_master(p, first, out);
+    return unavailable("optimizer " + name() + " does not expose its " + std::string(optimizer_state_name(which)));
+  }
+  virtual Status write_state(const Parameter& p, OptimizerState which, std::uint64_t first,
+                             std::span<const float> values) {
+    if (which == OptimizerState::kMaster) return set_master(p, first, values);
+    return unavailable("optimizer " + name() + " does not expose its " + std::string(optimizer_state_name(which)));
+  }
+  // Sets the count updates() reports (resuming from a checkpoint).
+  virtual Status set_updates(std::int64_t updates) {
+    (void)updates;
+    return unavailable("optimizer " + name() + " cannot restore its update count");
+  }
+  // Statistics of the tier manager that moves the state; none for a backend without one.
+  virtual std::optional<TierStats> tier_stats() const { return std::nullopt; }
 };
 
 // The optimizer the profile's [optimizer] section describes (adam or adamw), with master
 // weights and moments in device memory, updated by Device::adam_step.
 Result<std::unique_ptr<StepOptimizer>> make_device_adam(const OptimizerConfig& config);
+
+// The optimizer the profile's [offload.optimizer] device asks for, never another: "none" is
+// make_device_adam; "cpu" and "nvme" are make_offload_adam.
+Result<std::unique_ptr<StepOptimizer>> make_step_optimizer(const Profile& profile);
+
+// CPU Adam over fp32 master weights and moments homed in pinned host memory ("cpu") or in NVMe
+// swap ("nvme"), moved by a tier manager; see src/engine/offload_adam.cc.
+Result<std::unique_ptr<StepOptimizer>> make_offload_adam(const Profile& profile);
 
 // The Adam settings of a profile's [optimizer] section (lr is per request).
 AdamHyper adam_hyper(const OptimizerConfig& config);
@@ -101,6 +136,13 @@ struct TrainerOptions {
   // step so that StepStats splits the step time among them (benchmarks); costs a little
   // overlap.
   bool phase_timing = false;
+};
+
+// The loss scaler's state (engine/loss_scaler.h), saved in checkpoints.
+struct LossScaleState {
+  double scale = 1.0;
+  int clean_steps = 0;     // consecutive clean steps since the last change
+  int tolerance_left = 1;  // overflows still tolerated before the next halving
 };
 
 struct StepStats {
@@ -137,6 +179,10 @@ class Trainer {
   // steps_done() (0-based, strata/data.h).
   std::int64_t steps_done() const;
   double loss_scale() const;
+  LossScaleState loss_scale_state() const;
+  // Continues a run from a checkpoint: the next train_step() is step steps_done + 1 (and
+  // samples data step steps_done) with this loss-scaler state.
+  Status restore_progress(std::int64_t steps_done, const LossScaleState& scale);
   // Tokens per step: micro_batch x grad_accum x seq_len.
   std::uint64_t tokens_per_step() const;
 

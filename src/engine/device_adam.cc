@@ -141,11 +141,36 @@ class DeviceAdam final : public StepOptimizer {
   std::int64_t updates() const override { return updates_; }
   std::uint64_t device_bytes() const override { return master_.size() + exp_avg_.size() + exp_avg_sq_.size(); }
 
+  Status read_state(const Parameter& p, OptimizerState which, std::uint64_t first, std::span<float> out) override {
+    if (which == OptimizerState::kMaster) return get_master(p, first, out);
+    STRATA_ASSIGN_OR_RETURN(const State* st, find(p));
+    STRATA_ASSIGN_OR_RETURN(DeviceView m, moment(*st, which).slice(first, out.size()));
+    STRATA_RETURN_IF_ERROR(device_->copy_to_host(std::as_writable_bytes(out), m.range(), *stream_));
+    return stream_->synchronize();
+  }
+  Status write_state(const Parameter& p, OptimizerState which, std::uint64_t first,
+                     std::span<const float> values) override {
+    if (which == OptimizerState::kMaster) return set_master(p, first, values);
+    STRATA_ASSIGN_OR_RETURN(const State* st, find(p));
+    STRATA_ASSIGN_OR_RETURN(DeviceView m, moment(*st, which).slice(first, values.size()));
+    STRATA_RETURN_IF_ERROR(device_->copy_to_device(m.range(), std::as_bytes(values), *stream_));
+    return stream_->synchronize();
+  }
+  Status set_updates(std::int64_t updates) override {
+    if (updates < 0) return invalid_argument("device adam: the update count must not be negative");
+    updates_ = updates;
+    return Status::OK();
+  }
+
  private:
   struct State {
     Parameter* param = nullptr;
     DeviceView master, exp_avg, exp_avg_sq;
   };
+
+  static const DeviceView& moment(const State& st, OptimizerState which) {
+    return which == OptimizerState::kExpAvg ? st.exp_avg : st.exp_avg_sq;
+  }
 
   Result<const State*> find(const Parameter& p) const {
     for (const State& st : params_) {

@@ -30,6 +30,14 @@ class LossScaler {
 
   double scale() const { return scale_; }
   bool dynamic() const { return dynamic_; }
+  int clean_steps() const { return clean_; }
+  int tolerance_left() const { return tolerance_left_; }
+  // Restores a saved state (checkpoints). REQUIRES: scale > 0.
+  void restore(double scale, int clean_steps, int tolerance_left) {
+    scale_ = scale;
+    clean_ = std::max(0, clean_steps);
+    tolerance_left_ = std::clamp(tolerance_left, 1, hysteresis_);
+  }
 
   // Records the outcome of a step that used scale().
   void update(bool finite) {

@@ -2,6 +2,7 @@
 // training step, loss scaling and the weights interchange.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -33,10 +34,7 @@ Status check_supported(const Profile& p, bool custom_optimizer) {
                                   std::to_string(p.parallel.dp) + ", tp = " + std::to_string(p.parallel.tp) +
                                   ", pp = " + std::to_string(p.parallel.pp));
   }
-  if (p.offload_optimizer.device != OffloadTarget::kNone && !custom_optimizer) {
-    return refuse("offload.optimizer.device = \"" + std::string(offload_target_name(p.offload_optimizer.device)) + "\"",
-                  "the device optimizer keeps its state in device memory; set it to \"none\"");
-  }
+  (void)custom_optimizer;  // [offload.optimizer] device chooses the backend (make_step_optimizer)
   if (p.offload_param.device != OffloadTarget::kNone) {
     return refuse("offload.param.device", "parameter offload is not available in the one-rank trainer; set it to \"none\"");
   }
@@ -141,7 +139,7 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Profile& profile, Device&
       device.allocate_pinned(static_cast<std::size_t>(tc.grad_accum) * 2 * bt * sizeof(std::int32_t) + sizeof(float)));
 
   if (optimizer == nullptr) {
-    STRATA_ASSIGN_OR_RETURN(optimizer, make_device_adam(profile.optimizer));
+    STRATA_ASSIGN_OR_RETURN(optimizer, make_step_optimizer(profile));
   }
   m.opt = std::move(optimizer);
   STRATA_RETURN_IF_ERROR(m.opt->attach(*m.model, device, *m.stream));
@@ -171,6 +169,19 @@ StepOptimizer& Trainer::optimizer() { return *impl_->opt; }
 const Profile& Trainer::profile() const { return impl_->profile; }
 std::int64_t Trainer::steps_done() const { return impl_->steps_done; }
 double Trainer::loss_scale() const { return impl_->scaler.scale(); }
+LossScaleState Trainer::loss_scale_state() const {
+  const engine::LossScaler& s = impl_->scaler;
+  return LossScaleState{s.scale(), s.clean_steps(), s.tolerance_left()};
+}
+Status Trainer::restore_progress(std::int64_t steps_done, const LossScaleState& scale) {
+  if (steps_done < 0) return invalid_argument("trainer: steps done must not be negative");
+  if (!(scale.scale > 0) || !std::isfinite(scale.scale)) {
+    return invalid_argument("trainer: the loss scale must be finite and positive, not " + std::to_string(scale.scale));
+  }
+  impl_->steps_done = steps_done;
+  impl_->scaler.restore(scale.scale, scale.clean_steps, scale.tolerance_left);
+  return Status::OK();
+}
 std::uint64_t Trainer::tokens_per_step() const {
   return static_cast<std::uint64_t>(impl_->profile.train.grad_accum) * impl_->rows_tokens();
 }

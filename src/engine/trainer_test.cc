@@ -233,10 +233,10 @@ TEST(Trainer, RefusesWhatItDoesNotRun) {
   EXPECT_NE(t.status().message().find("dp = 2"), std::string::npos) << t.status();
 
   p = tiny_profile();
-  p.offload_optimizer.device = OffloadTarget::kCpu;
+  p.offload_param.device = OffloadTarget::kCpu;
   t = Trainer::create(p, *dev);
   ASSERT_FALSE(t.ok());
-  EXPECT_NE(t.status().message().find("offload.optimizer.device = \"cpu\""), std::string::npos) << t.status();
+  EXPECT_NE(t.status().message().find("offload.param.device"), std::string::npos) << t.status();
 
   p = tiny_profile();
   p.optimizer.type = "sgd";

@@ -1,0 +1,524 @@
+// The offloaded StepOptimizer (ZeRO-Offload on one rank): fp32 master weights and both Adam
+// moments homed in pinned host memory ([offload.optimizer] device = "cpu") or in NVMe swap
+// ("nvme"), updated by the CPU Adam (src/cpu_adam), every byte of state moved by a tier manager
+// (src/offload) so that its budgets hold and its statistics are complete.
+//
+// Layout. The parameters are laid end to end in one flat index space, each starting on a
+// 16-element (64-byte) boundary so that every CPU Adam range is cache-line aligned; padding
+// elements have zero gradients and stay zero. The flat space is cut into chunks of C elements
+// (C from the pinned buffer size, offload_param.buffer_size: 12 C bytes of state per chunk);
+// chunk k is one tier-manager block [master | exp_avg | exp_avg_sq], each array `stride`
+// elements (C rounded up to 1024, so the block is a multiple of 4 KiB).
+//
+// Gradients. When a parameter's gradient is final (after_backward of the last micro-step has
+// been called for every module that owns or ties it) its device gradient is copied into a
+// pinned host buffer in the flat layout on a copy stream of its own, while backward goes on.
+// The global norm and the inf/nan check run on the device over the device gradients exactly
+// as the device Adam does, so the clip coefficient is the same to the bit whatever the
+// optimizer's home.
+//
+// The update pipeline. Chunk k is acquired from the tier manager for writing (an NVMe home is
+// read into a pinned host copy), updated in place by CPU Adam with the gradient chunk read in
+// the same pass (grad_scale = clip / loss_scale), marked dirty and released; the updated weights
+// (fp32 as they are, or the bf16/fp16 copy CPU Adam writes in the same pass) go to the device
+// by asynchronous copies on the training stream. The tier manager's host budget is exactly
+// buffer_count blocks: while chunk k is updated, chunks k+1 .. k+L are being read (acquired
+// ahead, pipeline_read) and chunk k-1 is being written back (the eviction that makes room for
+// k+L, pipeline_write). Without pipeline_write each chunk is flushed before the next starts
+// (and the next chunk's read is only a prefetch hint); without pipeline_read nothing is
+// acquired ahead. Passes alternate direction, so the chunks a
+// step leaves in the buffers are the first the next step updates. With a host home every block
+// is resident and the pipeline degenerates to updates in place.
+//
+// Thread-safety: one thread at a time, as StepOptimizer.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <deque>
+#include <unordered_map>
+#include <vector>
+
+#include "cpu_adam/cpu_adam.h"
+#include "kernels/numeric.h"
+#include "nvme/io_engine.h"
+#include "nvme/swap_store.h"
+#include "offload/tier_manager.h"
+#include "strata/log.h"
+#include "strata/trainer.h"
+#include "strata/units.h"
+
+namespace strata {
+
+std::string_view optimizer_state_name(OptimizerState which) {
+  switch (which) {
+    case OptimizerState::kMaster:
+      return "master";
+    case OptimizerState::kExpAvg:
+      return "exp_avg";
+    case OptimizerState::kExpAvgSq:
+      return "exp_avg_sq";
+  }
+  return "unknown";
+}
+
+namespace {
+
+constexpr std::uint64_t kParamAlign = 16;       // elements: 64 B of fp32
+constexpr std::uint64_t kChunkQuantum = 1024;   // elements: 12 KiB of state, a multiple of 4 KiB
+constexpr std::uint64_t kStateBytes = 12;       // master + exp_avg + exp_avg_sq, fp32
+constexpr std::uint64_t kSlotBytes = 4ULL << 20; // swap slot: the I/O unit of a block
+
+std::uint64_t round_up(std::uint64_t x, std::uint64_t q) { return (x + q - 1) / q * q; }
+
+class OffloadAdam final : public StepOptimizer {
+ public:
+  OffloadAdam(const Profile& profile, Tier home)
+      : profile_(profile), hyper_(adam_hyper(profile.optimizer)), home_(home) {}
+
+  ~OffloadAdam() override {
+    if (copy_stream_) copy_stream_->synchronize().ignore();
+    if (stream_) stream_->synchronize().ignore();
+    tiers_.reset();  // before the swap store and the engine it reads from
+    if (store_) store_->close().ignore();
+  }
+
+  std::string name() const override { return home_ == Tier::kNvme ? "nvme-adam" : "host-adam"; }
+
+  Status attach(Module& model, Device& device, Stream& stream) override {
+    if (device_ != nullptr) return failed_precondition(name() + ": attach() may be called once");
+    device_ = &device;
+    stream_ = &stream;
+    const OptimizerOffloadConfig& oc = profile_.offload_optimizer;
+
+    // The flat layout.
+    std::uint64_t flat = 0;
+    for (Parameter* p : model.parameters()) {
+      if (!p->bound()) return failed_precondition(name() + ": parameter " + p->name() + " has no device storage");
+      if (p->value().device() != &device) {
+        return invalid_argument(name() + ": parameter " + p->name() + " lives on another device");
+      }
+      if (params_.empty()) {
+        value_dtype_ = p->value().dtype();
+        grad_dtype_ = p->grad().dtype();
+      } else if (p->value().dtype() != value_dtype_ || p->grad().dtype() != grad_dtype_) {
+        return invalid_argument(name() + ": parameter " + p->name() + " has dtypes other than the first parameter's");
+      }
+      ParamState st;
+      st.param = p;
+      st.flat = flat;
+      index_[p] = params_.size();
+      params_.push_back(st);
+      flat += round_up(p->numel(), kParamAlign);
+    }
+    if (params_.empty()) return invalid_argument(name() + ": the model has no parameters");
+    flat_ = flat;
+    // Modules that own or tie each parameter: its gradient is final once all have run backward.
+    count_users(model);
+
+    const std::uint64_t buffer = profile_.offload_param.buffer_size;
+    const std::uint64_t chunk = std::max(kChunkQuantum, buffer / kStateBytes / kChunkQuantum * kChunkQuantum);
+    std::uint64_t max_block = 0;
+    for (std::uint64_t first = 0; first < flat_; first += chunk) {
+      Chunk c;
+      c.first = first;
+      c.n = std::min(chunk, flat_ - first);
+      c.stride = round_up(c.n, kChunkQuantum);
+      max_block = std::max(max_block, c.stride * kStateBytes);
+      chunks_.push_back(c);
+    }
+    chunk_elems_ = chunk;
+    std::uint64_t state_bytes = 0;
+    for (const Chunk& c : chunks_) state_bytes += c.stride * kStateBytes;
+
+    // Pinned host memory: gradients and updated weights in the flat layout, plus the state
+    // blocks the tier manager keeps (all of them with a host home, buffer_count with NVMe).
+    const std::uint64_t grad_bytes = flat_ * dtype_size(grad_dtype_);
+    const std::uint64_t value_bytes = flat_ * dtype_size(value_dtype_);
+    if (home_ == Tier::kNvme && oc.buffer_count < 2) {
+      return invalid_argument("offload.optimizer.buffer_count = " + std::to_string(oc.buffer_count) +
+                              ": the NVMe pipeline needs at least 2 pinned buffers (one updated, one in transfer)");
+    }
+    const std::uint64_t cached = home_ == Tier::kNvme
+                                     ? std::min<std::uint64_t>(static_cast<std::uint64_t>(oc.buffer_count), chunks_.size()) * max_block
+                                     : state_bytes;
+    const std::uint64_t pinned = grad_bytes + value_bytes + cached + std::min<std::uint64_t>(max_block, kSlotBytes);
+    if (pinned > profile_.memory.host_budget) {
+      return out_of_memory(name() + ": " + std::to_string(flat_) + " parameters need " + format_bytes_human(pinned) +
+                           " of pinned host memory (gradients " + format_bytes_human(grad_bytes) + ", weights " +
+                           format_bytes_human(value_bytes) + ", optimizer state " + format_bytes_human(cached) +
+                           (home_ == Tier::kNvme ? " in buffer_count buffers" : "") + ") but memory.host_budget is " +
+                           format_bytes_human(profile_.memory.host_budget) +
+                           (home_ == Tier::kNvme ? "; raise the budget or lower offload_param.buffer_size"
+                                                 : "; raise the budget or use offload.optimizer.device = \"nvme\""));
+    }
+    auto g = device.allocate_pinned(std::max<std::uint64_t>(grad_bytes, 1));
+    if (!g.ok()) return g.status().with_context(name() + ": pinned gradient buffer");
+    grads_host_ = std::move(*g);
+    std::memset(grads_host_.data(), 0, grads_host_.size());
+    auto v = device.allocate_pinned(std::max<std::uint64_t>(value_bytes, 1));
+    if (!v.ok()) return v.status().with_context(name() + ": pinned weight buffer");
+    values_host_ = std::move(*v);
+    STRATA_ASSIGN_OR_RETURN(copy_stream_, device.create_stream("optimizer-grads"));
+    STRATA_ASSIGN_OR_RETURN(grad_ready_, device.create_event());
+    STRATA_ASSIGN_OR_RETURN(scalars_, device.allocate(2 * sizeof(float)));
+    STRATA_ASSIGN_OR_RETURN(host_scalars_, device.allocate_pinned(2 * sizeof(float)));
+    STRATA_ASSIGN_OR_RETURN(adam_, make_cpu_adam({}));
+
+    // The tiers.
+    offload::TierOptions to;
+    to.device_budget = 0;  // the state is never acquired on the device
+    // NVMe <-> host transfers use the pinned copies themselves; the manager's one staging
+    // buffer (for NVMe <-> device, unused here) also sets the swap slot size of a block.
+    to.staging_buffers = 1;
+    to.staging_buffer_size = std::min<std::uint64_t>(round_up(max_block, 4096), kSlotBytes);
+    to.host_budget = round_up(cached, 4096) + to.staging_buffer_size;
+    to.prefetch_bytes = 0;   // the pipeline below acquires ahead itself
+    to.tracing = false;      // LRU evicts the chunk updated longest ago: the one to write back
+    if (home_ == Tier::kNvme) {
+      if (oc.nvme_path.empty()) {
+        return invalid_argument("offload.optimizer.nvme_path: device = \"nvme\" needs at least one swap directory");
+      }
+      STRATA_ASSIGN_OR_RETURN(engine_, nvme::make_io_engine(profile_.nvme));
+      nvme::SwapStoreOptions so;
+      so.paths = oc.nvme_path;
+      // Extents are padded to the direct-I/O alignment on every path a block stripes over.
+      so.capacity = state_bytes + chunks_.size() * oc.nvme_path.size() * 2 * 4096;
+      auto store = nvme::SwapStore::create(so, *engine_);
+      if (!store.ok()) return store.status().with_context(name() + ": optimizer state swap (" + format_bytes_human(state_bytes) + ")");
+      store_ = std::move(*store);
+    }
+    STRATA_ASSIGN_OR_RETURN(tiers_, offload::TierManager::create(device, store_.get(), to));
+    for (std::size_t k = 0; k < chunks_.size(); ++k) {
+      offload::BlockSpec spec;
+      spec.name = "optimizer.chunk." + std::to_string(k);
+      spec.bytes = chunks_[k].stride * kStateBytes;
+      spec.home = home_;
+      spec.fastest = Tier::kHost;
+      auto id = tiers_->register_block(spec);
+      if (!id.ok()) return id.status().with_context(name() + ": optimizer state chunk " + std::to_string(k));
+      chunks_[k].block = *id;
+    }
+    // Each segment: a chunk's share of one parameter.
+    for (ParamState& st : params_) {
+      const std::uint64_t n = st.param->numel();
+      for (std::uint64_t e = 0; e < n;) {
+        const std::size_t k = static_cast<std::size_t>((st.flat + e) / chunk_elems_);
+        const Chunk& c = chunks_[k];
+        const std::uint64_t len = std::min(n - e, c.first + c.n - (st.flat + e));
+        chunks_[k].segments.push_back(Segment{st.param, e, st.flat + e, len});
+        e += len;
+      }
+    }
+    STRATA_LOG(kInfo) << name() << ": " << flat_ << " parameters, " << chunks_.size() << " chunks of " << chunk_elems_
+                      << " (" << format_bytes_human(state_bytes) << " of fp32 state homed in " << tier_name(home_)
+                      << "), " << format_bytes_human(to.host_budget) << " of pinned buffers, CPU Adam " << adam_->name();
+    reset_users();
+    return Status::OK();
+  }
+
+  Status set_master(const Parameter& p, std::uint64_t first, std::span<const float> values) override {
+    return write_state(p, OptimizerState::kMaster, first, values);
+  }
+  Status get_master(const Parameter& p, std::uint64_t first, std::span<float> out) override {
+    return read_state(p, OptimizerState::kMaster, first, out);
+  }
+
+  Status read_state(const Parameter& p, OptimizerState which, std::uint64_t first, std::span<float> out) override {
+    return access(p, which, first, out.size(), Access::kRead, [&](float* state, std::uint64_t at, std::uint64_t n) {
+      std::memcpy(out.data() + at, state, n * sizeof(float));
+    });
+  }
+
+  Status write_state(const Parameter& p, OptimizerState which, std::uint64_t first,
+                     std::span<const float> values) override {
+    STRATA_RETURN_IF_ERROR(access(p, which, first, values.size(), Access::kWrite,
+                                  [&](float* state, std::uint64_t at, std::uint64_t n) {
+                                    std::memcpy(state, values.data() + at, n * sizeof(float));
+                                  }));
+    if (which != OptimizerState::kMaster) return Status::OK();
+    // The device value follows the master (rounded for bf16/fp16), staged in the weight buffer.
+    const ParamState& st = params_[index_.at(&p)];
+    const std::size_t vs = dtype_size(value_dtype_);
+    std::byte* dst = values_host_.data() + (st.flat + first) * vs;
+    to_value_dtype(values.data(), dst, values.size());
+    STRATA_ASSIGN_OR_RETURN(DeviceView dv, p.value().slice(first, values.size()));
+    STRATA_RETURN_IF_ERROR(device_->copy_to_device(dv.range(), {dst, values.size() * vs}, *stream_));
+    return stream_->synchronize();
+  }
+
+  Status set_updates(std::int64_t updates) override {
+    if (updates < 0) return invalid_argument(name() + ": the update count must not be negative");
+    updates_ = updates;
+    return Status::OK();
+  }
+
+  Status after_backward(Module& module, bool last) override {
+    if (!last) return Status::OK();
+    auto visit = [&](Parameter* p) -> Status {
+      auto it = index_.find(p);
+      if (it == index_.end()) return Status::OK();
+      ParamState& st = params_[it->second];
+      if (st.users_left > 0 && --st.users_left == 0) return offload_grad(st);
+      return Status::OK();
+    };
+    for (Parameter* p : module.own_parameters()) STRATA_RETURN_IF_ERROR(visit(p));
+    for (Parameter* p : module.tied_parameters()) STRATA_RETURN_IF_ERROR(visit(p));
+    return Status::OK();
+  }
+
+  Result<UpdateResult> step(const UpdateRequest& req) override {
+    if (device_ == nullptr) return failed_precondition(name() + ": attach() a model first");
+    if (!(req.loss_scale > 0) || !std::isfinite(req.loss_scale)) {
+      return invalid_argument(name() + ": loss_scale must be finite and positive");
+    }
+    if (!trace_restarted_) {
+      tiers_->restart_trace();  // initialisation's accesses are not the step's pattern
+      trace_restarted_ = true;
+    }
+    // Squared norm and the inf/nan flag of all gradients, on the device, as the device Adam.
+    DeviceView sumsq = *scalars_.view(DType::kF32, 0, 1);
+    DeviceView flag = *scalars_.view(DType::kF32, sizeof(float), 1);
+    STRATA_RETURN_IF_ERROR(device_->fill(scalars_.view(DType::kF32), 0.0f, *stream_));
+    for (const ParamState& st : params_) {
+      STRATA_RETURN_IF_ERROR(device_->sum_squares(st.param->grad(), sumsq, *stream_));
+      STRATA_RETURN_IF_ERROR(device_->check_finite(st.param->grad(), flag, *stream_));
+    }
+    STRATA_RETURN_IF_ERROR(device_->copy_to_host(host_scalars_.bytes(), scalars_.range(), *stream_));
+    // Gradients no hook has moved yet (a model run without hooks, or a module skipped).
+    for (ParamState& st : params_) {
+      if (!st.grad_offloaded) STRATA_RETURN_IF_ERROR(offload_grad(st));
+    }
+    reset_users();
+    STRATA_RETURN_IF_ERROR(stream_->synchronize());
+    STRATA_RETURN_IF_ERROR(copy_stream_->synchronize());
+    float host[2];
+    std::memcpy(host, host_scalars_.data(), sizeof host);
+    UpdateResult r;
+    r.grad_norm = std::sqrt(static_cast<double>(host[0])) / req.loss_scale;
+    r.finite = host[1] == 0.0f && std::isfinite(host[0]);
+    if (!r.finite) {
+      r.grad_norm = std::isnan(host[0]) ? NAN : INFINITY;
+      return r;
+    }
+    double clip = 1.0;
+    if (req.grad_clip > 0 && r.grad_norm > req.grad_clip) clip = req.grad_clip / (r.grad_norm + 1e-6);
+    AdamHyper h = hyper_;
+    h.lr = req.lr;
+    const AdamStep at{updates_ + 1, clip / req.loss_scale};
+    STRATA_RETURN_IF_ERROR(update_all(h, at));
+    ++updates_;
+    r.applied = true;
+    return r;
+  }
+
+  std::int64_t updates() const override { return updates_; }
+  std::uint64_t device_bytes() const override { return scalars_.size(); }
+  std::optional<TierStats> tier_stats() const override {
+    if (!tiers_) return std::nullopt;
+    return tiers_->stats();
+  }
+
+ private:
+  using Access = strata::Access;
+
+  struct ParamState {
+    Parameter* param = nullptr;
+    std::uint64_t flat = 0;   // first flat element
+    int users = 0;            // modules whose backward contributes to the gradient
+    int users_left = 0;
+    bool grad_offloaded = false;
+  };
+  struct Segment {
+    Parameter* param;
+    std::uint64_t param_first;
+    std::uint64_t flat_first;
+    std::uint64_t n;
+  };
+  struct Chunk {
+    std::uint64_t first = 0;   // flat element
+    std::uint64_t n = 0;
+    std::uint64_t stride = 0;  // elements per state array in the block
+    offload::BlockId block;
+    std::vector<Segment> segments;
+  };
+
+  void count_users(Module& m) {
+    for (Parameter* p : m.own_parameters()) {
+      auto it = index_.find(p);
+      if (it != index_.end()) ++params_[it->second].users;
+    }
+    for (Parameter* p : m.tied_parameters()) {
+      auto it = index_.find(p);
+      if (it != index_.end()) ++params_[it->second].users;
+    }
+    for (Module* c : m.children()) count_users(*c);
+  }
+
+  void reset_users() {
+    for (ParamState& st : params_) {
+      st.users_left = st.users;
+      st.grad_offloaded = false;
+    }
+  }
+
+  // Device gradient -> pinned host buffer on the copy stream, after the work enqueued so far
+  // on the training stream (the backward that finished the gradient).
+  Status offload_grad(ParamState& st) {
+    const std::size_t gs = dtype_size(grad_dtype_);
+    STRATA_RETURN_IF_ERROR(stream_->record(*grad_ready_));
+    STRATA_RETURN_IF_ERROR(copy_stream_->wait(*grad_ready_));
+    STRATA_RETURN_IF_ERROR(device_->copy_to_host({grads_host_.data() + st.flat * gs, st.param->numel() * gs},
+                                                 st.param->grad().range(), *copy_stream_));
+    st.grad_offloaded = true;
+    return Status::OK();
+  }
+
+  void to_value_dtype(const float* src, std::byte* dst, std::size_t n) const {
+    if (value_dtype_ == DType::kF32) {
+      std::memcpy(dst, src, n * sizeof(float));
+    } else if (value_dtype_ == DType::kBF16) {
+      auto* d = reinterpret_cast<std::uint16_t*>(dst);
+      for (std::size_t i = 0; i < n; ++i) d[i] = num::f32_to_bf16(src[i]);
+    } else {
+      auto* d = reinterpret_cast<std::uint16_t*>(dst);
+      for (std::size_t i = 0; i < n; ++i) d[i] = num::f32_to_f16(src[i]);
+    }
+  }
+
+  // Runs `fn(state pointer, offset into the caller's span, count)` over the pieces of
+  // elements [first, first + n) of `p`'s tensor `which`, chunk by chunk.
+  template <typename Fn>
+  Status access(const Parameter& p, OptimizerState which, std::uint64_t first, std::uint64_t n, Access mode, Fn fn) {
+    if (device_ == nullptr) return failed_precondition(name() + ": attach() a model first");
+    auto it = index_.find(const_cast<Parameter*>(&p));
+    if (it == index_.end()) return invalid_argument(name() + ": parameter " + p.name() + " is not attached");
+    if (first > p.numel() || n > p.numel() - first) {
+      return invalid_argument(name() + ": elements [" + std::to_string(first) + ", " + std::to_string(first + n) +
+                              ") are outside parameter " + p.name() + " (" + std::to_string(p.numel()) + ")");
+    }
+    const std::uint64_t base = params_[it->second].flat + first;
+    for (std::uint64_t done = 0; done < n;) {
+      const std::size_t k = static_cast<std::size_t>((base + done) / chunk_elems_);
+      const Chunk& c = chunks_[k];
+      const std::uint64_t off = base + done - c.first;
+      const std::uint64_t len = std::min(n - done, c.n - off);
+      STRATA_ASSIGN_OR_RETURN(offload::Pin pin, tiers_->acquire(c.block, Tier::kHost, mode));
+      STRATA_RETURN_IF_ERROR(pin.wait());
+      float* state = reinterpret_cast<float*>(pin.host_bytes().data()) + static_cast<std::uint64_t>(which) * c.stride + off;
+      fn(state, done, len);
+      if (mode != Access::kRead) STRATA_RETURN_IF_ERROR(pin.mark_dirty());
+      pin.release();
+      done += len;
+    }
+    return Status::OK();
+  }
+
+  // The chunk pipeline (see the file comment).
+  Status update_all(const AdamHyper& h, const AdamStep& at) {
+    const OptimizerOffloadConfig& oc = profile_.offload_optimizer;
+    const bool nvme = home_ == Tier::kNvme;
+    std::size_t ahead = 0;
+    // flush() (synchronous writes) needs every write pin released, so without pipeline_write
+    // the read-ahead is a prefetch hint after each flush instead of pins held ahead.
+    if (nvme && oc.pipeline_read && oc.pipeline_write) ahead = static_cast<std::size_t>(std::max(1, oc.buffer_count - 2));
+    const std::size_t gs = dtype_size(grad_dtype_);
+    const std::size_t vs = dtype_size(value_dtype_);
+    // Every other step runs backwards, so the chunks the previous step left in the buffers are
+    // the first ones needed (chunks are independent: the order does not change the result).
+    const std::size_t count = chunks_.size();
+    auto order = [&](std::size_t i) { return reverse_ ? count - 1 - i : i; };
+    reverse_ = !reverse_;
+    std::deque<offload::Pin> pins;
+    std::size_t next = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+      while (next < count && next <= i + ahead) {
+        STRATA_ASSIGN_OR_RETURN(offload::Pin pin, tiers_->acquire(chunks_[order(next)].block, Tier::kHost, Access::kWrite));
+        pins.push_back(std::move(pin));
+        ++next;
+      }
+      const std::size_t k = order(i);
+      offload::Pin& pin = pins.front();
+      STRATA_RETURN_IF_ERROR(pin.wait().with_context(name() + ": reading optimizer state chunk " + std::to_string(k)));
+      const Chunk& c = chunks_[k];
+      float* base = reinterpret_cast<float*>(pin.host_bytes().data());
+      AdamChunk ac;
+      ac.n = c.n;
+      ac.params = base;
+      ac.exp_avg = base + c.stride;
+      ac.exp_avg_sq = base + 2 * c.stride;
+      ac.grads = grads_host_.data() + c.first * gs;
+      ac.grad_dtype = grad_dtype_;
+      std::byte* values = values_host_.data() + c.first * vs;
+      if (value_dtype_ != DType::kF32) {
+        ac.param_copy = values;
+        ac.param_copy_dtype = value_dtype_;
+      }
+      STRATA_RETURN_IF_ERROR(adam_->step(h, at, ac));
+      if (value_dtype_ == DType::kF32) std::memcpy(values, base, c.n * sizeof(float));
+      STRATA_RETURN_IF_ERROR(pin.mark_dirty());
+      pins.pop_front();  // released: evictable, written back when its buffer is needed
+      if (nvme && !oc.pipeline_write) {
+        STRATA_RETURN_IF_ERROR(tiers_->flush().with_context(name() + ": writing optimizer state chunk " + std::to_string(k)));
+        if (oc.pipeline_read && i + 1 < count) STRATA_RETURN_IF_ERROR(tiers_->prefetch(chunks_[order(i + 1)].block, Tier::kHost));
+      }
+      for (const Segment& s : c.segments) {
+        STRATA_ASSIGN_OR_RETURN(DeviceView dv, s.param->value().slice(s.param_first, s.n));
+        STRATA_RETURN_IF_ERROR(device_->copy_to_device(
+            dv.range(), {values_host_.data() + s.flat_first * vs, s.n * vs}, *stream_));
+      }
+    }
+    tiers_->end_step();
+    return Status::OK();
+  }
+
+  Profile profile_;
+  AdamHyper hyper_;
+  Tier home_;
+  Device* device_ = nullptr;
+  Stream* stream_ = nullptr;
+  DType value_dtype_ = DType::kF32;
+  DType grad_dtype_ = DType::kF32;
+  std::vector<ParamState> params_;
+  std::unordered_map<const Parameter*, std::size_t> index_;
+  std::vector<Chunk> chunks_;
+  std::uint64_t flat_ = 0;
+  std::uint64_t chunk_elems_ = 0;
+  PinnedBuffer grads_host_;   // flat, grad dtype
+  PinnedBuffer values_host_;  // flat, value dtype: the weights on their way to the device
+  std::unique_ptr<Stream> copy_stream_;
+  std::unique_ptr<Event> grad_ready_;
+  DeviceBuffer scalars_;
+  PinnedBuffer host_scalars_;
+  std::unique_ptr<Optimizer> adam_;
+  // Destroyed in reverse order: the tier manager, then the swap store, then its engine.
+  std::unique_ptr<nvme::IoEngine> engine_;
+  std::unique_ptr<nvme::SwapStore> store_;
+  std::unique_ptr<offload::TierManager> tiers_;
+  std::int64_t updates_ = 0;
+  bool trace_restarted_ = false;
+  bool reverse_ = false;  // the direction of the next step's pass over the chunks
+};
+
+}  // namespace
+
+Result<std::unique_ptr<StepOptimizer>> make_offload_adam(const Profile& profile) {
+  const OptimizerConfig& c = profile.optimizer;
+  if (c.type != "adam" && c.type != "adamw") {
+    return invalid_argument("optimizer.type = \"" + c.type + "\": the offloaded optimizer knows adam and adamw");
+  }
+  switch (profile.offload_optimizer.device) {
+    case OffloadTarget::kCpu:
+      return std::unique_ptr<StepOptimizer>(new OffloadAdam(profile, Tier::kHost));
+    case OffloadTarget::kNvme:
+      return std::unique_ptr<StepOptimizer>(new OffloadAdam(profile, Tier::kNvme));
+    default:
+      return invalid_argument("offload.optimizer.device = \"none\": the offloaded optimizer needs \"cpu\" or \"nvme\"");
+  }
+}
+
+Result<std::unique_ptr<StepOptimizer>> make_step_optimizer(const Profile& profile) {
+  if (profile.offload_optimizer.device == OffloadTarget::kNone) return make_device_adam(profile.optimizer);
+  return make_offload_adam(profile);
+}
+
+}  // namespace strata

@@ -1,0 +1,306 @@
+// The offloaded optimizer: loss trajectories with the optimizer state on the device, in pinned
+// host memory and on NVMe are the same (fp32 and bf16: bit for bit, asserted), whatever the
+// pipeline settings; fp16 overflow skips the step and recovers on NVMe as on the device; the
+// state moves through the tier manager within its budget; impossible set-ups (host budget,
+// device budget, missing swap directory, one buffer) fail at start-up with the numbers.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "strata/trainer.h"
+#include "strata/units.h"
+
+namespace strata {
+namespace {
+
+std::string scratch_root() {
+  const char* env = std::getenv("STRATA_TEST_TMPDIR");
+  return env != nullptr && *env != '\0' ? std::string(env) : std::string("/tmp");
+}
+
+// A fresh directory removed at the end.
+struct Scratch {
+  std::string path;
+  Scratch() {
+    std::string tmpl = scratch_root() + "/strata-offload-adam-XXXXXX";
+    char* made = ::mkdtemp(tmpl.data());
+    if (made != nullptr) path = made;
+  }
+  ~Scratch() {
+    std::error_code ec;
+    if (!path.empty()) std::filesystem::remove_all(path, ec);
+  }
+};
+
+Profile tiny_profile(OffloadTarget target, const std::string& swap_dir = {}) {
+  auto p = Profile::from_toml_string("", "test");
+  EXPECT_TRUE(p.ok()) << p.status();
+  Profile out = *p;
+  out.train.model = "tiny";
+  EXPECT_TRUE(model_preset("tiny", &out.train.dims));
+  out.train.micro_batch = 4;
+  out.train.seed = 42;
+  out.optimizer.lr = 1e-3;
+  out.optimizer.weight_decay = 0.01;
+  out.offload_optimizer.device = target;
+  if (!swap_dir.empty()) out.offload_optimizer.nvme_path = {swap_dir};
+  // Small pinned buffers: the tiny model's state spans several chunks, so the pipeline runs.
+  out.offload_param.buffer_size = 64 * KiB;
+  out.memory.host_budget = 256 * MiB;
+  out.nvme.engine = "posix";  // any file system, O_DIRECT or not
+  out.nvme.direct = false;
+  out.nvme.registered_buffers = false;
+  out.nvme.block_size = 64 * KiB;
+  return out;
+}
+
+std::unique_ptr<Device> host(std::uint64_t capacity = 512ULL << 20) {
+  DeviceOptions o;
+  o.capacity = capacity;
+  auto d = create_device("host", o);
+  EXPECT_TRUE(d.ok()) << d.status();
+  return std::move(*d);
+}
+
+const TokenDataset& licenses() {
+  static const TokenDataset d = [] {
+    auto r = TokenDataset::default_text();
+    EXPECT_TRUE(r.ok()) << r.status();
+    return *r;
+  }();
+  return d;
+}
+
+struct Trajectory {
+  std::vector<double> loss;
+  std::vector<bool> skipped;
+  std::vector<double> scale;
+  std::vector<float> weights;  // every master weight at the end
+  std::optional<TierStats> tiers;
+  std::string optimizer;
+};
+
+Trajectory run(const Profile& p, int steps) {
+  Trajectory out;
+  auto dev = host();
+  auto t = Trainer::create(p, *dev);
+  EXPECT_TRUE(t.ok()) << t.status();
+  if (!t.ok()) return out;
+  out.optimizer = (*t)->optimizer().name();
+  for (int i = 0; i < steps; ++i) {
+    auto s = (*t)->train_step(licenses());
+    EXPECT_TRUE(s.ok()) << s.status();
+    if (!s.ok()) break;
+    out.loss.push_back(s->loss);
+    out.skipped.push_back(s->skipped);
+    out.scale.push_back(s->loss_scale);
+  }
+  for (Parameter* prm : (*t)->model().parameters()) {
+    std::vector<float> w(prm->numel());
+    EXPECT_TRUE((*t)->optimizer().get_master(*prm, 0, w).ok());
+    out.weights.insert(out.weights.end(), w.begin(), w.end());
+  }
+  out.tiers = (*t)->optimizer().tier_stats();
+  return out;
+}
+
+void expect_bitwise(const Trajectory& a, const Trajectory& b) {
+  ASSERT_EQ(a.loss.size(), b.loss.size());
+  for (std::size_t i = 0; i < a.loss.size(); ++i) {
+    EXPECT_EQ(a.loss[i], b.loss[i]) << "step " << i + 1 << ": " << a.optimizer << " vs " << b.optimizer;
+  }
+  ASSERT_EQ(a.weights.size(), b.weights.size());
+  std::size_t differ = 0;
+  for (std::size_t i = 0; i < a.weights.size(); ++i) differ += a.weights[i] != b.weights[i];
+  EXPECT_EQ(differ, 0u) << "master weights differing between " << a.optimizer << " and " << b.optimizer;
+}
+
+TEST(OffloadAdam, FactoryHonoursTheProfileAndNamesWhatItRefuses) {
+  Profile p = tiny_profile(OffloadTarget::kNone);
+  auto d = make_step_optimizer(p);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ((*d)->name(), "device-adam");
+  p.offload_optimizer.device = OffloadTarget::kCpu;
+  auto c = make_step_optimizer(p);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ((*c)->name(), "host-adam");
+  p.offload_optimizer.device = OffloadTarget::kNvme;
+  auto n = make_step_optimizer(p);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ((*n)->name(), "nvme-adam");
+  p.optimizer.type = "sgd";
+  auto bad = make_step_optimizer(p);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("optimizer.type"), std::string::npos) << bad.status();
+}
+
+// fp32: the CPU Adam paths and the device Adam share kernels/adam_math.h and the gradient norm
+// is computed on the device for every backend, so the trajectories agree to the bit.
+TEST(OffloadAdam, Fp32TrajectoriesOnDeviceHostAndNvmeAreBitwiseEqual) {
+  Scratch swap;
+  ASSERT_FALSE(swap.path.empty());
+  const int steps = 12;
+  Trajectory dev = run(tiny_profile(OffloadTarget::kNone), steps);
+  Trajectory cpu = run(tiny_profile(OffloadTarget::kCpu), steps);
+  Trajectory nvm = run(tiny_profile(OffloadTarget::kNvme, swap.path), steps);
+  EXPECT_EQ(cpu.optimizer, "host-adam");
+  EXPECT_EQ(nvm.optimizer, "nvme-adam");
+  ASSERT_EQ(dev.loss.size(), static_cast<std::size_t>(steps));
+  EXPECT_LT(dev.loss.back(), dev.loss.front());
+  expect_bitwise(dev, cpu);
+  expect_bitwise(dev, nvm);
+
+  // Every byte of state went through the tier manager: read from NVMe and written back.
+  ASSERT_TRUE(nvm.tiers.has_value());
+  const TierStats& ts = *nvm.tiers;
+  const auto nv = static_cast<int>(Tier::kNvme), ho = static_cast<int>(Tier::kHost);
+  EXPECT_GT(ts.bytes_moved[nv][ho], 0u) << ts.to_json();
+  EXPECT_GT(ts.bytes_moved[ho][nv], 0u) << ts.to_json();
+  EXPECT_LE(ts.tiers[ho].peak, ts.tiers[ho].budget) << ts.to_json();
+  EXPECT_GT(ts.tiers[nv].home_bytes, 0u);
+  // A host home moves nothing to NVMe.
+  ASSERT_TRUE(cpu.tiers.has_value());
+  EXPECT_EQ(cpu.tiers->bytes_moved[ho][nv], 0u);
+  EXPECT_FALSE(dev.tiers.has_value());
+}
+
+TEST(OffloadAdam, PipelineSettingsDoNotChangeTheResult) {
+  Scratch swap;
+  ASSERT_FALSE(swap.path.empty());
+  const int steps = 5;
+  Profile base = tiny_profile(OffloadTarget::kNvme, swap.path);
+  Trajectory ref = run(base, steps);
+  for (int variant = 0; variant < 3; ++variant) {
+    Profile p = base;
+    if (variant == 0) p.offload_optimizer.buffer_count = 2;
+    if (variant == 1) p.offload_optimizer.pipeline_read = false;
+    if (variant == 2) p.offload_optimizer.pipeline_write = false;
+    SCOPED_TRACE("variant " + std::to_string(variant));
+    Trajectory r = run(p, steps);
+    expect_bitwise(ref, r);
+  }
+  // Chunks far larger than the model (one chunk) as well.
+  Profile one = base;
+  one.offload_param.buffer_size = 16 * MiB;
+  expect_bitwise(ref, run(one, steps));
+}
+
+TEST(OffloadAdam, Bf16AndGradientAccumulationMatchTheDevice) {
+  Scratch swap;
+  ASSERT_FALSE(swap.path.empty());
+  auto set = [](Profile p) {
+    p.precision.dtype = DType::kBF16;
+    p.train.grad_accum = 2;
+    p.train.micro_batch = 2;
+    return p;
+  };
+  const int steps = 6;
+  Trajectory dev = run(set(tiny_profile(OffloadTarget::kNone)), steps);
+  Trajectory nvm = run(set(tiny_profile(OffloadTarget::kNvme, swap.path)), steps);
+  expect_bitwise(dev, nvm);
+}
+
+TEST(OffloadAdam, Fp16OverflowSkipsTheStepAndRecoversOnNvme) {
+  Scratch swap;
+  ASSERT_FALSE(swap.path.empty());
+  auto set = [](Profile p) {
+    p.precision.dtype = DType::kF16;
+    p.precision.dynamic_loss_scale = true;
+    p.precision.initial_scale_power = 30;  // far above what fp16 gradients hold: overflows first
+    p.precision.hysteresis = 1;
+    p.precision.scale_window = 1000;
+    return p;
+  };
+  const int steps = 24;
+  Trajectory dev = run(set(tiny_profile(OffloadTarget::kNone)), steps);
+  Trajectory nvm = run(set(tiny_profile(OffloadTarget::kNvme, swap.path)), steps);
+  ASSERT_EQ(nvm.loss.size(), static_cast<std::size_t>(steps));
+  EXPECT_TRUE(nvm.skipped.front()) << "the first step at scale 2^30 must overflow";
+  EXPECT_FALSE(nvm.skipped.back()) << "the scale must come down until steps apply";
+  EXPECT_LT(nvm.scale.back(), nvm.scale.front());
+  EXPECT_LT(nvm.loss.back(), nvm.loss.front());
+  EXPECT_EQ(dev.skipped, nvm.skipped);
+  expect_bitwise(dev, nvm);
+}
+
+TEST(OffloadAdam, StateAccessRoundTripsEveryTensor) {
+  Scratch swap;
+  ASSERT_FALSE(swap.path.empty());
+  auto dev = host();
+  auto t = Trainer::create(tiny_profile(OffloadTarget::kNvme, swap.path), *dev);
+  ASSERT_TRUE(t.ok()) << t.status();
+  StepOptimizer& opt = (*t)->optimizer();
+  for (Parameter* p : (*t)->model().parameters()) {
+    for (OptimizerState which : {OptimizerState::kMaster, OptimizerState::kExpAvg, OptimizerState::kExpAvgSq}) {
+      std::vector<float> v(p->numel());
+      for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i % 97) * 0.25f + static_cast<float>(which);
+      ASSERT_TRUE(opt.write_state(*p, which, 0, v).ok());
+      std::vector<float> back(p->numel(), -1.0f);
+      ASSERT_TRUE(opt.read_state(*p, which, 0, back).ok());
+      ASSERT_EQ(v, back) << p->name() << " " << optimizer_state_name(which);
+    }
+  }
+  // Out of range and foreign parameters are refused.
+  Parameter* first = (*t)->model().parameters().front();
+  std::vector<float> two(2);
+  auto oob = opt.read_state(*first, OptimizerState::kExpAvg, first->numel() - 1, two);
+  EXPECT_EQ(oob.code(), StatusCode::kInvalidArgument) << oob;
+}
+
+TEST(OffloadAdam, TooSmallHostBudgetFailsAtStartWithTheNumbers) {
+  Profile p = tiny_profile(OffloadTarget::kCpu);
+  p.memory.host_budget = 64 * KiB;
+  auto dev = host();
+  auto t = Trainer::create(p, *dev);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), StatusCode::kOutOfMemory) << t.status();
+  EXPECT_NE(t.status().message().find("memory.host_budget is 64.00 KiB"), std::string::npos) << t.status();
+  EXPECT_NE(t.status().message().find("pinned host memory"), std::string::npos) << t.status();
+}
+
+TEST(OffloadAdam, TooSmallDeviceBudgetForTheParametersFailsAtStartWithTheNumbers) {
+  Scratch swap;
+  Profile p = tiny_profile(OffloadTarget::kNvme, swap.path);
+  auto dev = host(64 * KiB);  // the tiny model's fp32 weights alone need ~150 KiB
+  auto t = Trainer::create(p, *dev);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), StatusCode::kOutOfMemory) << t.status();
+  const std::string& m = t.status().message();
+  EXPECT_NE(m.find("parameters"), std::string::npos) << m;
+  EXPECT_NE(m.find("65536"), std::string::npos) << "the capacity must be named: " << m;
+}
+
+TEST(OffloadAdam, NvmeWithoutSwapDirectoryOrWithOneBufferIsRefused) {
+  auto dev = host();
+  Profile none = tiny_profile(OffloadTarget::kNvme);
+  auto a = Trainer::create(none, *dev);
+  ASSERT_FALSE(a.ok());
+  EXPECT_NE(a.status().message().find("offload.optimizer.nvme_path"), std::string::npos) << a.status();
+  Scratch swap;
+  Profile one = tiny_profile(OffloadTarget::kNvme, swap.path);
+  one.offload_optimizer.buffer_count = 1;
+  auto b = Trainer::create(one, *dev);
+  ASSERT_FALSE(b.ok());
+  EXPECT_NE(b.status().message().find("offload.optimizer.buffer_count = 1"), std::string::npos) << b.status();
+}
+
+TEST(OffloadAdam, SwapFilesAreRemovedWhenTheTrainerGoes) {
+  Scratch swap;
+  ASSERT_FALSE(swap.path.empty());
+  {
+    auto dev = host();
+    auto t = Trainer::create(tiny_profile(OffloadTarget::kNvme, swap.path), *dev);
+    ASSERT_TRUE(t.ok()) << t.status();
+    ASSERT_TRUE((*t)->train_step(licenses()).ok());
+    EXPECT_FALSE(std::filesystem::is_empty(swap.path)) << "the swap directory must exist while training";
+  }
+  EXPECT_TRUE(std::filesystem::is_empty(swap.path));
+}
+
+}  // namespace
+}  // namespace strata
