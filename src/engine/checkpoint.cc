@@ -1,0 +1,412 @@
+// Crash-safe checkpoints (strata/checkpoint.h): write to a temporary directory, fsync, rename
+// into place; manifest with per-file CRC-32C; verification before any state is touched.
+#include "strata/checkpoint.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "nvme/crc32c.h"
+#include "strata/log.h"
+
+namespace strata {
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr const char* kFormat = "strata-checkpoint";
+constexpr int kVersion = 1;
+constexpr const char* kManifest = "manifest.json";
+constexpr std::size_t kSlice = std::size_t{1} << 20;  // elements per read_state/write_state call
+constexpr OptimizerState kTensors[] = {OptimizerState::kMaster, OptimizerState::kExpAvg, OptimizerState::kExpAvgSq};
+
+std::string file_of(OptimizerState which) { return std::string(optimizer_state_name(which)) + ".f32"; }
+
+std::string step_name(std::int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step-%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+// A file descriptor closed on destruction.
+struct Fd {
+  int fd = -1;
+  explicit Fd(int f) : fd(f) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+Status write_all(int fd, const void* data, std::size_t n, const std::string& path) {
+  const auto* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return STRATA_ERRNO(errno, "write", path);
+    }
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return Status::OK();
+}
+
+Status read_all(int fd, void* data, std::size_t n, const std::string& path) {
+  auto* p = static_cast<char*>(data);
+  while (n > 0) {
+    const ssize_t r = ::read(fd, p, n);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return STRATA_ERRNO(errno, "read", path);
+    }
+    if (r == 0) return data_corruption("checkpoint file " + path + " ends early (truncated)");
+    p += r;
+    n -= static_cast<std::size_t>(r);
+  }
+  return Status::OK();
+}
+
+Status fsync_path(const std::string& path, bool directory) {
+  Fd f(::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC));
+  if (f.fd < 0) return STRATA_ERRNO(errno, "open for fsync", path);
+  if (::fsync(f.fd) != 0) return STRATA_ERRNO(errno, "fsync", path);
+  return Status::OK();
+}
+
+// A new file written in full, fsynced; returns its CRC-32C.
+class FileWriter {
+ public:
+  static Result<std::unique_ptr<FileWriter>> open(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return STRATA_ERRNO(errno, "create", path);
+    return std::unique_ptr<FileWriter>(new FileWriter(fd, path));
+  }
+  Status append(const void* data, std::size_t n) {
+    crc_ = nvme::crc32c(data, n, crc_);
+    bytes_ += n;
+    return write_all(fd_.fd, data, n, path_);
+  }
+  Status finish() {
+    if (::fsync(fd_.fd) != 0) return STRATA_ERRNO(errno, "fsync", path_);
+    if (::close(fd_.fd) != 0) {
+      fd_.fd = -1;
+      return STRATA_ERRNO(errno, "close", path_);
+    }
+    fd_.fd = -1;
+    return Status::OK();
+  }
+  std::uint32_t crc() const { return crc_; }
+  std::uint64_t bytes() const { return bytes_; }
+
+ private:
+  FileWriter(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+  Fd fd_;
+  std::string path_;
+  std::uint32_t crc_ = 0;
+  std::uint64_t bytes_ = 0;
+};
+
+json dims_json(const ModelDims& d) {
+  return json{{"n_layer", d.n_layer}, {"n_head", d.n_head}, {"n_embd", d.n_embd}, {"vocab", d.vocab}, {"seq_len", d.seq_len}};
+}
+
+bool is_checkpoint_name(const std::string& name) {
+  if (name.size() != 13 || name.rfind("step-", 0) != 0) return false;
+  return std::all_of(name.begin() + 5, name.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// Complete checkpoints in `dir`, oldest first.
+std::vector<std::string> list_checkpoints(const std::string& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (is_checkpoint_name(n) && e.is_directory(ec)) out.push_back(n);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+Status remove_tree(const std::string& path) {
+  std::error_code ec;
+  fs::remove_all(path, ec);
+  if (ec) return io_error("checkpoint: removing " + path + ": " + ec.message());
+  return Status::OK();
+}
+
+Status write_checkpoint(Trainer& trainer, const std::string& tmp) {
+  StepOptimizer& opt = trainer.optimizer();
+  const Profile& prof = trainer.profile();
+  const GptConfig& gc = trainer.model().config();
+  json files = json::array();
+  json params = json::array();
+  std::uint64_t offset = 0;
+  for (const Parameter* p : trainer.model().parameters()) {
+    params.push_back(json{{"name", p->name()}, {"numel", p->numel()}, {"offset", offset}});
+    offset += p->numel();
+  }
+  std::vector<float> buf;
+  for (OptimizerState which : kTensors) {
+    const std::string name = file_of(which);
+    const std::string path = tmp + "/" + name;
+    STRATA_ASSIGN_OR_RETURN(auto w, FileWriter::open(path));
+    for (const Parameter* p : trainer.model().parameters()) {
+      for (std::uint64_t first = 0; first < p->numel();) {
+        const std::size_t n = std::min<std::uint64_t>(kSlice, p->numel() - first);
+        buf.resize(n);
+        STRATA_RETURN_IF_ERROR(opt.read_state(*p, which, first, buf).with_context("checkpoint: reading " + p->name()));
+        STRATA_RETURN_IF_ERROR(w->append(buf.data(), n * sizeof(float)));
+        first += n;
+      }
+    }
+    STRATA_RETURN_IF_ERROR(w->finish());
+    files.push_back(json{{"name", name}, {"bytes", w->bytes()}, {"crc32c", w->crc()}});
+  }
+  const LossScaleState ls = trainer.loss_scale_state();
+  json m;
+  m["format"] = kFormat;
+  m["version"] = kVersion;
+  m["step"] = trainer.steps_done();
+  m["optimizer_updates"] = opt.updates();
+  m["optimizer"] = {{"type", prof.optimizer.type}, {"backend", opt.name()}};
+  m["loss_scale"] = {{"scale", ls.scale}, {"clean_steps", ls.clean_steps}, {"tolerance_left", ls.tolerance_left}};
+  m["data"] = {{"next_step", trainer.steps_done()},
+               {"micro_batch", prof.train.micro_batch},
+               {"grad_accum", prof.train.grad_accum},
+               {"sampling", "strata/data.h sequential: offset (((s*A + a)*B + r)*T) mod (N - T - 1)"}};
+  m["rng"] = {{"seed", prof.train.seed}, {"kind", "counter-based (seed, name, index); no other random state"}};
+  m["model"] = {{"dims", dims_json(gc.dims)},
+                {"dtype", std::string(dtype_name(gc.dtype))},
+                {"grad_dtype", std::string(dtype_name(gc.grad_dtype))}};
+  m["parameters"] = params;
+  m["files"] = files;
+  const std::string text = m.dump(1);
+  const std::string mpath = tmp + "/" + kManifest;
+  STRATA_ASSIGN_OR_RETURN(auto w, FileWriter::open(mpath));
+  STRATA_RETURN_IF_ERROR(w->append(text.data(), text.size()));
+  STRATA_RETURN_IF_ERROR(w->finish());
+  return fsync_path(tmp, /*directory=*/true);
+}
+
+// Reads and checks the manifest; verifies every file's size and checksum.
+Result<json> verify(const std::string& dir) {
+  const std::string mpath = dir + "/" + kManifest;
+  Fd f(::open(mpath.c_str(), O_RDONLY | O_CLOEXEC));
+  if (f.fd < 0) {
+    if (errno == ENOENT) return not_found("checkpoint " + dir + ": " + kManifest + " is missing (not a checkpoint, or an incomplete one)");
+    return STRATA_ERRNO(errno, "open", mpath);
+  }
+  struct stat st {};
+  if (::fstat(f.fd, &st) != 0) return STRATA_ERRNO(errno, "stat", mpath);
+  if (st.st_size > (64 << 20)) return data_corruption("checkpoint file " + mpath + " is implausibly large for a manifest");
+  std::string text(static_cast<std::size_t>(st.st_size), '\0');
+  STRATA_RETURN_IF_ERROR(read_all(f.fd, text.data(), text.size(), mpath));
+  json m = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (m.is_discarded() || !m.is_object()) return data_corruption("checkpoint file " + mpath + " is not valid JSON");
+  auto bad = [&](const std::string& what) { return data_corruption("checkpoint file " + mpath + ": " + what); };
+  if (!m.contains("format") || m["format"] != kFormat) return bad("\"format\" is not \"" + std::string(kFormat) + "\"");
+  if (!m.contains("version") || !m["version"].is_number_integer() || m["version"] != kVersion) {
+    return bad("unsupported \"version\" (this build reads version " + std::to_string(kVersion) + ")");
+  }
+  for (const char* key : {"step", "optimizer_updates"}) {
+    if (!m.contains(key) || !m[key].is_number_integer() || m[key].get<std::int64_t>() < 0) {
+      return bad(std::string("\"") + key + "\" must be a non-negative integer");
+    }
+  }
+  if (!m.contains("loss_scale") || !m["loss_scale"].is_object() || !m["loss_scale"].contains("scale") ||
+      !m["loss_scale"]["scale"].is_number() || !m["loss_scale"].contains("clean_steps") ||
+      !m["loss_scale"]["clean_steps"].is_number_integer() || !m["loss_scale"].contains("tolerance_left") ||
+      !m["loss_scale"]["tolerance_left"].is_number_integer()) {
+    return bad("\"loss_scale\" must hold scale, clean_steps and tolerance_left");
+  }
+  if (!m.contains("model") || !m["model"].is_object() || !m.contains("parameters") || !m["parameters"].is_array() ||
+      !m.contains("optimizer") || !m["optimizer"].is_object()) {
+    return bad("\"model\", \"optimizer\" and \"parameters\" are required");
+  }
+  if (!m.contains("files") || !m["files"].is_array()) return bad("\"files\" must be an array");
+  std::vector<char> buf(8 << 20);
+  for (const json& e : m["files"]) {
+    if (!e.is_object() || !e.contains("name") || !e["name"].is_string() || !e.contains("bytes") ||
+        !e["bytes"].is_number_unsigned() || !e.contains("crc32c") || !e["crc32c"].is_number_unsigned()) {
+      return bad("each entry of \"files\" needs name, bytes and crc32c");
+    }
+    const std::string name = e["name"];
+    if (name.find('/') != std::string::npos || name.empty() || name[0] == '.') return bad("file name \"" + name + "\" is not allowed");
+    const std::string path = dir + "/" + name;
+    Fd d(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (d.fd < 0) {
+      if (errno == ENOENT) return data_corruption("checkpoint file " + path + " is missing");
+      return STRATA_ERRNO(errno, "open", path);
+    }
+    struct stat fst {};
+    if (::fstat(d.fd, &fst) != 0) return STRATA_ERRNO(errno, "stat", path);
+    const std::uint64_t want = e["bytes"];
+    if (static_cast<std::uint64_t>(fst.st_size) != want) {
+      return data_corruption("checkpoint file " + path + " has " + std::to_string(fst.st_size) + " bytes; the manifest says " +
+                             std::to_string(want) + " (truncated or replaced)");
+    }
+    std::uint32_t crc = 0;
+    for (std::uint64_t left = want; left > 0;) {
+      const std::size_t n = std::min<std::uint64_t>(left, buf.size());
+      STRATA_RETURN_IF_ERROR(read_all(d.fd, buf.data(), n, path));
+      crc = nvme::crc32c(buf.data(), n, crc);
+      left -= n;
+    }
+    if (crc != e["crc32c"].get<std::uint32_t>()) {
+      return data_corruption("checkpoint file " + path + " fails its CRC-32C checksum (the bytes changed after it was written)");
+    }
+  }
+  return m;
+}
+
+// The checkpoint must describe `trainer`'s model and optimizer.
+Status check_match(const json& m, Trainer& trainer, const std::string& dir) {
+  const std::string mpath = dir + "/" + kManifest;
+  auto mismatch = [&](const std::string& what) {
+    return failed_precondition("checkpoint " + mpath + " does not match this run: " + what);
+  };
+  const GptConfig& gc = trainer.model().config();
+  const json want = dims_json(gc.dims);
+  const json& have = m["model"].value("dims", json::object());
+  for (auto it = want.begin(); it != want.end(); ++it) {
+    if (!have.contains(it.key()) || have[it.key()] != it.value()) {
+      return mismatch("model " + it.key() + " is " + (have.contains(it.key()) ? have[it.key()].dump() : "absent") +
+                      " in the checkpoint and " + it.value().dump() + " in the profile");
+    }
+  }
+  const std::string dt = m["model"].value("dtype", "");
+  if (dt != dtype_name(gc.dtype)) {
+    return mismatch("precision.dtype is " + dt + " in the checkpoint and " + std::string(dtype_name(gc.dtype)) + " in the profile");
+  }
+  const std::string ot = m["optimizer"].value("type", "");
+  if (ot != trainer.profile().optimizer.type) {
+    return mismatch("optimizer.type is " + ot + " in the checkpoint and " + trainer.profile().optimizer.type + " in the profile");
+  }
+  const auto params = trainer.model().parameters();
+  const json& mp = m["parameters"];
+  if (mp.size() != params.size()) {
+    return mismatch(std::to_string(mp.size()) + " parameters in the checkpoint, " + std::to_string(params.size()) + " in the model");
+  }
+  std::uint64_t offset = 0;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const json& e = mp[i];
+    if (!e.is_object() || e.value("name", "") != params[i]->name() || e.value("numel", std::uint64_t{0}) != params[i]->numel() ||
+        e.value("offset", std::uint64_t{~0ULL}) != offset) {
+      return mismatch("parameter " + std::to_string(i) + " is " + e.dump() + " in the checkpoint and " + params[i]->name() +
+                      " with " + std::to_string(params[i]->numel()) + " elements in the model");
+    }
+    offset += params[i]->numel();
+  }
+  for (OptimizerState which : kTensors) {
+    const std::string name = file_of(which);
+    bool found = false;
+    for (const json& e : m["files"]) {
+      if (e["name"] == name) {
+        found = true;
+        if (e["bytes"].get<std::uint64_t>() != offset * sizeof(float)) {
+          return data_corruption("checkpoint " + mpath + ": " + name + " holds " + e["bytes"].dump() + " bytes; " +
+                                 std::to_string(offset) + " parameters need " + std::to_string(offset * sizeof(float)));
+        }
+      }
+    }
+    if (!found) return data_corruption("checkpoint " + mpath + ": \"files\" does not list " + name);
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+bool checkpoint_due(const TrainConfig& train, std::int64_t steps_done, bool last) {
+  if (train.checkpoint_dir.empty() || steps_done <= 0) return false;
+  if (last) return true;
+  return train.checkpoint_every > 0 && steps_done % train.checkpoint_every == 0;
+}
+
+Result<std::string> latest_checkpoint(const std::string& dir) {
+  const auto all = list_checkpoints(dir);
+  if (all.empty()) return not_found("no checkpoint (step-NNNNNNNN directory) in " + dir);
+  return dir + "/" + all.back();
+}
+
+Result<std::string> save_checkpoint(Trainer& trainer, const std::string& dir, const CheckpointOptions& options) {
+  if (dir.empty()) return invalid_argument("checkpoint: the directory is empty");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return io_error("checkpoint: creating " + dir + ": " + ec.message());
+  // Temporary directories of saves that were killed.
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind(".step-", 0) == 0 && n.find(".tmp-") != std::string::npos) STRATA_RETURN_IF_ERROR(remove_tree(e.path().string()));
+  }
+  const std::string name = step_name(trainer.steps_done());
+  const std::string final_path = dir + "/" + name;
+  const std::string tmp = dir + "/." + name + ".tmp-" + std::to_string(::getpid());
+  if (::mkdir(tmp.c_str(), 0700) != 0) return STRATA_ERRNO(errno, "mkdir", tmp);
+  Status s = write_checkpoint(trainer, tmp);
+  if (s.ok() && fs::exists(final_path, ec)) s = remove_tree(final_path);  // the same step saved again
+  if (s.ok() && ::rename(tmp.c_str(), final_path.c_str()) != 0) s = STRATA_ERRNO(errno, "rename", tmp + " -> " + final_path);
+  if (s.ok()) s = fsync_path(dir, /*directory=*/true);
+  if (!s.ok()) {
+    remove_tree(tmp).ignore();
+    return s.with_context("checkpoint of step " + std::to_string(trainer.steps_done()) + " in " + dir +
+                          " not written (earlier checkpoints are intact)");
+  }
+  const auto all = list_checkpoints(dir);
+  const std::size_t keep = static_cast<std::size_t>(std::max(1, options.keep));
+  for (std::size_t i = 0; i + keep < all.size(); ++i) {
+    if (all[i] != name) STRATA_RETURN_IF_ERROR(remove_tree(dir + "/" + all[i]));
+  }
+  STRATA_LOG(kInfo) << "checkpoint: step " << trainer.steps_done() << " saved in " << final_path;
+  return final_path;
+}
+
+Result<std::string> load_checkpoint(Trainer& trainer, const std::string& path) {
+  std::string dir = path;
+  std::error_code ec;
+  if (!fs::exists(path + "/" + kManifest, ec)) {
+    if (!fs::is_directory(path, ec)) return not_found("checkpoint: " + path + " does not exist");
+    auto latest = latest_checkpoint(path);
+    if (!latest.ok()) return not_found("checkpoint: " + path + " holds no manifest.json and no step-NNNNNNNN checkpoint");
+    dir = *latest;
+  }
+  STRATA_ASSIGN_OR_RETURN(json m, verify(dir));
+  STRATA_RETURN_IF_ERROR(check_match(m, trainer, dir));
+  StepOptimizer& opt = trainer.optimizer();
+  std::vector<float> buf;
+  for (OptimizerState which : kTensors) {
+    const std::string fpath = dir + "/" + file_of(which);
+    Fd f(::open(fpath.c_str(), O_RDONLY | O_CLOEXEC));
+    if (f.fd < 0) return STRATA_ERRNO(errno, "open", fpath);
+    for (Parameter* p : trainer.model().parameters()) {
+      for (std::uint64_t first = 0; first < p->numel();) {
+        const std::size_t n = std::min<std::uint64_t>(kSlice, p->numel() - first);
+        buf.resize(n);
+        STRATA_RETURN_IF_ERROR(read_all(f.fd, buf.data(), n * sizeof(float), fpath));
+        STRATA_RETURN_IF_ERROR(opt.write_state(*p, which, first, buf).with_context("checkpoint: restoring " + p->name()));
+        first += n;
+      }
+    }
+  }
+  STRATA_RETURN_IF_ERROR(opt.set_updates(m["optimizer_updates"].get<std::int64_t>()));
+  LossScaleState ls;
+  ls.scale = m["loss_scale"]["scale"].get<double>();
+  ls.clean_steps = m["loss_scale"]["clean_steps"].get<int>();
+  ls.tolerance_left = m["loss_scale"]["tolerance_left"].get<int>();
+  STRATA_RETURN_IF_ERROR(trainer.restore_progress(m["step"].get<std::int64_t>(), ls));
+  STRATA_LOG(kInfo) << "checkpoint: resumed from " << dir << " at step " << trainer.steps_done();
+  return dir;
+}
+
+}  // namespace strata
