@@ -108,6 +108,12 @@ void with_type(DType t, F&& fn) {
   }
 }
 
+// Element-wise loops below this many elements run on the compute thread alone: they take tens
+// of microseconds, less than waking an OpenMP team costs, and every parallel region leaves
+// the team's workers spinning for a while afterwards, taking cores from the copy engines and
+// the caller (OMP_WAIT_POLICY=passive avoids that for large loops too).
+constexpr std::size_t kParallelMin = std::size_t{1} << 18;
+
 struct GemmKey {
   DType in, out;
   bool ta, tb;
@@ -137,6 +143,7 @@ struct GemmPlan {
   bool emulated = false;
   dnnl::matmul prim;
   dnnl::memory::desc a_md, b_md, c_md;
+  dnnl::memory a, b, c;  // re-pointed at each call's operands (cheaper than new memory objects)
 };
 
 class HostDevice;
@@ -707,6 +714,9 @@ Result<GemmPlan*> HostDevice::gemm_plan(const GemmArgs& g) {
     plan.c_md = matrix_md(g.c, false, g.batch, out);
     dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(plan.a_md, plan.b_md, plan.c_md), attr, dnnl_engine_);
     plan.prim = dnnl::matmul(pd);
+    plan.a = dnnl::memory(plan.a_md, dnnl_engine_, DNNL_MEMORY_NONE);
+    plan.b = dnnl::memory(plan.b_md, dnnl_engine_, DNNL_MEMORY_NONE);
+    plan.c = dnnl::memory(plan.c_md, dnnl_engine_, DNNL_MEMORY_NONE);
   };
   try {
     build(g.a.data.dtype(), g.c.data.dtype());
@@ -737,7 +747,7 @@ void to_f32_buffer(const void* src, DType t, float* dst, std::size_t n) {
   with_type(t, [&](auto tag) {
     using T = decltype(tag);
     const T* s = static_cast<const T*>(src);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (std::size_t i = 0; i < n; ++i) dst[i] = kern::to_f32(s[i]);
   });
 }
@@ -745,7 +755,7 @@ void from_f32_buffer(const float* src, void* dst, DType t, std::size_t n) {
   with_type(t, [&](auto tag) {
     using T = decltype(tag);
     T* d = static_cast<T*>(dst);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (std::size_t i = 0; i < n; ++i) d[i] = kern::from_f32<T>(src[i]);
   });
 }
@@ -772,10 +782,10 @@ Status HostDevice::run_gemm(const GemmArgs& g) {
       c = fc;
     }
   }
-  dnnl::memory am(plan->a_md, dnnl_engine_, a);
-  dnnl::memory bm(plan->b_md, dnnl_engine_, b);
-  dnnl::memory cm(plan->c_md, dnnl_engine_, c);
-  plan->prim.execute(dnnl_stream_, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+  plan->a.set_data_handle(a);
+  plan->b.set_data_handle(b);
+  plan->c.set_data_handle(c);
+  plan->prim.execute(dnnl_stream_, {{DNNL_ARG_SRC, plan->a}, {DNNL_ARG_WEIGHTS, plan->b}, {DNNL_ARG_DST, plan->c}});
   dnnl_stream_.wait();
   if (plan->emulated && c != g.c.data.address()) {
     from_f32_buffer(static_cast<float*>(c), g.c.data.address(), g.c.data.dtype(), c_n);
@@ -798,7 +808,7 @@ Status HostDevice::fill_impl(DeviceView x, float value, Stream& stream) {
       T* p = static_cast<T*>(x.address());
       const T v = kern::from_f32<T>(value);
       const std::size_t n = x.count();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
       for (std::size_t i = 0; i < n; ++i) p[i] = v;
     });
     return Status::OK();
@@ -814,7 +824,7 @@ Status HostDevice::cast_impl(DeviceView dst, DeviceView src, Stream& stream) {
         const S* s = static_cast<const S*>(src.address());
         D* d = static_cast<D*>(dst.address());
         const std::size_t n = dst.count();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
         for (std::size_t i = 0; i < n; ++i) d[i] = kern::from_f32<D>(kern::to_f32(s[i]));
       });
     });
@@ -828,7 +838,7 @@ Status HostDevice::scale_impl(DeviceView x, float alpha, Stream& stream) {
       using T = decltype(tag);
       T* p = static_cast<T*>(x.address());
       const std::size_t n = x.count();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
       for (std::size_t i = 0; i < n; ++i) p[i] = kern::from_f32<T>(kern::scale_elem(kern::to_f32(p[i]), alpha));
     });
     return Status::OK();
@@ -844,7 +854,7 @@ Status HostDevice::axpy_impl(DeviceView y, float alpha, DeviceView x, Stream& st
         Y* yp = static_cast<Y*>(y.address());
         const X* xp = static_cast<const X*>(x.address());
         const std::size_t n = y.count();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
         for (std::size_t i = 0; i < n; ++i) {
           yp[i] = kern::from_f32<Y>(kern::axpy_elem(kern::to_f32(yp[i]), alpha, kern::to_f32(xp[i])));
         }
@@ -861,7 +871,7 @@ Status HostDevice::check_finite_impl(DeviceView x, DeviceView flag, Stream& stre
       using T = decltype(tag);
       const T* p = static_cast<const T*>(x.address());
       const std::size_t n = x.count();
-#pragma omp parallel for schedule(static) reduction(|| : bad)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin) reduction(|| : bad)
       for (std::size_t i = 0; i < n; ++i) bad = bad || kern::is_nonfinite(kern::to_f32(p[i]));
     });
     if (bad) *static_cast<float*>(flag.address()) = 1.0f;
@@ -878,7 +888,7 @@ Status HostDevice::sum_squares_impl(DeviceView x, DeviceView out, Stream& stream
       const std::size_t n = x.count();
       // Partial sums in double per thread (static split, so the result is reproducible for a
       // fixed thread count); each term is the fp32 square the CUDA kernel adds.
-#pragma omp parallel for schedule(static) reduction(+ : sum)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin) reduction(+ : sum)
       for (std::size_t i = 0; i < n; ++i) sum += static_cast<double>(kern::square_elem(kern::to_f32(p[i])));
     });
     float* o = static_cast<float*>(out.address());
@@ -900,14 +910,14 @@ Status HostDevice::adam_step_impl(const AdamTensors& t, const AdamHyper& h, cons
       using G = decltype(gtag);
       const G* g = static_cast<const G*>(t.grads.address());
       if (t.params_out.empty()) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
         for (std::size_t i = 0; i < n; ++i) adam::update(k, kern::to_f32(g[i]), p[i], m[i], v[i]);
         return;
       }
       with_type(t.params_out.dtype(), [&](auto otag) {
         using O = decltype(otag);
         O* o = static_cast<O*>(t.params_out.address());
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
         for (std::size_t i = 0; i < n; ++i) {
           adam::update(k, kern::to_f32(g[i]), p[i], m[i], v[i]);
           o[i] = kern::from_f32<O>(p[i]);
