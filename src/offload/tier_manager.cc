@@ -110,6 +110,7 @@ struct TierManager::Block {
   std::uint64_t charge = 0;  // bytes rounded up to 4 KiB
   Tier home = Tier::kHost;
   Tier fastest = Tier::kDevice;
+  bool host_copies = true;
   std::array<Copy, 2> copies;  // kDevice, kHost
   std::vector<nvme::SwapSlot> slots;
   std::uint64_t version = 0;       // newest content; 0 = never written (zeros)
@@ -353,6 +354,10 @@ Status TierManager::check_tier(const Block& b, Tier tier, std::string_view op) c
     return invalid_argument(std::string(op) + " of block '" + b.name + "' in " + std::string(tier_name(tier)) +
                             ": it was registered with fastest tier " + std::string(tier_name(b.fastest)) +
                             " (its size was checked only against the budgets from there to its home)");
+  }
+  if (tier == Tier::kHost && !b.host_copies && b.home != Tier::kHost) {
+    return invalid_argument(std::string(op) + " of block '" + b.name +
+                            "' in host: it was registered without host copies (host_copies = false)");
   }
   return Status::OK();
 }
@@ -628,6 +633,7 @@ Result<BlockId> TierManager::register_block(const BlockSpec& spec) {
   const std::uint64_t charge_bytes = round_up(spec.bytes, kBlockAlignment);
   for (int t = ti(spec.fastest); t <= ti(spec.home); ++t) {
     const Tier tier = static_cast<Tier>(t);
+    if (tier == Tier::kHost && !spec.host_copies && spec.home != Tier::kHost) continue;
     if (charge_bytes > budget(tier)) {
       return invalid_argument("register block '" + spec.name + "' (" + human(spec.bytes) + "): larger than the " +
                               std::string(tier_name(tier)) + " budget " + human(budget(tier)) + " (" +
@@ -676,6 +682,7 @@ Result<BlockId> TierManager::register_block(const BlockSpec& spec) {
   b->charge = charge_bytes;
   b->home = spec.home;
   b->fastest = spec.fastest;
+  b->host_copies = spec.host_copies || spec.home == Tier::kHost;
   if (spec.home == Tier::kNvme) {
     const std::uint64_t cs = options_.staging_buffer_size;
     for (std::uint64_t off = 0; off < spec.bytes; off += cs) {

@@ -95,6 +95,10 @@ struct BlockSpec {
   std::uint64_t bytes = 0;         // > 0
   Tier home = Tier::kHost;
   Tier fastest = Tier::kDevice;    // the fastest tier the block will be acquired in
+  // False: an NVMe-homed block that is never cached in host memory (used on the device, it
+  // moves through the staging pool); its size is then not checked against the host budget
+  // and acquiring it in host memory is refused.
+  bool host_copies = true;
 };
 
 struct BlockInfo {
@@ -172,7 +176,8 @@ class TierManager {
   TierManager& operator=(const TierManager&) = delete;
 
   // Registers a block and allocates its home copy (zeros). Fails with invalid_argument when
-  // the block is larger than the budget of a tier between `fastest` and `home`, and with
+  // the block is larger than the budget of a tier it may be used in (from `fastest` to
+  // `home`, without host memory when !host_copies), and with
   // out_of_memory / out_of_space when the home tier is full of other home blocks and pins.
   Result<BlockId> register_block(const BlockSpec& spec);
   // Forgets a block and frees its copies (after transfers in flight finish).

@@ -190,7 +190,7 @@ void random_run(std::uint64_t seed, int ops, int blocks) {
     } else if (kind < 75) {
       const ModelBlock& m = model[static_cast<std::size_t>(pick(0, model.size() - 1))];
       EXPECT_TRUE(tm.prefetch(m.id, random_tier(m)).ok());
-    } else if (kind < 85) {
+    } else if (kind < 78) {
       // The repeated pattern: Belady and prefetch along a known trace.
       held.clear();
       for (int rep = 0; rep < 3; ++rep) {
