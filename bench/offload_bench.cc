@@ -1,0 +1,361 @@
+// `strata bench offload`: the training step with the optimizer state on NVMe
+// ([offload.optimizer] device = "nvme"), against the ceiling of the same run.
+//
+// The ceiling is max(compute, transfer): compute is forward + backward (measured with the
+// trainer's phase timing) plus the CPU Adam update over the same number of parameters with the
+// state in RAM (measured on its own in this run); transfer is the bytes the step moved between
+// NVMe and host (the tier manager's statistics) at the read and write bandwidth the swap
+// directory gave in this run (a SwapStore on the same directory, the same engine, buffer size
+// and number of buffers in flight). The headline is step time / ceiling (1.0 is perfect).
+#include <sys/statfs.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <cxxopts.hpp>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include <omp.h>
+
+#include "cli/command.h"
+#include "nvme/io_engine.h"
+#include "nvme/swap_store.h"
+#include "strata/optimizer.h"
+#include "strata/profile.h"
+#include "strata/trainer.h"
+#include "strata/units.h"
+
+namespace strata::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::string build_kind() {
+#if defined(__SANITIZE_ADDRESS__)
+  return "sanitizer (address)";
+#elif !defined(__OPTIMIZE__)
+  return "debug (unoptimised)";
+#elif !defined(NDEBUG)
+  return "optimised with assertions";
+#else
+  return "release";
+#endif
+}
+
+std::string cpu_brand() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      auto p = line.find(':');
+      if (p != std::string::npos) return line.substr(p + 2);
+    }
+  }
+  return "unknown";
+}
+
+std::string fs_type(const std::string& dir) {
+  struct statfs s {};
+  if (::statfs(dir.c_str(), &s) != 0) return "unknown";
+  switch (static_cast<unsigned long>(s.f_type)) {
+    case 0xEF53: return "ext4";
+    case 0x58465342: return "xfs";
+    case 0x01021994: return "tmpfs";
+    case 0x9123683E: return "btrfs";
+    case 0x794c7630: return "overlayfs";
+    default: {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "0x%lx", static_cast<unsigned long>(s.f_type));
+      return buf;
+    }
+  }
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n == 0 ? 0.0 : n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+struct Bandwidth {
+  double read = 0, write = 0;  // bytes/s
+};
+
+// Writes then reads `total` bytes as slots of `slot` bytes with `depth` in flight.
+Result<Bandwidth> measure_nvme(const Profile& p, std::uint64_t total, std::uint64_t slot, int depth) {
+  STRATA_ASSIGN_OR_RETURN(auto engine, nvme::make_io_engine(p.nvme));
+  const std::uint64_t n = std::max<std::uint64_t>(1, total / slot);
+  auto store = nvme::SwapStore::create({p.offload_optimizer.nvme_path, n * slot + n * 8192}, *engine);
+  if (!store.ok()) return store.status();
+  DeviceOptions dopt;
+  dopt.capacity = 1 << 20;
+  STRATA_ASSIGN_OR_RETURN(auto dev, create_device("host", dopt));
+  std::vector<PinnedBuffer> bufs;
+  for (int i = 0; i < depth; ++i) {
+    STRATA_ASSIGN_OR_RETURN(PinnedBuffer b, dev->allocate_pinned(slot));
+    std::memset(b.data(), 0x5a + i, b.size());
+    bufs.push_back(std::move(b));
+  }
+  std::vector<nvme::SwapSlot> slots;
+  for (std::uint64_t i = 0; i < n; ++i) {
+    STRATA_ASSIGN_OR_RETURN(nvme::SwapSlot s, (*store)->allocate(slot));
+    slots.push_back(s);
+  }
+  auto pass = [&](bool write) -> Result<double> {
+    std::vector<std::shared_ptr<nvme::IoCompletion>> inflight(static_cast<std::size_t>(depth));
+    const auto t0 = Clock::now();
+    for (std::uint64_t i = 0; i < n; ++i) {
+      auto& c = inflight[i % static_cast<std::uint64_t>(depth)];
+      if (c) STRATA_RETURN_IF_ERROR(c->wait());
+      std::span<std::byte> b = bufs[i % static_cast<std::uint64_t>(depth)].bytes();
+      if (write) {
+        STRATA_ASSIGN_OR_RETURN(c, (*store)->write(slots[i], b));
+      } else {
+        STRATA_ASSIGN_OR_RETURN(c, (*store)->read(slots[i], b));
+      }
+    }
+    for (auto& c : inflight) {
+      if (c) STRATA_RETURN_IF_ERROR(c->wait());
+    }
+    return static_cast<double>(n * slot) / seconds(t0);
+  };
+  Bandwidth bw;
+  STRATA_ASSIGN_OR_RETURN(bw.write, pass(true));
+  STRATA_ASSIGN_OR_RETURN(bw.read, pass(false));
+  STRATA_RETURN_IF_ERROR((*store)->close());
+  return bw;
+}
+
+// Seconds of one CPU Adam update over `params` parameters with the state in RAM.
+Result<double> measure_adam(std::uint64_t params, DType grad_dtype, DType value_dtype) {
+  const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(params, 32ULL << 20));
+  STRATA_ASSIGN_OR_RETURN(auto adam, make_cpu_adam({}));
+  std::vector<float> p(n, 0.01f), m(n, 0.0f), v(n, 0.0f), g32;
+  std::vector<std::uint16_t> g16, copy;
+  AdamChunk c;
+  c.n = n;
+  c.params = p.data();
+  c.exp_avg = m.data();
+  c.exp_avg_sq = v.data();
+  c.grad_dtype = grad_dtype;
+  if (grad_dtype == DType::kF32) {
+    g32.assign(n, 1e-3f);
+    c.grads = g32.data();
+  } else {
+    g16.assign(n, 0x3a83);
+    c.grads = g16.data();
+  }
+  if (value_dtype != DType::kF32) {
+    copy.resize(n);
+    c.param_copy = copy.data();
+    c.param_copy_dtype = value_dtype;
+  }
+  AdamHyper h;
+  std::vector<double> t;
+  for (int i = 1; i <= 5; ++i) {
+    const auto t0 = Clock::now();
+    STRATA_RETURN_IF_ERROR(adam->step(h, AdamStep{i, 1.0}, c));
+    t.push_back(seconds(t0));
+  }
+  return median(t) * static_cast<double>(params) / static_cast<double>(n);
+}
+
+int bench_offload(int argc, char** argv) {
+  cxxopts::Options opts("strata bench offload",
+                        "training step with the optimizer state on NVMe, against max(compute, transfer) of the same run");
+  opts.add_options()("model", "model preset", cxxopts::value<std::string>()->default_value("default"))(
+      "micro-batch", "sequences per micro-batch", cxxopts::value<int>()->default_value("8"))(
+      "steps", "measured steps (after one warm-up step)", cxxopts::value<int>()->default_value("3"))(
+      "nvme-path", "swap directory", cxxopts::value<std::string>()->default_value("/tmp"))(
+      "engine", "I/O engine: io_uring, libaio, posix", cxxopts::value<std::string>()->default_value("io_uring"))(
+      "direct", "O_DIRECT", cxxopts::value<bool>()->default_value("true"))(
+      "buffer-size", "bytes of optimizer state per pinned buffer (chunk)", cxxopts::value<std::string>()->default_value("8MiB"))(
+      "buffer-count", "pinned buffers of the pipeline", cxxopts::value<int>()->default_value("4"))(
+      "dtype", "fp32, bf16 or fp16", cxxopts::value<std::string>()->default_value("fp32"))(
+      "json", "print one JSON object instead of the table")("h,help", "this help");
+  try {
+    auto a = opts.parse(argc, argv);
+    if (a.count("help")) {
+      std::cout << opts.help() << "\n";
+      return 0;
+    }
+    auto base = Profile::from_toml_string("", "bench offload");
+    if (!base.ok()) {
+      std::cerr << base.status() << "\n";
+      return 1;
+    }
+    Profile p = *base;
+    p.train.model = a["model"].as<std::string>();
+    if (!model_preset(p.train.model, &p.train.dims)) {
+      std::cerr << "strata bench offload: unknown --model " << p.train.model << "\n";
+      return 2;
+    }
+    p.train.micro_batch = a["micro-batch"].as<int>();
+    const int steps = a["steps"].as<int>();
+    if (steps < 1 || p.train.micro_batch < 1) {
+      std::cerr << "strata bench offload: --steps and --micro-batch must be at least 1\n";
+      return 2;
+    }
+    const std::string dt = a["dtype"].as<std::string>();
+    if (dt == "fp32") p.precision.dtype = DType::kF32;
+    else if (dt == "bf16") p.precision.dtype = DType::kBF16;
+    else if (dt == "fp16") p.precision.dtype = DType::kF16;
+    else {
+      std::cerr << "strata bench offload: --dtype must be fp32, bf16 or fp16\n";
+      return 2;
+    }
+    auto bs = parse_bytes(a["buffer-size"].as<std::string>());
+    if (!bs.ok()) {
+      std::cerr << "strata bench offload: --buffer-size: " << bs.status() << "\n";
+      return 2;
+    }
+    p.offload_optimizer.device = OffloadTarget::kNvme;
+    p.offload_optimizer.nvme_path = {a["nvme-path"].as<std::string>()};
+    p.offload_optimizer.buffer_count = a["buffer-count"].as<int>();
+    p.offload_param.buffer_size = *bs;
+    p.nvme.engine = a["engine"].as<std::string>();
+    p.nvme.direct = a["direct"].as<bool>();
+    if (p.nvme.engine != "io_uring") p.nvme.registered_buffers = false;
+    const std::uint64_t params = p.train.dims.parameter_count();
+    p.memory.device_budget = std::max<std::uint64_t>(p.memory.device_budget, params * 12 + (4ULL << 30));
+    p.memory.host_budget = std::max<std::uint64_t>(p.memory.host_budget, params * 8 + 8 * *bs);
+    if (Status s = p.validate(); !s.ok()) {
+      std::cerr << "strata bench offload: " << s << "\n";
+      return 2;
+    }
+    const bool json_out = a.count("json") > 0;
+
+    utsname u{};
+    ::uname(&u);
+    nlohmann::json env = {{"cpu", cpu_brand()},
+                          {"threads", omp_get_max_threads()},
+                          {"build", build_kind()},
+                          {"kernel", u.release},
+                          {"nvme_path", p.offload_optimizer.nvme_path[0]},
+                          {"file_system", fs_type(p.offload_optimizer.nvme_path[0])},
+                          {"engine", p.nvme.engine},
+                          {"direct", p.nvme.direct},
+                          {"model", p.train.model},
+                          {"parameters", params},
+                          {"dtype", dt},
+                          {"micro_batch", p.train.micro_batch},
+                          {"buffer_size", *bs},
+                          {"buffer_count", p.offload_optimizer.buffer_count}};
+    if (!json_out) {
+      std::cout << "strata bench offload\n";
+      for (auto it = env.begin(); it != env.end(); ++it) std::cout << "  " << std::left << std::setw(14) << it.key() << " " << (it->is_string() ? it->get<std::string>() : it->dump()) << "\n";
+      if (build_kind() != "release") std::cout << "  WARNING: not a release build; figures are not representative\n";
+    }
+
+    // The trainer, one warm-up step, then the measured steps.
+    DeviceOptions dopt = device_options(p.memory);
+    auto dev = create_device("host", dopt);
+    if (!dev.ok()) {
+      std::cerr << dev.status() << "\n";
+      return 1;
+    }
+    TrainerOptions to;
+    to.phase_timing = true;
+    auto trainer = Trainer::create(p, **dev, nullptr, to);
+    if (!trainer.ok()) {
+      std::cerr << "strata bench offload: " << trainer.status() << "\n";
+      return 1;
+    }
+    auto data = TokenDataset::default_text();
+    if (!data.ok()) {
+      std::cerr << data.status() << "\n";
+      return 1;
+    }
+    std::vector<double> step_s, fb_s, opt_s, rd_b, wr_b;
+    for (int i = 0; i <= steps; ++i) {
+      const TierStats before = *(*trainer)->optimizer().tier_stats();
+      auto st = (*trainer)->train_step(*data);
+      if (!st.ok()) {
+        std::cerr << "strata bench offload: step " << i + 1 << ": " << st.status() << "\n";
+        return 1;
+      }
+      const TierStats after = *(*trainer)->optimizer().tier_stats();
+      if (i == 0) continue;  // warm-up: first touch of the swap, zero-filled reads
+      const int nv = static_cast<int>(Tier::kNvme), ho = static_cast<int>(Tier::kHost);
+      step_s.push_back(st->seconds);
+      fb_s.push_back(st->forward_s + st->backward_s);
+      opt_s.push_back(st->optimizer_s);
+      rd_b.push_back(static_cast<double>(after.bytes_moved[nv][ho] - before.bytes_moved[nv][ho]));
+      wr_b.push_back(static_cast<double>(after.bytes_moved[ho][nv] - before.bytes_moved[ho][nv]));
+    }
+    const TierStats final_stats = *(*trainer)->optimizer().tier_stats();
+    trainer->reset();
+
+    // Ceilings measured in the same run.
+    const double state_bytes = static_cast<double>(params) * 12.0;
+    auto bw = measure_nvme(p, static_cast<std::uint64_t>(std::min(state_bytes, 1024.0 * MiB)), *bs,
+                           std::max(1, p.offload_optimizer.buffer_count - 1));
+    if (!bw.ok()) {
+      std::cerr << "strata bench offload: measuring the swap directory: " << bw.status() << "\n";
+      return 1;
+    }
+    const DType gdt = DType::kF32;
+    auto adam_s = measure_adam(params, gdt, p.precision.dtype);
+    if (!adam_s.ok()) {
+      std::cerr << adam_s.status() << "\n";
+      return 1;
+    }
+    const double step = median(step_s), fb = median(fb_s), opt = median(opt_s);
+    const double rd = median(rd_b), wr = median(wr_b);
+    const double compute = fb + *adam_s;
+    const double transfer = rd / bw->read + wr / bw->write;
+    const double ceiling = std::max(compute, transfer);
+    const double ratio = step / ceiling;
+    nlohmann::json res = {{"step_s", step},
+                          {"forward_backward_s", fb},
+                          {"optimizer_s", opt},
+                          {"adam_in_ram_s", *adam_s},
+                          {"compute_s", compute},
+                          {"nvme_read_bytes_per_step", rd},
+                          {"nvme_write_bytes_per_step", wr},
+                          {"nvme_read_bw", bw->read},
+                          {"nvme_write_bw", bw->write},
+                          {"transfer_s", transfer},
+                          {"ceiling_s", ceiling},
+                          {"ratio", ratio},
+                          {"bar", 1.15},
+                          {"meets_bar", ratio <= 1.15}};
+    if (json_out) {
+      std::cout << nlohmann::json{{"environment", env}, {"result", res}, {"tiers", nlohmann::json::parse(final_stats.to_json())}}.dump()
+                << "\n";
+    } else {
+      std::cout << std::fixed << std::setprecision(3);
+      std::cout << "  step time (median of " << steps << ")      " << step << " s\n"
+                << "  forward + backward           " << fb << " s\n"
+                << "  optimizer phase (NVMe)       " << opt << " s\n"
+                << "  CPU Adam, state in RAM       " << *adam_s << " s\n"
+                << "  compute = fwd+bwd+Adam       " << compute << " s\n"
+                << "  NVMe per step                read " << format_bytes_human(rd) << " at "
+                << format_bytes_human(bw->read) << "/s, write " << format_bytes_human(wr) << " at "
+                << format_bytes_human(bw->write) << "/s\n"
+                << "  transfer at measured bw      " << transfer << " s\n"
+                << "  step / max(compute, transfer) = " << ratio << "  (bar <= 1.15: " << (ratio <= 1.15 ? "met" : "NOT met") << ")\n";
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "strata bench offload: " << e.what() << "\n" << opts.help() << "\n";
+    return 2;
+  }
+}
+
+STRATA_COMMAND("bench offload", "training step with optimizer state on NVMe vs max(compute, transfer) of the same run",
+               bench_offload);
+
+}  // namespace
+}  // namespace strata::cli
