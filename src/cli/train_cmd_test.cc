@@ -1,0 +1,113 @@
+// Runs `strata train` end to end on the tiny model: plain progress lines off a terminal, the
+// --log-json lines, the safetensors options and the usage errors.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+#include <gtest/gtest.h>
+
+namespace {
+
+struct CliRun {
+  int exit_code = -1;
+  std::string out;  // stdout and stderr together
+};
+
+CliRun run(const std::string& args) {
+  std::string cmd = std::string(STRATA_CLI_PATH) + " " + args + " 2>&1 < /dev/null";
+  CliRun r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  std::array<char, 4096> buf;
+  std::size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int st = pclose(p);
+  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
+
+std::filesystem::path dir() {
+  const char* base = std::getenv("STRATA_TEST_TMPDIR");
+  auto d = std::filesystem::path(base ? base : std::filesystem::temp_directory_path().string()) /
+           ("train_cmd_test." + std::to_string(::getpid()));
+  std::filesystem::create_directories(d);
+  return d;
+}
+
+std::string tiny_profile(int steps) {
+  const auto p = dir() / ("tiny" + std::to_string(steps) + ".toml");
+  std::ofstream(p) << "[memory]\ndevice_budget = \"256MiB\"\n[train]\nmodel = \"tiny\"\nmicro_batch = 2\nsteps = "
+                   << steps << "\n";
+  return p.string();
+}
+
+TEST(TrainCmd, TrainsLogsAndExports) {
+  const std::string log = (dir() / "log.jsonl").string();
+  const std::string init = (dir() / "init.safetensors").string();
+  const std::string final_w = (dir() / "final.safetensors").string();
+  CliRun r = run("train --profile " + tiny_profile(3) + " --log-json " + log + " --export-init " + init + " --export " +
+                 final_w);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("GPT-2 'tiny'"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("step 3/3 loss "), std::string::npos) << r.out;  // plain lines off a terminal
+  EXPECT_EQ(r.out.find('\r'), std::string::npos) << "no progress bar when stdout is not a terminal";
+  EXPECT_NE(r.out.find("exported " + final_w), std::string::npos) << r.out;
+
+  std::ifstream f(log);
+  std::string line;
+  int n = 0;
+  double first_loss = 0;
+  while (std::getline(f, line)) {
+    auto j = nlohmann::json::parse(line);
+    ++n;
+    EXPECT_EQ(j["step"].get<int>(), n);
+    for (const char* key : {"loss", "grad_norm", "lr", "loss_scale", "tokens_per_s"}) {
+      ASSERT_TRUE(j.contains(key)) << line;
+      EXPECT_TRUE(j[key].is_number()) << line;
+    }
+    if (n == 1) first_loss = j["loss"].get<double>();
+  }
+  EXPECT_EQ(n, 3);
+  EXPECT_TRUE(std::filesystem::exists(init));
+  EXPECT_TRUE(std::filesystem::exists(final_w));
+
+  // Starting from the exported initial weights with another seed reproduces the first loss.
+  const auto p2 = dir() / "seed.toml";
+  std::ofstream(p2) << "[memory]\ndevice_budget = \"256MiB\"\n[train]\nmodel = \"tiny\"\nmicro_batch = 2\nsteps = 1\n"
+                       "seed = 99\n";
+  const std::string log2 = (dir() / "log2.jsonl").string();
+  CliRun again = run("train --profile " + p2.string() + " --import " + init + " --log-json " + log2);
+  ASSERT_EQ(again.exit_code, 0) << again.out;
+  std::ifstream f2(log2);
+  ASSERT_TRUE(std::getline(f2, line));
+  EXPECT_EQ(nlohmann::json::parse(line)["loss"].get<double>(), first_loss);
+}
+
+TEST(TrainCmd, InputErrorsAreUsageErrors) {
+  CliRun bad_opt = run("train --no-such-option");
+  EXPECT_EQ(bad_opt.exit_code, 2);
+  CliRun no_data = run("train --profile " + tiny_profile(1) + " --data /nonexistent/strata.txt");
+  EXPECT_EQ(no_data.exit_code, 2);
+  EXPECT_NE(no_data.out.find("/nonexistent/strata.txt"), std::string::npos) << no_data.out;
+  CliRun bad_steps = run("train --profile " + tiny_profile(1) + " --steps -3");
+  EXPECT_EQ(bad_steps.exit_code, 2) << bad_steps.out;
+  CliRun bad_dtype = run("train --profile " + tiny_profile(1) + " --export-dtype fp8");
+  EXPECT_EQ(bad_dtype.exit_code, 2) << bad_dtype.out;
+  CliRun bad_device = run("train --profile " + tiny_profile(1) + " --device tpu");
+  EXPECT_EQ(bad_device.exit_code, 2) << bad_device.out;
+  EXPECT_NE(bad_device.out.find("host"), std::string::npos) << "lists the known backends: " << bad_device.out;
+  const auto garbage = dir() / "garbage.safetensors";
+  std::ofstream(garbage) << "not a safetensors file at all";
+  CliRun bad_import = run("train --profile " + tiny_profile(1) + " --import " + garbage.string());
+  EXPECT_EQ(bad_import.exit_code, 2) << bad_import.out;
+  EXPECT_NE(bad_import.out.find("header length"), std::string::npos) << bad_import.out;
+}
+
+}  // namespace
