@@ -76,7 +76,10 @@ class StepOptimizer {
   virtual Status get_master(const Parameter& p, std::uint64_t first, std::span<float> out) = 0;
 
   // Called after `module`'s backward in every micro-step, with `last` true in the step's last
-  // micro-step (its parameters' gradients are then final), so a backend can start moving them.
+  // micro-step, so a backend can start moving gradients while backward continues. A
+  // parameter's gradient is final once the last module using it in backward order is done:
+  // its own module, except for tied parameters (wte is used by lm_head, which runs first in
+  // backward, and is final only after "embeddings").
   virtual Status after_backward(Module& module, bool last) {
     (void)module;
     (void)last;
