@@ -384,7 +384,9 @@ TEST(CheckpointKill, Child) {
   auto t = Trainer::create(tiny_profile(OffloadTarget::kNvme, std::string(dir) + "/swap"), *dev);
   ASSERT_TRUE(t.ok()) << t.status();
   const std::string ck = std::string(dir) + "/ckpt";
-  if (latest_checkpoint(ck).ok()) ASSERT_TRUE(load_checkpoint(**t, ck).ok());
+  if (latest_checkpoint(ck).ok()) {
+    ASSERT_TRUE(load_checkpoint(**t, ck).ok());
+  }
   for (;;) {
     ASSERT_TRUE((*t)->train_step(licenses()).ok());
     std::printf("S %lld\n", static_cast<long long>((*t)->steps_done()));
