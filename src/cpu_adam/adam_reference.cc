@@ -53,13 +53,15 @@ ReferenceElement ReferenceStep::update(double grad, double p, double m, double v
   const double v1 = b2 * v + tg * g;
   const double e_v = std::fabs(g) * e_t + std::fabs(tg) * e_g + 2 * rnd(b2 * v) + rnd(v1);
   // d = fma(sqrt(v1), inv_sqrt_bc2, eps); sqrt(x + e) - sqrt(x) <= min(e / (2 sqrt x), sqrt e).
+  // (e / (2 sqrt x) < sqrt e exactly when e < 4x; otherwise, and for x = 0, the bound is sqrt e.)
   const double s = std::sqrt(std::max(v1, 0.0));
-  const double e_s = (s > 0 ? std::min(e_v / (2 * s), std::sqrt(e_v)) : std::sqrt(e_v)) + rnd(s);
+  const double e_s = (e_v < 4 * s * s ? 0.5 * e_v / s : std::sqrt(e_v)) + rnd(s);
   const double d = s * inv_sqrt_bc2 + h.eps;
   const double e_d = e_s * inv_sqrt_bc2 + rnd(s * inv_sqrt_bc2) + rnd(h.eps) + rnd(d);
   // q = m1 / d
-  const double q = m1 / d;
-  const double e_q = e_m / d + std::fabs(m1) * e_d / (d * d) + rnd(q);
+  const double inv_d = 1.0 / d;
+  const double q = m1 * inv_d;
+  const double e_q = (e_m + std::fabs(q) * e_d) * inv_d + rnd(q);
   // p1 = fma(-step_size, q, pd)
   const double upd = step_size * q;
   const double p1 = pd - upd;
