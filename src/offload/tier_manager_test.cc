@@ -345,6 +345,29 @@ TEST(TierManager, TheTraceIsRecordedReplayedAndReRecordedWhenTheOrderChanges) {
   EXPECT_TRUE(found) << "no log line about the changed order";
 }
 
+TEST(TierManager, APrefetchHintLoadsIntoFreeRoomOnly) {
+  auto rig = Rig::make(small_rig());
+  ASSERT_NE(rig, nullptr);
+  TierManager& tm = *rig->tiers;
+  std::vector<BlockId> ids;
+  for (int i = 0; i < 5; ++i) {
+    ids.push_back(reg(tm, "p" + std::to_string(i), 64 * KB, Tier::kNvme));
+    write_block(tm, ids.back(), 1 + static_cast<std::uint64_t>(i));
+  }
+  ASSERT_TRUE(tm.flush().ok());
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(tm.prefetch(ids[static_cast<std::size_t>(i)], Tier::kDevice).ok());
+  // The device budget is full of prefetched copies: the fifth hint evicts nothing.
+  ASSERT_TRUE(tm.prefetch(ids[4], Tier::kDevice).ok());
+  TierStats s = tm.stats();
+  EXPECT_EQ(s.prefetches, 4u);
+  EXPECT_EQ(s.tiers[0].evictions, 0u);
+  EXPECT_FALSE(tm.info(ids[4])->cached[0]);
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(read_matches(tm, ids[static_cast<std::size_t>(i)], 1 + static_cast<std::uint64_t>(i), Tier::kDevice));
+  s = tm.stats();
+  EXPECT_EQ(s.misses, 5u);  // the five overwrites in host memory; the device reads all hit
+  EXPECT_EQ(s.prefetches_unused, 0u);
+}
+
 TEST(TierManager, StatisticsPrintAsJson) {
   auto rig = Rig::make(small_rig());
   ASSERT_NE(rig, nullptr);

@@ -31,7 +31,7 @@ struct SweepResult {
 };
 
 // Forward 0..L-1 then backward L-1..0 on the device, `steps` times; checks every byte read.
-SweepResult sweep(Tier home, bool tracing, int steps) {
+SweepResult sweep(Tier home, bool tracing, int steps, std::uint64_t max_live_bytes = 0) {
   RigOptions o;
   o.nvme = home == Tier::kNvme;
   o.tiers.device_budget = 5 * kLayerBytes;     // 5 of 12 layers: eviction every step
@@ -41,6 +41,7 @@ SweepResult sweep(Tier home, bool tracing, int steps) {
   o.tiers.host_budget = home == Tier::kNvme ? 3 * 16 * KB + kLayerBytes : 2 * MiB;
   o.tiers.prefetch_bytes = 2 * kLayerBytes;    // look two layers ahead
   o.tiers.tracing = tracing;
+  o.tiers.max_live_bytes = max_live_bytes;
   auto rig = Rig::make(o);
   EXPECT_NE(rig, nullptr);
   if (rig == nullptr) return {};
@@ -108,6 +109,17 @@ TEST_P(PrefetchSweep, WithoutATraceTheSameSweepMostlyMisses) {
   EXPECT_LT(rate, 0.6) << r.last.to_json();
   EXPECT_EQ(r.last.prefetches, 0u);
   EXPECT_EQ(r.last.trace_length, 0u);
+}
+
+TEST(PrefetchLimits, MaxLiveBytesCapsTheLookahead) {
+  Watchdog wd(std::chrono::seconds(120), "max live bytes");
+  // One live layer: the one in use. Nothing can be fetched beside it, so the sweep misses
+  // as if there were no prefetch (except the first layer of each step, fetched at its end).
+  SweepResult capped = sweep(Tier::kHost, /*tracing=*/true, /*steps=*/3, /*max_live_bytes=*/kLayerBytes);
+  SweepResult free = sweep(Tier::kHost, /*tracing=*/true, /*steps=*/3);
+  EXPECT_LT(capped.last.prefetches, free.last.prefetches / 4) << capped.last.to_json();
+  EXPECT_LT(later_hit_rate(capped), 0.6);
+  EXPECT_GE(later_hit_rate(free), 0.95);
 }
 
 INSTANTIATE_TEST_SUITE_P(Homes, PrefetchSweep, ::testing::Values(Tier::kHost, Tier::kNvme),
