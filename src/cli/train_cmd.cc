@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cli/command.h"
+#include "strata/checkpoint.h"
 #include "strata/data.h"
 #include "strata/device.h"
 #include "strata/profile.h"
@@ -67,6 +68,10 @@ int train(int argc, char** argv) {
       ("export-init", "write the initial weights (safetensors) before the first step", cxxopts::value<std::string>())
       ("export", "write the trained weights (safetensors) at the end", cxxopts::value<std::string>())
       ("import", "start from the weights of a safetensors file", cxxopts::value<std::string>())
+      ("checkpoint-dir", "save checkpoints in DIR (every train.checkpoint_every steps and at the end)",
+       cxxopts::value<std::string>())
+      ("resume", "continue from a checkpoint: a checkpoint directory or a --checkpoint-dir holding them",
+       cxxopts::value<std::string>())
       ("export-dtype", "dtype of exported weights: fp32, bf16 or fp16", cxxopts::value<std::string>()->default_value("fp32"))
       ("device", "device backend: host or cuda", cxxopts::value<std::string>()->default_value("host"))
       ("h,help", "show this help");
@@ -121,6 +126,8 @@ int train(int argc, char** argv) {
     return kExitUsage;
   }
 
+  if (args.count("checkpoint-dir")) profile.train.checkpoint_dir = args["checkpoint-dir"].as<std::string>();
+
   // Device and trainer.
   auto device = create_device(args["device"].as<std::string>(), device_options(profile.memory));
   if (!device.ok()) {
@@ -173,10 +180,21 @@ int train(int argc, char** argv) {
       }
     }
 
+    if (args.count("resume")) {
+      auto from = load_checkpoint(t, args["resume"].as<std::string>());
+      if (!from.ok()) {
+        std::cerr << "strata train: --resume: " << from.status() << "\n";
+        return kExitUsage;
+      }
+      std::cout << "resumed  " << *from << " at step " << t.steps_done() << "\n";
+    }
+
     const bool tty = ::isatty(STDOUT_FILENO) == 1;
     double elapsed = 0, first_loss = NAN, last_loss = NAN;
     std::uint64_t tokens = 0;
-    for (std::int64_t i = 0; i < tc.steps; ++i) {
+    // train.steps counts from the start of training, so a resumed run finishes the same step.
+    const std::int64_t start = t.steps_done();
+    for (std::int64_t i = start; i < tc.steps; ++i) {
       auto s = t.train_step(*data);
       if (!s.ok()) {
         if (tty) std::cout << "\n";
@@ -186,9 +204,9 @@ int train(int argc, char** argv) {
       }
       elapsed += s->seconds;
       tokens += s->tokens;
-      if (i == 0) first_loss = s->loss;
+      if (i == start) first_loss = s->loss;
       last_loss = s->loss;
-      const double eta = elapsed / static_cast<double>(i + 1) * static_cast<double>(tc.steps - i - 1);
+      const double eta = elapsed / static_cast<double>(i - start + 1) * static_cast<double>(tc.steps - i - 1);
       const double tps = elapsed > 0 ? static_cast<double>(tokens) / elapsed : 0;
       if (tty) {
         std::cout << "\r" << progress_bar(s->step, tc.steps, 30) << " step " << s->step << "/" << tc.steps << "  loss "
@@ -209,13 +227,26 @@ int train(int argc, char** argv) {
           break;
         }
       }
+      if (!tc.checkpoint_dir.empty() && checkpoint_due(tc, t.steps_done(), i + 1 == tc.steps)) {
+        auto saved = save_checkpoint(t, tc.checkpoint_dir);
+        if (!saved.ok()) {
+          if (tty) std::cout << "\n";
+          std::cerr << "strata train: checkpoint after step " << t.steps_done() << ": " << saved.status() << "\n";
+          code = kExitFailed;
+          break;
+        }
+        if (!tty) std::cout << "checkpoint " << *saved << "\n";
+      }
     }
     if (tty) std::cout << "\n";
-    if (tc.steps > 0 && code == kExitOk) {
-      std::cout << "done     " << t.steps_done() << " steps in " << clock_time(elapsed) << " ("
-                << fmt("%.3f", elapsed / static_cast<double>(t.steps_done())) << " s/step, "
+    if (t.steps_done() > start && code == kExitOk) {
+      std::cout << "done     " << t.steps_done() - start << " steps in " << clock_time(elapsed) << " ("
+                << fmt("%.3f", elapsed / static_cast<double>(t.steps_done() - start)) << " s/step, "
                 << fmt("%.0f", static_cast<double>(tokens) / elapsed) << " tok/s); loss " << fmt("%.4f", first_loss)
                 << " -> " << fmt("%.4f", last_loss) << "\n";
+    }
+    if (auto tiers = t.optimizer().tier_stats(); tiers.has_value()) {
+      std::cout << "tiers    " << tiers->to_json() << "\n";
     }
     if (code == kExitOk && args.count("export")) {
       if (Status st = t.export_weights(args["export"].as<std::string>(), export_dtype); !st.ok()) {
