@@ -23,7 +23,6 @@ namespace {
 struct Avx2Ops {
   using F = __m256;
   static constexpr std::size_t kLanes = 8;
-  static constexpr std::size_t kCopyAlign = 16;  // bytes of one copy store (8 x 16 bit)
 
   static STRATA_ADAM_INLINE F set1(float x) { return _mm256_set1_ps(x); }
   static STRATA_ADAM_INLINE F load(const float* p) { return _mm256_loadu_ps(p); }

@@ -23,7 +23,6 @@ namespace {
 struct Avx512Ops {
   using F = __m512;
   static constexpr std::size_t kLanes = 16;
-  static constexpr std::size_t kCopyAlign = 32;  // bytes of one copy store (16 x 16 bit)
 
   static STRATA_ADAM_INLINE F set1(float x) { return _mm512_set1_ps(x); }
   static STRATA_ADAM_INLINE F load(const float* p) { return _mm512_loadu_ps(p); }

@@ -126,8 +126,9 @@ STRATA_ADAM_INLINE typename V::F load_grad_vec(const void* g, std::size_t i) {
 }
 
 // One vector of elements; the same operations, in the same order, as adam::update().
-template <class V, DType G, CopyKind C, bool L2>
-STRATA_ADAM_INLINE void adam_vec(Arrays x, const VecConstants<V>& c, std::size_t i) {
+// Returns the updated weights; the caller stores the copy (see adam_range for why).
+template <class V, DType G, bool L2>
+STRATA_ADAM_INLINE typename V::F adam_vec(Arrays x, const VecConstants<V>& c, std::size_t i) {
   using F = typename V::F;
   F g = V::mul(load_grad_vec<V, G>(x.g, i), c.scale);
   const F p = V::load(x.p + i);
@@ -140,6 +141,11 @@ STRATA_ADAM_INLINE void adam_vec(Arrays x, const VecConstants<V>& c, std::size_t
   V::store(x.p + i, p1);
   V::store(x.m + i, m);
   V::store(x.v + i, v);
+  return p1;
+}
+
+template <class V, CopyKind C>
+STRATA_ADAM_INLINE void store_copy(Arrays x, std::size_t i, typename V::F p1) {
   if constexpr (C == CopyKind::kBF16) {
     V::stream_bf16(x.copy + i, p1);
   } else if constexpr (C == CopyKind::kF16) {
@@ -147,8 +153,8 @@ STRATA_ADAM_INLINE void adam_vec(Arrays x, const VecConstants<V>& c, std::size_t
   }
 }
 
-template <class V, DType G, CopyKind C>
-STRATA_ADAM_INLINE void stream_vec(Arrays x, typename V::F zero, std::size_t i) {
+template <class V, DType G>
+STRATA_ADAM_INLINE typename V::F stream_vec(Arrays x, typename V::F zero, std::size_t i) {
   using F = typename V::F;
   F g;
   if constexpr (G == DType::kF32) {
@@ -160,18 +166,25 @@ STRATA_ADAM_INLINE void stream_vec(Arrays x, typename V::F zero, std::size_t i) 
   V::store(x.p + i, p);
   V::store(x.m + i, V::fma(g, zero, V::load(x.m + i)));
   V::store(x.v + i, V::fma(g, zero, V::load(x.v + i)));
+  return p;
+}
+
+template <class V, CopyKind C>
+STRATA_ADAM_INLINE void store_trunc(Arrays x, std::size_t i, typename V::F p) {
   if constexpr (C != CopyKind::kNone) V::stream_trunc16(x.copy + i, p);
 }
 
-// Elements to process one by one before the copy pointer is aligned for V's streaming store.
+// Elements to process one by one before the copy pointer reaches a cache-line boundary
+// (which also aligns it for V's streaming stores, at most 32 bytes wide).
 template <class V, CopyKind C>
 STRATA_ADAM_INLINE std::size_t copy_peel(const KernelArgs& a, std::size_t begin, std::size_t end) {
   if constexpr (C == CopyKind::kNone) {
     return 0;
   } else {
     const auto addr = reinterpret_cast<std::uintptr_t>(static_cast<std::uint16_t*>(a.copy) + begin);
-    const std::size_t off = (addr % V::kCopyAlign) / 2;  // elements past the last aligned address
-    const std::size_t peel = off == 0 ? 0 : V::kCopyAlign / 2 - off;
+    constexpr std::size_t kLine = 64;
+    const std::size_t off = (addr % kLine) / 2;  // elements past the last line boundary
+    const std::size_t peel = off == 0 ? 0 : kLine / 2 - off;
     return peel < end - begin ? peel : end - begin;
   }
 }
@@ -187,12 +200,19 @@ void adam_range(const KernelArgs& a, std::size_t begin, std::size_t end) {
     const VecConstants<V> c(a.k);
     const Arrays x = arrays_of(a);
     for (; i + 4 * L <= end; i += 4 * L) {
-      adam_vec<V, G, C, L2>(x, c, i);
-      adam_vec<V, G, C, L2>(x, c, i + L);
-      adam_vec<V, G, C, L2>(x, c, i + 2 * L);
-      adam_vec<V, G, C, L2>(x, c, i + 3 * L);
+      const typename V::F p0 = adam_vec<V, G, L2>(x, c, i);
+      const typename V::F p1 = adam_vec<V, G, L2>(x, c, i + L);
+      const typename V::F p2 = adam_vec<V, G, L2>(x, c, i + 2 * L);
+      const typename V::F p3 = adam_vec<V, G, L2>(x, c, i + 3 * L);
+      // The copy's streaming stores go back to back: 4 x L x 2 bytes are whole cache lines
+      // (64 B with AVX2, 128 B with AVX-512), so each write-combining buffer fills at once
+      // and leaves as one full-line write instead of being held open across the math.
+      store_copy<V, C>(x, i, p0);
+      store_copy<V, C>(x, i + L, p1);
+      store_copy<V, C>(x, i + 2 * L, p2);
+      store_copy<V, C>(x, i + 3 * L, p3);
     }
-    for (; i + L <= end; i += L) adam_vec<V, G, C, L2>(x, c, i);
+    for (; i + L <= end; i += L) store_copy<V, C>(x, i, adam_vec<V, G, L2>(x, c, i));
   }
   for (; i < end; ++i) adam_element<G, C>(a, i);
   if constexpr (V::kLanes > 0 && C != CopyKind::kNone) V::store_fence();
@@ -207,12 +227,16 @@ void stream_range(const KernelArgs& a, std::size_t begin, std::size_t end) {
     const typename V::F zero = V::set1(0.0f);
     const Arrays x = arrays_of(a);
     for (; i + 4 * L <= end; i += 4 * L) {
-      stream_vec<V, G, C>(x, zero, i);
-      stream_vec<V, G, C>(x, zero, i + L);
-      stream_vec<V, G, C>(x, zero, i + 2 * L);
-      stream_vec<V, G, C>(x, zero, i + 3 * L);
+      const typename V::F p0 = stream_vec<V, G>(x, zero, i);
+      const typename V::F p1 = stream_vec<V, G>(x, zero, i + L);
+      const typename V::F p2 = stream_vec<V, G>(x, zero, i + 2 * L);
+      const typename V::F p3 = stream_vec<V, G>(x, zero, i + 3 * L);
+      store_trunc<V, C>(x, i, p0);
+      store_trunc<V, C>(x, i + L, p1);
+      store_trunc<V, C>(x, i + 2 * L, p2);
+      store_trunc<V, C>(x, i + 3 * L, p3);
     }
-    for (; i + L <= end; i += L) stream_vec<V, G, C>(x, zero, i);
+    for (; i + L <= end; i += L) store_trunc<V, C>(x, i, stream_vec<V, G>(x, zero, i));
   }
   for (; i < end; ++i) stream_element<G, C>(a, i);
   if constexpr (V::kLanes > 0 && C != CopyKind::kNone) V::store_fence();
