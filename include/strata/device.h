@@ -10,7 +10,9 @@
 //           layer runs and is tested against it.
 //   "cuda"  CudaDevice — cudaMalloc behind a caching allocator, cudaHostAlloc, CUDA streams and
 //           events, cuBLAS GEMM and the kernels in kernels/. Present when strata was built with
-//           the CUDA toolkit; without a GPU it fails with a "no CUDA device" Status.
+//           the CUDA toolkit; without a GPU it fails with a "no CUDA device" Status. It compiles
+//           for sm_80/sm_90 in every CUDA build but has not yet been run on a GPU by strata's
+//           tests (they skip without one); treat it as unverified until they pass on hardware.
 //
 // Model of execution (the CUDA model): every copy and compute call is *enqueued* on a Stream and
 // returns at once; work on one stream runs in enqueue order; work on different streams may run

@@ -218,7 +218,14 @@ Status CudaStream::launch_host_func(std::function<void()> fn) {
   auto holder = std::make_unique<std::function<void()>>(std::move(fn));
   auto trampoline = [](void* p) {
     std::unique_ptr<std::function<void()>> f(static_cast<std::function<void()>*>(p));
-    (*f)();
+    // An exception must not unwind into the CUDA runtime's thread.
+    try {
+      (*f)();
+    } catch (const std::exception& e) {
+      STRATA_LOG(kError) << "cuda device: a host function threw: " << e.what();
+    } catch (...) {
+      STRATA_LOG(kError) << "cuda device: a host function threw a non-standard exception";
+    }
   };
   Status st = STRATA_CUDA_OK(cudaLaunchHostFunc(stream_, trampoline, holder.get()));
   if (st.ok()) holder.release();  // the callback owns it now

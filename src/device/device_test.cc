@@ -474,6 +474,8 @@ TEST_P(DeviceTest, GemmMatchesReferenceForEveryTransposeAndDtype) {
         for (bool tb : {false, true}) {
           run_gemm_case(this, *dev_, {in, out, ta, tb, 17, 23, 31, 1, 0, 1.0f, 0.0f}, seed++);
           run_gemm_case(this, *dev_, {in, out, ta, tb, 9, 5, 64, 3, 2, 0.5f, 1.0f}, seed++);
+          // Padding and batch gaps with beta = 0: C's gaps are not the product's to write.
+          run_gemm_case(this, *dev_, {in, out, ta, tb, 6, 7, 5, 2, 3, 1.0f, 0.0f}, seed++);
           if (out == DType::kF32) run_gemm_case(this, *dev_, {in, out, ta, tb, 33, 65, 7, 2, 1, -1.25f, 0.5f}, seed++);
           if (HasFailure()) return;
         }

@@ -788,7 +788,16 @@ Status HostDevice::run_gemm(const GemmArgs& g) {
   plan->prim.execute(dnnl_stream_, {{DNNL_ARG_SRC, plan->a}, {DNNL_ARG_WEIGHTS, plan->b}, {DNNL_ARG_DST, plan->c}});
   dnnl_stream_.wait();
   if (plan->emulated && c != g.c.data.address()) {
-    from_f32_buffer(static_cast<float*>(c), g.c.data.address(), g.c.data.dtype(), c_n);
+    // Only the matrix elements: the gaps between rows (ld > cols) and between the matrices
+    // of a batch belong to the caller and may hold other data.
+    const auto* fc = static_cast<const float*>(c);
+    for (std::int64_t p = 0; p < g.batch; ++p) {
+      for (std::int64_t r = 0; r < g.c.rows; ++r) {
+        const std::int64_t off = p * g.c.batch_stride + r * g.c.ld;
+        from_f32_buffer(fc + off, static_cast<std::byte*>(g.c.data.address()) + off * dtype_size(g.c.data.dtype()),
+                        g.c.data.dtype(), static_cast<std::size_t>(g.c.cols));
+      }
+    }
   }
   return Status::OK();
 }
