@@ -6,7 +6,9 @@
 // Thread-safety: fill_pattern/check_pattern are reentrant; the rest is per test.
 #pragma once
 
+#include <fcntl.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -126,6 +128,7 @@ struct RigOptions {
   bool faulty = false;     // wrap the engine in a FaultyEngine
   bool checksums = false;
   std::string engine = "posix";
+  bool direct = false;     // O_DIRECT (callers check direct_io_supported() first)
   TierOptions tiers;
 };
 
@@ -159,7 +162,7 @@ struct Rig {
       rig->dir = std::make_unique<ScratchDir>();
       NvmeConfig c;
       c.engine = o.engine;
-      c.direct = false;  // the scratch directory may be on tmpfs
+      c.direct = o.direct;  // off by default: the scratch directory may be on tmpfs
       c.block_size = 64 * 1024;
       c.queue_depth = 8;
       c.checksums = o.checksums;
@@ -185,6 +188,17 @@ struct Rig {
     return rig;
   }
 };
+
+// True when files under the test scratch root accept O_DIRECT (tmpfs before Linux 6.6 does not).
+inline bool direct_io_supported() {
+  ScratchDir dir;
+  if (dir.path().empty()) return false;
+  const std::string f = dir.path() + "/probe";
+  int fd = ::open(f.c_str(), O_CREAT | O_RDWR | O_DIRECT | O_CLOEXEC, 0600);
+  if (fd < 0) return false;
+  ::close(fd);
+  return true;
+}
 
 // Reads a pinned copy's bytes on the host (the host device's memory is host-addressable).
 inline std::span<const std::byte> pinned_bytes(const Pin& pin) {

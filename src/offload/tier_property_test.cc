@@ -64,14 +64,18 @@ bool is_budget_refusal(const Status& st) {
 }
 
 // One randomized run; returns the number of operations that did something.
-void random_run(std::uint64_t seed, int ops, int blocks) {
-  SCOPED_TRACE("seed " + std::to_string(seed));
+void random_run(std::uint64_t seed, int ops, int blocks, bool uring_direct = false) {
+  SCOPED_TRACE("seed " + std::to_string(seed) + (uring_direct ? " io_uring O_DIRECT" : " posix"));
   std::mt19937_64 rng(seed);
   auto pick = [&](std::uint64_t lo, std::uint64_t hi) { return std::uniform_int_distribution<std::uint64_t>(lo, hi)(rng); };
   RigOptions o;
   o.device_capacity = 4 * MiB;  // headroom over the budget: fragmentation is not what is tested
   o.swap_capacity = 48 * MiB;
   o.checksums = pick(0, 1) == 1;
+  if (uring_direct) {
+    o.engine = "io_uring";
+    o.direct = true;
+  }
   o.tiers.staging_buffers = static_cast<int>(pick(1, 4));
   o.tiers.staging_buffer_size = 4 * KB * pick(2, 16);
   o.tiers.device_budget = 4 * KB * pick(24, 160);     // 96 KB .. 640 KB
@@ -278,6 +282,18 @@ TEST(TierProperty, RandomOperationsKeepBytesAndBudgets) {
   Watchdog wd(std::chrono::seconds(300), "random operations");
   for (std::uint64_t seed : {1, 2, 3, 4, 5, 6}) {
     random_run(seed, 1500, 200);
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+}
+
+// The same through io_uring with O_DIRECT: block sizes that are not multiples of 4 KiB, the
+// pinned copies and staging buffers used in place.
+TEST(TierProperty, RandomOperationsThroughIoUringWithDirectIo) {
+  if (!testing::direct_io_supported()) GTEST_SKIP() << "the test scratch directory does not accept O_DIRECT";
+  QuietLogs quiet;
+  Watchdog wd(std::chrono::seconds(300), "random operations, io_uring");
+  for (std::uint64_t seed : {11, 12}) {
+    random_run(seed, 1000, 150, /*uring_direct=*/true);
     if (::testing::Test::HasFatalFailure()) return;
   }
 }
