@@ -547,7 +547,8 @@ int bench_nvme(int argc, char** argv) {
       ("sqpoll", "io_uring kernel submission polling")
       ("huge-pages", "put strata's I/O buffers on transparent huge pages (as a pinned pool should)",
        cxxopts::value<bool>()->default_value("true"))
-      ("repeat", "repetitions per measurement (medians are reported)", cxxopts::value<int>()->default_value("1"))
+      ("repeat", "repetitions per measurement, medians reported (default 1, or 3 with --compare-fio)",
+       cxxopts::value<int>())
       ("max-seconds", "time limit per measurement", cxxopts::value<double>()->default_value("5"))
       ("json", "print one JSON object per line: the environment, each measurement, the best setting")
       ("emit-profile", "write the best setting as an [nvme] profile section to FILE", cxxopts::value<std::string>())
@@ -596,10 +597,10 @@ int bench_nvme(int argc, char** argv) {
     rc.max_seconds = args["max-seconds"].as<double>();
     if (!(rc.max_seconds > 0) || rc.max_seconds > 3600) return usage("--max-seconds must be in (0, 3600]");
     rc.fio = args["fio"].as<std::string>();
-    repeat = args["repeat"].as<int>();
-    if (repeat < 1 || repeat > 100) return usage("--repeat must be between 1 and 100");
     json = args.count("json") > 0;
     compare = args.count("compare-fio") > 0;
+    repeat = args.count("repeat") > 0 ? args["repeat"].as<int>() : (compare ? 3 : 1);
+    if (repeat < 1 || repeat > 100) return usage("--repeat must be between 1 and 100");
     if (!parse_list<std::string>(args["engines"].as<std::string>(), &engines, [](const std::string& s, std::string* o) {
           *o = s;
           return !s.empty();

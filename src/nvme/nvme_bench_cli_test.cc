@@ -62,7 +62,7 @@ TEST(BenchNvmeCli, JsonLinesProfileAndCleanup) {
   const std::string profile = dir.path() + "/best.toml";
   const bool fio = fio_installed();
   CliRun r = run("bench nvme --path " + dir.path() + " --size 8MiB --engines io_uring,posix --block-sizes 128KiB,1MiB" +
-                     " --queue-depths 1,4 --threads 1 --max-seconds 1 --json --emit-profile " + profile +
+                     " --queue-depths 1,4 --threads 1 --max-seconds 1 --repeat 1 --json --emit-profile " + profile +
                      (direct ? "" : " --buffered") + (fio ? " --compare-fio" : ""),
                  false);
   ASSERT_EQ(r.exit_code, 0) << r.out;
