@@ -62,13 +62,21 @@ class Parameter {
   float init_std() const { return init_std_; }
   // "(256, 768)"
   std::string shape_string() const;
+  // The dtypes of the device value (the compute dtype) and of the gradient; fp32 until the
+  // model that owns the parameter sets them, before anything is bound.
+  DType dtype() const { return dtype_; }
+  DType grad_dtype() const { return grad_dtype_; }
+  void set_dtypes(DType value, DType grad) {
+    dtype_ = value;
+    grad_dtype_ = grad;
+  }
 
   // Device storage: the value in the model's compute dtype and the gradient in its gradient
   // dtype, both numel() elements. Empty until bound.
   const DeviceView& value() const { return value_; }
   const DeviceView& grad() const { return grad_; }
   bool bound() const { return !value_.empty(); }
-  // Fails (binding nothing) when a view does not hold numel() elements.
+  // Fails (binding nothing) when a view does not hold numel() elements of its dtype.
   Status bind(DeviceView value, DeviceView grad);
   void unbind();
 
@@ -78,6 +86,8 @@ class Parameter {
   std::size_t numel_;
   ParamInit init_;
   float init_std_;
+  DType dtype_ = DType::kF32;
+  DType grad_dtype_ = DType::kF32;
   DeviceView value_;
   DeviceView grad_;
 };

@@ -160,6 +160,7 @@ Gpt::Gpt(const GptConfig& config) : Module(""), config_(config), impl_(std::make
   for (auto& b : impl_->blocks) add_child(*b);
   add_child(impl_->ln_f);
   add_child(impl_->head);
+  for (Parameter* p : parameters()) p->set_dtypes(config.dtype, config.grad_dtype);
 }
 
 Gpt::~Gpt() = default;

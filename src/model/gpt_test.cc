@@ -112,6 +112,13 @@ TEST(Gpt, ParameterNamesAndShapesAreHuggingFaceGpt2) {
   EXPECT_EQ(gpt->find_parameter("h.1.mlp.c_proj.weight")->shape(), (std::vector<std::int64_t>{128, 32}));
   EXPECT_EQ(gpt->find_parameter("h.0.mlp.c_fc.bias")->shape(), (std::vector<std::int64_t>{128}));
   EXPECT_EQ(gpt->find_parameter("nope"), nullptr);
+  // The model gives every parameter its compute and gradient dtypes.
+  c.dtype = DType::kBF16;
+  auto half = make_gpt(c);
+  for (const Parameter* p : half->parameters()) {
+    EXPECT_EQ(p->dtype(), DType::kBF16) << p->name();
+    EXPECT_EQ(p->grad_dtype(), DType::kF32) << p->name();
+  }
 }
 
 TEST(Gpt, ConfigIsValidated) {
@@ -447,6 +454,14 @@ TEST_F(GptModel, MisuseIsReportedNotCrashed) {
   Status bad_bind = w->bind(st.bufs[0].view, st.bufs[1].view);
   EXPECT_EQ(bad_bind.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(bad_bind.message().find("h.0.ln_1.weight (32)"), std::string::npos) << bad_bind;
+  // ... and so is a view of the wrong dtype.
+  DevTensor half = upload(*dev_, Vec(32, 0.0), DType::kBF16);
+  DevTensor grad = upload(*dev_, Vec(32, 0.0), DType::kF32);
+  Status bad_dtype = w->bind(half.view, grad.view);
+  EXPECT_EQ(bad_dtype.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad_dtype.message().find("views are bf16 (value) and fp32 (gradient); expected fp32 and fp32"),
+            std::string::npos)
+      << bad_dtype;
 }
 
 TEST(GptMemory, ActivationsBeyondTheDeviceCapacityFailWithTheNumbers) {

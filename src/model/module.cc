@@ -27,6 +27,11 @@ Status Parameter::bind(DeviceView value, DeviceView grad) {
     return invalid_argument("parameter " + name_ + " " + shape_string() + ": gradient view has " +
                             std::to_string(grad.count()) + " elements; expected " + std::to_string(numel_));
   }
+  if (value.dtype() != dtype_ || grad.dtype() != grad_dtype_) {
+    return invalid_argument("parameter " + name_ + ": views are " + std::string(dtype_name(value.dtype())) + " (value) and " +
+                            std::string(dtype_name(grad.dtype())) + " (gradient); expected " +
+                            std::string(dtype_name(dtype_)) + " and " + std::string(dtype_name(grad_dtype_)));
+  }
   value_ = value;
   grad_ = grad;
   return Status::OK();
