@@ -131,6 +131,7 @@ Status NnOps::embedding_backward(DeviceView dwte, DeviceView dwpe, DeviceView do
   c.view("dout", dout, N * C).ids("tokens", tokens, N).view("dwte", dwte, static_cast<std::int64_t>(dwte.count()));
   c.view("dwpe", dwpe, static_cast<std::int64_t>(dwpe.count()));
   c.grad_dtype("dwte", dwte, dout.dtype()).grad_dtype("dwpe", dwpe, dout.dtype());
+  c.cond(dwte.dtype() == dwpe.dtype(), "dwte and dwpe must have the same dtype");
   c.apart("dwte", dwte, "dwpe", dwpe).apart("dwte", dwte, "dout", dout).apart("dwpe", dwpe, "dout", dout);
   c.apart("dwte", dwte, "tokens", tokens).apart("dwpe", dwpe, "tokens", tokens);
   if (!c.ok()) return c.status();
@@ -162,6 +163,7 @@ Status NnOps::layernorm_backward(DeviceView dinp, DeviceView dweight, DeviceView
   const DType t = dout.dtype();
   c.dtype("dinp", dinp, t).dtype("inp", inp, t).dtype("weight", weight, t);
   c.grad_dtype("dweight", dweight, t).grad_dtype("dbias", dbias, t);
+  c.cond(dweight.dtype() == dbias.dtype(), "dweight and dbias must have the same dtype");
   c.dtype("mean", mean, DType::kF32).dtype("rstd", rstd, DType::kF32);
   c.apart("dinp", dinp, "dout", dout).apart("dinp", dinp, "inp", inp).apart("dinp", dinp, "dweight", dweight);
   c.apart("dinp", dinp, "dbias", dbias).apart("dweight", dweight, "dbias", dbias);

@@ -263,6 +263,13 @@ TEST_F(NnOpsChecks, RefusesWrongCountsDtypesAndOverlaps) {
   Status grad_dtype = ops_->bias_backward(g16.view, *h.view.slice(0, 40), 5, 8, s);
   EXPECT_EQ(grad_dtype.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(grad_dtype.message().find("gradients are fp32 or bf16"), std::string::npos) << grad_dtype;
+  // The two gradients an op accumulates share one dtype.
+  auto wte_g = upload(*dev_, std::vector<double>(16), DType::kF32);
+  auto wpe_g = upload(*dev_, std::vector<double>(16), DType::kBF16);
+  auto tok = upload_ids(*dev_, {0, 1});
+  Status mixed = ops_->embedding_backward(wte_g.view, wpe_g.view, *h.view.slice(0, 16), tok.range(), 2, 2, 8, s);
+  EXPECT_EQ(mixed.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(mixed.message().find("dwte and dwpe must have the same dtype"), std::string::npos) << mixed;
   EXPECT_TRUE(s.synchronize().ok());
 }
 
