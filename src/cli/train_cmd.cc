@@ -164,7 +164,12 @@ int train(int argc, char** argv) {
               << "data     " << data->name() << " (" << data->size() << " tokens)\n"
               << "batch    " << tc.micro_batch << " x " << tc.grad_accum << " x " << d.seq_len << " = "
               << t.tokens_per_step() << " tokens per step; " << t.optimizer().name() << " " << profile.optimizer.type
-              << " lr " << profile.optimizer.lr << ", " << tc.steps << " steps\n";
+              << " lr " << profile.optimizer.lr << ", " << tc.steps << " steps\n"
+              << "memory   " << format_bytes_human(static_cast<double>((*device)->stats().used)) << " of "
+              << format_bytes_human(static_cast<double>((*device)->info().capacity))
+              << " device memory (weights, gradients, optimizer state, activations of "
+              << format_bytes_human(static_cast<double>(Gpt::activation_bytes(t.model().config(), tc.micro_batch)))
+              << ")\n";
 
     if (args.count("import")) {
       if (Status st = t.import_weights(args["import"].as<std::string>()); !st.ok()) {
