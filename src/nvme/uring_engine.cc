@@ -165,7 +165,6 @@ class UringEngine final : public QueuedEngine {
     std::vector<IoPiece*> free;
     std::vector<IoPiece> staging;   // pieces handed over by take_pieces
     int inflight = 0;
-    bool defer_taskrun = false;
     std::thread thread;
     std::mutex command_mu;
     bool has_command = false;                 // guarded by command_mu
@@ -189,13 +188,18 @@ class UringEngine final : public QueuedEngine {
                   IORING_SETUP_COOP_TASKRUN, 0};
     }
     int ret = -EINVAL;
-    for (unsigned flags : attempts) {
+    for (std::size_t k = 0; k < attempts.size(); ++k) {
       io_uring_params params{};
-      params.flags = flags;
+      params.flags = attempts[k];
       if (c.sqpoll) params.sq_thread_idle = 50;  // ms of idleness before the kernel thread sleeps
       ret = io_uring_queue_init_params(entries, &r.ring, &params);
       if (ret != -EINVAL) {
-        r.defer_taskrun = (flags & IORING_SETUP_DEFER_TASKRUN) != 0;
+        if (ret == 0 && k > 0) {
+          STRATA_LOG_ONCE(kInfo, "uring-setup-flags")
+              << "nvme: this kernel refused io_uring setup flags 0x" << std::hex << attempts[0]
+              << "; rings run with flags 0x" << attempts[k] << std::dec
+              << " (more wake-ups per completion, same results)";
+        }
         break;
       }
     }
