@@ -1,6 +1,8 @@
 #include "nvme/file.h"
 
 #include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
@@ -105,6 +107,13 @@ DioAlignment query_dio_alignment(int fd) {
   }
   struct stat st {};
   if (::fstat(fd, &st) == 0) {
+    int lbs_ioctl = 0;
+    if (S_ISBLK(st.st_mode) && ::ioctl(fd, BLKSSZGET, &lbs_ioctl) == 0 && lbs_ioctl > 0) {
+      a.offset = static_cast<std::uint32_t>(lbs_ioctl);
+      a.memory = a.offset;
+      a.source = "BLKSSZGET";
+      return a;
+    }
     dev_t dev = S_ISBLK(st.st_mode) ? st.st_rdev : st.st_dev;
     std::string q = sysfs_queue_dir(dev);
     std::uint32_t lbs = q.empty() ? 0 : read_u32(q + "/logical_block_size");

@@ -56,10 +56,10 @@ Status direct_io_refused(const std::string& path, std::string_view operation);
 struct DioAlignment {
   std::uint32_t offset = 4096;  // offsets and lengths: the logical block size
   std::uint32_t memory = 4096;  // buffer addresses
-  std::string source;           // "statx", "sysfs" or "default"
+  std::string source;           // "statx", "BLKSSZGET", "sysfs" or "default"
 };
-// Queries statx(STATX_DIOALIGN), then the block device's logical_block_size in sysfs, and
-// falls back to 4096 when neither answers.
+// Queries statx(STATX_DIOALIGN), then BLKSSZGET (when `fd` is a block device), then the
+// block device's logical_block_size in sysfs, and falls back to 4096 when none answers.
 DioAlignment query_dio_alignment(int fd);
 
 // What lies under a path, for benchmark headers and error messages. Fields that cannot be

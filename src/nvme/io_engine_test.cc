@@ -345,6 +345,29 @@ INSTANTIATE_TEST_SUITE_P(Engines, EngineBasics, ::testing::Values("io_uring", "l
                            return i.param == "io_uring" ? std::string("uring") : i.param;
                          });
 
+TEST(DioAlignment, QueriedFromTheFileSystemOrTheDevice) {
+  ScratchDir dir("align");
+  UniqueFd fd = make_file(dir.path() + "/f", false, 4096);
+  DioAlignment a = query_dio_alignment(fd.get());
+  EXPECT_GE(a.offset, 512u);
+  EXPECT_EQ(a.offset & (a.offset - 1), 0u) << "a power of two";
+  EXPECT_FALSE(a.source.empty());
+  StorageInfo info = describe_storage(dir.path());
+  if (info.logical_block_size != 0 && a.source != "statx") {
+    EXPECT_EQ(a.offset, info.logical_block_size);
+  }
+  // The block device itself answers BLKSSZGET (when this process may open it).
+  if (!info.block_device.empty()) {
+    int dev = ::open(("/dev/" + info.block_device).c_str(), O_RDONLY | O_CLOEXEC);
+    if (dev >= 0) {
+      UniqueFd d(dev);
+      DioAlignment b = query_dio_alignment(d.get());
+      EXPECT_EQ(b.source, "BLKSSZGET");
+      EXPECT_EQ(b.offset, info.logical_block_size);
+    }
+  }
+}
+
 TEST(EngineRegistry, UnknownNameListsKnownEngines) {
   NvmeConfig cfg;
   cfg.engine = "spdk";
