@@ -221,7 +221,7 @@ int train(int argc, char** argv) {
         std::cout << "step " << s->step << "/" << tc.steps << " loss " << fmt("%.4f", s->loss) << " grad_norm "
                   << fmt("%.4g", s->grad_norm) << " lr " << fmt("%.3g", s->lr) << " loss_scale "
                   << fmt("%.6g", s->loss_scale) << " " << fmt("%.0f", s->tokens_per_s) << " tok/s"
-                  << (s->skipped ? " skipped" : "") << "\n";
+                  << (s->skipped ? " skipped" : "") << std::endl;  // flushed: progress shows through pipes
       }
       if (log.is_open()) {
         log << json_line(*s) << "\n";
