@@ -146,7 +146,10 @@ dnnl::memory::desc md(std::int64_t batch, std::int64_t rows, std::int64_t cols, 
   return dnnl::memory::desc({batch, rows, cols}, dt(t), {rows * cols, rs, cs});
 }
 
-Status measure_gemm(Device& dev, const Shape& s, DType dtype, double min_time, GemmResult* out) {
+// With wait_each, every product is waited for before the next is issued (latency); otherwise
+// a batch is enqueued and waited for once (throughput, as a model runs).
+Status measure_gemm(Device& dev, const Shape& s, DType dtype, double min_time, GemmResult* out,
+                    bool wait_each = false) {
   const std::size_t es = dtype_size(dtype);
   const std::size_t na = static_cast<std::size_t>(s.batch * s.m * s.k), nb = static_cast<std::size_t>(s.batch * s.k * s.n),
                     nc = static_cast<std::size_t>(s.batch * s.m * s.n);
@@ -212,13 +215,19 @@ Status measure_gemm(Device& dev, const Shape& s, DType dtype, double min_time, G
 
   auto device_batch = [&](int reps) -> Result<double> {
     const auto t0 = Clock::now();
-    for (int i = 0; i < reps; ++i) STRATA_RETURN_IF_ERROR(dev.gemm(args, st));
+    for (int i = 0; i < reps; ++i) {
+      STRATA_RETURN_IF_ERROR(dev.gemm(args, st));
+      if (wait_each) STRATA_RETURN_IF_ERROR(st.synchronize());
+    }
     STRATA_RETURN_IF_ERROR(st.synchronize());
     return seconds(t0) / reps;
   };
   auto direct_batch = [&](int reps) -> double {
     const auto t0 = Clock::now();
-    for (int i = 0; i < reps; ++i) prim.execute(strm, {{DNNL_ARG_SRC, amem}, {DNNL_ARG_WEIGHTS, bmem}, {DNNL_ARG_DST, cmem}});
+    for (int i = 0; i < reps; ++i) {
+      prim.execute(strm, {{DNNL_ARG_SRC, amem}, {DNNL_ARG_WEIGHTS, bmem}, {DNNL_ARG_DST, cmem}});
+      if (wait_each) strm.wait();
+    }
     strm.wait();
     return seconds(t0) / reps;
   };
@@ -400,9 +409,17 @@ int bench_device(int argc, char** argv) {
       return dev.copy_to_host(h2->bytes(), d2->range(), **s2);
     };
     const bool addressable = dev.info().host_addressable;
-    auto memcpy_time = [&](void* dst, const void* src) {
+    // The ceiling of one direction is one memcpy on this thread; of both at once, two memcpy
+    // threads over the same buffers (what two copy engines can at best do on this machine).
+    auto memcpy_time = [&](void* dst, const void* src, void* dst2, const void* src2) {
       const auto t0 = Clock::now();
-      std::memcpy(dst, src, n);
+      if (dst2 == nullptr) {
+        std::memcpy(dst, src, n);
+      } else {
+        std::thread other([&] { std::memcpy(dst2, src2, n); });
+        std::memcpy(dst, src, n);
+        other.join();
+      }
       return seconds(t0);
     };
     struct Dir {
@@ -410,14 +427,16 @@ int bench_device(int argc, char** argv) {
       std::function<Status()> fn;
       void* dst;
       const void* src;
+      void* dst2;
+      const void* src2;
       double bytes_factor;
       bool throttled;
     };
     std::vector<Dir> dirs = {
-        {"host -> device", h2d, d1->address(), h1->data(), 1.0, true},
-        {"device -> host", d2h, h2->data(), d1->address(), 1.0, true},
-        {"device -> device", d2d, d2->address(), d1->address(), 1.0, false},
-        {"both directions at once", both, nullptr, nullptr, 2.0, true},
+        {"host -> device", h2d, d1->address(), h1->data(), nullptr, nullptr, 1.0, true},
+        {"device -> host", d2h, h2->data(), d1->address(), nullptr, nullptr, 1.0, true},
+        {"device -> device", d2d, d2->address(), d1->address(), nullptr, nullptr, 1.0, false},
+        {"both directions at once", both, d1->address(), h1->data(), h2->data(), d2->address(), 2.0, true},
     };
     std::vector<CopyResult> results;
     for (auto& d : dirs) {
@@ -434,7 +453,7 @@ int bench_device(int argc, char** argv) {
           return kExitFailed;
         }
         t.push_back(*r);
-        if (addressable && d.dst != nullptr) c.push_back(memcpy_time(d.dst, d.src));
+        if (addressable) c.push_back(memcpy_time(d.dst, d.src, d.dst2, d.src2));
       }
       CopyResult cr;
       cr.name = d.name;
@@ -443,11 +462,8 @@ int bench_device(int argc, char** argv) {
         cr.ceiling = d.bytes_factor * static_cast<double>(*bw) / 1e9;
         cr.ceiling_name = "throttle";
       } else if (!c.empty()) {
-        cr.ceiling = static_cast<double>(n) / median(c) / 1e9;
-        cr.ceiling_name = "memcpy";
-      } else if (d.name.find("both") != std::string::npos && !results.empty()) {
-        cr.ceiling = results[0].gbps + results[1].gbps;
-        cr.ceiling_name = "sum of one-way";
+        cr.ceiling = d.bytes_factor * static_cast<double>(n) / median(c) / 1e9;
+        cr.ceiling_name = d.dst2 == nullptr ? "memcpy" : "2 memcpy threads";
       }
       results.push_back(cr);
     }
@@ -467,6 +483,24 @@ int bench_device(int argc, char** argv) {
       std::cout << "\ngemm: the direct oneDNN comparison needs host-addressable device memory; skipped on "
                 << dev.info().backend << "\n";
       return rc;
+    }
+    {
+      // The fixed cost of a call: a product so small that the arithmetic is negligible.
+      const Shape tiny{"tiny", 32, 32, 32, false, false, 1, 1.0f, 0.0f, 1};
+      GemmResult g, w;
+      Status st = measure_gemm(dev, tiny, DType::kF32, min_time, &g);
+      if (st.ok()) st = measure_gemm(dev, tiny, DType::kF32, min_time, &w, /*wait_each=*/true);
+      if (st.ok()) {
+        std::cout << "\ngemm call overhead, 32x32x32 fp32 (fastest batch, per product):\n"
+                  << "  enqueued, one wait per batch: device " << std::fixed << std::setprecision(1) << g.device_best * 1e6
+                  << " us, oneDNN direct " << g.direct_best * 1e6 << " us; the wrapper adds "
+                  << (g.device_best - g.direct_best) * 1e6 << " us per call\n"
+                  << "  waited for one by one:        device " << w.device_best * 1e6 << " us, oneDNN direct "
+                  << w.direct_best * 1e6 << " us (the hand-off to the compute engine thread and back)\n";
+      } else {
+        std::cerr << "strata bench device: gemm overhead: " << st << "\n";
+        rc = kExitFailed;
+      }
     }
     for (const auto& [name, dims] : models) {
       const int mb = name == "default" ? micro_batch : 1;
