@@ -331,7 +331,7 @@ struct DeviceStats {
   std::uint64_t pinned_bytes = 0;      // live PinnedBuffer bytes
   std::uint64_t pinned_allocations = 0;
   std::uint64_t mlock_failures = 0;    // pinned allocations the OS refused to lock
-  std::uint64_t bytes_to_device = 0;   // completed copy bytes per direction
+  std::uint64_t bytes_to_device = 0;   // copy bytes per direction (host: completed; cuda: enqueued)
   std::uint64_t bytes_to_host = 0;
   std::uint64_t bytes_on_device = 0;
   std::uint64_t gemm_flops = 0;        // 2*M*N*K*batch summed over enqueued GEMMs
