@@ -131,6 +131,7 @@ class AioEngine final : public QueuedEngine {
     auto room = static_cast<std::size_t>(config().queue_depth - x.inflight);
     if (room == 0) return;
     std::size_t n = take_pieces(x.index, room, x.staging.data());
+    note_refill(x.inflight, n);
     for (std::size_t i = 0; i < n; ++i) {
       Record* r = x.free.back();
       x.free.pop_back();

@@ -133,6 +133,11 @@ struct IoStats {
   std::uint64_t retries = 0;            // EAGAIN / EINTR resubmissions
   std::uint64_t fixed_buffer_pieces = 0;// pieces that used a registered buffer
   std::uint64_t failed = 0;             // pieces that ended in an error
+  // Queue occupancy (io_uring and libaio rings): the most pieces one ring ever had in flight
+  // (never above queue_depth), and the pieces submitted while others of the same ring were
+  // still in flight, i.e. the queue topped up as completions arrived rather than in waves.
+  std::uint64_t max_in_flight = 0;
+  std::uint64_t topped_up = 0;
 };
 
 class IoEngine {

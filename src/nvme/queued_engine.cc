@@ -160,6 +160,8 @@ IoStats QueuedEngine::stats() const {
   s.retries = retries_.load(std::memory_order_relaxed);
   s.fixed_buffer_pieces = fixed_pieces_.load(std::memory_order_relaxed);
   s.failed = failed_.load(std::memory_order_relaxed);
+  s.max_in_flight = max_in_flight_.load(std::memory_order_relaxed);
+  s.topped_up = topped_up_.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -54,6 +54,15 @@ class QueuedEngine : public IoEngine {
   void count_short_transfer() { short_transfers_.fetch_add(1, std::memory_order_relaxed); }
   void count_retry() { retries_.fetch_add(1, std::memory_order_relaxed); }
   void count_fixed_buffer() { fixed_pieces_.fetch_add(1, std::memory_order_relaxed); }
+  // Called by a ring backend after it submitted `added` pieces on top of `before` in flight.
+  void note_refill(int before, std::size_t added) {
+    if (added == 0) return;
+    if (before > 0) topped_up_.fetch_add(added, std::memory_order_relaxed);
+    const auto now = static_cast<std::uint64_t>(before) + added;
+    std::uint64_t seen = max_in_flight_.load(std::memory_order_relaxed);
+    while (now > seen && !max_in_flight_.compare_exchange_weak(seen, now, std::memory_order_relaxed)) {
+    }
+  }
 
   // Stops accepting requests, waits for everything accepted, then asks the I/O threads to
   // exit (stopping() becomes true and every worker is woken). Backends call this first in
@@ -89,6 +98,7 @@ class QueuedEngine : public IoEngine {
 
   std::atomic<std::uint64_t> reads_{0}, writes_{0}, bytes_read_{0}, bytes_written_{0};
   std::atomic<std::uint64_t> pieces_{0}, short_transfers_{0}, retries_{0}, fixed_pieces_{0}, failed_{0};
+  std::atomic<std::uint64_t> max_in_flight_{0}, topped_up_{0};
 };
 
 }  // namespace strata::nvme

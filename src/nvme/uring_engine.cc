@@ -313,6 +313,7 @@ class UringEngine final : public QueuedEngine {
     if (room == 0) return;
     std::size_t n = take_pieces(r.index, room, r.staging.data());
     if (n == 0) return;
+    note_refill(r.inflight, n);
     std::shared_ptr<const FixedTable> fixed;
     {
       std::lock_guard<std::mutex> lock(fixed_mu_);
