@@ -1,6 +1,7 @@
 // `strata train`: trains the profile's GPT-2 on one rank and reports progress.
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cxxopts.hpp>
@@ -44,11 +45,15 @@ std::string json_num(double v) {
   return fmt("%.9g", v);
 }
 
-std::string json_line(const StepStats& s) {
+// One --log-json line; `tiers` (the optimizer's cumulative tier statistics as JSON, or empty
+// when its state is not offloaded) becomes the "tiers" member.
+std::string json_line(const StepStats& s, const std::string& tiers) {
   std::ostringstream o;
   o << "{\"step\":" << s.step << ",\"loss\":" << json_num(s.loss) << ",\"grad_norm\":" << json_num(s.grad_norm)
     << ",\"lr\":" << json_num(s.lr) << ",\"loss_scale\":" << json_num(s.loss_scale)
-    << ",\"tokens_per_s\":" << json_num(s.tokens_per_s) << ",\"skipped\":" << (s.skipped ? "true" : "false") << "}";
+    << ",\"tokens_per_s\":" << json_num(s.tokens_per_s) << ",\"skipped\":" << (s.skipped ? "true" : "false");
+  if (!tiers.empty()) o << ",\"tiers\":" << tiers;
+  o << "}";
   return o.str();
 }
 
@@ -224,7 +229,8 @@ int train(int argc, char** argv) {
                   << (s->skipped ? " skipped" : "") << std::endl;  // flushed: progress shows through pipes
       }
       if (log.is_open()) {
-        log << json_line(*s) << "\n";
+        const auto tiers = t.optimizer().tier_stats();
+        log << json_line(*s, tiers.has_value() ? tiers->to_json() : std::string()) << "\n";
         log.flush();
         if (!log) {
           std::cerr << "strata train: writing the --log-json file failed\n";
@@ -244,6 +250,15 @@ int train(int argc, char** argv) {
       }
     }
     if (tty) std::cout << "\n";
+    if (code == kExitOk) {
+      // The last update may still run in the background (offload.optimizer.overlap_step).
+      const auto t0 = std::chrono::steady_clock::now();
+      if (Status st = t.optimizer().synchronize(); !st.ok()) {
+        std::cerr << "strata train: step " << t.steps_done() << ": " << st << "\n";
+        code = kExitFailed;
+      }
+      elapsed += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
     if (t.steps_done() > start && code == kExitOk) {
       std::cout << "done     " << t.steps_done() - start << " steps in " << clock_time(elapsed) << " ("
                 << fmt("%.3f", elapsed / static_cast<double>(t.steps_done() - start)) << " s/step, "

@@ -146,6 +146,15 @@ TEST(TrainCmd, CheckpointAndResumeContinueTheSameRun) {
   ASSERT_EQ(c.exit_code, 0) << c.out;
   EXPECT_NE(c.out.find("at step 2"), std::string::npos) << c.out;
 
+  {
+    std::ifstream in(whole);
+    std::string line;
+    ASSERT_TRUE(std::getline(in, line));
+    const auto j = nlohmann::json::parse(line);
+    ASSERT_TRUE(j.contains("tiers")) << "an offloaded run logs its tier statistics each step: " << line;
+    EXPECT_TRUE(j.at("tiers").is_object()) << line;
+  }
+
   std::vector<double> all = logged_losses(whole), tail = logged_losses(rest);
   ASSERT_EQ(all.size(), 4u);
   ASSERT_EQ(tail.size(), 2u);
