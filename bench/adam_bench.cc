@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_env.h"
 #include "cli/command.h"
 #include "cpu_adam/cpu_adam.h"
 #include "cpu_adam/cpu_features.h"
@@ -35,6 +36,8 @@
 
 namespace strata::cli {
 namespace {
+
+using namespace strata::bench;  // NOLINT(google-build-using-namespace)
 
 using cpu_adam::CpuAdam;
 using cpu_adam::Isa;
@@ -91,29 +94,11 @@ bool parse_int_list(const std::string& text, std::vector<int>* out) {
   return !out->empty();
 }
 
-std::string build_kind() {
-#if defined(__SANITIZE_ADDRESS__)
-  return "sanitizer (address)";
-#elif !defined(__OPTIMIZE__)
-  return "debug (unoptimised)";
-#elif !defined(NDEBUG)
-  return "optimised with assertions";
-#else
-  return "release";
-#endif
-}
-
 std::string read_first_line(const char* path) {
   std::ifstream f(path);
   std::string line;
   std::getline(f, line);
   return line;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 // Deterministic, cheap, well-spread values in [-1, 1).
@@ -296,8 +281,7 @@ int bench_adam(int argc, char** argv) {
     return kExitFailed;
   }
   std::int64_t step = 0;
-  using Clock = std::chrono::steady_clock;
-  for (int threads : thread_counts) {
+    for (int threads : thread_counts) {
     CpuAdamOptions o;
     o.threads = threads;
     o.isa = std::string(cpu_adam::isa_name(best));

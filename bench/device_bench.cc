@@ -32,6 +32,7 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include "bench/bench_env.h"
 #include "cli/command.h"
 #include "strata/device.h"
 #include "strata/profile.h"
@@ -40,39 +41,9 @@
 namespace strata::cli {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using namespace strata::bench;  // NOLINT(google-build-using-namespace)
 
-std::string build_kind() {
-#if defined(__SANITIZE_ADDRESS__)
-  return "sanitizer (address)";
-#elif !defined(__OPTIMIZE__)
-  return "debug (unoptimised)";
-#elif !defined(NDEBUG)
-  return "optimised with assertions";
-#else
-  return "release";
-#endif
-}
 
-std::string cpu_brand() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      auto p = line.find(':');
-      if (p != std::string::npos) return line.substr(p + 2);
-    }
-  }
-  return "unknown";
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n == 0 ? 0.0 : n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-double seconds(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // ---------------------------------------------------------------------------------------------
 // GEMM shapes of one training step
@@ -220,7 +191,7 @@ Status measure_gemm(Device& dev, const Shape& s, DType dtype, double min_time, G
       if (wait_each) STRATA_RETURN_IF_ERROR(st.synchronize());
     }
     STRATA_RETURN_IF_ERROR(st.synchronize());
-    return seconds(t0) / reps;
+    return seconds_since(t0) / reps;
   };
   auto direct_batch = [&](int reps) -> double {
     const auto t0 = Clock::now();
@@ -229,7 +200,7 @@ Status measure_gemm(Device& dev, const Shape& s, DType dtype, double min_time, G
       if (wait_each) strm.wait();
     }
     strm.wait();
-    return seconds(t0) / reps;
+    return seconds_since(t0) / reps;
   };
   // Warm up both (primitive creation, page faults, OpenMP teams), then size the batches so
   // that one takes about 20 ms.
@@ -241,7 +212,7 @@ Status measure_gemm(Device& dev, const Shape& s, DType dtype, double min_time, G
   const auto start = Clock::now();
   // At least 5 rounds, 3 for products of a second or more (gpt2's output head).
   const std::size_t min_rounds = per > 0.5 ? 3 : 5;
-  while (dev_t.size() < min_rounds || seconds(start) < min_time) {
+  while (dev_t.size() < min_rounds || seconds_since(start) < min_time) {
     // Alternate which side goes first, so that neither always inherits the other's warm caches
     // or spinning OpenMP workers.
     double d = 0, x = 0;
@@ -399,7 +370,7 @@ int bench_device(int argc, char** argv) {
       const auto t0 = Clock::now();
       STRATA_RETURN_IF_ERROR(enqueue());
       STRATA_RETURN_IF_ERROR(dev.synchronize());
-      return seconds(t0);
+      return seconds_since(t0);
     };
     auto h2d = [&] { return dev.copy_to_device(d1->range(), h1->bytes(), s1); };
     auto d2h = [&] { return dev.copy_to_host(h2->bytes(), d1->range(), s1); };
@@ -420,7 +391,7 @@ int bench_device(int argc, char** argv) {
         std::memcpy(dst, src, n);
         other.join();
       }
-      return seconds(t0);
+      return seconds_since(t0);
     };
     struct Dir {
       std::string name;
@@ -446,7 +417,7 @@ int bench_device(int argc, char** argv) {
         return kExitFailed;
       }
       const auto start = Clock::now();
-      while (t.size() < 5 || (seconds(start) < 4 * min_time && t.size() < 100)) {
+      while (t.size() < 5 || (seconds_since(start) < 4 * min_time && t.size() < 100)) {
         auto r = run(d.fn);
         if (!r.ok()) {
           std::cerr << "strata bench device: " << r.status() << "\n";

@@ -43,6 +43,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_env.h"
 #include "cli/command.h"
 #include "nvme/file.h"
 #include "nvme/io_engine.h"
@@ -55,7 +56,8 @@ extern char** environ;
 namespace strata::cli {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using namespace strata::bench;  // NOLINT(google-build-using-namespace)
+
 using nvme::IoCompletion;
 using nvme::IoEngine;
 using nvme::IoOp;
@@ -63,36 +65,6 @@ using nvme::IoRequest;
 
 // ------------------------------------------------------------------------------------------
 // Environment
-
-std::string build_kind() {
-#if defined(__SANITIZE_ADDRESS__)
-  return "sanitizer (address)";
-#elif !defined(__OPTIMIZE__)
-  return "debug (unoptimised)";
-#elif !defined(NDEBUG)
-  return "optimised with assertions";
-#else
-  return "release";
-#endif
-}
-
-std::string cpu_brand() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      std::size_t colon = line.find(':');
-      return colon == std::string::npos ? line : line.substr(colon + 2);
-    }
-  }
-  return "unknown";
-}
-
-std::string kernel_release() {
-  utsname u{};
-  if (::uname(&u) != 0) return "unknown";
-  return std::string(u.sysname) + " " + u.release;
-}
 
 // ------------------------------------------------------------------------------------------
 // Options
@@ -167,13 +139,6 @@ struct Measurement {
   double fio_median = 0;
   double ratio_median = 0;
 };
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 != 0 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 struct RunConfig {
   std::string file;

@@ -40,6 +40,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/bench_env.h"
 #include "cli/command.h"
 #include "nvme/file.h"
 #include "nvme/io_engine.h"
@@ -53,42 +54,12 @@
 namespace strata::cli {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using namespace strata::bench;  // NOLINT(google-build-using-namespace)
+
 using offload::BlockId;
 using offload::TierManager;
 using offload::TierOptions;
 
-std::string build_kind() {
-#if defined(__SANITIZE_ADDRESS__)
-  return "sanitizer (address)";
-#elif !defined(__OPTIMIZE__)
-  return "debug (unoptimised)";
-#elif !defined(NDEBUG)
-  return "optimised with assertions";
-#else
-  return "release";
-#endif
-}
-
-std::string cpu_brand() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      std::size_t colon = line.find(':');
-      return colon == std::string::npos ? line : line.substr(colon + 2);
-    }
-  }
-  return "unknown";
-}
-
-std::string kernel_release() {
-  utsname u{};
-  if (::uname(&u) != 0) return "unknown";
-  return std::string(u.sysname) + " " + u.release;
-}
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 std::string fixed(double v, int digits) {
   std::ostringstream os;

@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_env.h"
 #include "cli/command.h"
 #include "strata/data.h"
 #include "strata/device.h"
@@ -36,37 +37,8 @@
 namespace strata::cli {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using namespace strata::bench;  // NOLINT(google-build-using-namespace)
 
-std::string build_kind() {
-#if defined(__SANITIZE_ADDRESS__)
-  return "sanitizer (address)";
-#elif !defined(__OPTIMIZE__)
-  return "debug (unoptimised)";
-#elif !defined(NDEBUG)
-  return "optimised with assertions";
-#else
-  return "release";
-#endif
-}
-
-std::string cpu_brand() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      auto p = line.find(':');
-      if (p != std::string::npos) return line.substr(p + 2);
-    }
-  }
-  return "unknown";
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n == 0 ? 0.0 : n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 std::string fixed(double v, int digits) {
   char buf[64];
