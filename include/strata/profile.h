@@ -39,8 +39,10 @@ struct OptimizerOffloadConfig {
   std::vector<std::string> nvme_path;             // swap directories; several stripe across drives
   bool pin_memory = true;                         // page-lock host buffers
   int buffer_count = 4;                           // pinned staging buffers for the NVMe pipeline
+  std::uint64_t buffer_size = 8ULL << 20;         // bytes of state per buffer (one chunk of the pipeline)
   bool pipeline_read = true;                      // read chunk i+1 while chunk i is updated
   bool pipeline_write = true;                     // write chunk i-1 while chunk i is updated
+  bool overlap_step = true;                       // update step s while step s+1's forward runs
   bool operator==(const OptimizerOffloadConfig&) const = default;
 };
 

@@ -86,9 +86,23 @@ class StepOptimizer {
     return Status::OK();
   }
 
+  // Called before `module`'s forward (and its recompute): a backend whose update of the
+  // previous step may still be running returns once the parameters `module` uses (its own and
+  // tied ones) hold their updated values on the device.
+  virtual Status before_forward(Module& module) {
+    (void)module;
+    return Status::OK();
+  }
+
   // One update from the gradients in the parameters' gradient views (see the file comment).
-  // The device values are updated (or, when skipped, unchanged) in stream order.
+  // The device values are updated (or, when skipped, unchanged) in stream order, or, for a
+  // backend that overlaps its update with the next forward, by the time before_forward
+  // returns for the modules that use them (an error in that background work is returned by the
+  // next call that waits for it).
   virtual Result<UpdateResult> step(const UpdateRequest& request) = 0;
+
+  // Returns once any update still running in the background is complete, with its status.
+  virtual Status synchronize() { return Status::OK(); }
 
   // Updates applied so far (skipped steps do not count); Adam's bias correction uses it.
   virtual std::int64_t updates() const = 0;

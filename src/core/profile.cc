@@ -225,8 +225,10 @@ std::string Profile::to_toml() const {
     << "nvme_path = " << toml_paths(offload_optimizer.nvme_path) << "\n"
     << "pin_memory = " << toml_bool(offload_optimizer.pin_memory) << "\n"
     << "buffer_count = " << offload_optimizer.buffer_count << "\n"
+    << "buffer_size = " << toml_bytes(offload_optimizer.buffer_size) << "\n"
     << "pipeline_read = " << toml_bool(offload_optimizer.pipeline_read) << "\n"
-    << "pipeline_write = " << toml_bool(offload_optimizer.pipeline_write) << "\n\n";
+    << "pipeline_write = " << toml_bool(offload_optimizer.pipeline_write) << "\n"
+    << "overlap_step = " << toml_bool(offload_optimizer.overlap_step) << "\n\n";
   o << "[offload.param]\n"
     << "device = " << toml_string(offload_target_name(offload_param.device)) << "\n"
     << "nvme_path = " << toml_paths(offload_param.nvme_path) << "\n"
@@ -302,8 +304,10 @@ std::string Profile::to_json() const {
                                {"nvme_path", offload_optimizer.nvme_path},
                                {"pin_memory", offload_optimizer.pin_memory},
                                {"buffer_count", offload_optimizer.buffer_count},
+                               {"buffer_size", format_bytes(offload_optimizer.buffer_size)},
                                {"pipeline_read", offload_optimizer.pipeline_read},
-                               {"pipeline_write", offload_optimizer.pipeline_write}};
+                               {"pipeline_write", offload_optimizer.pipeline_write},
+                               {"overlap_step", offload_optimizer.overlap_step}};
   j["offload"]["param"] = {{"device", offload_target_name(offload_param.device)},
                            {"nvme_path", offload_param.nvme_path},
                            {"max_in_cpu", format_bytes(offload_param.max_in_cpu)},
@@ -383,9 +387,14 @@ nvme_path = []
 pin_memory = true
 # Pinned staging buffers in the NVMe optimizer pipeline (read i+1, update i, write i-1).
 buffer_count = 4
+# Bytes of fp32 state (master, exp_avg, exp_avg_sq) per buffer: one chunk of the pipeline.
+buffer_size = "8MiB"
 # Overlap reading the next chunk, and writing the previous one, with the update.
 pipeline_read = true
 pipeline_write = true
+# Run step s's update while step s+1's forward runs; each module waits only for the chunks
+# holding its parameters. The result is the same to the bit; false updates everything first.
+overlap_step = true
 
 [offload.param]
 # Where parameters live between uses: "none", "cpu" or "nvme" (needs zero.stage = 3).

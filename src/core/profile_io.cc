@@ -447,8 +447,10 @@ Status read_profile(const Node& root, Profile* p) {
     STRATA_RETURN_IF_ERROR(s.paths("nvme_path", &p->offload_optimizer.nvme_path));
     STRATA_RETURN_IF_ERROR(s.boolean("pin_memory", &p->offload_optimizer.pin_memory));
     STRATA_RETURN_IF_ERROR(s.integer("buffer_count", &p->offload_optimizer.buffer_count, 2, 1024));
+    STRATA_RETURN_IF_ERROR(s.bytes("buffer_size", &p->offload_optimizer.buffer_size, 4096));
     STRATA_RETURN_IF_ERROR(s.boolean("pipeline_read", &p->offload_optimizer.pipeline_read));
     STRATA_RETURN_IF_ERROR(s.boolean("pipeline_write", &p->offload_optimizer.pipeline_write));
+    STRATA_RETURN_IF_ERROR(s.boolean("overlap_step", &p->offload_optimizer.overlap_step));
     STRATA_RETURN_IF_ERROR(s.finish());
 
     Section q(param, "offload.param");

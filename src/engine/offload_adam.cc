@@ -6,7 +6,7 @@
 // Layout. The parameters are laid end to end in one flat index space, each starting on a
 // 16-element (64-byte) boundary so that every CPU Adam range is cache-line aligned; padding
 // elements have zero gradients and stay zero. The flat space is cut into chunks of C elements
-// (C from the pinned buffer size, offload_param.buffer_size: 12 C bytes of state per chunk);
+// (C from offload.optimizer.buffer_size: 12 C bytes of state per chunk);
 // chunk k is one tier-manager block [master | exp_avg | exp_avg_sq], each array `stride`
 // elements (C rounded up to 1024, so the block is a multiple of 4 KiB).
 //
@@ -30,11 +30,26 @@
 // step leaves in the buffers are the first the next step updates. With a host home every block
 // is resident and the pipeline degenerates to updates in place.
 //
-// Thread-safety: one thread at a time, as StepOptimizer.
+// Overlap with the next forward (offload.optimizer.overlap_step, the default). step() computes
+// the norm and the inf/nan check, then hands the pass to a worker thread and returns; the pass
+// runs in flat order (the order forward uses the parameters), and after each chunk its weights
+// are on the device (the worker's own upload stream, synchronised per chunk). The next step's
+// before_forward(module) waits only until the chunks that hold the module's parameters are
+// done, so NVMe traffic and the update run under forward's compute, and the step costs about
+// max(compute, transfer) instead of their sum. The arithmetic is the same as without overlap:
+// the same chunks, the same gradients, the same step count. Every other entry point (state
+// access, checkpoints, the next step, destruction) first waits for the pass, and an error in
+// the pass is returned from whichever call waits first. Without overlap, step() runs the pass
+// itself, alternating direction as above.
+//
+// Thread-safety: one caller thread at a time, as StepOptimizer; the worker thread is internal.
 #include <algorithm>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <mutex>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -76,7 +91,9 @@ class OffloadAdam final : public StepOptimizer {
       : profile_(profile), hyper_(adam_hyper(profile.optimizer)), home_(home) {}
 
   ~OffloadAdam() override {
+    join().ignore();
     if (copy_stream_) copy_stream_->synchronize().ignore();
+    if (upload_stream_) upload_stream_->synchronize().ignore();
     if (stream_) stream_->synchronize().ignore();
     tiers_.reset();  // before the swap store and the engine it reads from
     if (store_) store_->close().ignore();
@@ -115,7 +132,7 @@ class OffloadAdam final : public StepOptimizer {
     // Modules that own or tie each parameter: its gradient is final once all have run backward.
     count_users(model);
 
-    const std::uint64_t buffer = profile_.offload_param.buffer_size;
+    const std::uint64_t buffer = profile_.offload_optimizer.buffer_size;
     const std::uint64_t chunk = std::max(kChunkQuantum, buffer / kStateBytes / kChunkQuantum * kChunkQuantum);
     std::uint64_t max_block = 0;
     for (std::uint64_t first = 0; first < flat_; first += chunk) {
@@ -148,7 +165,7 @@ class OffloadAdam final : public StepOptimizer {
                            format_bytes_human(value_bytes) + ", optimizer state " + format_bytes_human(cached) +
                            (home_ == Tier::kNvme ? " in buffer_count buffers" : "") + ") but memory.host_budget is " +
                            format_bytes_human(profile_.memory.host_budget) +
-                           (home_ == Tier::kNvme ? "; raise the budget or lower offload_param.buffer_size"
+                           (home_ == Tier::kNvme ? "; raise the budget or lower offload.optimizer.buffer_size"
                                                  : "; raise the budget or use offload.optimizer.device = \"nvme\""));
     }
     auto g = device.allocate_pinned(std::max<std::uint64_t>(grad_bytes, 1));
@@ -159,6 +176,7 @@ class OffloadAdam final : public StepOptimizer {
     if (!v.ok()) return v.status().with_context(name() + ": pinned weight buffer");
     values_host_ = std::move(*v);
     STRATA_ASSIGN_OR_RETURN(copy_stream_, device.create_stream("optimizer-grads"));
+    STRATA_ASSIGN_OR_RETURN(upload_stream_, device.create_stream("optimizer-weights"));
     STRATA_ASSIGN_OR_RETURN(grad_ready_, device.create_event());
     STRATA_ASSIGN_OR_RETURN(scalars_, device.allocate(2 * sizeof(float)));
     STRATA_ASSIGN_OR_RETURN(host_scalars_, device.allocate_pinned(2 * sizeof(float)));
@@ -208,6 +226,7 @@ class OffloadAdam final : public StepOptimizer {
         chunks_[k].segments.push_back(Segment{st.param, e, st.flat + e, len});
         e += len;
       }
+      st.last_chunk = static_cast<std::size_t>((st.flat + std::max<std::uint64_t>(n, 1) - 1) / chunk_elems_);
     }
     STRATA_LOG(kInfo) << name() << ": " << flat_ << " parameters, " << chunks_.size() << " chunks of " << chunk_elems_
                       << " (" << format_bytes_human(state_bytes) << " of fp32 state homed in " << tier_name(home_)
@@ -248,12 +267,16 @@ class OffloadAdam final : public StepOptimizer {
 
   Status set_updates(std::int64_t updates) override {
     if (updates < 0) return invalid_argument(name() + ": the update count must not be negative");
+    STRATA_RETURN_IF_ERROR(join());
     updates_ = updates;
     return Status::OK();
   }
 
   Status after_backward(Module& module, bool last) override {
     if (!last) return Status::OK();
+    // The pass still reads the pinned gradients of the previous step (it has normally ended:
+    // forward waited for every chunk).
+    STRATA_RETURN_IF_ERROR(join());
     auto visit = [&](Parameter* p) -> Status {
       auto it = index_.find(p);
       if (it == index_.end()) return Status::OK();
@@ -266,8 +289,28 @@ class OffloadAdam final : public StepOptimizer {
     return Status::OK();
   }
 
+  Status before_forward(Module& module) override {
+    std::size_t needed = 0;
+    auto note = [&](Parameter* p) {
+      auto it = index_.find(p);
+      if (it != index_.end()) needed = std::max(needed, params_[it->second].last_chunk + 1);
+    };
+    for (Parameter* p : module.own_parameters()) note(p);
+    for (Parameter* p : module.tied_parameters()) note(p);
+    if (needed == 0) return Status::OK();
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return !running_ || done_ >= needed; });
+      if (running_) return Status::OK();
+    }
+    return join();  // the pass has ended: its status (an error stops the forward)
+  }
+
+  Status synchronize() override { return join(); }
+
   Result<UpdateResult> step(const UpdateRequest& req) override {
     if (device_ == nullptr) return failed_precondition(name() + ": attach() a model first");
+    STRATA_RETURN_IF_ERROR(join());
     if (!(req.loss_scale > 0) || !std::isfinite(req.loss_scale)) {
       return invalid_argument(name() + ": loss_scale must be finite and positive");
     }
@@ -305,9 +348,24 @@ class OffloadAdam final : public StepOptimizer {
     AdamHyper h = hyper_;
     h.lr = req.lr;
     const AdamStep at{updates_ + 1, clip / req.loss_scale};
-    STRATA_RETURN_IF_ERROR(update_all(h, at));
     ++updates_;
     r.applied = true;
+    if (!profile_.offload_optimizer.overlap_step) {
+      STRATA_RETURN_IF_ERROR(update_all(h, at, false));
+      return r;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      running_ = true;
+      done_ = 0;
+    }
+    worker_ = std::thread([this, h, at] {
+      Status s = update_all(h, at, true);
+      std::lock_guard<std::mutex> lock(mu_);
+      worker_status_ = std::move(s);
+      running_ = false;
+      cv_.notify_all();
+    });
     return r;
   }
 
@@ -324,6 +382,7 @@ class OffloadAdam final : public StepOptimizer {
   struct ParamState {
     Parameter* param = nullptr;
     std::uint64_t flat = 0;   // first flat element
+    std::size_t last_chunk = 0;  // the chunk holding its last element
     int users = 0;            // modules whose backward contributes to the gradient
     int users_left = 0;
     bool grad_offloaded = false;
@@ -352,6 +411,16 @@ class OffloadAdam final : public StepOptimizer {
       if (it != index_.end()) ++params_[it->second].users;
     }
     for (Module* c : m.children()) count_users(*c);
+  }
+
+  // Waits for the pass running on the worker thread, if any; returns its status once.
+  Status join() {
+    if (!worker_.joinable()) return Status::OK();
+    worker_.join();
+    std::lock_guard<std::mutex> lock(mu_);
+    Status s = std::move(worker_status_);
+    worker_status_ = Status::OK();
+    return s.ok() ? s : s.with_context(name() + ": updating the optimizer state");
   }
 
   void reset_users() {
@@ -390,6 +459,7 @@ class OffloadAdam final : public StepOptimizer {
   template <typename Fn>
   Status access(const Parameter& p, OptimizerState which, std::uint64_t first, std::uint64_t n, Access mode, Fn fn) {
     if (device_ == nullptr) return failed_precondition(name() + ": attach() a model first");
+    STRATA_RETURN_IF_ERROR(join());
     auto it = index_.find(const_cast<Parameter*>(&p));
     if (it == index_.end()) return invalid_argument(name() + ": parameter " + p.name() + " is not attached");
     if (first > p.numel() || n > p.numel() - first) {
@@ -413,8 +483,9 @@ class OffloadAdam final : public StepOptimizer {
     return Status::OK();
   }
 
-  // The chunk pipeline (see the file comment).
-  Status update_all(const AdamHyper& h, const AdamStep& at) {
+  // The chunk pipeline (see the file comment). `background`: on the worker thread, in flat
+  // order, each chunk's weights on the device (upload stream) before it counts as done.
+  Status update_all(const AdamHyper& h, const AdamStep& at, bool background) {
     const OptimizerOffloadConfig& oc = profile_.offload_optimizer;
     const bool nvme = home_ == Tier::kNvme;
     std::size_t ahead = 0;
@@ -426,8 +497,10 @@ class OffloadAdam final : public StepOptimizer {
     // Every other step runs backwards, so the chunks the previous step left in the buffers are
     // the first ones needed (chunks are independent: the order does not change the result).
     const std::size_t count = chunks_.size();
-    auto order = [&](std::size_t i) { return reverse_ ? count - 1 - i : i; };
+    const bool reverse = reverse_ && !background;
+    auto order = [&](std::size_t i) { return reverse ? count - 1 - i : i; };
     reverse_ = !reverse_;
+    Stream& upload = background ? *upload_stream_ : *stream_;
     std::deque<offload::Pin> pins;
     std::size_t next = 0;
     for (std::size_t i = 0; i < count; ++i) {
@@ -464,7 +537,13 @@ class OffloadAdam final : public StepOptimizer {
       for (const Segment& s : c.segments) {
         STRATA_ASSIGN_OR_RETURN(DeviceView dv, s.param->value().slice(s.param_first, s.n));
         STRATA_RETURN_IF_ERROR(device_->copy_to_device(
-            dv.range(), {values_host_.data() + s.flat_first * vs, s.n * vs}, *stream_));
+            dv.range(), {values_host_.data() + s.flat_first * vs, s.n * vs}, upload));
+      }
+      if (background) {
+        STRATA_RETURN_IF_ERROR(upload.synchronize());
+        std::lock_guard<std::mutex> lock(mu_);
+        done_ = i + 1;
+        cv_.notify_all();
       }
     }
     tiers_->end_step();
@@ -486,6 +565,7 @@ class OffloadAdam final : public StepOptimizer {
   PinnedBuffer grads_host_;   // flat, grad dtype
   PinnedBuffer values_host_;  // flat, value dtype: the weights on their way to the device
   std::unique_ptr<Stream> copy_stream_;
+  std::unique_ptr<Stream> upload_stream_;  // the worker's weight copies
   std::unique_ptr<Event> grad_ready_;
   DeviceBuffer scalars_;
   PinnedBuffer host_scalars_;
@@ -497,6 +577,13 @@ class OffloadAdam final : public StepOptimizer {
   std::int64_t updates_ = 0;
   bool trace_restarted_ = false;
   bool reverse_ = false;  // the direction of the next step's pass over the chunks
+  // The pass on the worker thread: done_ chunks (in flat order) are on the device.
+  std::thread worker_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool running_ = false;
+  std::size_t done_ = 0;
+  Status worker_status_;
 };
 
 }  // namespace

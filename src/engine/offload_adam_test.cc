@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -50,7 +51,7 @@ Profile tiny_profile(OffloadTarget target, const std::string& swap_dir = {}) {
   out.offload_optimizer.device = target;
   if (!swap_dir.empty()) out.offload_optimizer.nvme_path = {swap_dir};
   // Small pinned buffers: the tiny model's state spans several chunks, so the pipeline runs.
-  out.offload_param.buffer_size = 64 * KiB;
+  out.offload_optimizer.buffer_size = 64 * KiB;
   out.memory.host_budget = 256 * MiB;
   out.nvme.engine = "posix";  // any file system, O_DIRECT or not
   out.nvme.direct = false;
@@ -154,6 +155,9 @@ TEST(OffloadAdam, Fp32TrajectoriesOnDeviceHostAndNvmeAreBitwiseEqual) {
   EXPECT_LT(dev.loss.back(), dev.loss.front());
   expect_bitwise(dev, cpu);
   expect_bitwise(dev, nvm);
+  Profile serial = tiny_profile(OffloadTarget::kCpu);
+  serial.offload_optimizer.overlap_step = false;
+  expect_bitwise(dev, run(serial, steps));
 
   // Every byte of state went through the tier manager: read from NVMe and written back.
   ASSERT_TRUE(nvm.tiers.has_value());
@@ -175,18 +179,19 @@ TEST(OffloadAdam, PipelineSettingsDoNotChangeTheResult) {
   const int steps = 5;
   Profile base = tiny_profile(OffloadTarget::kNvme, swap.path);
   Trajectory ref = run(base, steps);
-  for (int variant = 0; variant < 3; ++variant) {
+  for (int variant = 0; variant < 4; ++variant) {
     Profile p = base;
     if (variant == 0) p.offload_optimizer.buffer_count = 2;
     if (variant == 1) p.offload_optimizer.pipeline_read = false;
     if (variant == 2) p.offload_optimizer.pipeline_write = false;
+    if (variant == 3) p.offload_optimizer.overlap_step = false;
     SCOPED_TRACE("variant " + std::to_string(variant));
     Trajectory r = run(p, steps);
     expect_bitwise(ref, r);
   }
   // Chunks far larger than the model (one chunk) as well.
   Profile one = base;
-  one.offload_param.buffer_size = 16 * MiB;
+  one.offload_optimizer.buffer_size = 16 * MiB;
   expect_bitwise(ref, run(one, steps));
 }
 
@@ -226,6 +231,54 @@ TEST(OffloadAdam, Fp16OverflowSkipsTheStepAndRecoversOnNvme) {
   EXPECT_LT(nvm.loss.back(), nvm.loss.front());
   EXPECT_EQ(dev.skipped, nvm.skipped);
   expect_bitwise(dev, nvm);
+}
+
+// With overlap_step the update runs behind step() on a worker thread; before_forward(module)
+// returns only once the module's parameters hold their updated values on the device. A slow
+// host-device link (throttled copies) keeps the pass running long enough to tell: the values
+// seen right after before_forward are the final ones.
+TEST(OffloadAdam, OverlappedUpdateIsOnTheDeviceBeforeTheModuleRuns) {
+  Scratch swap;
+  ASSERT_FALSE(swap.path.empty());
+  Profile p = tiny_profile(OffloadTarget::kNvme, swap.path);
+  p.memory.host_device_bandwidth = 400 * 1000;  // bytes/s: ~0.4 s to upload the tiny model
+  ASSERT_TRUE(p.offload_optimizer.overlap_step);
+  DeviceOptions o = device_options(p.memory);
+  o.capacity = 512ULL << 20;
+  auto dev = create_device("host", o);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  auto t = Trainer::create(p, **dev);
+  ASSERT_TRUE(t.ok()) << t.status();
+  Gpt& model = (*t)->model();
+  Parameter* last = model.parameters().back();
+  std::function<Module*(Module&)> owner = [&](Module& m) -> Module* {
+    for (Parameter* q : m.own_parameters()) {
+      if (q == last) return &m;
+    }
+    for (Module* c : m.children()) {
+      if (Module* f = owner(*c)) return f;
+    }
+    return nullptr;
+  };
+  Module* mod = owner(model);
+  ASSERT_NE(mod, nullptr);
+  auto stream = (*dev)->create_stream("test");
+  ASSERT_TRUE(stream.ok());
+  auto pinned = (*dev)->allocate_pinned(last->value().bytes());
+  ASSERT_TRUE(pinned.ok());
+  auto read_value = [&] {
+    EXPECT_TRUE((*dev)->copy_to_host(pinned->bytes(), last->value().range(), **stream).ok());
+    EXPECT_TRUE((*stream)->synchronize().ok());
+    return std::vector<std::byte>(pinned->data(), pinned->data() + pinned->size());
+  };
+  const std::vector<std::byte> before = read_value();
+  ASSERT_TRUE((*t)->train_step(licenses()).ok());
+  StepOptimizer& opt = (*t)->optimizer();
+  ASSERT_TRUE(opt.before_forward(*mod).ok());
+  const std::vector<std::byte> seen = read_value();
+  ASSERT_TRUE(opt.synchronize().ok());
+  EXPECT_EQ(seen, read_value()) << "before_forward returned before " << last->name() << " was updated on the device";
+  EXPECT_NE(seen, before) << "the step did not change " << last->name();
 }
 
 TEST(OffloadAdam, StateAccessRoundTripsEveryTensor) {

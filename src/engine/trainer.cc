@@ -49,11 +49,14 @@ Status check_supported(const Profile& p, bool custom_optimizer) {
 struct Trainer::Impl final : ModuleHooks {
   explicit Impl(const Profile& p) : profile(p), scaler(p.precision) {}
   ~Impl() override {
-    // Buffers must not be freed under work still queued on the stream.
+    // Buffers must not be freed under work still queued on the stream, or under an update the
+    // optimizer still runs in the background (it writes the parameters' device values).
+    if (opt) opt->synchronize().ignore();
     if (stream) stream->synchronize().ignore();
     if (model) model->set_hooks(nullptr);
   }
 
+  Status before_forward(Module& m, bool) override { return opt->before_forward(m); }
   Status after_backward(Module& m) override { return opt->after_backward(m, last_micro); }
 
   Profile profile;
