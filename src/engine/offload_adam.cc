@@ -33,7 +33,8 @@
 // Overlap with the next forward (offload.optimizer.overlap_step, the default). step() computes
 // the norm and the inf/nan check, then hands the pass to a worker thread and returns; the pass
 // runs in flat order (the order forward uses the parameters), and after each chunk its weights
-// are on the device (the worker's own upload stream, synchronised per chunk). The next step's
+// are on the device (the worker's own upload stream; a host function queued behind the
+// chunk's copies counts it done). The next step's
 // before_forward(module) waits only until the chunks that hold the module's parameters are
 // done, so NVMe traffic and the update run under forward's compute, and the step costs about
 // max(compute, transfer) instead of their sum. The arithmetic is the same as without overlap:
@@ -178,8 +179,8 @@ class OffloadAdam final : public StepOptimizer {
     STRATA_ASSIGN_OR_RETURN(copy_stream_, device.create_stream("optimizer-grads"));
     STRATA_ASSIGN_OR_RETURN(upload_stream_, device.create_stream("optimizer-weights"));
     STRATA_ASSIGN_OR_RETURN(grad_ready_, device.create_event());
-    STRATA_ASSIGN_OR_RETURN(scalars_, device.allocate(2 * sizeof(float)));
-    STRATA_ASSIGN_OR_RETURN(host_scalars_, device.allocate_pinned(2 * sizeof(float)));
+    STRATA_ASSIGN_OR_RETURN(scalars_, device.allocate(sizeof(float)));
+    STRATA_ASSIGN_OR_RETURN(host_scalars_, device.allocate_pinned(sizeof(float)));
     STRATA_ASSIGN_OR_RETURN(adam_, make_cpu_adam({}));
 
     // The tiers.
@@ -318,15 +319,14 @@ class OffloadAdam final : public StepOptimizer {
       tiers_->restart_trace();  // initialisation's accesses are not the step's pattern
       trace_restarted_ = true;
     }
-    // Squared norm and the inf/nan flag of all gradients, on the device, as the device Adam.
+    // The squared norm of all gradients, on the device, as the device Adam: inf or NaN exactly
+    // when some gradient is (or the sum overflows), so it doubles as the overflow check.
     DeviceView sumsq = *scalars_.view(DType::kF32, 0, 1);
-    DeviceView flag = *scalars_.view(DType::kF32, sizeof(float), 1);
-    STRATA_RETURN_IF_ERROR(device_->fill(scalars_.view(DType::kF32), 0.0f, *stream_));
+    STRATA_RETURN_IF_ERROR(device_->fill(sumsq, 0.0f, *stream_));
     for (const ParamState& st : params_) {
       STRATA_RETURN_IF_ERROR(device_->sum_squares(st.param->grad(), sumsq, *stream_));
-      STRATA_RETURN_IF_ERROR(device_->check_finite(st.param->grad(), flag, *stream_));
     }
-    STRATA_RETURN_IF_ERROR(device_->copy_to_host(host_scalars_.bytes(), scalars_.range(), *stream_));
+    STRATA_RETURN_IF_ERROR(device_->copy_to_host(host_scalars_.bytes().first(sizeof(float)), sumsq.range(), *stream_));
     // Gradients no hook has moved yet (a model run without hooks, or a module skipped).
     for (ParamState& st : params_) {
       if (!st.grad_offloaded) STRATA_RETURN_IF_ERROR(offload_grad(st));
@@ -334,15 +334,12 @@ class OffloadAdam final : public StepOptimizer {
     reset_users();
     STRATA_RETURN_IF_ERROR(stream_->synchronize());
     STRATA_RETURN_IF_ERROR(copy_stream_->synchronize());
-    float host[2];
-    std::memcpy(host, host_scalars_.data(), sizeof host);
+    float host;
+    std::memcpy(&host, host_scalars_.data(), sizeof host);
     UpdateResult r;
-    r.grad_norm = std::sqrt(static_cast<double>(host[0])) / req.loss_scale;
-    r.finite = host[1] == 0.0f && std::isfinite(host[0]);
-    if (!r.finite) {
-      r.grad_norm = std::isnan(host[0]) ? NAN : INFINITY;
-      return r;
-    }
+    r.grad_norm = std::sqrt(static_cast<double>(host)) / req.loss_scale;
+    r.finite = std::isfinite(host);
+    if (!r.finite) return r;
     double clip = 1.0;
     if (req.grad_clip > 0 && r.grad_norm > req.grad_clip) clip = req.grad_clip / (r.grad_norm + 1e-6);
     AdamHyper h = hyper_;
@@ -361,6 +358,9 @@ class OffloadAdam final : public StepOptimizer {
     }
     worker_ = std::thread([this, h, at] {
       Status s = update_all(h, at, true);
+      // Every weight copy (and a failure among them) is in before the pass counts as ended.
+      Status copies = upload_stream_->synchronize();
+      if (s.ok()) s = std::move(copies);
       std::lock_guard<std::mutex> lock(mu_);
       worker_status_ = std::move(s);
       running_ = false;
@@ -540,10 +540,12 @@ class OffloadAdam final : public StepOptimizer {
             dv.range(), {values_host_.data() + s.flat_first * vs, s.n * vs}, upload));
       }
       if (background) {
-        STRATA_RETURN_IF_ERROR(upload.synchronize());
-        std::lock_guard<std::mutex> lock(mu_);
-        done_ = i + 1;
-        cv_.notify_all();
+        // Counted done once its copies have run, without holding the pass up.
+        STRATA_RETURN_IF_ERROR(upload.launch_host_func([this, i] {
+          std::lock_guard<std::mutex> lock(mu_);
+          done_ = i + 1;
+          cv_.notify_all();
+        }));
       }
     }
     tiers_->end_step();
