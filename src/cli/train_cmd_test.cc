@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -28,6 +29,18 @@ CliRun run(const std::string& args) {
   std::array<char, 4096> buf;
   std::size_t n;
   while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int st = pclose(p);
+  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
+
+// Runs a shell command line as it is (stdout and stderr together).
+CliRun run_shell(const std::string& cmd) {
+  CliRun r;
+  FILE* p = popen((cmd + " 2>&1 < /dev/null").c_str(), "r");
+  if (p == nullptr) return r;
+  std::array<char, 4096> buf;
+  for (std::size_t n; (n = fread(buf.data(), 1, buf.size(), p)) > 0;) r.out.append(buf.data(), n);
   const int st = pclose(p);
   r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
   return r;
@@ -164,6 +177,19 @@ TEST(TrainCmd, CheckpointAndResumeContinueTheSameRun) {
   CliRun bad = run("train --profile " + nvme_profile(4) + " --resume " + (dir() / "no-such-checkpoint").string());
   EXPECT_EQ(bad.exit_code, 2) << bad.out;
   EXPECT_NE(bad.out.find("no-such-checkpoint"), std::string::npos) << bad.out;
+}
+
+// On a terminal (a pseudo-terminal from util-linux `script`): the progress bar, redrawn in
+// place with step, loss, tokens/s and ETA.
+TEST(TrainCmd, ShowsAProgressBarOnATerminal) {
+  if (std::system("script --version >/dev/null 2>&1") != 0) GTEST_SKIP() << "util-linux script is not installed";
+  const std::string inner = std::string(STRATA_CLI_PATH) + " train --profile " + tiny_profile(3);
+  CliRun r = run_shell("script -qfec '" + inner + "' /dev/null");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find('\r'), std::string::npos) << "the bar is redrawn in place:\n" << r.out;
+  EXPECT_NE(r.out.find("] step 3/3  loss "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" tok/s  ETA "), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("step 3/3 loss "), std::string::npos) << "no plain lines on a terminal:\n" << r.out;
 }
 
 // `strata bench offload` end to end on the tiny model (skipped when the bench commands are not
