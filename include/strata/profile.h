@@ -90,6 +90,7 @@ struct ParallelConfig {
 
 struct PrecisionConfig {
   DType dtype = DType::kF32;                      // parameter and activation type
+  DType grad_dtype = DType::kF32;                 // parameter gradients: fp32 or `dtype`
   bool dynamic_loss_scale = true;                 // loss_scale = "dynamic"
   double loss_scale = 0;                          // static scale when not dynamic
   int initial_scale_power = 16;                   // dynamic scaling starts at 2^this

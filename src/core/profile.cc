@@ -152,6 +152,11 @@ std::vector<FieldError> validate_fields(const Profile& p) {
   if (p.precision.dtype == DType::kF16 && !p.precision.dynamic_loss_scale && p.precision.loss_scale <= 0) {
     fail("precision.loss_scale", "fp16 needs loss_scale = \"dynamic\" or a positive number");
   }
+  if (p.precision.grad_dtype != DType::kF32 && p.precision.grad_dtype != p.precision.dtype) {
+    fail("precision.grad_dtype", "grad_dtype = \"" + std::string(dtype_name(p.precision.grad_dtype)) +
+                                     "\" must be \"fp32\" or the same as precision.dtype (\"" +
+                                     std::string(dtype_name(p.precision.dtype)) + "\")");
+  }
   if (p.precision.dynamic_loss_scale && p.precision.min_loss_scale > std::ldexp(1.0, p.precision.initial_scale_power)) {
     fail("precision.min_loss_scale", "min_loss_scale exceeds the initial scale 2^initial_scale_power");
   }
@@ -261,6 +266,7 @@ std::string Profile::to_toml() const {
     << "virtual_stages = " << parallel.virtual_stages << "\n\n";
   o << "[precision]\n"
     << "dtype = " << toml_string(dtype_name(precision.dtype)) << "\n"
+    << "grad_dtype = " << toml_string(dtype_name(precision.grad_dtype)) << "\n"
     << "loss_scale = " << (precision.dynamic_loss_scale ? toml_string("dynamic") : toml_double(precision.loss_scale)) << "\n"
     << "initial_scale_power = " << precision.initial_scale_power << "\n"
     << "scale_window = " << precision.scale_window << "\n"
@@ -336,6 +342,7 @@ std::string Profile::to_json() const {
                    {"virtual_stages", parallel.virtual_stages}};
   ordered_json scale = precision.dynamic_loss_scale ? ordered_json("dynamic") : ordered_json(precision.loss_scale);
   j["precision"] = {{"dtype", dtype_name(precision.dtype)},
+                    {"grad_dtype", dtype_name(precision.grad_dtype)},
                     {"loss_scale", scale},
                     {"initial_scale_power", precision.initial_scale_power},
                     {"scale_window", precision.scale_window},
@@ -447,6 +454,9 @@ virtual_stages = 1
 [precision]
 # Parameter and activation type: "fp32", "bf16" or "fp16" (master weights stay fp32).
 dtype = "fp32"
+# Parameter gradient type: "fp32", or the same as dtype (half the gradient memory on the
+# device and in pinned host RAM; accumulation then rounds to that type).
+grad_dtype = "fp32"
 # "dynamic" or a fixed number; used with fp16.
 loss_scale = "dynamic"
 initial_scale_power = 16

@@ -506,6 +506,9 @@ Status read_profile(const Node& root, Profile* p) {
     int dt = static_cast<int>(p->precision.dtype);
     STRATA_RETURN_IF_ERROR(s.choice("dtype", &dt, {"fp32", "bf16", "fp16"}));
     p->precision.dtype = static_cast<DType>(dt);
+    int gdt = static_cast<int>(p->precision.grad_dtype);
+    STRATA_RETURN_IF_ERROR(s.choice("grad_dtype", &gdt, {"fp32", "bf16", "fp16"}));
+    p->precision.grad_dtype = static_cast<DType>(gdt);
     STRATA_RETURN_IF_ERROR(s.loss_scale("loss_scale", &p->precision.dynamic_loss_scale, &p->precision.loss_scale));
     STRATA_RETURN_IF_ERROR(s.integer("initial_scale_power", &p->precision.initial_scale_power, 0, 64));
     STRATA_RETURN_IF_ERROR(s.integer("scale_window", &p->precision.scale_window, 1, kIntMax));

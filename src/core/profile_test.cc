@@ -172,6 +172,9 @@ TEST(ProfileErrors, ImpossibleCombinations) {
   EXPECT_EQ(toml_error("[memory]\nhost_budget = \"64KiB\"\n"),
             "bad.toml: nvme.block_size: nvme.block_size = 1MiB exceeds memory.host_budget = 64KiB: a budget smaller than "
             "one I/O buffer cannot work");
+  EXPECT_NE(toml_error("[precision]\ndtype = \"bf16\"\ngrad_dtype = \"fp16\"\n")
+                .find("precision.grad_dtype: grad_dtype = \"fp16\" must be \"fp32\" or the same as precision.dtype (\"bf16\")"),
+            std::string::npos);
   EXPECT_EQ(toml_error("[offload.param]\ndevice = \"cpu\"\n"),
             "bad.toml:2:10: offload.param.device: parameter offload needs ZeRO stage 3 (zero.stage = 3); found zero.stage = 0");
 }

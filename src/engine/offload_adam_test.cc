@@ -210,6 +210,24 @@ TEST(OffloadAdam, Bf16AndGradientAccumulationMatchTheDevice) {
   expect_bitwise(dev, nvm);
 }
 
+// Gradients in the compute dtype (precision.grad_dtype = "bf16"): half the gradient memory on
+// the device and in pinned host RAM; NVMe still matches the device to the bit, and it learns.
+TEST(OffloadAdam, Bf16GradientsMatchTheDeviceAndLearn) {
+  Scratch swap;
+  ASSERT_FALSE(swap.path.empty());
+  auto set = [](Profile p) {
+    p.precision.dtype = DType::kBF16;
+    p.precision.grad_dtype = DType::kBF16;
+    return p;
+  };
+  const int steps = 8;
+  Trajectory dev = run(set(tiny_profile(OffloadTarget::kNone)), steps);
+  Trajectory nvm = run(set(tiny_profile(OffloadTarget::kNvme, swap.path)), steps);
+  ASSERT_EQ(nvm.loss.size(), static_cast<std::size_t>(steps));
+  EXPECT_LT(nvm.loss.back(), nvm.loss.front());
+  expect_bitwise(dev, nvm);
+}
+
 TEST(OffloadAdam, Fp16OverflowSkipsTheStepAndRecoversOnNvme) {
   Scratch swap;
   ASSERT_FALSE(swap.path.empty());

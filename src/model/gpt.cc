@@ -20,7 +20,7 @@ GptConfig GptConfig::from_profile(const Profile& profile) {
   GptConfig c;
   c.dims = profile.train.dims;
   c.dtype = profile.precision.dtype;
-  c.grad_dtype = DType::kF32;
+  c.grad_dtype = profile.precision.grad_dtype;
   c.checkpointing = profile.activation.checkpointing;
   return c;
 }
