@@ -33,6 +33,15 @@ CliRun run(const std::string& args) {
 std::filesystem::path temp_file(const std::string& name, const std::string& content) {
   auto dir = std::filesystem::temp_directory_path() / ("strata_cli_test_" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
+  // Removed when the test program exits.
+  static const struct RemoveAtExit {
+    std::string path;
+    ~RemoveAtExit() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  } cleanup{dir.string()};
+
   auto p = dir / name;
   std::ofstream(p) << content;
   return p;

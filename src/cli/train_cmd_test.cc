@@ -51,6 +51,14 @@ std::filesystem::path dir() {
   auto d = std::filesystem::path(base ? base : std::filesystem::temp_directory_path().string()) /
            ("train_cmd_test." + std::to_string(::getpid()));
   std::filesystem::create_directories(d);
+  // Removed when the test program exits.
+  static const struct RemoveAtExit {
+    std::filesystem::path path;
+    ~RemoveAtExit() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  } cleanup{d};
   return d;
 }
 

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 
 #include "strata/data.h"
@@ -16,6 +17,14 @@ std::string tmp_dir() {
   std::string d = std::string(base ? base : "/tmp") + "/token_data_test." + std::to_string(::getpid());
   ::mkdir(base ? base : "/tmp", 0755);
   ::mkdir(d.c_str(), 0755);
+  // Removed when the test program exits.
+  static const struct RemoveAtExit {
+    std::string path;
+    ~RemoveAtExit() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  } cleanup{d};
   return d;
 }
 
