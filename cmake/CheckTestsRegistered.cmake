@@ -1,6 +1,12 @@
-# Run as a script: every *_test.cc below src/, kernels/ and bench/ must be a registered test source.
+# Run as a script: every *_test.cc below src/, kernels/ and (when the benchmarks are built,
+# WITH_BENCH) bench/ must be a registered test source.
+cmake_policy(SET CMP0007 NEW)
 file(GLOB_RECURSE tests RELATIVE ${SOURCE_DIR} ${SOURCE_DIR}/src/*_test.cc ${SOURCE_DIR}/kernels/*_test.cc
-     ${SOURCE_DIR}/bench/*_test.cc ${SOURCE_DIR}/kernels/*_test.cu)
+     ${SOURCE_DIR}/kernels/*_test.cu)
+if(WITH_BENCH)
+  file(GLOB_RECURSE bench_tests RELATIVE ${SOURCE_DIR} ${SOURCE_DIR}/bench/*_test.cc)
+  list(APPEND tests ${bench_tests})
+endif()
 set(missing "")
 foreach(t ${tests})
   get_filename_component(n ${t} NAME_WE)

@@ -27,6 +27,7 @@ endfunction()
 function(strata_check_registered_tests)
   add_test(NAME tests_registered
     COMMAND ${CMAKE_COMMAND} -DSOURCE_DIR=${PROJECT_SOURCE_DIR} "-DREGISTERED=${STRATA_REGISTERED_TESTS}"
+            -DWITH_BENCH=${STRATA_BUILD_BENCH}
             -P ${PROJECT_SOURCE_DIR}/cmake/CheckTestsRegistered.cmake)
   set_tests_properties(tests_registered PROPERTIES LABELS "meta")
 endfunction()

@@ -10,6 +10,8 @@
 
 #include <gtest/gtest.h>
 
+#include "core/remove_at_exit.h"
+
 namespace {
 
 struct CliRun {
@@ -33,14 +35,7 @@ CliRun run(const std::string& args) {
 std::filesystem::path temp_file(const std::string& name, const std::string& content) {
   auto dir = std::filesystem::temp_directory_path() / ("strata_cli_test_" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
-  // Removed when the test program exits.
-  static const struct RemoveAtExit {
-    std::string path;
-    ~RemoveAtExit() {
-      std::error_code ec;
-      std::filesystem::remove_all(path, ec);
-    }
-  } cleanup{dir.string()};
+  strata::remove_at_exit(dir);
 
   auto p = dir / name;
   std::ofstream(p) << content;

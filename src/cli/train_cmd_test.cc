@@ -14,6 +14,8 @@
 
 #include <gtest/gtest.h>
 
+#include "core/remove_at_exit.h"
+
 namespace {
 
 struct CliRun {
@@ -51,14 +53,7 @@ std::filesystem::path dir() {
   auto d = std::filesystem::path(base ? base : std::filesystem::temp_directory_path().string()) /
            ("train_cmd_test." + std::to_string(::getpid()));
   std::filesystem::create_directories(d);
-  // Removed when the test program exits.
-  static const struct RemoveAtExit {
-    std::filesystem::path path;
-    ~RemoveAtExit() {
-      std::error_code ec;
-      std::filesystem::remove_all(path, ec);
-    }
-  } cleanup{d};
+  strata::remove_at_exit(d);
   return d;
 }
 

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/remove_at_exit.h"
 #include "kernels/numeric.h"
 
 namespace strata::safetensors {
@@ -22,14 +23,7 @@ std::string tmp_path(const std::string& name) {
   std::string d = std::string(base ? base : "/tmp") + "/safetensors_test." + std::to_string(::getpid());
   ::mkdir(base ? base : "/tmp", 0755);
   ::mkdir(d.c_str(), 0755);
-  // Removed when the test program exits.
-  static const struct RemoveAtExit {
-    std::string path;
-    ~RemoveAtExit() {
-      std::error_code ec;
-      std::filesystem::remove_all(path, ec);
-    }
-  } cleanup{d};
+  strata::remove_at_exit(d);
   return d + "/" + name;
 }
 

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/remove_at_exit.h"
 #include "strata/data.h"
 
 namespace strata {
@@ -17,14 +18,7 @@ std::string tmp_dir() {
   std::string d = std::string(base ? base : "/tmp") + "/token_data_test." + std::to_string(::getpid());
   ::mkdir(base ? base : "/tmp", 0755);
   ::mkdir(d.c_str(), 0755);
-  // Removed when the test program exits.
-  static const struct RemoveAtExit {
-    std::string path;
-    ~RemoveAtExit() {
-      std::error_code ec;
-      std::filesystem::remove_all(path, ec);
-    }
-  } cleanup{d};
+  strata::remove_at_exit(d);
   return d;
 }
 
