@@ -31,13 +31,14 @@
 // is resident and the pipeline degenerates to updates in place.
 //
 // Overlap with the next forward (offload.optimizer.overlap_step, the default). step() computes
-// the norm and the inf/nan check, then hands the pass to a worker thread and returns; the pass
-// runs in flat order (the order forward uses the parameters), and after each chunk its weights
-// are on the device (the worker's own upload stream; a host function queued behind the
-// chunk's copies counts it done). The next step's
-// before_forward(module) waits only until the chunks that hold the module's parameters are
-// done, so NVMe traffic and the update run under forward's compute, and the step costs about
-// max(compute, transfer) instead of their sum. The arithmetic is the same as without overlap:
+// the norm (which is also the inf/nan check), then hands the pass to a worker thread and
+// returns; the pass runs in flat order (the order forward uses the parameters), and after each
+// chunk its weights are on the device (the worker's own upload stream; a host function queued
+// behind the chunk's copies counts it done). The next step's before_forward(module) waits only
+// until the chunks that hold the module's parameters are done, so NVMe traffic and the update
+// run under forward's compute: a step costs about backward + max(forward, pass) instead of
+// forward + backward + pass. (On the host-emulated device the pass's copies and I/O share the
+// CPU with forward, so the gain there is small.) The arithmetic is the same as without overlap:
 // the same chunks, the same gradients, the same step count. Every other entry point (state
 // access, checkpoints, the next step, destruction) first waits for the pass, and an error in
 // the pass is returned from whichever call waits first. Without overlap, step() runs the pass
