@@ -26,9 +26,12 @@
 // ahead, pipeline_read) and chunk k-1 is being written back (the eviction that makes room for
 // k+L, pipeline_write). Without pipeline_write each chunk is flushed before the next starts
 // (and the next chunk's read is only a prefetch hint); without pipeline_read nothing is
-// acquired ahead. Passes alternate direction, so the chunks a
-// step leaves in the buffers are the first the next step updates. With a host home every block
-// is resident and the pipeline degenerates to updates in place.
+// acquired ahead. Without overlap, passes alternate direction, so
+// the chunks a step leaves in the buffers are the first the next step updates. With overlap
+// every pass runs in flat order; the tier manager then evicts along its trace of the pass (the
+// chunk used furthest ahead) and prefetches the chunks that do not fit as buffers free, so a
+// step reads about (chunks - buffers + 1) chunks, not all of them. With a host home every
+// block is resident and the pipeline degenerates to updates in place.
 //
 // Overlap with the next forward (offload.optimizer.overlap_step, the default). step() computes
 // the norm (which is also the inf/nan check), then hands the pass to a worker thread and
@@ -192,8 +195,13 @@ class OffloadAdam final : public StepOptimizer {
     to.staging_buffers = 1;
     to.staging_buffer_size = std::min<std::uint64_t>(round_up(max_block, 4096), kSlotBytes);
     to.host_budget = round_up(cached, 4096) + to.staging_buffer_size;
-    to.prefetch_bytes = 0;   // the pipeline below acquires ahead itself
-    to.tracing = false;      // LRU evicts the chunk updated longest ago: the one to write back
+    // Eviction and read-ahead. Without overlap, passes alternate direction and least-recently-
+    // used eviction writes back the chunk updated longest ago. With overlap every pass runs in
+    // flat order, a cycle on which LRU misses every chunk; the manager's trace of the pass then
+    // evicts the chunk used furthest ahead (Belady), and prefetches along the trace as soon as a
+    // buffer frees, so the chunks that do not fit are read while forward and backward run.
+    to.tracing = home_ == Tier::kNvme && oc.overlap_step;
+    to.prefetch_bytes = to.tracing ? (static_cast<std::uint64_t>(oc.buffer_count) + 1) * round_up(max_block, 4096) : 0;
     if (home_ == Tier::kNvme) {
       if (oc.nvme_path.empty()) {
         return invalid_argument("offload.optimizer.nvme_path: device = \"nvme\" needs at least one swap directory");
@@ -316,9 +324,9 @@ class OffloadAdam final : public StepOptimizer {
     if (!(req.loss_scale > 0) || !std::isfinite(req.loss_scale)) {
       return invalid_argument(name() + ": loss_scale must be finite and positive");
     }
-    if (!trace_restarted_) {
-      tiers_->restart_trace();  // initialisation's accesses are not the step's pattern
-      trace_restarted_ = true;
+    if (accessed_) {
+      tiers_->restart_trace();  // state accesses (initialisation, checkpoints) are not the pass's pattern
+      accessed_ = false;
     }
     // The squared norm of all gradients, on the device, as the device Adam: inf or NaN exactly
     // when some gradient is (or the sum overflows), so it doubles as the overflow check.
@@ -468,6 +476,7 @@ class OffloadAdam final : public StepOptimizer {
                               ") are outside parameter " + p.name() + " (" + std::to_string(p.numel()) + ")");
     }
     const std::uint64_t base = params_[it->second].flat + first;
+    accessed_ = true;
     for (std::uint64_t done = 0; done < n;) {
       const std::size_t k = static_cast<std::size_t>((base + done) / chunk_elems_);
       const Chunk& c = chunks_[k];
@@ -578,7 +587,7 @@ class OffloadAdam final : public StepOptimizer {
   std::unique_ptr<nvme::SwapStore> store_;
   std::unique_ptr<offload::TierManager> tiers_;
   std::int64_t updates_ = 0;
-  bool trace_restarted_ = false;
+  bool accessed_ = true;  // state accessed outside a pass since the trace last restarted
   bool reverse_ = false;  // the direction of the next step's pass over the chunks
   // The pass on the worker thread: done_ chunks (in flat order) are on the device.
   std::thread worker_;

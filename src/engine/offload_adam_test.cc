@@ -299,6 +299,36 @@ TEST(OffloadAdam, OverlappedUpdateIsOnTheDeviceBeforeTheModuleRuns) {
   EXPECT_NE(seen, before) << "the step did not change " << last->name();
 }
 
+// With overlap every pass runs in flat order; the buffers must not thrash on that cycle (as
+// least-recently-used eviction would, reading every chunk every step): the chunks that fit
+// stay, and a steady-state step reads only those that do not, plus the pipeline's slack.
+TEST(OffloadAdam, OverlappedPassesReadOnlyTheChunksThatDoNotFit) {
+  Scratch swap;
+  ASSERT_FALSE(swap.path.empty());
+  Profile p = tiny_profile(OffloadTarget::kNvme, swap.path);
+  ASSERT_TRUE(p.offload_optimizer.overlap_step);
+  p.offload_optimizer.buffer_count = 4;
+  const std::uint64_t block = p.offload_optimizer.buffer_size / 12 / 1024 * 1024 * 12;  // bytes per chunk
+  auto dev = host();
+  auto t = Trainer::create(p, *dev);
+  ASSERT_TRUE(t.ok()) << t.status();
+  StepOptimizer& opt = (*t)->optimizer();
+  auto reads = [&] {
+    EXPECT_TRUE(opt.synchronize().ok());
+    return opt.tier_stats()->bytes_moved[static_cast<int>(Tier::kNvme)][static_cast<int>(Tier::kHost)];
+  };
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE((*t)->train_step(licenses()).ok());
+  const std::uint64_t state = opt.tier_stats()->tiers[static_cast<int>(Tier::kNvme)].home_bytes;
+  const std::uint64_t chunks = (state + block - 1) / block;
+  ASSERT_GE(chunks, 6u) << "the tiny model's state must span more chunks than there are buffers";
+  const std::uint64_t r0 = reads();
+  const int steps = 6;
+  for (int i = 0; i < steps; ++i) ASSERT_TRUE((*t)->train_step(licenses()).ok());
+  const std::uint64_t per_step = (reads() - r0) / steps;
+  EXPECT_LE(per_step, (chunks - 4 + 2) * block) << "state " << state << " B in " << chunks << " chunks of " << block
+                                                 << " B; " << per_step << " B read per step";
+}
+
 TEST(OffloadAdam, StateAccessRoundTripsEveryTensor) {
   Scratch swap;
   ASSERT_FALSE(swap.path.empty());
