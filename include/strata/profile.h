@@ -43,6 +43,8 @@ struct OptimizerOffloadConfig {
   bool pipeline_read = true;                      // read chunk i+1 while chunk i is updated
   bool pipeline_write = true;                     // write chunk i-1 while chunk i is updated
   bool overlap_step = true;                       // update step s while step s+1's forward runs
+  bool delayed_update = false;                    // one-step delayed parameter update (DPU)
+  int delayed_update_warmup = 40;                 // updates applied undelayed before DPU starts
   bool operator==(const OptimizerOffloadConfig&) const = default;
 };
 

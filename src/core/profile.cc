@@ -89,6 +89,11 @@ std::vector<FieldError> validate_fields(const Profile& p) {
     fail("offload.optimizer.nvme_path",
          "required when offload.optimizer.device = \"nvme\": give one directory per drive, e.g. nvme_path = \"/mnt/nvme0/strata\"");
   }
+  if (p.offload_optimizer.delayed_update && p.offload_optimizer.device == OffloadTarget::kNone) {
+    fail("offload.optimizer.delayed_update",
+         "the delayed update runs the offloaded optimizer behind the next step: it needs offload.optimizer.device = "
+         "\"cpu\" or \"nvme\", or delayed_update = false");
+  }
   if (p.offload_param.device == OffloadTarget::kNvme && p.offload_param.nvme_path.empty()) {
     fail("offload.param.nvme_path",
          "required when offload.param.device = \"nvme\": give one directory per drive, e.g. nvme_path = \"/mnt/nvme0/strata\"");
@@ -233,7 +238,9 @@ std::string Profile::to_toml() const {
     << "buffer_size = " << toml_bytes(offload_optimizer.buffer_size) << "\n"
     << "pipeline_read = " << toml_bool(offload_optimizer.pipeline_read) << "\n"
     << "pipeline_write = " << toml_bool(offload_optimizer.pipeline_write) << "\n"
-    << "overlap_step = " << toml_bool(offload_optimizer.overlap_step) << "\n\n";
+    << "overlap_step = " << toml_bool(offload_optimizer.overlap_step) << "\n"
+    << "delayed_update = " << toml_bool(offload_optimizer.delayed_update) << "\n"
+    << "delayed_update_warmup = " << offload_optimizer.delayed_update_warmup << "\n\n";
   o << "[offload.param]\n"
     << "device = " << toml_string(offload_target_name(offload_param.device)) << "\n"
     << "nvme_path = " << toml_paths(offload_param.nvme_path) << "\n"
@@ -313,7 +320,9 @@ std::string Profile::to_json() const {
                                {"buffer_size", format_bytes(offload_optimizer.buffer_size)},
                                {"pipeline_read", offload_optimizer.pipeline_read},
                                {"pipeline_write", offload_optimizer.pipeline_write},
-                               {"overlap_step", offload_optimizer.overlap_step}};
+                               {"overlap_step", offload_optimizer.overlap_step},
+                               {"delayed_update", offload_optimizer.delayed_update},
+                               {"delayed_update_warmup", offload_optimizer.delayed_update_warmup}};
   j["offload"]["param"] = {{"device", offload_target_name(offload_param.device)},
                            {"nvme_path", offload_param.nvme_path},
                            {"max_in_cpu", format_bytes(offload_param.max_in_cpu)},
@@ -402,6 +411,13 @@ pipeline_write = true
 # Run step s's update while step s+1's forward runs; each module waits only for the chunks
 # holding its parameters. The result is the same to the bit; false updates everything first.
 overlap_step = true
+# One-step delayed parameter update (ZeRO-Offload's DPU): step s's update runs during step
+# s+1's whole forward and backward, which therefore use the weights from before step s's
+# update (gradients one step stale). Takes the update off the critical path when the state
+# moves slower than forward alone; needs device = "cpu" or "nvme". Changes the numerics.
+delayed_update = false
+# Updates applied without delay first (early training moves the weights fastest).
+delayed_update_warmup = 40
 
 [offload.param]
 # Where parameters live between uses: "none", "cpu" or "nvme" (needs zero.stage = 3).

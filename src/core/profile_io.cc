@@ -451,6 +451,8 @@ Status read_profile(const Node& root, Profile* p) {
     STRATA_RETURN_IF_ERROR(s.boolean("pipeline_read", &p->offload_optimizer.pipeline_read));
     STRATA_RETURN_IF_ERROR(s.boolean("pipeline_write", &p->offload_optimizer.pipeline_write));
     STRATA_RETURN_IF_ERROR(s.boolean("overlap_step", &p->offload_optimizer.overlap_step));
+    STRATA_RETURN_IF_ERROR(s.boolean("delayed_update", &p->offload_optimizer.delayed_update));
+    STRATA_RETURN_IF_ERROR(s.integer("delayed_update_warmup", &p->offload_optimizer.delayed_update_warmup, 0, 1000000000));
     STRATA_RETURN_IF_ERROR(s.finish());
 
     Section q(param, "offload.param");

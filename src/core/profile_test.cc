@@ -177,6 +177,12 @@ TEST(ProfileErrors, ImpossibleCombinations) {
             std::string::npos);
   EXPECT_EQ(toml_error("[offload.param]\ndevice = \"cpu\"\n"),
             "bad.toml:2:10: offload.param.device: parameter offload needs ZeRO stage 3 (zero.stage = 3); found zero.stage = 0");
+  EXPECT_NE(toml_error("[offload.optimizer]\ndelayed_update = true\n")
+                .find("offload.optimizer.delayed_update: the delayed update runs the offloaded optimizer behind the next "
+                      "step: it needs offload.optimizer.device = \"cpu\" or \"nvme\""),
+            std::string::npos);
+  EXPECT_NE(toml_error("[offload.optimizer]\ndevice = \"cpu\"\ndelayed_update_warmup = -1\n").find("delayed_update_warmup"),
+            std::string::npos);
 }
 
 TEST(ProfileErrors, SyntaxErrors) {

@@ -148,6 +148,10 @@ Status remove_tree(const std::string& path) {
 
 Status write_checkpoint(Trainer& trainer, const std::string& tmp) {
   StepOptimizer& opt = trainer.optimizer();
+  // Any update still running ends first, and its weights reach the device: with the delayed
+  // update the step after a checkpoint then sees the same weights in the saving run as in a run
+  // resumed from it (set_master puts the masters on the device).
+  STRATA_RETURN_IF_ERROR(opt.synchronize().with_context("checkpoint: finishing the running update"));
   const Profile& prof = trainer.profile();
   const GptConfig& gc = trainer.model().config();
   json files = json::array();

@@ -164,7 +164,9 @@ std::vector<float> weights(Trainer& t) {
   return all;
 }
 
-void resume_equivalence(OffloadTarget target) {
+// With `delayed` (offload.optimizer.delayed_update) a checkpoint brings the device up to the
+// masters, so the uninterrupted run saves one at the same step too and goes on from it.
+void resume_equivalence(OffloadTarget target, bool delayed = false) {
   Scratch s;
   ASSERT_FALSE(s.path.empty());
   const std::string swap = target == OffloadTarget::kNvme ? s.sub("swap") : "";
@@ -172,13 +174,19 @@ void resume_equivalence(OffloadTarget target) {
   p.precision.dtype = DType::kF16;  // the loss scaler's state must survive as well
   p.precision.initial_scale_power = 12;
   p.precision.scale_window = 2;
+  p.offload_optimizer.delayed_update = delayed;
+  p.offload_optimizer.delayed_update_warmup = 2;
   auto dev = host();
   std::vector<double> straight;
   std::vector<float> straight_w;
   {
     auto t = Trainer::create(p, *dev);
     ASSERT_TRUE(t.ok()) << t.status();
-    straight = train(**t, 8);
+    straight = train(**t, 5);
+    if (delayed) {
+      ASSERT_TRUE(save_checkpoint(**t, s.path + "/straight").ok());
+    }
+    for (double l : train(**t, 3)) straight.push_back(l);
     straight_w = weights(**t);
   }
   std::string saved;
@@ -206,6 +214,9 @@ void resume_equivalence(OffloadTarget target) {
 TEST(Checkpoint, ResumeIsBitwiseTheUninterruptedRunOnDevice) { resume_equivalence(OffloadTarget::kNone); }
 TEST(Checkpoint, ResumeIsBitwiseTheUninterruptedRunOnHost) { resume_equivalence(OffloadTarget::kCpu); }
 TEST(Checkpoint, ResumeIsBitwiseTheUninterruptedRunOnNvme) { resume_equivalence(OffloadTarget::kNvme); }
+TEST(Checkpoint, ResumeIsBitwiseTheUninterruptedRunWithTheDelayedUpdate) {
+  resume_equivalence(OffloadTarget::kNvme, /*delayed=*/true);
+}
 
 TEST(Checkpoint, DueEveryNStepsAndAtTheEnd) {
   TrainConfig tc;

@@ -47,6 +47,17 @@
 // the pass is returned from whichever call waits first. Without overlap, step() runs the pass
 // itself, alternating direction as above.
 //
+// The delayed update (offload.optimizer.delayed_update, ZeRO-Offload's DPU). After
+// delayed_update_warmup updates applied as without overlap, step() uploads the weights of the
+// previous pass (behind this step's backward on the training stream), computes the norm, and
+// hands the pass to the worker without any upload: the next forward and backward run on the
+// weights from before this update while the pass runs under both, and the next step() waits
+// for it. So step s+1's gradients are computed at the weights of step s-1 and applied to the
+// masters of step s (one step stale), and a step costs about max(forward + backward, pass).
+// The gradients are double-buffered in pinned memory: the pass reads one step's while the next
+// backward fills the other. synchronize() (end of training, checkpoints) also uploads the
+// pass's weights, so a resumed run and the run that saved continue from the same weights.
+//
 // Thread-safety: one caller thread at a time, as StepOptimizer; the worker thread is internal.
 #include <algorithm>
 #include <cmath>
@@ -163,20 +174,25 @@ class OffloadAdam final : public StepOptimizer {
     const std::uint64_t cached = home_ == Tier::kNvme
                                      ? std::min<std::uint64_t>(static_cast<std::uint64_t>(oc.buffer_count), chunks_.size()) * max_block
                                      : state_bytes;
-    const std::uint64_t pinned = grad_bytes + value_bytes + cached + std::min<std::uint64_t>(max_block, kSlotBytes);
+    // The delayed update reads one step's gradients while the next backward writes the other's.
+    const std::uint64_t grad_buffers = oc.delayed_update ? 2 : 1;
+    const std::uint64_t pinned =
+        grad_buffers * grad_bytes + value_bytes + cached + std::min<std::uint64_t>(max_block, kSlotBytes);
     if (pinned > profile_.memory.host_budget) {
       return out_of_memory(name() + ": " + std::to_string(flat_) + " parameters need " + format_bytes_human(pinned) +
-                           " of pinned host memory (gradients " + format_bytes_human(grad_bytes) + ", weights " +
+                           " of pinned host memory (gradients " + format_bytes_human(grad_buffers * grad_bytes) + ", weights " +
                            format_bytes_human(value_bytes) + ", optimizer state " + format_bytes_human(cached) +
                            (home_ == Tier::kNvme ? " in buffer_count buffers" : "") + ") but memory.host_budget is " +
                            format_bytes_human(profile_.memory.host_budget) +
                            (home_ == Tier::kNvme ? "; raise the budget or lower offload.optimizer.buffer_size"
                                                  : "; raise the budget or use offload.optimizer.device = \"nvme\""));
     }
-    auto g = device.allocate_pinned(std::max<std::uint64_t>(grad_bytes, 1));
-    if (!g.ok()) return g.status().with_context(name() + ": pinned gradient buffer");
-    grads_host_ = std::move(*g);
-    std::memset(grads_host_.data(), 0, grads_host_.size());
+    for (std::uint64_t i = 0; i < grad_buffers; ++i) {
+      auto g = device.allocate_pinned(std::max<std::uint64_t>(grad_bytes, 1));
+      if (!g.ok()) return g.status().with_context(name() + ": pinned gradient buffer");
+      grads_host_[i] = std::move(*g);
+      std::memset(grads_host_[i].data(), 0, grads_host_[i].size());
+    }
     auto v = device.allocate_pinned(std::max<std::uint64_t>(value_bytes, 1));
     if (!v.ok()) return v.status().with_context(name() + ": pinned weight buffer");
     values_host_ = std::move(*v);
@@ -200,7 +216,7 @@ class OffloadAdam final : public StepOptimizer {
     // flat order, a cycle on which LRU misses every chunk; the manager's trace of the pass then
     // evicts the chunk used furthest ahead (Belady), and prefetches along the trace as soon as a
     // buffer frees, so the chunks that do not fit are read while forward and backward run.
-    to.tracing = home_ == Tier::kNvme && oc.overlap_step;
+    to.tracing = home_ == Tier::kNvme && oc.overlap_step && !oc.delayed_update;
     to.prefetch_bytes = to.tracing ? (static_cast<std::uint64_t>(oc.buffer_count) + 1) * round_up(max_block, 4096) : 0;
     if (home_ == Tier::kNvme) {
       if (oc.nvme_path.empty()) {
@@ -284,9 +300,10 @@ class OffloadAdam final : public StepOptimizer {
 
   Status after_backward(Module& module, bool last) override {
     if (!last) return Status::OK();
-    // The pass still reads the pinned gradients of the previous step (it has normally ended:
-    // forward waited for every chunk).
-    STRATA_RETURN_IF_ERROR(join());
+    // An overlapped pass still reads the pinned gradients of the previous step (it has
+    // normally ended: forward waited for every chunk). A delayed pass reads the other buffer
+    // and runs on through this backward.
+    if (!pass_delayed_) STRATA_RETURN_IF_ERROR(join());
     auto visit = [&](Parameter* p) -> Status {
       auto it = index_.find(p);
       if (it == index_.end()) return Status::OK();
@@ -316,7 +333,14 @@ class OffloadAdam final : public StepOptimizer {
     return join();  // the pass has ended: its status (an error stops the forward)
   }
 
-  Status synchronize() override { return join(); }
+  // Waits for the pass; with the delayed update, the weights it computed then go to the device
+  // too, so that the device holds the masters' values (end of training, checkpoints).
+  Status synchronize() override {
+    STRATA_RETURN_IF_ERROR(join());
+    if (!upload_pending_) return Status::OK();
+    STRATA_RETURN_IF_ERROR(upload_all(*stream_));
+    return stream_->synchronize();
+  }
 
   Result<UpdateResult> step(const UpdateRequest& req) override {
     if (device_ == nullptr) return failed_precondition(name() + ": attach() a model first");
@@ -324,6 +348,9 @@ class OffloadAdam final : public StepOptimizer {
     if (!(req.loss_scale > 0) || !std::isfinite(req.loss_scale)) {
       return invalid_argument(name() + ": loss_scale must be finite and positive");
     }
+    // The delayed update of the previous step has ended: its weights go to the device behind
+    // this step's backward, before the next forward.
+    if (upload_pending_) STRATA_RETURN_IF_ERROR(upload_all(*stream_));
     if (accessed_) {
       tiers_->restart_trace();  // state accesses (initialisation, checkpoints) are not the pass's pattern
       accessed_ = false;
@@ -354,19 +381,33 @@ class OffloadAdam final : public StepOptimizer {
     AdamHyper h = hyper_;
     h.lr = req.lr;
     const AdamStep at{updates_ + 1, clip / req.loss_scale};
-    ++updates_;
     r.applied = true;
-    if (!profile_.offload_optimizer.overlap_step) {
-      STRATA_RETURN_IF_ERROR(update_all(h, at, false));
+    const OptimizerOffloadConfig& oc = profile_.offload_optimizer;
+    const bool delayed = oc.delayed_update && updates_ >= oc.delayed_update_warmup;
+    const Pass mode = delayed ? Pass::kDelayed
+                      : oc.overlap_step && !oc.delayed_update ? Pass::kOverlapped
+                                                              : Pass::kInline;
+    const std::size_t slot = grad_slot_;
+    ++updates_;
+    if (mode == Pass::kInline) {
+      STRATA_RETURN_IF_ERROR(update_all(h, at, mode, slot));
       return r;
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
       running_ = true;
-      done_ = 0;
+      // A delayed pass holds nothing forward needs: the device keeps the weights from before
+      // this update until the next step() uploads them.
+      done_ = delayed ? chunks_.size() : 0;
     }
-    worker_ = std::thread([this, h, at] {
-      Status s = update_all(h, at, true);
+    if (delayed) {
+      pass_delayed_ = true;
+      pass_slot_ = slot;
+      grad_slot_ = 1 - grad_slot_;  // the next backward fills the other buffer meanwhile
+    }
+    worker_ = std::thread([this, h, at, mode, slot] {
+      Status s = update_all(h, at, mode, slot);
+      if (s.ok() && mode == Pass::kDelayed) upload_pending_ = true;
       // Every weight copy (and a failure among them) is in before the pass counts as ended.
       Status copies = upload_stream_->synchronize();
       if (s.ok()) s = std::move(copies);
@@ -426,6 +467,7 @@ class OffloadAdam final : public StepOptimizer {
   Status join() {
     if (!worker_.joinable()) return Status::OK();
     worker_.join();
+    pass_delayed_ = false;
     std::lock_guard<std::mutex> lock(mu_);
     Status s = std::move(worker_status_);
     worker_status_ = Status::OK();
@@ -442,10 +484,13 @@ class OffloadAdam final : public StepOptimizer {
   // Device gradient -> pinned host buffer on the copy stream, after the work enqueued so far
   // on the training stream (the backward that finished the gradient).
   Status offload_grad(ParamState& st) {
+    if (pass_delayed_ && grad_slot_ == pass_slot_) {
+      return internal_error(name() + ": the gradient buffer of " + st.param->name() + " is still read by the delayed update");
+    }
     const std::size_t gs = dtype_size(grad_dtype_);
     STRATA_RETURN_IF_ERROR(stream_->record(*grad_ready_));
     STRATA_RETURN_IF_ERROR(copy_stream_->wait(*grad_ready_));
-    STRATA_RETURN_IF_ERROR(device_->copy_to_host({grads_host_.data() + st.flat * gs, st.param->numel() * gs},
+    STRATA_RETURN_IF_ERROR(device_->copy_to_host({grads_host_[grad_slot_].data() + st.flat * gs, st.param->numel() * gs},
                                                  st.param->grad().range(), *copy_stream_));
     st.grad_offloaded = true;
     return Status::OK();
@@ -476,7 +521,10 @@ class OffloadAdam final : public StepOptimizer {
                               ") are outside parameter " + p.name() + " (" + std::to_string(p.numel()) + ")");
     }
     const std::uint64_t base = params_[it->second].flat + first;
-    accessed_ = true;
+    if (!accessed_) {
+      tiers_->restart_trace();  // these accesses are not the pass's order: no replay, no warning
+      accessed_ = true;
+    }
     for (std::uint64_t done = 0; done < n;) {
       const std::size_t k = static_cast<std::size_t>((base + done) / chunk_elems_);
       const Chunk& c = chunks_[k];
@@ -493,9 +541,26 @@ class OffloadAdam final : public StepOptimizer {
     return Status::OK();
   }
 
-  // The chunk pipeline (see the file comment). `background`: on the worker thread, in flat
-  // order, each chunk's weights on the device (upload stream) before it counts as done.
-  Status update_all(const AdamHyper& h, const AdamStep& at, bool background) {
+  // How a pass runs (see the file comment). kInline: in step(), weights to the device on the
+  // training stream. kOverlapped: on the worker thread, in flat order, each chunk's weights on
+  // the device (upload stream) before it counts as done. kDelayed: on the worker thread, the
+  // weights left in the pinned buffer for the next step() to upload.
+  enum class Pass { kInline, kOverlapped, kDelayed };
+
+  // Every parameter's value from the pinned weight buffer to the device, on `stream`.
+  Status upload_all(Stream& stream) {
+    const std::size_t vs = dtype_size(value_dtype_);
+    for (const ParamState& st : params_) {
+      STRATA_RETURN_IF_ERROR(device_->copy_to_device(st.param->value().range(),
+                                                     {values_host_.data() + st.flat * vs, st.param->numel() * vs}, stream));
+    }
+    upload_pending_ = false;
+    return Status::OK();
+  }
+
+  // The chunk pipeline (see the file comment) over the gradients in buffer `slot`.
+  Status update_all(const AdamHyper& h, const AdamStep& at, Pass mode, std::size_t slot) {
+    const bool background = mode != Pass::kInline;
     const OptimizerOffloadConfig& oc = profile_.offload_optimizer;
     const bool nvme = home_ == Tier::kNvme;
     std::size_t ahead = 0;
@@ -507,7 +572,7 @@ class OffloadAdam final : public StepOptimizer {
     // Every other step runs backwards, so the chunks the previous step left in the buffers are
     // the first ones needed (chunks are independent: the order does not change the result).
     const std::size_t count = chunks_.size();
-    const bool reverse = reverse_ && !background;
+    const bool reverse = reverse_ && mode != Pass::kOverlapped;
     auto order = [&](std::size_t i) { return reverse ? count - 1 - i : i; };
     reverse_ = !reverse_;
     Stream& upload = background ? *upload_stream_ : *stream_;
@@ -529,7 +594,7 @@ class OffloadAdam final : public StepOptimizer {
       ac.params = base;
       ac.exp_avg = base + c.stride;
       ac.exp_avg_sq = base + 2 * c.stride;
-      ac.grads = grads_host_.data() + c.first * gs;
+      ac.grads = grads_host_[slot].data() + c.first * gs;
       ac.grad_dtype = grad_dtype_;
       std::byte* values = values_host_.data() + c.first * vs;
       if (value_dtype_ != DType::kF32) {
@@ -544,12 +609,13 @@ class OffloadAdam final : public StepOptimizer {
         STRATA_RETURN_IF_ERROR(tiers_->flush().with_context(name() + ": writing optimizer state chunk " + std::to_string(k)));
         if (oc.pipeline_read && i + 1 < count) STRATA_RETURN_IF_ERROR(tiers_->prefetch(chunks_[order(i + 1)].block, Tier::kHost));
       }
+      if (mode == Pass::kDelayed) continue;
       for (const Segment& s : c.segments) {
         STRATA_ASSIGN_OR_RETURN(DeviceView dv, s.param->value().slice(s.param_first, s.n));
         STRATA_RETURN_IF_ERROR(device_->copy_to_device(
             dv.range(), {values_host_.data() + s.flat_first * vs, s.n * vs}, upload));
       }
-      if (background) {
+      if (mode == Pass::kOverlapped) {
         // Counted done once its copies have run, without holding the pass up.
         STRATA_RETURN_IF_ERROR(upload.launch_host_func([this, i] {
           std::lock_guard<std::mutex> lock(mu_);
@@ -574,7 +640,8 @@ class OffloadAdam final : public StepOptimizer {
   std::vector<Chunk> chunks_;
   std::uint64_t flat_ = 0;
   std::uint64_t chunk_elems_ = 0;
-  PinnedBuffer grads_host_;   // flat, grad dtype
+  PinnedBuffer grads_host_[2];  // flat, grad dtype; the second only with the delayed update
+  std::size_t grad_slot_ = 0;   // the buffer the next backward's gradients go to
   PinnedBuffer values_host_;  // flat, value dtype: the weights on their way to the device
   std::unique_ptr<Stream> copy_stream_;
   std::unique_ptr<Stream> upload_stream_;  // the worker's weight copies
@@ -595,6 +662,9 @@ class OffloadAdam final : public StepOptimizer {
   std::condition_variable cv_;
   bool running_ = false;
   std::size_t done_ = 0;
+  bool pass_delayed_ = false;    // the running pass is a delayed one (caller thread only)
+  std::size_t pass_slot_ = 0;    // the gradient buffer it reads
+  bool upload_pending_ = false;  // a delayed pass's weights are not on the device yet
   Status worker_status_;
 };
 

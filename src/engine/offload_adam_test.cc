@@ -329,6 +329,171 @@ TEST(OffloadAdam, OverlappedPassesReadOnlyTheChunksThatDoNotFit) {
                                                  << " B; " << per_step << " B read per step";
 }
 
+// The delayed update's reference, independent of the offloaded pipeline: the device Adam
+// (fp32: its masters are the parameters' device values), where after each delayed step the
+// device values are set back to the masters as they were when step() was called, so the next
+// forward and backward run one update behind; the masters go back before the next update.
+class DelayedReference final : public StepOptimizer {
+ public:
+  DelayedReference(std::unique_ptr<StepOptimizer> inner, int warmup) : inner_(std::move(inner)), warmup_(warmup) {}
+  std::string name() const override { return "delayed-reference"; }
+  Status attach(Module& model, Device& device, Stream& stream) override {
+    params_ = model.parameters();
+    device_ = &device;
+    stream_ = &stream;
+    return inner_->attach(model, device, stream);
+  }
+  Status set_master(const Parameter& p, std::uint64_t first, std::span<const float> v) override {
+    STRATA_RETURN_IF_ERROR(synchronize());
+    return inner_->set_master(p, first, v);
+  }
+  Status get_master(const Parameter& p, std::uint64_t first, std::span<float> out) override {
+    STRATA_RETURN_IF_ERROR(synchronize());
+    return inner_->get_master(p, first, out);
+  }
+  Result<UpdateResult> step(const UpdateRequest& req) override {
+    if (inner_->updates() < warmup_) return inner_->step(req);
+    STRATA_RETURN_IF_ERROR(synchronize());
+    STRATA_ASSIGN_OR_RETURN(auto before, values());
+    STRATA_ASSIGN_OR_RETURN(UpdateResult r, inner_->step(req));
+    if (r.applied) {
+      STRATA_ASSIGN_OR_RETURN(masters_, values());
+      STRATA_RETURN_IF_ERROR(set_values(before));
+      behind_ = true;
+    }
+    return r;
+  }
+  Status synchronize() override {
+    if (!behind_) return Status::OK();
+    behind_ = false;
+    return set_values(masters_);
+  }
+  std::int64_t updates() const override { return inner_->updates(); }
+  std::uint64_t device_bytes() const override { return inner_->device_bytes(); }
+
+ private:
+  using Values = std::vector<std::vector<float>>;
+  Result<Values> values() {
+    Values out;
+    for (Parameter* p : params_) {
+      std::vector<float> v(p->numel());
+      STRATA_RETURN_IF_ERROR(device_->copy_to_host({reinterpret_cast<std::byte*>(v.data()), v.size() * 4}, p->value().range(), *stream_));
+      STRATA_RETURN_IF_ERROR(stream_->synchronize());
+      out.push_back(std::move(v));
+    }
+    return out;
+  }
+  Status set_values(const Values& v) {
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      STRATA_RETURN_IF_ERROR(device_->copy_to_device(
+          params_[i]->value().range(), {reinterpret_cast<const std::byte*>(v[i].data()), v[i].size() * 4}, *stream_));
+    }
+    return stream_->synchronize();
+  }
+
+  std::unique_ptr<StepOptimizer> inner_;
+  int warmup_;
+  std::vector<Parameter*> params_;
+  Device* device_ = nullptr;
+  Stream* stream_ = nullptr;
+  Values masters_;
+  bool behind_ = false;  // the device values are one update behind masters_
+};
+
+Trajectory run_reference(const Profile& p, int warmup, int steps) {
+  Trajectory out;
+  auto dev = host();
+  auto inner = make_device_adam(p.optimizer);
+  EXPECT_TRUE(inner.ok()) << inner.status();
+  auto t = Trainer::create(p, *dev, std::make_unique<DelayedReference>(std::move(*inner), warmup));
+  EXPECT_TRUE(t.ok()) << t.status();
+  if (!t.ok()) return out;
+  out.optimizer = (*t)->optimizer().name();
+  for (int i = 0; i < steps; ++i) {
+    auto s = (*t)->train_step(licenses());
+    EXPECT_TRUE(s.ok()) << s.status();
+    if (!s.ok()) break;
+    out.loss.push_back(s->loss);
+  }
+  for (Parameter* prm : (*t)->model().parameters()) {
+    std::vector<float> w(prm->numel());
+    EXPECT_TRUE((*t)->optimizer().get_master(*prm, 0, w).ok());
+    out.weights.insert(out.weights.end(), w.begin(), w.end());
+  }
+  return out;
+}
+
+// The delayed update (offload.optimizer.delayed_update): on NVMe and in host memory it follows
+// the reference above to the bit (fp32), it is really delayed (it departs from the undelayed
+// run right after the warm-up), and it learns.
+TEST(OffloadAdam, DelayedUpdateMatchesTheDelayedReferenceAndLearns) {
+  Scratch swap;
+  ASSERT_FALSE(swap.path.empty());
+  const int steps = 12, warmup = 3;
+  auto delayed = [&](Profile p) {
+    p.offload_optimizer.delayed_update = true;
+    p.offload_optimizer.delayed_update_warmup = warmup;
+    return p;
+  };
+  Trajectory ref = run_reference(tiny_profile(OffloadTarget::kNone), warmup, steps);
+  Trajectory nvm = run(delayed(tiny_profile(OffloadTarget::kNvme, swap.path)), steps);
+  Trajectory cpu = run(delayed(tiny_profile(OffloadTarget::kCpu)), steps);
+  Trajectory undelayed = run(tiny_profile(OffloadTarget::kNvme, swap.path), steps);
+  ASSERT_EQ(nvm.loss.size(), static_cast<std::size_t>(steps));
+  expect_bitwise(ref, nvm);
+  expect_bitwise(ref, cpu);
+  // The first warmup + 1 forwards see the same weights as without delay; the next does not.
+  for (int i = 0; i <= warmup; ++i) EXPECT_EQ(nvm.loss[i], undelayed.loss[i]) << "step " << i + 1;
+  EXPECT_NE(nvm.loss[warmup + 1], undelayed.loss[warmup + 1]) << "the update after the warm-up was not delayed";
+  EXPECT_LT(nvm.loss.back(), nvm.loss.front());
+  EXPECT_LT(nvm.loss.back(), nvm.loss[warmup + 1]);
+}
+
+// With the delayed update, the masters hold every update, and synchronize() brings the device
+// values to them; a delayed pass needs the second gradient buffer in the host budget.
+TEST(OffloadAdam, DelayedUpdateSynchronizesTheDeviceAndCountsItsSecondGradientBuffer) {
+  Scratch swap;
+  ASSERT_FALSE(swap.path.empty());
+  Profile p = tiny_profile(OffloadTarget::kNvme, swap.path);
+  p.offload_optimizer.delayed_update = true;
+  p.offload_optimizer.delayed_update_warmup = 0;
+  auto dev = host();
+  auto t = Trainer::create(p, *dev);
+  ASSERT_TRUE(t.ok()) << t.status();
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE((*t)->train_step(licenses()).ok());
+  Parameter* w = (*t)->model().parameters().front();
+  auto device_value = [&] {
+    std::vector<float> v(w->numel());
+    auto s = dev->create_stream("read");
+    EXPECT_TRUE(s.ok());
+    EXPECT_TRUE(dev->copy_to_host({reinterpret_cast<std::byte*>(v.data()), v.size() * 4}, w->value().range(), **s).ok());
+    EXPECT_TRUE((*s)->synchronize().ok());
+    return v;
+  };
+  std::vector<float> master(w->numel());
+  ASSERT_TRUE((*t)->optimizer().get_master(*w, 0, master).ok());
+  EXPECT_NE(device_value(), master) << "the device must still hold the weights from before the last update";
+  ASSERT_TRUE((*t)->optimizer().synchronize().ok());
+  EXPECT_EQ(device_value(), master);
+
+  // The same profile with a host budget that holds one gradient buffer but not two.
+  Profile tight = p;
+  tight.offload_optimizer.delayed_update = false;
+  std::uint64_t lo = 64 * KiB, hi = 256 * MiB;  // smallest budget that works without delay
+  while (hi - lo > 4 * KiB) {
+    const std::uint64_t mid = (lo + hi) / 2;
+    tight.memory.host_budget = mid;
+    auto d = host();
+    (Trainer::create(tight, *d).ok() ? hi : lo) = mid;
+  }
+  tight.memory.host_budget = hi;
+  tight.offload_optimizer.delayed_update = true;
+  auto d = host();
+  auto refused = Trainer::create(tight, *d);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kOutOfMemory) << refused.status();
+}
+
 TEST(OffloadAdam, StateAccessRoundTripsEveryTensor) {
   Scratch swap;
   ASSERT_FALSE(swap.path.empty());
