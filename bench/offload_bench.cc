@@ -145,6 +145,9 @@ int bench_offload(int argc, char** argv) {
       "dtype", "fp32, bf16 or fp16", cxxopts::value<std::string>()->default_value("fp32"))(
       "overlap", "overlap each step's update with the next forward (offload.optimizer.overlap_step)",
       cxxopts::value<bool>()->default_value("true"))(
+      "delayed-update",
+      "one-step delayed parameter update from the first step (offload.optimizer.delayed_update, warm-up 0): the "
+      "update runs under the next forward and backward")(
       "json", "print one JSON object instead of the table")("h,help", "this help");
   try {
     auto a = opts.parse(argc, argv);
@@ -187,6 +190,8 @@ int bench_offload(int argc, char** argv) {
     p.offload_optimizer.nvme_path = {a["nvme-path"].as<std::string>()};
     p.offload_optimizer.buffer_count = a["buffer-count"].as<int>();
     p.offload_optimizer.overlap_step = a["overlap"].as<bool>();
+    p.offload_optimizer.delayed_update = a.count("delayed-update") > 0;
+    p.offload_optimizer.delayed_update_warmup = 0;
     p.offload_optimizer.buffer_size = *bs;
     p.nvme.engine = a["engine"].as<std::string>();
     p.nvme.direct = a["direct"].as<bool>();
@@ -216,7 +221,8 @@ int bench_offload(int argc, char** argv) {
                           {"micro_batch", p.train.micro_batch},
                           {"buffer_size", *bs},
                           {"buffer_count", p.offload_optimizer.buffer_count},
-                          {"overlap_step", p.offload_optimizer.overlap_step}};
+                          {"overlap_step", p.offload_optimizer.overlap_step},
+                          {"delayed_update", p.offload_optimizer.delayed_update}};
     if (!json_out) {
       std::cout << "strata bench offload\n";
       for (auto it = env.begin(); it != env.end(); ++it) std::cout << "  " << std::left << std::setw(14) << it.key() << " " << (it->is_string() ? it->get<std::string>() : it->dump()) << "\n";
@@ -240,6 +246,7 @@ int bench_offload(int argc, char** argv) {
     // each has one warm-up step first (for the NVMe one: first touch of the swap).
     Profile cp = p;
     cp.offload_optimizer.device = OffloadTarget::kNone;
+    cp.offload_optimizer.delayed_update = false;
     auto cdev = create_device("host", dopt);
     if (!cdev.ok()) return fail("device", cdev.status());
     TrainerOptions cto;
