@@ -201,25 +201,31 @@ TEST(BenchOffload, ReportsStepAgainstItsCeilingAsJson) {
   if (run("--help").out.find("bench offload") == std::string::npos) GTEST_SKIP() << "bench commands not built";
   const auto swap = dir() / "bench-swap";
   std::filesystem::create_directories(swap);
-  const std::string cmd = "bench offload --model tiny --micro-batch 2 --steps 1 --rounds 2 --buffer-size 64KiB"
-                          " --engine posix --direct false --json --nvme-path " + swap.string();
-  std::string cmdline = std::string(STRATA_CLI_PATH) + " " + cmd + " 2>/dev/null";
-  FILE* p = popen(cmdline.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string out;
-  std::array<char, 4096> buf;
-  for (std::size_t n; (n = fread(buf.data(), 1, buf.size(), p)) > 0;) out.append(buf.data(), n);
-  const int st = pclose(p);
-  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << out;
-  const auto j = nlohmann::json::parse(out);
-  const auto& r = j.at("result");
-  EXPECT_GT(r.at("step_s").get<double>(), 0.0);
-  EXPECT_GT(r.at("compute_s").get<double>(), 0.0);
-  EXPECT_GT(r.at("nvme_read_bytes_per_step").get<double>(), 0.0) << "the tiny state spans more chunks than buffers";
-  EXPECT_GT(r.at("nvme_write_bytes_per_step").get<double>(), 0.0);
-  EXPECT_EQ(r.at("ratio_per_round").size(), 2u);
-  EXPECT_GT(r.at("ratio").get<double>(), 0.0);
-  EXPECT_TRUE(std::filesystem::is_empty(swap)) << "the swap files must be removed";
+  for (const std::string extra : {"", " --delayed-update"}) {
+    SCOPED_TRACE("flags:" + extra);
+    const std::string cmd = "bench offload --model tiny --micro-batch 2 --steps 1 --rounds 2 --buffer-size 64KiB"
+                            " --engine posix --direct false --json --nvme-path " + swap.string() + extra;
+    std::string cmdline = std::string(STRATA_CLI_PATH) + " " + cmd + " 2>/dev/null";
+    FILE* p = popen(cmdline.c_str(), "r");
+    ASSERT_NE(p, nullptr);
+    std::string out;
+    std::array<char, 4096> buf;
+    for (std::size_t n; (n = fread(buf.data(), 1, buf.size(), p)) > 0;) out.append(buf.data(), n);
+    const int st = pclose(p);
+    ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << out;
+    const auto j = nlohmann::json::parse(out);
+    EXPECT_EQ(j.at("environment").at("delayed_update").get<bool>(), !extra.empty());
+    const auto& r = j.at("result");
+    EXPECT_GT(r.at("step_s").get<double>(), 0.0);
+    EXPECT_GT(r.at("compute_s").get<double>(), 0.0);
+    EXPECT_GT(r.at("nvme_read_bytes_per_step").get<double>(), 0.0) << "the tiny state spans more chunks than buffers";
+    EXPECT_GT(r.at("nvme_write_bytes_per_step").get<double>(), 0.0);
+    EXPECT_EQ(r.at("ratio_per_round").size(), 2u);
+    EXPECT_GT(r.at("ratio").get<double>(), 0.0);
+    EXPECT_GT(r.at("forward_backward_under_swap_traffic_s").get<double>(), 0.0);
+    EXPECT_EQ(r.at("ratio_to_compute_under_swap_traffic_per_round").size(), 2u);
+    EXPECT_TRUE(std::filesystem::is_empty(swap)) << "the swap files must be removed";
+  }
 
   CliRun bad = run("bench offload --steps 0");
   EXPECT_EQ(bad.exit_code, 2) << bad.out;
