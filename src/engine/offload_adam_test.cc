@@ -86,10 +86,11 @@ struct Trajectory {
   std::string optimizer;
 };
 
-Trajectory run(const Profile& p, int steps) {
+// `steps` steps with the optimizer the profile asks for, or with `optimizer` when given.
+Trajectory run(const Profile& p, int steps, std::unique_ptr<StepOptimizer> optimizer = nullptr) {
   Trajectory out;
   auto dev = host();
-  auto t = Trainer::create(p, *dev);
+  auto t = Trainer::create(p, *dev, std::move(optimizer));
   EXPECT_TRUE(t.ok()) << t.status();
   if (!t.ok()) return out;
   out.optimizer = (*t)->optimizer().name();
@@ -403,26 +404,10 @@ class DelayedReference final : public StepOptimizer {
 };
 
 Trajectory run_reference(const Profile& p, int warmup, int steps) {
-  Trajectory out;
-  auto dev = host();
   auto inner = make_device_adam(p.optimizer);
   EXPECT_TRUE(inner.ok()) << inner.status();
-  auto t = Trainer::create(p, *dev, std::make_unique<DelayedReference>(std::move(*inner), warmup));
-  EXPECT_TRUE(t.ok()) << t.status();
-  if (!t.ok()) return out;
-  out.optimizer = (*t)->optimizer().name();
-  for (int i = 0; i < steps; ++i) {
-    auto s = (*t)->train_step(licenses());
-    EXPECT_TRUE(s.ok()) << s.status();
-    if (!s.ok()) break;
-    out.loss.push_back(s->loss);
-  }
-  for (Parameter* prm : (*t)->model().parameters()) {
-    std::vector<float> w(prm->numel());
-    EXPECT_TRUE((*t)->optimizer().get_master(*prm, 0, w).ok());
-    out.weights.insert(out.weights.end(), w.begin(), w.end());
-  }
-  return out;
+  if (!inner.ok()) return {};
+  return run(p, steps, std::make_unique<DelayedReference>(std::move(*inner), warmup));
 }
 
 // The delayed update (offload.optimizer.delayed_update): on NVMe and in host memory it follows
