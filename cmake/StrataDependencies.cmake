@@ -21,6 +21,14 @@ if(NOT cxxopts_FOUND)
   add_library(cxxopts::cxxopts INTERFACE IMPORTED)
   target_include_directories(cxxopts::cxxopts INTERFACE ${STRATA_CXXOPTS_INCLUDE})
 endif()
+# Debian's oneDNN is built with its OpenCL GPU runtime: its package config requires OpenCL
+# and fails with CMake's bare "Could NOT find OpenCL" when the loader is absent. Look first, so
+# the error names the package.
+find_package(OpenCL QUIET)
+if(NOT OpenCL_FOUND)
+  message(FATAL_ERROR "OpenCL headers and loader not found (oneDNN's CMake config requires them): "
+    "install the Debian package ocl-icd-opencl-dev")
+endif()
 find_package(dnnl CONFIG QUIET)
 if(NOT dnnl_FOUND)
   message(FATAL_ERROR "oneDNN not found: install the Debian package libdnnl-dev")

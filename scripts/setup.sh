@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Installs the Debian packages strata builds and runs with. Idempotent: does nothing when
-# everything is present; otherwise runs apt-get update once and installs what is missing.
+# Installs the Debian packages strata builds, tests and runs with. Idempotent: does nothing
+# when everything is present; otherwise runs apt-get update once and installs what is missing.
+#
+# The list names every package outright, also those a dependency only *recommends* (apt-get
+# runs with --no-install-recommends): oneDNN's CMake package config requires OpenCL
+# (ocl-icd-opencl-dev), which libdnnl-dev merely recommends. scripts/fresh_machine_check.sh
+# proves the list on a new Debian 12 root.
 set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build pkg-config git
-  liburing-dev libaio-dev libdnnl-dev libtomlplusplus-dev nlohmann-json3-dev libcxxopts-dev
+  liburing-dev libaio-dev libtomlplusplus-dev nlohmann-json3-dev libcxxopts-dev
+  libdnnl-dev ocl-icd-opencl-dev
   libopenmpi-dev openmpi-bin
   libgtest-dev libgmock-dev googletest libbenchmark-dev
-  fio
+  fio iproute2 util-linux time
 )
 
 missing=()
