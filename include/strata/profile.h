@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -150,6 +151,14 @@ struct TrainConfig {
   bool operator==(const TrainConfig&) const = default;
 };
 
+struct Profile;
+
+// Changes a loader applies after reading the document's keys and before the cross-key checks,
+// e.g. the command line's overrides (`strata train --checkpoint-dir`), so that a check such as
+// "checkpoint_every needs checkpoint_dir" sees the value the run will use. A non-OK Status
+// aborts the load with that Status.
+using ProfileEdit = std::function<Status(Profile&)>;
+
 struct Profile {
   MemoryConfig memory;
   OptimizerOffloadConfig offload_optimizer;
@@ -163,11 +172,14 @@ struct Profile {
   TrainConfig train;
   bool operator==(const Profile&) const = default;
 
-  // Reads a file; the format follows the extension (.toml, .json).
-  static Result<Profile> load(const std::string& path);
+  // Reads a file; the format follows the extension (.toml, .json). `edit`, when given, runs
+  // between reading the keys and the cross-key checks.
+  static Result<Profile> load(const std::string& path, const ProfileEdit& edit = {});
   // `origin` names the document in error messages (usually its path).
-  static Result<Profile> from_toml_string(std::string_view text, std::string_view origin);
-  static Result<Profile> from_json_string(std::string_view text, std::string_view origin);
+  static Result<Profile> from_toml_string(std::string_view text, std::string_view origin,
+                                          const ProfileEdit& edit = {});
+  static Result<Profile> from_json_string(std::string_view text, std::string_view origin,
+                                          const ProfileEdit& edit = {});
 
   // Normalised forms: every key, with units where they are exact.
   std::string to_toml() const;
@@ -178,7 +190,17 @@ struct Profile {
 
   // Cross-field checks (run by the loaders; call again after editing a Profile in code).
   Status validate() const;
+
+  // OK when this build honours every key as set: a key of unavailable_profile_keys() that
+  // holds anything but its default is refused (kUnavailable, naming each such key and its
+  // default) rather than ignored. Runs at the start of every run; `strata profile check`
+  // reports it too. The loaders do not call it, so a profile for a later build still loads.
+  Status check_available() const;
 };
+
+// The keys a profile accepts and documents that nothing in this build reads yet (they belong
+// to features still being built); each must hold its default for a run to start.
+std::vector<std::string> unavailable_profile_keys();
 
 // Library version, e.g. "0.1.0".
 std::string_view version();

@@ -582,10 +582,11 @@ const Node* find_path(const Node& root, const std::string& key) {
   }
 }
 
-Result<Profile> build(const Node& root, std::string_view origin) {
+Result<Profile> build(const Node& root, std::string_view origin, const ProfileEdit& edit) {
   Profile p;
   if (!model_preset(p.train.model, &p.train.dims)) return internal_error("default preset missing");
   STRATA_RETURN_IF_ERROR(read_profile(root, &p));
+  if (edit) STRATA_RETURN_IF_ERROR(edit(p));
   auto errors = profile_detail::validate_fields(p);
   if (!errors.empty()) {
     const FieldError& e = errors.front();
@@ -598,7 +599,7 @@ Result<Profile> build(const Node& root, std::string_view origin) {
 
 }  // namespace
 
-Result<Profile> Profile::from_toml_string(std::string_view text, std::string_view origin) {
+Result<Profile> Profile::from_toml_string(std::string_view text, std::string_view origin, const ProfileEdit& edit) {
   toml::table table;
   try {
     table = toml::parse(text, origin);
@@ -608,10 +609,10 @@ Result<Profile> Profile::from_toml_string(std::string_view text, std::string_vie
     return invalid_argument(std::string(origin) + ": not valid TOML: " + e.what());
   }
   STRATA_ASSIGN_OR_RETURN(Node root, from_toml_node(table, origin, 0));
-  return build(root, origin);
+  return build(root, origin, edit);
 }
 
-Result<Profile> Profile::from_json_string(std::string_view text, std::string_view origin) {
+Result<Profile> Profile::from_json_string(std::string_view text, std::string_view origin, const ProfileEdit& edit) {
   nlohmann::ordered_json j;
   try {
     j = nlohmann::ordered_json::parse(text);
@@ -622,10 +623,10 @@ Result<Profile> Profile::from_json_string(std::string_view text, std::string_vie
   }
   if (!j.is_object()) return invalid_argument(std::string(origin) + ": expected a JSON object at the top level");
   STRATA_ASSIGN_OR_RETURN(Node root, from_json_node(j, origin, "", 0));
-  return build(root, origin);
+  return build(root, origin, edit);
 }
 
-Result<Profile> Profile::load(const std::string& path) {
+Result<Profile> Profile::load(const std::string& path, const ProfileEdit& edit) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) {
     return invalid_argument("profile '" + path + "' is a directory; give the path of a .toml or .json file");
@@ -639,8 +640,8 @@ Result<Profile> Profile::load(const std::string& path) {
   auto ends_with = [&](std::string_view suf) {
     return path.size() >= suf.size() && path.compare(path.size() - suf.size(), suf.size(), suf) == 0;
   };
-  if (ends_with(".toml")) return from_toml_string(text, path);
-  if (ends_with(".json")) return from_json_string(text, path);
+  if (ends_with(".toml")) return from_toml_string(text, path, edit);
+  if (ends_with(".json")) return from_json_string(text, path, edit);
   return invalid_argument("profile '" + path + "': unknown format; name the file *.toml or *.json");
 }
 

@@ -24,26 +24,6 @@ std::size_t aligned(std::size_t bytes) { return (bytes + kDeviceAlignment - 1) /
 // Elements initialised per call (bounds the host memory of initialising a large parameter).
 constexpr std::size_t kInitChunk = 1 << 20;
 
-// What this trainer runs; everything else in a profile is refused rather than ignored.
-Status check_supported(const Profile& p, bool custom_optimizer) {
-  auto refuse = [](const std::string& key, const std::string& why) {
-    return unavailable("strata train: " + key + ": " + why);
-  };
-  if (p.parallel.dp != 1 || p.parallel.tp != 1 || p.parallel.pp != 1) {
-    return refuse("parallel", "the trainer runs one rank (dp = tp = pp = 1); found dp = " +
-                                  std::to_string(p.parallel.dp) + ", tp = " + std::to_string(p.parallel.tp) +
-                                  ", pp = " + std::to_string(p.parallel.pp));
-  }
-  (void)custom_optimizer;  // [offload.optimizer] device chooses the backend (make_step_optimizer)
-  if (p.offload_param.device != OffloadTarget::kNone) {
-    return refuse("offload.param.device", "parameter offload is not available in the one-rank trainer; set it to \"none\"");
-  }
-  if (p.activation.offload) {
-    return refuse("activation.offload", "checkpointed activations stay in device memory; set it to false");
-  }
-  return Status::OK();
-}
-
 }  // namespace
 
 struct Trainer::Impl final : ModuleHooks {
@@ -92,7 +72,8 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Profile& profile, Device&
                                                  std::unique_ptr<StepOptimizer> optimizer,
                                                  const TrainerOptions& options) {
   STRATA_RETURN_IF_ERROR(profile.validate());
-  STRATA_RETURN_IF_ERROR(check_supported(profile, optimizer != nullptr));
+  // Keys that nothing in this build reads yet are refused rather than ignored.
+  STRATA_RETURN_IF_ERROR(profile.check_available());
   const TrainConfig& tc = profile.train;
   if (tc.micro_batch < 1 || tc.grad_accum < 1) {
     return invalid_argument("train.micro_batch and train.grad_accum must be at least 1");

@@ -1,0 +1,79 @@
+// Which profile keys this build can honour. Every key of `strata profile defaults` is either
+// read by the layer it configures or listed here; a listed key keeps its documented default
+// and a run refuses any other value of it, naming the key, instead of ignoring it. An entry
+// leaves this table in the change that makes its key do what the defaults document says.
+#include <string>
+#include <vector>
+
+#include "strata/profile.h"
+
+namespace strata {
+
+namespace {
+
+struct PendingKey {
+  const char* key;
+  const char* default_text;              // as `strata profile defaults` spells it
+  const char* why;                       // what is missing, and where it will come from
+  bool (*is_default)(const Profile& p);  // true when the key holds its default
+};
+
+#define STRATA_PENDING_KEY(key, member, default_text, why) \
+  PendingKey { key, default_text, why, [](const Profile& p) { return p.member == Profile{}.member; } }
+
+constexpr const char* kParamOffload = "parameter offload arrives with ZeRO-3";
+constexpr const char* kGradReduction = "gradient reduction arrives with data-parallel training (ZeRO stages 0-2)";
+constexpr const char* kParamGather = "parameter gathering arrives with ZeRO-3";
+constexpr const char* kPipeline = "pipeline parallelism is not built yet";
+
+const std::vector<PendingKey>& pending_keys() {
+  static const std::vector<PendingKey> keys = {
+      STRATA_PENDING_KEY("offload.optimizer.pin_memory", offload_optimizer.pin_memory, "true",
+                         "every host buffer is page-locked; unpinned staging buffers are not implemented"),
+      STRATA_PENDING_KEY("offload.param.device", offload_param.device, "\"none\"", kParamOffload),
+      STRATA_PENDING_KEY("offload.param.nvme_path", offload_param.nvme_path, "[]", kParamOffload),
+      STRATA_PENDING_KEY("offload.param.max_in_cpu", offload_param.max_in_cpu, "\"1GiB\"", kParamOffload),
+      STRATA_PENDING_KEY("offload.param.buffer_count", offload_param.buffer_count, "5", kParamOffload),
+      STRATA_PENDING_KEY("offload.param.buffer_size", offload_param.buffer_size, "\"64MiB\"", kParamOffload),
+      STRATA_PENDING_KEY("zero.stage", zero.stage, "0", "ZeRO stages arrive with data-parallel training"),
+      STRATA_PENDING_KEY("zero.reduce_bucket_size", zero.reduce_bucket_size, "\"25MiB\"", kGradReduction),
+      STRATA_PENDING_KEY("zero.allgather_bucket_size", zero.allgather_bucket_size, "\"25MiB\"", kGradReduction),
+      STRATA_PENDING_KEY("zero.overlap_comm", zero.overlap_comm, "true", kGradReduction),
+      STRATA_PENDING_KEY("zero.prefetch_bucket_size", zero.prefetch_bucket_size, "\"50MiB\"", kParamGather),
+      STRATA_PENDING_KEY("zero.max_live_parameters", zero.max_live_parameters, "1000000000", kParamGather),
+      STRATA_PENDING_KEY("zero.param_persistence_threshold", zero.param_persistence_threshold, "100000",
+                         kParamGather),
+      STRATA_PENDING_KEY("parallel.dp", parallel.dp, "1", "a run has one rank until data-parallel training lands"),
+      STRATA_PENDING_KEY("parallel.tp", parallel.tp, "1", "tensor parallelism is not built yet"),
+      STRATA_PENDING_KEY("parallel.pp", parallel.pp, "1", kPipeline),
+      STRATA_PENDING_KEY("parallel.schedule", parallel.schedule, "\"1f1b\"", kPipeline),
+      STRATA_PENDING_KEY("parallel.micro_batches", parallel.micro_batches, "1", kPipeline),
+      STRATA_PENDING_KEY("parallel.virtual_stages", parallel.virtual_stages, "1", kPipeline),
+      STRATA_PENDING_KEY("activation.offload", activation.offload, "false",
+                         "checkpointed activations stay in device memory"),
+  };
+  return keys;
+}
+
+#undef STRATA_PENDING_KEY
+
+}  // namespace
+
+std::vector<std::string> unavailable_profile_keys() {
+  std::vector<std::string> out;
+  for (const PendingKey& k : pending_keys()) out.emplace_back(k.key);
+  return out;
+}
+
+Status Profile::check_available() const {
+  std::string refused;
+  for (const PendingKey& k : pending_keys()) {
+    if (k.is_default(*this)) continue;
+    refused += std::string(refused.empty() ? "" : "; ") + k.key + " is not available yet (" + k.why +
+               "): remove it or set it to its default " + k.default_text;
+  }
+  if (refused.empty()) return Status::OK();
+  return unavailable(refused);
+}
+
+}  // namespace strata
