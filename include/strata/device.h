@@ -222,6 +222,37 @@ class Event {
   Device* device_;
 };
 
+// A completion that host code sets, for streams to wait on: work done outside the device
+// (a collective run by a communicator's progress engine) is ordered with a stream's work
+// without any device thread blocking on it, as a CUDA stream waits on a memory value.
+// Set once; every member may be called from any thread.
+class HostSignal {
+ public:
+  static std::shared_ptr<HostSignal> make();
+  HostSignal(const HostSignal&) = delete;
+  HostSignal& operator=(const HostSignal&) = delete;
+
+  // Completes the signal with `status`; the first call wins and later ones are ignored. A
+  // non-OK status fails the work waiting on it (reported by that stream's synchronize()).
+  void set(Status status = Status::OK());
+  bool is_set() const;
+  // Blocks until the signal is set; returns its status.
+  Status wait() const;
+  // The status it was set with. REQUIRES: is_set().
+  Status status() const;
+  // Keeps `fn` to run (on the thread that sets the signal, with no lock of the signal held)
+  // once it is set, and returns true; returns false without keeping `fn` when it already is.
+  bool notify_when_set(std::function<void()> fn);
+
+ private:
+  struct State;
+  explicit HostSignal(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+
+ public:
+  ~HostSignal();
+};
+
 class Stream {
  public:
   // Waits for the stream's pending work, then releases it.
@@ -247,6 +278,11 @@ class Stream {
   // later work on the stream waits for `fn` to return. `fn` must not block on this stream or
   // on events recorded after it (on CUDA it must make no CUDA calls at all).
   virtual Status launch_host_func(std::function<void()> fn) = 0;
+  // Work enqueued on this stream after this call starts only once `signal` is set; a signal
+  // set with a failure fails the stream. The host device parks the stream (no thread waits);
+  // the CUDA device waits in a host function, which occupies the runtime's callback thread
+  // (GPU collectives go through NCCL on the stream itself instead).
+  virtual Status wait_host(std::shared_ptr<HostSignal> signal) = 0;
 
  protected:
   Stream(Device& device, std::string name) : device_(&device), name_(std::move(name)) {}

@@ -89,6 +89,7 @@ class CudaStream final : public Stream {
   Status synchronize() override;
   Result<bool> query() override;
   Status launch_host_func(std::function<void()> fn) override;
+  Status wait_host(std::shared_ptr<HostSignal> signal) override;
   cudaStream_t handle() const { return stream_; }
 
  private:
@@ -230,6 +231,19 @@ Status CudaStream::launch_host_func(std::function<void()> fn) {
   Status st = STRATA_CUDA_OK(cudaLaunchHostFunc(stream_, trampoline, holder.get()));
   if (st.ok()) holder.release();  // the callback owns it now
   return st;
+}
+
+// Without the driver API's stream memory operations (strata never links libcuda), a stream
+// waits for a host signal inside a host function. A failed signal is logged: a host function
+// cannot fail its stream.
+Status CudaStream::wait_host(std::shared_ptr<HostSignal> signal) {
+  if (signal == nullptr) return invalid_argument("wait_host: the signal is null");
+  return launch_host_func([signal = std::move(signal), name = name()] {
+    Status st = signal->wait();
+    if (!st.ok()) {
+      STRATA_LOG(kError) << "cuda stream '" << name << "': the host signal it waited for failed: " << st;
+    }
+  });
 }
 
 CudaEvent::CudaEvent(CudaDevice& dev, cudaEvent_t e) : Event(dev), dev_(dev), event_(e) {}

@@ -65,12 +65,13 @@ struct EventState {
 };
 
 struct Op {
-  enum class Kind { kWork, kRecord, kWait };
+  enum class Kind { kWork, kRecord, kWait, kSignal };
   Kind kind = Kind::kWork;
   int engine = kEngineCompute;
   std::function<Status()> work;
   std::shared_ptr<EventState> event;
   std::uint64_t gen = 0;
+  std::shared_ptr<HostSignal> signal;  // kSignal: the stream parks until it is set
 };
 
 struct StreamState {
@@ -157,6 +158,7 @@ class HostStream final : public Stream {
   Status synchronize() override;
   Result<bool> query() override;
   Status launch_host_func(std::function<void()> fn) override;
+  Status wait_host(std::shared_ptr<HostSignal> signal) override;
   StreamState& state() { return *state_; }
 
  private:
@@ -195,6 +197,7 @@ class HostDevice final : public Device {
   Status enqueue_work(StreamState& s, int engine, std::function<Status()> work);
   Status enqueue_record(StreamState& s, const std::shared_ptr<EventState>& ev);
   Status enqueue_wait(StreamState& s, const std::shared_ptr<EventState>& ev);
+  Status enqueue_signal_wait(StreamState& s, std::shared_ptr<HostSignal> signal);
   Status sync_stream(StreamState& s);
   bool stream_done(StreamState& s);
   Status sync_event(EventState& ev);
@@ -221,6 +224,9 @@ class HostDevice final : public Device {
 
  private:
   void advance(StreamState* first);  // REQUIRES: mu_ held
+  // The head of `s` waits for a host signal: pops it when set, else parks `s` until it is.
+  // Returns true when the head was popped. REQUIRES: mu_ held.
+  bool pass_signal(StreamState* s);
   void engine_loop(int id);
   Status copy_work(int engine, void* dst, const void* src, std::size_t n);
   Status enqueue_compute(Stream& stream, std::function<Status()> work) {
@@ -311,6 +317,11 @@ Status HostStream::launch_host_func(std::function<void()> fn) {
     fn();
     return Status::OK();
   });
+}
+
+Status HostStream::wait_host(std::shared_ptr<HostSignal> signal) {
+  if (signal == nullptr) return invalid_argument("wait_host: the signal is null");
+  return dev_.enqueue_signal_wait(*state_, std::move(signal));
 }
 
 HostEvent::HostEvent(HostDevice& dev) : Event(dev), dev_(dev) {}
@@ -520,6 +531,11 @@ void HostDevice::advance(StreamState* first) {
         op.event->waiters.push_back(s);
         break;
       }
+      if (op.kind == Op::Kind::kSignal) {
+        if (!pass_signal(s)) break;
+        progressed = true;
+        continue;
+      }
       s->dispatched = true;
       engines_[op.engine].queue.push_back(s);
       engines_[op.engine].cv.notify_one();
@@ -565,6 +581,38 @@ Status HostDevice::enqueue_wait(StreamState& s, const std::shared_ptr<EventState
   ++s.enqueued;
   advance(&s);
   return Status::OK();
+}
+
+Status HostDevice::enqueue_signal_wait(StreamState& s, std::shared_ptr<HostSignal> signal) {
+  std::lock_guard lk(mu_);
+  if (stop_) return failed_precondition("host device: enqueue after shutdown began");
+  Op op;
+  op.kind = Op::Kind::kSignal;
+  op.signal = std::move(signal);
+  s.ops.push_back(std::move(op));
+  ++s.enqueued;
+  advance(&s);
+  return Status::OK();
+}
+
+bool HostDevice::pass_signal(StreamState* s) {
+  Op& op = s->ops.front();
+  // The callback runs on the setter's thread without the signal's lock; the stream stays alive
+  // until this op completes (its destructor synchronizes).
+  const bool parked = op.signal->notify_when_set([this, s] {
+    std::lock_guard lk(mu_);
+    s->parked = false;
+    advance(s);
+  });
+  if (parked) {
+    s->parked = true;
+    return false;
+  }
+  Status st = op.signal->status();
+  if (!st.ok() && s->error.ok()) s->error = st.with_context("stream '" + s->name + "'");
+  s->ops.pop_front();
+  ++s->completed;
+  return true;
 }
 
 Status HostDevice::sync_stream(StreamState& s) {
