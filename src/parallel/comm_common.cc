@@ -1,0 +1,261 @@
+// Names, argument checks, accounting and the fixed-order reduction shared by the backends.
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+#include <type_traits>
+#include <vector>
+
+#include "kernels/elementwise_math.h"
+#include "parallel/comm_internal.h"
+
+namespace strata {
+
+std::string_view comm_type_name(CommType t) {
+  switch (t) {
+    case CommType::kF32: return "fp32";
+    case CommType::kBF16: return "bf16";
+    case CommType::kF16: return "fp16";
+    case CommType::kI32: return "int32";
+    case CommType::kI64: return "int64";
+  }
+  return "?";
+}
+
+std::size_t comm_type_size(CommType t) {
+  switch (t) {
+    case CommType::kF32: case CommType::kI32: return 4;
+    case CommType::kBF16: case CommType::kF16: return 2;
+    case CommType::kI64: return 8;
+  }
+  return 1;
+}
+
+CommType comm_type_of(DType t) {
+  switch (t) {
+    case DType::kF32: return CommType::kF32;
+    case DType::kBF16: return CommType::kBF16;
+    case DType::kF16: return CommType::kF16;
+  }
+  return CommType::kF32;
+}
+
+std::string_view reduce_op_name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum: return "sum";
+    case ReduceOp::kMax: return "max";
+    case ReduceOp::kMin: return "min";
+  }
+  return "?";
+}
+
+std::string_view comm_kind_name(CommKind k) {
+  switch (k) {
+    case CommKind::kAllReduce: return "all_reduce";
+    case CommKind::kReduceScatter: return "reduce_scatter";
+    case CommKind::kAllGather: return "all_gather";
+    case CommKind::kBroadcast: return "broadcast";
+    case CommKind::kSend: return "send";
+    case CommKind::kRecv: return "recv";
+    case CommKind::kBarrier: return "barrier";
+    case CommKind::kCount: break;
+  }
+  return "?";
+}
+
+std::uint64_t CommStats::bytes_sent() const {
+  std::uint64_t n = 0;
+  for (const auto& k : kinds) n += k.bytes_sent;
+  return n;
+}
+
+std::uint64_t CommStats::bytes_received() const {
+  std::uint64_t n = 0;
+  for (const auto& k : kinds) n += k.bytes_received;
+  return n;
+}
+
+std::string CommStats::to_json() const {
+  std::ostringstream o;
+  o << "{";
+  bool first = true;
+  for (int i = 0; i < static_cast<int>(CommKind::kCount); ++i) {
+    const CommKindStats& k = kinds[i];
+    if (k.ops == 0) continue;
+    o << (first ? "" : ",") << "\"" << comm_kind_name(static_cast<CommKind>(i)) << "\":{\"ops\":" << k.ops
+      << ",\"payload_bytes\":" << k.payload_bytes << ",\"bytes_sent\":" << k.bytes_sent
+      << ",\"bytes_received\":" << k.bytes_received << ",\"seconds\":" << k.seconds << "}";
+    first = false;
+  }
+  o << "}";
+  return o.str();
+}
+
+namespace comm {
+
+std::string describe(const Fingerprint& f) {
+  std::string s = std::string(f.split ? "split" : comm_kind_name(f.kind)) + " #" + std::to_string(f.seq);
+  if (f.kind == CommKind::kBarrier) return s;
+  if (f.host) return s + " (" + std::to_string(f.count) + " host values, " + std::string(reduce_op_name(f.op)) + ")";
+  s += " (" + std::string(comm_type_name(f.type)) + ", " + std::to_string(f.count) + " elements";
+  if (f.kind == CommKind::kAllReduce || f.kind == CommKind::kReduceScatter) s += ", " + std::string(reduce_op_name(f.op));
+  if (f.root >= 0) s += ", root " + std::to_string(f.root);
+  return s + ")";
+}
+
+Status check_buffer(const CommBuffer& b, std::string_view what) {
+  if (b.count == 0) return invalid_argument(std::string(what) + " has no elements");
+  if (b.range.bytes() < b.bytes()) {
+    return invalid_argument(std::string(what) + " holds " + std::to_string(b.range.bytes()) + " bytes, fewer than its " +
+                            std::to_string(b.count) + " " + std::string(comm_type_name(b.type)) + " elements");
+  }
+  if (b.range.address() == nullptr) return invalid_argument(std::string(what) + " has no memory");
+  return Status::OK();
+}
+
+Status check_collective(CommKind kind, const CommBuffer& send, const CommBuffer& recv, int size) {
+  const std::string name(comm_kind_name(kind));
+  STRATA_RETURN_IF_ERROR(check_buffer(send, name + ": the send buffer"));
+  STRATA_RETURN_IF_ERROR(check_buffer(recv, name + ": the receive buffer"));
+  if (send.type != recv.type) {
+    return invalid_argument(name + ": send is " + std::string(comm_type_name(send.type)) + " but receive is " +
+                            std::string(comm_type_name(recv.type)));
+  }
+  const auto n = static_cast<std::size_t>(size);
+  const std::size_t want_recv = kind == CommKind::kReduceScatter ? send.count / n
+                                : kind == CommKind::kAllGather  ? send.count * n
+                                                                 : send.count;
+  if (kind == CommKind::kReduceScatter && send.count % n != 0) {
+    return invalid_argument(name + ": the send count " + std::to_string(send.count) + " is not a multiple of the " +
+                            std::to_string(size) + " ranks");
+  }
+  if (recv.count != want_recv) {
+    return invalid_argument(name + " over " + std::to_string(size) + " ranks of " + std::to_string(send.count) +
+                            " elements needs a receive buffer of " + std::to_string(want_recv) + " elements; found " +
+                            std::to_string(recv.count));
+  }
+  return Status::OK();
+}
+
+RingVolume ring_volume(CommKind kind, std::uint64_t payload, int n, bool is_root) {
+  const auto N = static_cast<std::uint64_t>(n);
+  if (N <= 1) return {};
+  switch (kind) {
+    case CommKind::kAllReduce: return {2 * payload * (N - 1) / N, 2 * payload * (N - 1) / N};
+    case CommKind::kReduceScatter:
+    case CommKind::kAllGather: return {payload * (N - 1) / N, payload * (N - 1) / N};
+    case CommKind::kBroadcast: return is_root ? RingVolume{payload, 0} : RingVolume{0, payload};
+    case CommKind::kSend: return {payload, 0};
+    case CommKind::kRecv: return {0, payload};
+    case CommKind::kBarrier:
+    case CommKind::kCount: break;
+  }
+  return {};
+}
+
+void CommCounters::add(CommKind kind, std::uint64_t payload, RingVolume v, double seconds) {
+  std::lock_guard lk(mu_);
+  CommKindStats& k = stats_.kinds[static_cast<int>(kind)];
+  ++k.ops;
+  k.payload_bytes += payload;
+  k.bytes_sent += v.sent;
+  k.bytes_received += v.received;
+  k.seconds += seconds;
+}
+
+CommStats CommCounters::snapshot() const {
+  std::lock_guard lk(mu_);
+  return stats_;
+}
+
+namespace {
+
+// Integer sums wrap modulo 2^width (computed unsigned, well defined), as MPI and NCCL do.
+template <typename Acc>
+Acc add(Acc a, Acc b) {
+  if constexpr (std::is_integral_v<Acc>) {
+    using U = std::make_unsigned_t<Acc>;
+    return static_cast<Acc>(static_cast<U>(a) + static_cast<U>(b));
+  } else {
+    return a + b;
+  }
+}
+
+template <typename Acc>
+Acc combine(ReduceOp op, Acc a, Acc b) {
+  switch (op) {
+    case ReduceOp::kSum: return add(a, b);
+    case ReduceOp::kMax: return b > a ? b : a;
+    case ReduceOp::kMin: return b < a ? b : a;
+  }
+  return a;
+}
+
+// One element type: T in memory, Acc for the arithmetic, to/from for the conversions.
+template <typename T, typename Acc, typename To, typename From>
+void reduce_typed(ReduceOp op, void* dst_v, std::span<const void* const> src, std::size_t begin, std::size_t end,
+                  std::span<const int> groups, To to_acc, From from_acc) {
+  constexpr std::size_t kBlock = 2048;  // elements per pass: the partials stay in L1
+  T* dst = static_cast<T*>(dst_v);
+  const int one_group[] = {static_cast<int>(src.size())};
+  if (groups.empty()) groups = one_group;
+  Acc acc[kBlock];
+  Acc total[kBlock];
+  for (std::size_t b0 = begin; b0 < end; b0 += kBlock) {
+    const std::size_t len = std::min(kBlock, end - b0);
+    std::size_t k = 0;
+    for (std::size_t g = 0; g < groups.size(); ++g) {
+      const T* first = static_cast<const T*>(src[k]) + b0;
+      for (std::size_t i = 0; i < len; ++i) acc[i] = to_acc(first[i]);
+      for (int m = 1; m < groups[g]; ++m) {
+        const T* s = static_cast<const T*>(src[k + static_cast<std::size_t>(m)]) + b0;
+        for (std::size_t i = 0; i < len; ++i) acc[i] = combine(op, acc[i], to_acc(s[i]));
+      }
+      k += static_cast<std::size_t>(groups[g]);
+      // Each group's partial is rounded to the element type, as a stored shard would be.
+      for (std::size_t i = 0; i < len; ++i) {
+        const Acc rounded = to_acc(from_acc(acc[i]));
+        total[i] = g == 0 ? rounded : combine(op, total[i], rounded);
+      }
+    }
+    for (std::size_t i = 0; i < len; ++i) dst[b0 + i] = from_acc(total[i]);
+  }
+}
+
+}  // namespace
+
+void reduce_fixed_order(CommType type, ReduceOp op, void* dst, std::span<const void* const> src, std::size_t begin,
+                        std::size_t end, std::span<const int> group_sizes) {
+  auto same = [](auto v) { return v; };
+  switch (type) {
+    case CommType::kF32:
+      reduce_typed<float, float>(op, dst, src, begin, end, group_sizes, same, same);
+      return;
+    case CommType::kBF16:
+      reduce_typed<kern::Bf16, float>(op, dst, src, begin, end, group_sizes, [](kern::Bf16 v) { return kern::to_f32(v); },
+                                      [](float v) { return kern::from_f32<kern::Bf16>(v); });
+      return;
+    case CommType::kF16:
+      reduce_typed<kern::F16, float>(op, dst, src, begin, end, group_sizes, [](kern::F16 v) { return kern::to_f32(v); },
+                                     [](float v) { return kern::from_f32<kern::F16>(v); });
+      return;
+    case CommType::kI32:
+      reduce_typed<std::int32_t, std::int32_t>(op, dst, src, begin, end, group_sizes, same, same);
+      return;
+    case CommType::kI64:
+      reduce_typed<std::int64_t, std::int64_t>(op, dst, src, begin, end, group_sizes, same, same);
+      return;
+  }
+}
+
+Status enqueue_step(Stream& stream, std::function<void()> post, std::shared_ptr<HostSignal> done) {
+  STRATA_RETURN_IF_ERROR(stream.launch_host_func(std::move(post)));
+  return stream.wait_host(std::move(done));
+}
+
+Status rank_failed(int rank, const Status& why) {
+  return Status(why.code() == StatusCode::kOk ? StatusCode::kUnavailable : why.code(),
+                "rank " + std::to_string(rank) + " failed: " + why.message());
+}
+
+}  // namespace comm
+}  // namespace strata

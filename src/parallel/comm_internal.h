@@ -1,0 +1,73 @@
+// src/parallel/comm_internal.h — what the communicator backends share: the description of
+// one operation and its fingerprint, argument checks, the ring-volume accounting behind
+// CommStats, the fixed-order reduction kernel, and how an operation joins a stream.
+//
+// Thread-safety: CommCounters is safe from any thread; the rest are pure functions.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <span>
+#include <string>
+
+#include "strata/communicator.h"
+
+namespace strata::comm {
+
+using Clock = std::chrono::steady_clock;
+
+// What a rank asks of its group at one step: the fingerprint compared across ranks.
+struct Fingerprint {
+  CommKind kind = CommKind::kBarrier;
+  std::uint64_t seq = 0;     // this communicator's collective number on this rank
+  CommType type = CommType::kF32;
+  std::uint64_t count = 0;   // elements of the send buffer (of the buffer for broadcast)
+  ReduceOp op = ReduceOp::kSum;
+  int root = -1;
+  std::uint64_t group = 0;   // the group's identity (same on every member)
+  bool split = false;        // a split (kind kBarrier)
+  bool host = false;         // all_reduce_host: host values, not a device buffer
+  bool operator==(const Fingerprint&) const = default;
+};
+
+// "all_reduce #7 (fp32, 4096 elements, sum)".
+std::string describe(const Fingerprint& f);
+
+// Checks a collective's buffers against each other and the group size; names the operation.
+Status check_collective(CommKind kind, const CommBuffer& send, const CommBuffer& recv, int size);
+Status check_buffer(const CommBuffer& b, std::string_view what);
+
+// Ring-algorithm bytes for `kind` with `payload` bytes on `n` ranks (see strata/communicator.h).
+struct RingVolume {
+  std::uint64_t sent = 0;
+  std::uint64_t received = 0;
+};
+RingVolume ring_volume(CommKind kind, std::uint64_t payload, int n, bool is_root);
+
+class CommCounters {
+ public:
+  void add(CommKind kind, std::uint64_t payload, RingVolume v, double seconds);
+  CommStats snapshot() const;
+
+ private:
+  mutable std::mutex mu_;
+  CommStats stats_;
+};
+
+// dst[i] = op over k of src[k][i] for i in [begin, end), in the fixed order: the sources of
+// each node group (consecutive runs of `group_sizes`) in order in fp32 (int64 for integers),
+// rounded to the type, then the groups' results in order. `group_sizes` empty = one group.
+// dst may alias a source element-for-element.
+void reduce_fixed_order(CommType type, ReduceOp op, void* dst, std::span<const void* const> src, std::size_t begin,
+                        std::size_t end, std::span<const int> group_sizes = {});
+
+// Enqueues on `stream`: `post` (on the device's host-callback thread, when the stream reaches
+// it; it must only hand the operation to a progress engine, never wait), then a wait for
+// `done`. REQUIRES: post does not block.
+Status enqueue_step(Stream& stream, std::function<void()> post, std::shared_ptr<HostSignal> done);
+
+// A Status naming the rank and group that failed, for abort().
+Status rank_failed(int rank, const Status& why);
+
+}  // namespace strata::comm

@@ -1,0 +1,538 @@
+// MpiComm: one rank per process under an MPI launcher (OpenMPI), on one host or many.
+//
+// MPI runs with MPI_THREAD_MULTIPLE. Each communicator has two progress threads of its own, so
+// no device thread ever waits on MPI and no communicator waits behind another: one runs its
+// collectives, in enqueue order, with MPI's blocking collectives (OpenMPI's tuned algorithms;
+// its non-blocking ones go through a slower generic library); the other starts tagged
+// point-to-point transfers as their streams reach them (MPI_Isend/MPI_Irecv, matched by peer
+// and tag, never by arrival order) and completes them as MPI reports. Every operation in
+// flight is watched: one that has not completed within `timeout` is reported naming it and
+// the job is aborted (MPI_Abort), so a peer that stopped cannot hang the others. bf16 and fp16
+// reductions use MPI operations of strata's own that add in fp32 and round once per pair.
+#include <mpi.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <list>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "kernels/elementwise_math.h"
+#include "parallel/comm_backends.h"
+#include "parallel/comm_internal.h"
+#include "strata/log.h"
+
+namespace strata::comm {
+
+namespace {
+
+// The one place where an MPI error code becomes a Status.
+Status mpi_status(int code, std::string_view what) {
+  if (code == MPI_SUCCESS) return Status::OK();
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(code, text, &len);
+  return unavailable("MPI " + std::string(what) + " failed: " + std::string(text, static_cast<std::size_t>(len)));
+}
+
+template <typename T, typename Combine>
+void half_op(void* in, void* inout, int* len, Combine combine) {
+  auto* a = static_cast<const T*>(in);
+  auto* b = static_cast<T*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = kern::from_f32<T>(combine(kern::to_f32(a[i]), kern::to_f32(b[i])));
+}
+
+template <typename T>
+void half_sum(void* in, void* inout, int* len, MPI_Datatype*) { half_op<T>(in, inout, len, [](float a, float b) { return b + a; }); }
+template <typename T>
+void half_max(void* in, void* inout, int* len, MPI_Datatype*) { half_op<T>(in, inout, len, [](float a, float b) { return a > b ? a : b; }); }
+template <typename T>
+void half_min(void* in, void* inout, int* len, MPI_Datatype*) { half_op<T>(in, inout, len, [](float a, float b) { return a < b ? a : b; }); }
+
+// MPI itself: initialised once per process, the user-defined operations, and the watchdog.
+class MpiRuntime {
+ public:
+  static Result<MpiRuntime*> get() {
+    static MpiRuntime runtime;
+    if (!runtime.status_.ok()) return runtime.status_;
+    return &runtime;
+  }
+
+  int world_rank() const { return world_rank_; }
+
+  MPI_Datatype datatype(CommType t) const {
+    switch (t) {
+      case CommType::kF32: return MPI_FLOAT;
+      case CommType::kBF16: case CommType::kF16: return MPI_UINT16_T;
+      case CommType::kI32: return MPI_INT32_T;
+      case CommType::kI64: return MPI_INT64_T;
+    }
+    return MPI_BYTE;
+  }
+
+  MPI_Op op(CommType t, ReduceOp op) const {
+    const int k = static_cast<int>(op);
+    if (t == CommType::kBF16) return bf16_ops_[k];
+    if (t == CommType::kF16) return f16_ops_[k];
+    return op == ReduceOp::kSum ? MPI_SUM : op == ReduceOp::kMax ? MPI_MAX : MPI_MIN;
+  }
+
+  // Watches an operation in flight; the returned id ends the watch.
+  std::uint64_t watch(std::string what, double timeout_s) {
+    std::lock_guard lk(mu_);
+    const std::uint64_t id = ++next_watch_;
+    watched_[id] = {std::move(what), Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                                        std::chrono::duration<double>(timeout_s))};
+    return id;
+  }
+  void unwatch(std::uint64_t id) {
+    std::lock_guard lk(mu_);
+    watched_.erase(id);
+  }
+
+  [[noreturn]] void abort_job(const std::string& why) {
+    STRATA_LOG(kError) << "rank " << world_rank_ << ": " << why << "; aborting the MPI job";
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    std::_Exit(1);
+  }
+
+ private:
+  MpiRuntime() {
+    int inited = 0;
+    MPI_Initialized(&inited);
+    int provided = 0;
+    if (!inited) {
+      status_ = mpi_status(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided), "init");
+      if (!status_.ok()) return;
+      owns_init_ = true;
+    } else {
+      MPI_Query_thread(&provided);
+    }
+    if (provided < MPI_THREAD_MULTIPLE) {
+      status_ = unavailable("this MPI library does not provide MPI_THREAD_MULTIPLE (it gave level " +
+                            std::to_string(provided) + "); strata's MPI communicator needs it");
+      return;
+    }
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
+    MPI_User_function* bf16[] = {half_sum<kern::Bf16>, half_max<kern::Bf16>, half_min<kern::Bf16>};
+    MPI_User_function* f16[] = {half_sum<kern::F16>, half_max<kern::F16>, half_min<kern::F16>};
+    for (int k = 0; k < 3; ++k) {
+      MPI_Op_create(bf16[k], 1, &bf16_ops_[k]);
+      MPI_Op_create(f16[k], 1, &f16_ops_[k]);
+    }
+    watchdog_ = std::thread([this] { watchdog(); });
+  }
+
+  ~MpiRuntime() {
+    if (watchdog_.joinable()) {
+      {
+        std::lock_guard lk(mu_);
+        stop_ = true;
+      }
+      cv_.notify_all();
+      watchdog_.join();
+    }
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (owns_init_ && !finalized) MPI_Finalize();
+  }
+
+  void watchdog() {
+    std::unique_lock lk(mu_);
+    while (!stop_) {
+      cv_.wait_for(lk, std::chrono::milliseconds(200));
+      for (const auto& [id, w] : watched_) {
+        if (Clock::now() > w.deadline) abort_job(w.what + " did not complete within the communicator's timeout");
+      }
+    }
+  }
+
+  struct Watch {
+    std::string what;
+    Clock::time_point deadline;
+  };
+
+  Status status_;
+  bool owns_init_ = false;
+  int world_rank_ = 0;
+  MPI_Op bf16_ops_[3]{}, f16_ops_[3]{};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::uint64_t, Watch> watched_;
+  std::uint64_t next_watch_ = 0;
+  bool stop_ = false;
+  std::thread watchdog_;
+};
+
+// An operation handed to a progress thread.
+struct MpiOp {
+  Fingerprint fp;
+  CommBuffer send, recv;
+  std::span<double> host;
+  int peer = -1, tag = 0, color = -1, key = 0;
+  std::shared_ptr<HostSignal> done;
+  Clock::time_point ready;
+  MPI_Comm split_out = MPI_COMM_NULL;
+};
+
+class MpiComm final : public Communicator {
+ public:
+  MpiComm(MpiRuntime& mpi, MPI_Comm comm, std::uint64_t group_id, CommOptions options)
+      : mpi_(mpi), comm_(comm), group_(group_id), options_(options) {
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+    find_node();
+    collectives_ = std::thread([this] { run_collectives(); });
+    transfers_ = std::thread([this] { run_transfers(); });
+  }
+
+  ~MpiComm() override {
+    {
+      std::lock_guard lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    collectives_.join();
+    transfers_.join();
+    MPI_Comm_free(&comm_);
+  }
+
+  std::string_view backend() const override { return "mpi"; }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  int node() const override { return node_; }
+  int node_count() const override { return node_count_; }
+
+  Status all_reduce(const CommBuffer& send, const CommBuffer& recv, ReduceOp op, Stream& stream) override {
+    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kAllReduce, send, recv, size_));
+    return enqueue(make(CommKind::kAllReduce, send, recv, op, -1), stream);
+  }
+  Status reduce_scatter(const CommBuffer& send, const CommBuffer& recv, ReduceOp op, Stream& stream) override {
+    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kReduceScatter, send, recv, size_));
+    return enqueue(make(CommKind::kReduceScatter, send, recv, op, -1), stream);
+  }
+  Status all_gather(const CommBuffer& send, const CommBuffer& recv, Stream& stream) override {
+    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kAllGather, send, recv, size_));
+    return enqueue(make(CommKind::kAllGather, send, recv, ReduceOp::kSum, -1), stream);
+  }
+  Status broadcast(const CommBuffer& buffer, int root, Stream& stream) override {
+    STRATA_RETURN_IF_ERROR(check_buffer(buffer, "broadcast: the buffer"));
+    if (root < 0 || root >= size_) return invalid_argument("broadcast: root " + std::to_string(root) + " is not a rank");
+    return enqueue(make(CommKind::kBroadcast, buffer, buffer, ReduceOp::kSum, root), stream);
+  }
+  Status send(const CommBuffer& buffer, int peer, int tag, Stream& stream) override {
+    return enqueue_p2p(CommKind::kSend, buffer, peer, tag, stream);
+  }
+  Status recv(const CommBuffer& buffer, int peer, int tag, Stream& stream) override {
+    return enqueue_p2p(CommKind::kRecv, buffer, peer, tag, stream);
+  }
+
+  Status barrier() override {
+    auto op = make(CommKind::kBarrier, {}, {}, ReduceOp::kSum, -1);
+    post_collective(op);
+    return op->done->wait();
+  }
+  Status all_reduce_host(std::span<double> values, ReduceOp rop) override {
+    auto op = make(CommKind::kAllReduce, {}, {}, rop, -1);
+    op->fp.host = true;
+    op->fp.count = values.size();
+    op->host = values;
+    post_collective(op);
+    return op->done->wait();
+  }
+  Result<std::unique_ptr<Communicator>> split(int color, int key) override {
+    auto op = make(CommKind::kBarrier, {}, {}, ReduceOp::kSum, -1);
+    op->fp.split = true;
+    op->color = color;
+    op->key = key;
+    post_collective(op);
+    STRATA_RETURN_IF_ERROR(op->done->wait());
+    if (op->split_out == MPI_COMM_NULL) return std::unique_ptr<Communicator>();
+    MPI_Comm_set_errhandler(op->split_out, MPI_ERRORS_RETURN);
+    const std::uint64_t id = (group_ * 1000003ULL + op->fp.seq) * 1000003ULL + static_cast<std::uint64_t>(color);
+    return std::unique_ptr<Communicator>(std::make_unique<MpiComm>(mpi_, op->split_out, id, options_));
+  }
+
+  void abort(const Status& why) override { mpi_.abort_job(rank_failed(mpi_.world_rank(), why).message()); }
+  CommStats stats() const override { return counters_.snapshot(); }
+
+ private:
+  std::shared_ptr<MpiOp> make(CommKind kind, const CommBuffer& send, const CommBuffer& recv, ReduceOp op, int root) {
+    auto m = std::make_shared<MpiOp>();
+    m->fp.kind = kind;
+    m->fp.type = send.type;
+    m->fp.count = send.count;
+    m->fp.op = op;
+    m->fp.root = root;
+    m->fp.group = group_;
+    m->send = send;
+    m->recv = recv;
+    m->done = HostSignal::make();
+    std::lock_guard lk(mu_);
+    m->fp.seq = next_seq_++;
+    return m;
+  }
+
+  Status host_addressable(const CommBuffer& b) const {
+    if (b.count > static_cast<std::size_t>(INT32_MAX)) {
+      return invalid_argument("comm = \"mpi\": " + std::to_string(b.count) + " elements in one operation exceed MPI's " +
+                              "int count; split it (zero.reduce_bucket_size, zero.allgather_bucket_size)");
+    }
+    const Device* d = b.range.device();
+    if (d != nullptr && !d->info().host_addressable) {
+      return invalid_argument("comm = \"mpi\" moves memory the host can address; device '" + d->info().name +
+                              "' is not: use comm = \"nccl\" on GPUs");
+    }
+    return Status::OK();
+  }
+
+  Status enqueue(std::shared_ptr<MpiOp> op, Stream& stream) {
+    STRATA_RETURN_IF_ERROR(host_addressable(op->send));
+    STRATA_RETURN_IF_ERROR(host_addressable(op->recv));
+    return enqueue_step(stream, [this, op] { post_collective(op); }, op->done);
+  }
+
+  Status enqueue_p2p(CommKind kind, const CommBuffer& buffer, int peer, int tag, Stream& stream) {
+    STRATA_RETURN_IF_ERROR(check_buffer(buffer, std::string(comm_kind_name(kind)) + ": the buffer"));
+    STRATA_RETURN_IF_ERROR(host_addressable(buffer));
+    if (peer < 0 || peer >= size_ || peer == rank_) {
+      return invalid_argument(std::string(comm_kind_name(kind)) + ": peer " + std::to_string(peer) +
+                              " is not another rank of this communicator of " + std::to_string(size_));
+    }
+    if (tag < 0) return invalid_argument(std::string(comm_kind_name(kind)) + ": tag " + std::to_string(tag) + " is negative");
+    auto op = std::make_shared<MpiOp>();
+    op->fp.kind = kind;
+    op->send = buffer;
+    op->peer = peer;
+    op->tag = tag;
+    op->done = HostSignal::make();
+    return enqueue_step(stream, [this, op] { post_transfer(op); }, op->done);
+  }
+
+  void post_collective(const std::shared_ptr<MpiOp>& op) {
+    {
+      std::lock_guard lk(mu_);
+      op->ready = Clock::now();
+      ready_[op->fp.seq] = op;
+    }
+    cv_.notify_all();
+  }
+
+  void post_transfer(const std::shared_ptr<MpiOp>& op) {
+    {
+      std::lock_guard lk(mu_);
+      op->ready = Clock::now();
+      new_transfers_.push_back(op);
+    }
+    cv_.notify_all();
+  }
+
+  void run_collectives();
+  Status run_collective(MpiOp& op);
+  Status check_fingerprint(const Fingerprint& fp);
+  void run_transfers();
+  void find_node();
+  void count(const MpiOp& op) {
+    const double s = std::chrono::duration<double>(Clock::now() - op.ready).count();
+    const Fingerprint& f = op.fp;
+    const std::uint64_t payload = f.kind == CommKind::kAllGather ? op.recv.bytes()
+                                  : f.kind == CommKind::kBarrier  ? 0
+                                  : f.host                        ? op.host.size_bytes()
+                                                                  : op.send.bytes();
+    const int n = f.kind == CommKind::kSend || f.kind == CommKind::kRecv ? 2 : size_;
+    counters_.add(f.kind, payload, ring_volume(f.kind, payload, n, f.root == rank_), s);
+  }
+
+  MpiRuntime& mpi_;
+  MPI_Comm comm_;
+  const std::uint64_t group_;
+  const CommOptions options_;
+  int rank_ = 0, size_ = 1, node_ = 0, node_count_ = 1;
+  CommCounters counters_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::uint64_t next_seq_ = 0, next_run_ = 0;                    // guarded by mu_
+  std::map<std::uint64_t, std::shared_ptr<MpiOp>> ready_;       // guarded by mu_
+  std::deque<std::shared_ptr<MpiOp>> new_transfers_;            // guarded by mu_
+  bool stop_ = false;                                           // guarded by mu_
+  std::thread collectives_, transfers_;
+};
+
+// Nodes: the ranks that share memory (MPI_COMM_TYPE_SHARED), numbered by their lowest rank.
+void MpiComm::find_node() {
+  MPI_Comm local;
+  MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local);
+  int leader = rank_;
+  MPI_Allreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, local);
+  MPI_Comm_free(&local);
+  std::vector<int> leaders(static_cast<std::size_t>(size_));
+  MPI_Allgather(&leader, 1, MPI_INT, leaders.data(), 1, MPI_INT, comm_);
+  std::vector<int> distinct = leaders;
+  std::sort(distinct.begin(), distinct.end());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  node_count_ = static_cast<int>(distinct.size());
+  node_ = static_cast<int>(std::lower_bound(distinct.begin(), distinct.end(), leader) - distinct.begin());
+}
+
+void MpiComm::run_collectives() {
+  std::unique_lock lk(mu_);
+  for (;;) {
+    cv_.wait(lk, [&] { return stop_ || ready_.count(next_run_) != 0; });
+    if (ready_.count(next_run_) == 0) return;
+    std::shared_ptr<MpiOp> op = std::move(ready_[next_run_]);
+    ready_.erase(next_run_++);
+    lk.unlock();
+    const std::uint64_t watch = mpi_.watch("rank " + std::to_string(mpi_.world_rank()) + ": " + describe(op->fp), options_.timeout_s);
+    Status st = run_collective(*op);
+    mpi_.unwatch(watch);
+    if (st.ok()) count(*op);
+    op->done->set(st);
+    lk.lock();
+  }
+}
+
+// With check_collectives every rank first shares its fingerprint; ranks that disagree fail
+// naming both sides (the same message on every rank).
+Status MpiComm::check_fingerprint(const Fingerprint& fp) {
+  const std::int64_t mine[7] = {static_cast<std::int64_t>(fp.kind), static_cast<std::int64_t>(fp.seq),
+                                static_cast<std::int64_t>(fp.type), static_cast<std::int64_t>(fp.count),
+                                static_cast<std::int64_t>(fp.op), fp.root,
+                                (fp.split ? 1 : 0) | (fp.host ? 2 : 0)};
+  std::vector<std::int64_t> all(7 * static_cast<std::size_t>(size_));
+  STRATA_RETURN_IF_ERROR(mpi_status(MPI_Allgather(mine, 7, MPI_INT64_T, all.data(), 7, MPI_INT64_T, comm_), "fingerprint exchange"));
+  auto decode = [&](int r) {
+    const std::int64_t* v = all.data() + 7 * static_cast<std::size_t>(r);
+    Fingerprint f;
+    f.kind = static_cast<CommKind>(v[0]);
+    f.seq = static_cast<std::uint64_t>(v[1]);
+    f.type = static_cast<CommType>(v[2]);
+    f.count = static_cast<std::uint64_t>(v[3]);
+    f.op = static_cast<ReduceOp>(v[4]);
+    f.root = static_cast<int>(v[5]);
+    f.split = (v[6] & 1) != 0;
+    f.host = (v[6] & 2) != 0;
+    f.group = fp.group;
+    return f;
+  };
+  const Fingerprint first = decode(0);
+  for (int r = 1; r < size_; ++r) {
+    if (!(decode(r) == first)) {
+      return failed_precondition("collective mismatch: rank 0 called " + describe(first) + " but rank " +
+                                 std::to_string(r) + " called " + describe(decode(r)) +
+                                 "; every rank must enqueue the same collectives in the same order");
+    }
+  }
+  return Status::OK();
+}
+
+Status MpiComm::run_collective(MpiOp& op) {
+  const Fingerprint& f = op.fp;
+  if (options_.check_collectives) STRATA_RETURN_IF_ERROR(check_fingerprint(f));
+  const MPI_Datatype type = mpi_.datatype(f.type);
+  const auto n = static_cast<int>(op.send.count);
+  void* sbuf = op.send.range.address();
+  void* rbuf = op.recv.range.address();
+  switch (f.kind) {
+    case CommKind::kBarrier:
+      if (f.split) {
+        return mpi_status(MPI_Comm_split(comm_, op.color < 0 ? MPI_UNDEFINED : op.color, op.key, &op.split_out), "split");
+      }
+      return mpi_status(MPI_Barrier(comm_), "barrier");
+    case CommKind::kAllReduce:
+      if (f.host) {
+        return mpi_status(MPI_Allreduce(MPI_IN_PLACE, op.host.data(), static_cast<int>(op.host.size()), MPI_DOUBLE,
+                                        mpi_.op(CommType::kF32, f.op), comm_), "all_reduce of host values");
+      }
+      return mpi_status(MPI_Allreduce(sbuf == rbuf ? MPI_IN_PLACE : sbuf, rbuf, n, type, mpi_.op(f.type, f.op), comm_),
+                        "all_reduce");
+    case CommKind::kReduceScatter:
+      return mpi_status(MPI_Reduce_scatter_block(sbuf, rbuf, static_cast<int>(op.recv.count), type, mpi_.op(f.type, f.op), comm_),
+                        "reduce_scatter");
+    case CommKind::kAllGather: {
+      const bool in_place = static_cast<std::byte*>(rbuf) + op.send.bytes() * static_cast<std::size_t>(rank_) == sbuf;
+      return mpi_status(MPI_Allgather(in_place ? MPI_IN_PLACE : sbuf, n, type, rbuf, n, type, comm_), "all_gather");
+    }
+    case CommKind::kBroadcast:
+      return mpi_status(MPI_Bcast(sbuf, n, type, f.root, comm_), "broadcast");
+    default: return internal_error("mpi communicator: not a collective: " + describe(f));
+  }
+}
+
+void MpiComm::run_transfers() {
+  struct Active {
+    std::shared_ptr<MpiOp> op;
+    MPI_Request request = MPI_REQUEST_NULL;
+    std::uint64_t watch = 0;
+  };
+  std::list<Active> active;
+  std::unique_lock lk(mu_);
+  for (;;) {
+    if (active.empty()) cv_.wait(lk, [&] { return stop_ || !new_transfers_.empty(); });
+    if (stop_ && active.empty() && new_transfers_.empty()) return;
+    std::deque<std::shared_ptr<MpiOp>> fresh;
+    fresh.swap(new_transfers_);
+    lk.unlock();
+    for (auto& op : fresh) {
+      Active a{op};
+      const MPI_Datatype type = mpi_.datatype(op->send.type);
+      const int n = static_cast<int>(op->send.count);
+      const int code = op->fp.kind == CommKind::kSend
+                           ? MPI_Isend(op->send.range.address(), n, type, op->peer, op->tag, comm_, &a.request)
+                           : MPI_Irecv(op->send.range.address(), n, type, op->peer, op->tag, comm_, &a.request);
+      if (Status st = mpi_status(code, comm_kind_name(op->fp.kind)); !st.ok()) {
+        op->done->set(st);
+        continue;
+      }
+      a.watch = mpi_.watch("rank " + std::to_string(mpi_.world_rank()) + ": " + std::string(comm_kind_name(op->fp.kind)) +
+                               " with rank " + std::to_string(op->peer) + " (tag " + std::to_string(op->tag) + ")",
+                           options_.timeout_s);
+      active.push_back(std::move(a));
+    }
+    bool progressed = false;
+    for (auto it = active.begin(); it != active.end();) {
+      int flag = 0;
+      MPI_Status status;
+      Status st = mpi_status(MPI_Test(&it->request, &flag, &status), "test of a transfer");
+      if (!flag && st.ok()) {
+        ++it;
+        continue;
+      }
+      mpi_.unwatch(it->watch);
+      if (st.ok() && it->op->fp.kind == CommKind::kRecv) {
+        int got = 0;
+        MPI_Get_count(&status, mpi_.datatype(it->op->send.type), &got);
+        if (got != static_cast<int>(it->op->send.count)) {
+          st = invalid_argument("recv from rank " + std::to_string(it->op->peer) + " (tag " + std::to_string(it->op->tag) +
+                                ") got " + std::to_string(got) + " elements; " + std::to_string(it->op->send.count) +
+                                " expected");
+        }
+      }
+      if (st.ok()) count(*it->op);
+      it->op->done->set(st);
+      it = active.erase(it);
+      progressed = true;
+    }
+    if (!active.empty() && !progressed) std::this_thread::sleep_for(std::chrono::microseconds(20));
+    lk.lock();
+  }
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Communicator>> make_mpi_comm(const CommOptions& options) {
+  STRATA_ASSIGN_OR_RETURN(MpiRuntime* mpi, MpiRuntime::get());
+  // A communicator of its own (a duplicate of the world), so that two world communicators of
+  // one process never interleave their collectives.
+  MPI_Comm world;
+  STRATA_RETURN_IF_ERROR(mpi_status(MPI_Comm_dup(MPI_COMM_WORLD, &world), "communicator duplicate"));
+  MPI_Comm_set_errhandler(world, MPI_ERRORS_RETURN);
+  return std::unique_ptr<Communicator>(std::make_unique<MpiComm>(*mpi, world, 0, options));
+}
+
+}  // namespace strata::comm
