@@ -160,6 +160,7 @@ TEST(CommP2p, TransfersInFlightTogetherNeverCross) {
     ASSERT_TRUE(s2.ok());
     if (e.rank == 0) {
       auto ba = e.upload(a, CommType::kF32, 100), bb = e.upload(b, CommType::kF32, 7);
+      ASSERT_TRUE(e.stream->synchronize().ok());  // the second send's stream is not ordered after the uploads
       ASSERT_TRUE(e.comm->send(ba, 1, 1, *e.stream).ok());
       ASSERT_TRUE(e.comm->send(bb, 1, 2, **s2).ok());
       ASSERT_TRUE(e.stream->synchronize().ok());

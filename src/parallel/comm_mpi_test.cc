@@ -1,0 +1,152 @@
+// The communicator on MpiComm, one rank per process: run alone (one rank) and by CTest under
+// `mpirun -n 2` and `-n 3 --oversubscribe`. Every rank makes every rank's inputs from seeds, so
+// each checks its result against the serial reference itself: bitwise for the integers, max and
+// min (their order does not matter), and within a stated tolerance for float sums (MPI's
+// reduction order is its own: 1e-6 relative for fp32, half an ulp per addition for bf16/fp16).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "parallel/comm_test_util.h"
+
+namespace strata {
+namespace {
+
+Communicator* world = nullptr;
+
+struct Env {
+  std::unique_ptr<Device> device;
+  std::unique_ptr<Stream> stream;
+  testing_comm::RankEnv rank;
+  Env() {
+    DeviceOptions d;
+    d.capacity = 256ULL << 20;
+    d.compute_threads = 1;
+    device = std::move(*create_device("host", d));
+    stream = std::move(*device->create_stream("mpi-test"));
+    rank.rank = world->rank();
+    rank.device = device.get();
+    rank.stream = stream.get();
+    rank.comm = world;
+  }
+};
+
+double value(CommType t, const std::vector<std::byte>& b, std::size_t i) {
+  switch (t) {
+    case CommType::kF32: { float v; std::memcpy(&v, b.data() + 4 * i, 4); return v; }
+    case CommType::kBF16: { kern::Bf16 v; std::memcpy(&v, b.data() + 2 * i, 2); return kern::to_f32(v); }
+    case CommType::kF16: { kern::F16 v; std::memcpy(&v, b.data() + 2 * i, 2); return kern::to_f32(v); }
+    case CommType::kI32: { std::int32_t v; std::memcpy(&v, b.data() + 4 * i, 4); return v; }
+    case CommType::kI64: { std::int64_t v; std::memcpy(&v, b.data() + 8 * i, 8); return static_cast<double>(v); }
+  }
+  return 0;
+}
+
+void expect_reduced(CommType t, ReduceOp op, const std::vector<std::byte>& got, const std::vector<std::byte>& want,
+                    int ranks, const std::string& what) {
+  const bool exact = op != ReduceOp::kSum || t == CommType::kI32 || t == CommType::kI64;
+  if (exact) {
+    EXPECT_TRUE(got == want) << what;
+    return;
+  }
+  const double rel = t == CommType::kF32 ? 1e-6 : std::ldexp(1.0, t == CommType::kBF16 ? -8 : -11) * ranks;
+  const std::size_t n = got.size() / comm_type_size(t);
+  for (std::size_t i = 0; i < n; ++i) {
+    const double g = value(t, got, i), w = value(t, want, i);
+    ASSERT_LE(std::abs(g - w), rel * (std::abs(w) + 8.0) + 1e-30) << what << " element " << i << ": " << g << " vs " << w;
+  }
+}
+
+TEST(MpiComm, EveryOperationMatchesTheReference) {
+  Env env;
+  const int n = world->size();
+  const auto N = static_cast<std::size_t>(n);
+  for (CommType t : {CommType::kF32, CommType::kBF16, CommType::kF16, CommType::kI32, CommType::kI64}) {
+    for (std::size_t count : {1u, 3u, 4097u}) {
+      std::vector<std::vector<std::byte>> in;
+      for (int r = 0; r < n; ++r) in.push_back(testing_comm::Fill::random(t, count * N, 31 + static_cast<unsigned>(r)));
+      const auto& mine = in[static_cast<std::size_t>(world->rank())];
+      const std::string what = std::string(comm_type_name(t)) + " x " + std::to_string(count) + " on " + std::to_string(n) + " ranks";
+      for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax, ReduceOp::kMin}) {
+        auto buf = env.rank.upload(mine, t, count * N);
+        ASSERT_TRUE(world->all_reduce(buf, buf, op, *env.stream).ok());
+        expect_reduced(t, op, env.rank.download(buf), testing_comm::reference_reduce(t, op, in), n,
+                       "all_reduce " + std::string(reduce_op_name(op)) + " " + what);
+      }
+      auto buf = env.rank.upload(mine, t, count * N);
+      auto shard = env.rank.alloc(t, count);
+      auto all = env.rank.alloc(t, count * N);
+      ASSERT_TRUE(world->reduce_scatter(buf, shard, ReduceOp::kMax, *env.stream).ok());
+      ASSERT_TRUE(world->all_gather(shard, all, *env.stream).ok());
+      EXPECT_TRUE(env.rank.download(all) == testing_comm::reference_reduce(t, ReduceOp::kMax, in)) << "reduce_scatter + all_gather " << what;
+      ASSERT_TRUE(world->broadcast(buf, n - 1, *env.stream).ok());
+      EXPECT_TRUE(env.rank.download(buf) == in[N - 1]) << "broadcast " << what;
+    }
+  }
+}
+
+TEST(MpiComm, TransfersInFlightTogetherNeverCross) {
+  if (world->size() < 2) GTEST_SKIP() << "needs two ranks (run under mpirun -n 2)";
+  Env env;
+  auto s2 = env.device->create_stream("second");
+  ASSERT_TRUE(s2.ok());
+  const auto a = testing_comm::Fill::random(CommType::kF32, 1000, 1), b = testing_comm::Fill::random(CommType::kF32, 7, 2);
+  if (world->rank() == 0) {
+    auto ba = env.rank.upload(a, CommType::kF32, 1000), bb = env.rank.upload(b, CommType::kF32, 7);
+    ASSERT_TRUE(env.stream->synchronize().ok());  // the second send's stream is not ordered after the uploads
+    ASSERT_TRUE(world->send(ba, 1, 1, *env.stream).ok());
+    ASSERT_TRUE(world->send(bb, 1, 2, **s2).ok());
+    ASSERT_TRUE(env.stream->synchronize().ok());
+    ASSERT_TRUE((*s2)->synchronize().ok());
+  } else if (world->rank() == 1) {
+    auto ra = env.rank.alloc(CommType::kF32, 1000), rb = env.rank.alloc(CommType::kF32, 7);
+    ASSERT_TRUE(world->recv(rb, 0, 2, *env.stream).ok());
+    ASSERT_TRUE(world->recv(ra, 0, 1, **s2).ok());
+    ASSERT_TRUE((*s2)->synchronize().ok());
+    EXPECT_EQ(env.rank.download(ra), a);
+    EXPECT_EQ(env.rank.download(rb), b);
+  }
+  ASSERT_TRUE(world->barrier().ok());
+}
+
+TEST(MpiComm, SplitCountsAndHostValues) {
+  Env env;
+  auto sub = world->split(world->rank() % 2, world->rank());
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  std::vector<double> v{1.0, static_cast<double>(world->rank())};
+  ASSERT_TRUE((*sub)->all_reduce_host(v, ReduceOp::kMax).ok());
+  EXPECT_EQ(v[0], 1.0);
+  EXPECT_EQ(static_cast<int>(v[1]) % 2, world->rank() % 2);
+  auto buf = env.rank.alloc(CommType::kF32, 3000);
+  const std::uint64_t before = world->stats().of(CommKind::kAllReduce).bytes_sent;
+  ASSERT_TRUE(world->all_reduce(buf, buf, ReduceOp::kSum, *env.stream).ok());
+  ASSERT_TRUE(env.stream->synchronize().ok());
+  const auto N = static_cast<std::uint64_t>(world->size());
+  EXPECT_EQ(world->stats().of(CommKind::kAllReduce).bytes_sent - before, 2 * 12000 * (N - 1) / N);
+}
+
+}  // namespace
+}  // namespace strata
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  strata::CommOptions o;
+  o.check_collectives = true;
+  o.timeout_s = 120;
+  auto comm = strata::make_mpi_world(o);
+  if (!comm.ok() && comm.status().code() == strata::StatusCode::kUnavailable && !strata::launched_by_mpi()) {
+    std::printf("comm_mpi_test: skipped: %s\n", comm.status().to_string().c_str());
+    return 0;
+  }
+  if (!comm.ok()) {
+    std::fprintf(stderr, "comm_mpi_test: %s\n", comm.status().to_string().c_str());
+    return 1;
+  }
+  strata::world = comm->get();
+  int failed = RUN_ALL_TESTS();
+  std::vector<double> any{static_cast<double>(failed)};
+  if (!strata::world->all_reduce_host(any, strata::ReduceOp::kMax).ok()) return 1;
+  comm->reset();
+  return any[0] > 0 ? 1 : 0;
+}
