@@ -35,6 +35,11 @@ int profile_check(int argc, char** argv) {
     return kExitUsage;
   }
   std::cout << (args.count("json") ? profile->to_json() : profile->to_toml());
+  // A valid profile that sets a key this build cannot honour yet would be refused by a run.
+  if (Status st = profile->check_available(); !st.ok()) {
+    std::cerr << "strata profile check: " << args["file"].as<std::string>() << ": " << st.message() << "\n";
+    return kExitUsage;
+  }
   return kExitOk;
 }
 

@@ -96,22 +96,27 @@ int train(int argc, char** argv) {
     return kExitUsage;
   }
 
-  // Profile.
-  Result<Profile> loaded = args.count("profile") ? Profile::load(args["profile"].as<std::string>())
-                                                 : Profile::from_toml_string("", "built-in defaults");
+  // Profile. The options that override profile keys are applied before the cross-key checks,
+  // so those checks see what the run will use.
+  const ProfileEdit overrides = [&args](Profile& p) -> Status {
+    if (args.count("steps")) {
+      const long steps = args["steps"].as<long>();
+      if (steps < 0 || steps > 1000000000L) {
+        return invalid_argument("--steps " + std::to_string(steps) + " must be between 0 and 1000000000");
+      }
+      p.train.steps = static_cast<int>(steps);
+    }
+    if (args.count("data")) p.train.data = args["data"].as<std::string>();
+    if (args.count("checkpoint-dir")) p.train.checkpoint_dir = args["checkpoint-dir"].as<std::string>();
+    return Status::OK();
+  };
+  Result<Profile> loaded = args.count("profile") ? Profile::load(args["profile"].as<std::string>(), overrides)
+                                                 : Profile::from_toml_string("", "built-in defaults", overrides);
   if (!loaded.ok()) {
     std::cerr << "strata train: " << loaded.status() << "\n";
     return kExitUsage;
   }
   Profile profile = *loaded;
-  if (args.count("steps")) {
-    const long steps = args["steps"].as<long>();
-    if (steps < 0 || steps > 1000000000L) {
-      std::cerr << "strata train: --steps " << steps << " must be between 0 and 1000000000\n";
-      return kExitUsage;
-    }
-    profile.train.steps = static_cast<int>(steps);
-  }
   DType export_dtype;
   if (!parse_dtype(args["export-dtype"].as<std::string>(), &export_dtype)) {
     std::cerr << "strata train: --export-dtype '" << args["export-dtype"].as<std::string>()
@@ -120,7 +125,7 @@ int train(int argc, char** argv) {
   }
 
   // Data.
-  std::string data_path = args.count("data") ? args["data"].as<std::string>() : profile.train.data;
+  const std::string& data_path = profile.train.data;
   Result<TokenDataset> data = data_path.empty() ? TokenDataset::default_text() : TokenDataset::open(data_path);
   if (!data.ok()) {
     std::cerr << "strata train: " << data.status() << "\n";
@@ -130,8 +135,6 @@ int train(int argc, char** argv) {
     std::cerr << "strata train: " << st << "\n";
     return kExitUsage;
   }
-
-  if (args.count("checkpoint-dir")) profile.train.checkpoint_dir = args["checkpoint-dir"].as<std::string>();
 
   // Device and trainer.
   auto device = create_device(args["device"].as<std::string>(), device_options(profile.memory));

@@ -182,6 +182,44 @@ TEST(TrainCmd, CheckpointAndResumeContinueTheSameRun) {
   EXPECT_NE(bad.out.find("no-such-checkpoint"), std::string::npos) << bad.out;
 }
 
+// The options that override profile keys are applied before the profile's cross-key checks:
+// a check sees the value the run will use, never the document's alone.
+TEST(TrainCmd, OverridingOptionsApplyBeforeTheCrossKeyChecks) {
+  // --checkpoint-dir satisfies "checkpoint_every needs checkpoint_dir".
+  const auto every = dir() / "every.toml";
+  std::ofstream(every) << "[memory]\ndevice_budget = \"256MiB\"\n[train]\nmodel = \"tiny\"\nmicro_batch = 2\n"
+                       << "steps = 2\ncheckpoint_every = 1\n";
+  CliRun refused = run("train --profile " + every.string());
+  EXPECT_EQ(refused.exit_code, 2) << refused.out;
+  EXPECT_NE(refused.out.find("checkpoint_every needs train.checkpoint_dir"), std::string::npos) << refused.out;
+  const auto ck = dir() / "override-ckpt";
+  CliRun saved = run("train --profile " + every.string() + " --checkpoint-dir " + ck.string());
+  ASSERT_EQ(saved.exit_code, 0) << saved.out;
+  EXPECT_NE(saved.out.find("checkpoint "), std::string::npos) << saved.out;
+  EXPECT_TRUE(std::filesystem::exists(ck)) << saved.out;
+
+  // --steps replaces train.steps, also an out-of-range one, which is then reported as the option's.
+  CliRun steps = run("train --profile " + tiny_profile(50) + " --steps 1");
+  ASSERT_EQ(steps.exit_code, 0) << steps.out;
+  EXPECT_NE(steps.out.find("step 1/1 "), std::string::npos) << steps.out;
+  CliRun bad_steps = run("train --profile " + tiny_profile(1) + " --steps 2000000000");
+  EXPECT_EQ(bad_steps.exit_code, 2) << bad_steps.out;
+  EXPECT_NE(bad_steps.out.find("--steps 2000000000"), std::string::npos) << bad_steps.out;
+
+  // --data replaces a train.data that does not exist.
+  const auto text = dir() / "override-data.txt";
+  {
+    std::ofstream t(text);
+    for (int i = 0; i < 200; ++i) t << "the quick brown fox jumps over the lazy dog " << i << "\n";
+  }
+  const auto missing = dir() / "missing-data.toml";
+  std::ofstream(missing) << "[memory]\ndevice_budget = \"256MiB\"\n[train]\nmodel = \"tiny\"\nmicro_batch = 2\n"
+                         << "steps = 1\ndata = \"/nonexistent/strata-data.txt\"\n";
+  CliRun data = run("train --profile " + missing.string() + " --data " + text.string());
+  ASSERT_EQ(data.exit_code, 0) << data.out;
+  EXPECT_NE(data.out.find(text.filename().string()), std::string::npos) << "reports the data it read: " << data.out;
+}
+
 // On a terminal (a pseudo-terminal from util-linux `script`): the progress bar, redrawn in
 // place with step, loss, tokens/s and ETA.
 TEST(TrainCmd, ShowsAProgressBarOnATerminal) {
@@ -196,7 +234,8 @@ TEST(TrainCmd, ShowsAProgressBarOnATerminal) {
 }
 
 // `strata bench offload` end to end on the tiny model (skipped when the bench commands are not
-// built): one JSON object with the step, the ceiling and the ratio, and usage errors.
+// built): JSON lines with the environment, each round and the summary (the step, the ceiling
+// and the ratio), and usage errors.
 TEST(BenchOffload, ReportsStepAgainstItsCeilingAsJson) {
   if (run("--help").out.find("bench offload") == std::string::npos) GTEST_SKIP() << "bench commands not built";
   const auto swap = dir() / "bench-swap";
@@ -204,7 +243,7 @@ TEST(BenchOffload, ReportsStepAgainstItsCeilingAsJson) {
   for (const std::string extra : {"", " --delayed-update"}) {
     SCOPED_TRACE("flags:" + extra);
     const std::string cmd = "bench offload --model tiny --micro-batch 2 --steps 1 --rounds 2 --buffer-size 64KiB"
-                            " --engine posix --direct false --json --nvme-path " + swap.string() + extra;
+                            " --engine posix --direct=false --json --nvme-path " + swap.string() + extra;
     std::string cmdline = std::string(STRATA_CLI_PATH) + " " + cmd + " 2>/dev/null";
     FILE* p = popen(cmdline.c_str(), "r");
     ASSERT_NE(p, nullptr);
@@ -213,9 +252,17 @@ TEST(BenchOffload, ReportsStepAgainstItsCeilingAsJson) {
     for (std::size_t n; (n = fread(buf.data(), 1, buf.size(), p)) > 0;) out.append(buf.data(), n);
     const int st = pclose(p);
     ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << out;
-    const auto j = nlohmann::json::parse(out);
-    EXPECT_EQ(j.at("environment").at("delayed_update").get<bool>(), !extra.empty());
-    const auto& r = j.at("result");
+    std::vector<nlohmann::json> lines;
+    std::istringstream text(out);
+    for (std::string line; std::getline(text, line);) lines.push_back(nlohmann::json::parse(line));
+    ASSERT_EQ(lines.size(), 1u + 2 + 1) << out;  // env, one result per round, summary
+    EXPECT_EQ(lines.front().at("record"), "env");
+    EXPECT_EQ(lines.front().at("delayed_update").get<bool>(), !extra.empty());
+    EXPECT_EQ(lines[1].at("record"), "result");
+    EXPECT_GT(lines[1].at("ratio").get<double>(), 0.0);
+    const auto& r = lines.back();
+    EXPECT_EQ(r.at("record"), "summary");
+    EXPECT_FALSE(r.at("tiers").empty());
     EXPECT_GT(r.at("step_s").get<double>(), 0.0);
     EXPECT_GT(r.at("compute_s").get<double>(), 0.0);
     EXPECT_GT(r.at("nvme_read_bytes_per_step").get<double>(), 0.0) << "the tiny state spans more chunks than buffers";
