@@ -8,6 +8,8 @@
 // bytes a step must move: 4 (read p) + 2 or 4 (read g) + 8 (read m, v) + 12 (write p, m, v)
 // + 2 (write the copy, if any) per parameter. Ceiling and Adam runs alternate, so both see
 // the same machine; the headline is the ratio, best-of and median of the paired ratios.
+// With --json (bench_json.h): a result per thread count and path, "ratio" the median of the
+// paired ratios; the summary is the fastest path at the last thread count.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -27,6 +29,7 @@
 #include <vector>
 
 #include "bench/bench_env.h"
+#include "bench/bench_json.h"
 #include "cli/command.h"
 #include "cpu_adam/cpu_adam.h"
 #include "cpu_adam/cpu_features.h"
@@ -137,7 +140,7 @@ int bench_adam(int argc, char** argv) {
        cxxopts::value<std::string>()->default_value("all"))
       ("repeat", "timed rounds per thread count (each: ceiling then every path)",
        cxxopts::value<int>()->default_value("7"))
-      ("json", "print the results as one JSON document")
+      ("json", "print JSON Lines instead of tables; see 'strata help bench'")
       ("h,help", "show this help");
   cxxopts::ParseResult args;
   try {
@@ -245,7 +248,33 @@ int bench_adam(int argc, char** argv) {
   for (Isa isa : cpu_adam::supported_isas()) supported += (supported.empty() ? "" : ", ") + std::string(cpu_adam::isa_name(isa));
   const std::string thp = read_first_line("/sys/kernel/mm/transparent_hugepage/enabled");
 
-  if (!json) {
+  std::vector<std::string> skipped;
+  for (Isa isa : isas) {
+    if (!cpu_adam::isa_supported(isa)) {
+      skipped.push_back(std::string(cpu_adam::isa_name(isa)) + ": " + cpu_adam::isa_missing(isa));
+    }
+  }
+  if (skipped.size() == isas.size()) {
+    std::cerr << "strata bench adam: none of the requested paths runs on this CPU (" << skipped.front()
+              << "); this machine runs: " << supported << "\n";
+    return kExitFailed;
+  }
+  JsonLines report("adam");
+  const std::string ceiling_name = "streaming kernel on the " + std::string(cpu_adam::isa_name(best)) +
+                                   " path at the same threads (ratio: median of the paired rounds)";
+  if (json) {
+    report.env({{"cpu", cpu.brand.empty() ? cpu_brand() : cpu.brand},
+                {"paths_supported", supported},
+                {"ceiling_path", cpu_adam::isa_name(best)},
+                {"ram_bytes", ram},
+                {"transparent_huge_pages", thp},
+                {"params", n},
+                {"grad_dtype", dtype_name(grad_dtype)},
+                {"param_out", has_copy ? std::string(dtype_name(out_dtype)) : std::string("none")},
+                {"bytes_per_param", bytes_per_param},
+                {"repeat", repeat},
+                {"skipped", skipped}});
+  } else {
     std::cout << "strata bench adam\n"
               << "  cpu:        " << (cpu.brand.empty() ? "unknown" : cpu.brand) << ", " << std::thread::hardware_concurrency()
               << " logical CPUs; paths this CPU runs: " << supported << "\n"
@@ -259,29 +288,16 @@ int bench_adam(int argc, char** argv) {
               << " path, same loads/stores/split (regular stores in place,"
               << (has_copy ? " non-temporal copy stores" : " no copy") << ")\n"
               << "  rounds:     " << repeat << " per thread count, alternating ceiling and paths\n";
-    if (build_kind() != "release") {
-      std::cout << "  WARNING: not a release build; figures are not representative\n";
-    }
   }
+  warn_if_not_release(std::cout, json);
 
   AdamHyper hyper;
   hyper.lr = 1e-3;
   hyper.weight_decay = 0.01;
   hyper.mode = AdamMode::kAdamW;
   std::vector<ThreadResult> results;
-  std::vector<std::string> skipped;
-  for (Isa isa : isas) {
-    if (!cpu_adam::isa_supported(isa)) {
-      skipped.push_back(std::string(cpu_adam::isa_name(isa)) + ": " + cpu_adam::isa_missing(isa));
-    }
-  }
-  if (skipped.size() == isas.size()) {
-    std::cerr << "strata bench adam: none of the requested paths runs on this CPU (" << skipped.front()
-              << "); this machine runs: " << supported << "\n";
-    return kExitFailed;
-  }
   std::int64_t step = 0;
-    for (int threads : thread_counts) {
+  for (int threads : thread_counts) {
     CpuAdamOptions o;
     o.threads = threads;
     o.isa = std::string(cpu_adam::isa_name(best));
@@ -345,7 +361,20 @@ int bench_adam(int argc, char** argv) {
       tr.paths.push_back(pr);
     }
     results.push_back(tr);
-    if (!json) {
+    if (json) {
+      for (const PathResult& pr : tr.paths) {
+        report.result({{"threads", tr.threads},
+                       {"isa", pr.isa},
+                       {"best", pr.best},
+                       {"median", pr.median},
+                       {"ratio_best", pr.ratio_best},
+                       {"ratio_median", pr.ratio_median},
+                       {"ratio", pr.ratio_median},
+                       {"ceiling", ceiling_name},
+                       {"ceiling_best", tr.ceiling_best},
+                       {"ceiling_median", tr.ceiling_median}});
+      }
+    } else {
       std::cout << std::fixed << "\nthreads " << threads << ":\n"
                 << "  " << std::left << std::setw(10) << "kernel" << std::right << std::setw(16) << "best params/s"
                 << std::setw(12) << "best GB/s" << std::setw(18) << "median params/s" << std::setw(12) << "ratio best"
@@ -367,29 +396,17 @@ int bench_adam(int argc, char** argv) {
   }
 
   if (json) {
-    std::ostringstream os;
-    os << std::setprecision(6);
-    os << "{\"bench\": \"adam\", \"params\": " << n << ", \"grad_dtype\": \"" << dtype_name(grad_dtype)
-       << "\", \"param_out\": \"" << (has_copy ? std::string(dtype_name(out_dtype)) : std::string("none"))
-       << "\", \"bytes_per_param\": " << bytes_per_param << ", \"repeat\": " << repeat << ",\n \"env\": {\"cpu\": \""
-       << cpu.brand << "\", \"logical_cpus\": " << std::thread::hardware_concurrency() << ", \"paths_supported\": \""
-       << supported << "\", \"build\": \"" << build_kind() << "\", \"ceiling_path\": \"" << cpu_adam::isa_name(best)
-       << "\", \"ram_bytes\": " << ram << "},\n \"skipped\": [";
-    for (std::size_t i = 0; i < skipped.size(); ++i) os << (i ? ", " : "") << "\"" << skipped[i] << "\"";
-    os << "],\n \"results\": [";
-    for (std::size_t t = 0; t < results.size(); ++t) {
-      const ThreadResult& tr = results[t];
-      os << (t ? ",\n  " : "\n  ") << "{\"threads\": " << tr.threads << ", \"ceiling\": {\"best\": " << tr.ceiling_best
-         << ", \"median\": " << tr.ceiling_median << "}, \"paths\": [";
-      for (std::size_t k = 0; k < tr.paths.size(); ++k) {
-        const PathResult& pr = tr.paths[k];
-        os << (k ? ", " : "") << "{\"isa\": \"" << pr.isa << "\", \"best\": " << pr.best << ", \"median\": " << pr.median
-           << ", \"ratio_best\": " << pr.ratio_best << ", \"ratio_median\": " << pr.ratio_median << "}";
-      }
-      os << "]}";
-    }
-    os << "\n ]}\n";
-    std::cout << os.str();
+    // The headline: the fastest path at the last thread count asked for.
+    const ThreadResult& last = results.back();
+    auto slower = [](const PathResult& a, const PathResult& b) { return a.median < b.median; };
+    const PathResult& top = *std::max_element(last.paths.begin(), last.paths.end(), slower);
+    report.summary({{"threads", last.threads},
+                    {"isa", top.isa},
+                    {"params_per_s", top.median},
+                    {"gbps", top.median * static_cast<double>(bytes_per_param) / 1e9},
+                    {"ratio_best", top.ratio_best},
+                    {"ratio", top.ratio_median},
+                    {"ceiling", ceiling_name}});
   } else {
     for (const std::string& s : skipped) std::cout << "\nnot run: " << s << "\n";
     std::cout << "\nratio = Adam params/s / ceiling params/s (best: best of " << repeat

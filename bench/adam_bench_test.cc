@@ -1,10 +1,11 @@
-// Runs the built `strata bench adam` on small chunks: its JSON document, every runnable
-// path reported against the ceiling, and usage errors with exit code 2.
+// Runs the built `strata bench adam` on small chunks: its JSON lines, every runnable path
+// reported against the ceiling, and usage errors with exit code 2.
 #include <sys/wait.h>
 
 #include <array>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -33,31 +34,53 @@ CliRun run(const std::string& args, bool with_stderr) {
   return r;
 }
 
+std::vector<nlohmann::json> json_lines(const std::string& text) {
+  std::vector<nlohmann::json> out;
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    const std::size_t nl = text.find('\n', pos);
+    const std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+    pos = nl == std::string::npos ? text.size() : nl + 1;
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    EXPECT_FALSE(j.is_discarded()) << "not JSON: " << line;
+    out.push_back(j);
+  }
+  return out;
+}
+
 TEST(AdamBench, JsonReportsEveryRunnablePathAgainstTheCeiling) {
   for (const char* config : {"--grad-dtype fp32 --param-out none", "--grad-dtype bf16 --param-out bf16",
                              "--grad-dtype fp16 --param-out fp16"}) {
     CliRun r = run(std::string("--params 96K --threads 1,2 --repeat 2 --json ") + config, false);
     ASSERT_EQ(r.exit_code, 0) << config << "\n" << r.out;
-    nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
-    ASSERT_FALSE(j.is_discarded()) << r.out;
-    EXPECT_EQ(j["bench"], "adam");
-    EXPECT_EQ(j["params"], 96 * 1024);
+    const std::vector<nlohmann::json> lines = json_lines(r.out);
+    const std::vector<std::string> supported = strata::cpu_adam_isas_supported();
+    ASSERT_EQ(lines.size(), 1 + 2 * supported.size() + 1) << r.out;  // env, threads x paths, summary
+    for (const auto& line : lines) EXPECT_EQ(line["bench"], "adam");
+    const nlohmann::json& env = lines.front();
+    EXPECT_EQ(env["record"], "env");
+    EXPECT_EQ(env["params"], 96 * 1024);
     const bool copy = std::string(config).find("none") == std::string::npos;
     const bool half_grad = std::string(config).find("fp32") == std::string::npos;
-    EXPECT_EQ(j["bytes_per_param"], 24 + (half_grad ? 2 : 4) + (copy ? 2 : 0)) << config;
-    ASSERT_EQ(j["results"].size(), 2u);
-    const std::vector<std::string> supported = strata::cpu_adam_isas_supported();
-    for (const auto& t : j["results"]) {
-      EXPECT_GT(t["ceiling"]["best"].get<double>(), 0.0);
-      ASSERT_EQ(t["paths"].size(), supported.size());
-      for (std::size_t k = 0; k < supported.size(); ++k) {
-        EXPECT_EQ(t["paths"][k]["isa"], supported[k]);
-        const double ratio = t["paths"][k]["ratio_best"].get<double>();
-        EXPECT_GT(ratio, 0.0);
-        EXPECT_NEAR(ratio, t["paths"][k]["best"].get<double>() / t["ceiling"]["best"].get<double>(), 1e-3 * ratio);
-      }
+    EXPECT_EQ(env["bytes_per_param"], 24 + (half_grad ? 2 : 4) + (copy ? 2 : 0)) << config;
+    EXPECT_EQ(env["skipped"].size(), 3 - supported.size());
+    for (std::size_t i = 1; i + 1 < lines.size(); ++i) {
+      const nlohmann::json& m = lines[i];
+      EXPECT_EQ(m["record"], "result");
+      EXPECT_EQ(m["threads"], i <= supported.size() ? 1 : 2);
+      EXPECT_EQ(m["isa"], supported[(i - 1) % supported.size()]);
+      EXPECT_GT(m["ceiling_best"].get<double>(), 0.0);
+      EXPECT_FALSE(m["ceiling"].get<std::string>().empty());
+      const double ratio = m["ratio_best"].get<double>();
+      EXPECT_GT(ratio, 0.0);
+      EXPECT_NEAR(ratio, m["best"].get<double>() / m["ceiling_best"].get<double>(), 1e-3 * ratio);
+      EXPECT_EQ(m["ratio"], m["ratio_median"]);
     }
-    EXPECT_EQ(j["skipped"].size(), 3 - supported.size());
+    const nlohmann::json& summary = lines.back();
+    EXPECT_EQ(summary["record"], "summary");
+    EXPECT_EQ(summary["threads"], 2);
+    EXPECT_GT(summary["ratio"].get<double>(), 0.0);
+    EXPECT_GT(summary["params_per_s"].get<double>(), 0.0);
   }
 }
 

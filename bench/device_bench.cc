@@ -13,6 +13,10 @@
 //
 // Both sides enqueue a batch of identical products and wait once, as a model does; device and
 // direct batches alternate, and the median of each side is compared.
+//
+// --json (bench_json.h): a result per copy direction, the call overhead, each product and each
+// step total; the summary's ratio is the worst step total's device / direct time, or without
+// GEMMs the lowest copy ratio.
 #include <omp.h>
 #include <unistd.h>
 
@@ -22,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <cxxopts.hpp>
+#include <functional>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -33,8 +38,9 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include "bench/bench_env.h"
-#include "kernels/numeric.h"
+#include "bench/bench_json.h"
 #include "cli/command.h"
+#include "kernels/numeric.h"
 #include "strata/device.h"
 #include "strata/profile.h"
 #include "strata/units.h"
@@ -218,11 +224,13 @@ Status measure_gemm(Device& dev, const Shape& s, DType dtype, double min_time, G
     return seconds_since(t0) / reps;
   };
   // Warm up both (primitive creation, page faults, OpenMP teams), then size the batches so
-  // that one takes about 20 ms.
+  // that one takes about 20 ms (less with a --min-time below 0.1 s, so that the five rounds
+  // fit in it).
   STRATA_ASSIGN_OR_RETURN(double warm, device_batch(1));
   const double warm_direct = direct_batch(1);
   const double per = std::max(1e-7, std::min(warm, warm_direct));
-  const int reps = static_cast<int>(std::clamp(0.02 / per, 1.0, 10000.0));
+  const double batch_s = std::min(0.02, min_time / 5);
+  const int reps = static_cast<int>(std::clamp(batch_s / per, 1.0, 10000.0));
   std::vector<double> dev_t, dir_t, ratios;
   const auto start = Clock::now();
   // At least 5 rounds, 3 for products of a second or more (gpt2's output head).
@@ -259,9 +267,226 @@ Status measure_gemm(Device& dev, const Shape& s, DType dtype, double min_time, G
 struct CopyResult {
   std::string name;
   double gbps = 0;      // through the device
-  double ceiling = 0;   // GB/s
+  double ceiling = 0;   // GB/s; 0 when none was measured
   std::string ceiling_name;
 };
+
+// GB/s of each copy direction through Device streams, and its ceiling: the throttle when one
+// is set, otherwise memcpy between the same buffers (when the host can address them).
+Result<std::vector<CopyResult>> measure_copies(Device& dev, std::size_t n, std::uint64_t throttle, double min_time) {
+  STRATA_ASSIGN_OR_RETURN(DeviceBuffer d1, dev.allocate(n));
+  STRATA_ASSIGN_OR_RETURN(DeviceBuffer d2, dev.allocate(n));
+  STRATA_ASSIGN_OR_RETURN(PinnedBuffer h1, dev.allocate_pinned(n));
+  STRATA_ASSIGN_OR_RETURN(PinnedBuffer h2, dev.allocate_pinned(n));
+  STRATA_ASSIGN_OR_RETURN(auto s2, dev.create_stream("bench-2"));
+  std::memset(h1.data(), 1, n);
+  std::memset(h2.data(), 2, n);
+  Stream& s1 = dev.default_stream();
+  auto run = [&](auto&& enqueue) -> Result<double> {  // seconds
+    const auto t0 = Clock::now();
+    STRATA_RETURN_IF_ERROR(enqueue());
+    STRATA_RETURN_IF_ERROR(dev.synchronize());
+    return seconds_since(t0);
+  };
+  auto h2d = [&] { return dev.copy_to_device(d1.range(), h1.bytes(), s1); };
+  auto d2h = [&] { return dev.copy_to_host(h2.bytes(), d1.range(), s1); };
+  auto d2d = [&] { return dev.copy_on_device(d2.range(), d1.range(), s1); };
+  auto both = [&]() -> Status {
+    STRATA_RETURN_IF_ERROR(dev.copy_to_device(d1.range(), h1.bytes(), s1));
+    return dev.copy_to_host(h2.bytes(), d2.range(), *s2);
+  };
+  const bool addressable = dev.info().host_addressable;
+  // The ceiling of one direction is one memcpy on this thread; of both at once, two memcpy
+  // threads over the same buffers (what two copy engines can at best do on this machine).
+  auto memcpy_time = [&](void* dst, const void* src, void* dst2, const void* src2) {
+    const auto t0 = Clock::now();
+    if (dst2 == nullptr) {
+      std::memcpy(dst, src, n);
+    } else {
+      std::thread other([&] { std::memcpy(dst2, src2, n); });
+      std::memcpy(dst, src, n);
+      other.join();
+    }
+    return seconds_since(t0);
+  };
+  struct Dir {
+    std::string name;
+    std::function<Status()> fn;
+    void* dst;
+    const void* src;
+    void* dst2;
+    const void* src2;
+    double bytes_factor;
+    bool throttled;
+  };
+  const std::vector<Dir> dirs = {
+      {"host -> device", h2d, d1.address(), h1.data(), nullptr, nullptr, 1.0, true},
+      {"device -> host", d2h, h2.data(), d1.address(), nullptr, nullptr, 1.0, true},
+      {"device -> device", d2d, d2.address(), d1.address(), nullptr, nullptr, 1.0, false},
+      {"both directions at once", both, d1.address(), h1.data(), h2.data(), d2.address(), 2.0, true},
+  };
+  std::vector<CopyResult> results;
+  for (const auto& d : dirs) {
+    std::vector<double> t, c;
+    STRATA_RETURN_IF_ERROR(run(d.fn).status());  // warm-up: first touch of every page
+    const auto start = Clock::now();
+    while (t.size() < 5 || (seconds_since(start) < 4 * min_time && t.size() < 100)) {
+      STRATA_ASSIGN_OR_RETURN(double seconds, run(d.fn));
+      t.push_back(seconds);
+      if (addressable) c.push_back(memcpy_time(d.dst, d.src, d.dst2, d.src2));
+    }
+    CopyResult cr;
+    cr.name = d.name;
+    cr.gbps = d.bytes_factor * static_cast<double>(n) / median(t) / 1e9;
+    if (throttle != 0 && d.throttled) {
+      cr.ceiling = d.bytes_factor * static_cast<double>(throttle) / 1e9;
+      cr.ceiling_name = "throttle";
+    } else if (!c.empty()) {
+      cr.ceiling = d.bytes_factor * static_cast<double>(n) / median(c) / 1e9;
+      cr.ceiling_name = d.dst2 == nullptr ? "memcpy" : "2 memcpy threads";
+    }
+    results.push_back(cr);
+  }
+  return results;
+}
+
+void print_copies(const std::vector<CopyResult>& results, std::size_t n) {
+  std::cout << "\ncopies: " << format_bytes_human(static_cast<double>(n)) << " per copy, pinned host memory, median of >= 5\n"
+            << "  " << std::left << std::setw(26) << "direction" << std::right << std::setw(10) << "GB/s" << std::setw(12)
+            << "ceiling" << std::setw(10) << "ratio" << "  ceiling is\n";
+  for (const auto& r : results) {
+    std::cout << "  " << std::left << std::setw(26) << r.name << std::right << std::fixed << std::setprecision(2)
+              << std::setw(10) << r.gbps << std::setw(12) << r.ceiling << std::setw(10)
+              << (r.ceiling > 0 ? r.gbps / r.ceiling : 0.0) << "  " << r.ceiling_name << "\n";
+  }
+}
+
+Json copy_json(const CopyResult& r) {
+  Json j = {{"kind", "copy"}, {"direction", r.name}, {"gbps", r.gbps}};
+  if (r.ceiling > 0) {
+    j["ceiling_gbps"] = r.ceiling;
+    j["ratio"] = r.gbps / r.ceiling;
+    j["ceiling"] = r.ceiling_name == "throttle" ? "the configured copy throttle (GB/s over it)"
+                                                : r.ceiling_name + " between the same buffers (GB/s over its GB/s)";
+  }
+  return j;
+}
+
+constexpr const char* kDirectCeiling = "oneDNN called directly on the same memory (device time over its time)";
+
+// The fixed cost of a call: a product so small that the arithmetic is negligible, enqueued in
+// batches and waited for one by one.
+Status measure_call_overhead(Device& dev, double min_time, bool json, JsonLines& report) {
+  const Shape tiny{"tiny", 32, 32, 32, false, false, 1, 1.0f, 0.0f, 1};
+  GemmResult g, w;
+  STRATA_RETURN_IF_ERROR(measure_gemm(dev, tiny, DType::kF32, min_time, &g));
+  STRATA_RETURN_IF_ERROR(measure_gemm(dev, tiny, DType::kF32, min_time, &w, /*wait_each=*/true));
+  if (json) {
+    report.result({{"kind", "gemm_call_overhead"},
+                   {"m", tiny.m},
+                   {"n", tiny.n},
+                   {"k", tiny.k},
+                   {"device_us", g.device_best * 1e6},
+                   {"direct_us", g.direct_best * 1e6},
+                   {"waited_device_us", w.device_best * 1e6},
+                   {"waited_direct_us", w.direct_best * 1e6},
+                   {"ratio", g.device_best / g.direct_best},
+                   {"ceiling", kDirectCeiling}});
+    return Status::OK();
+  }
+  std::cout << "\ngemm call overhead, 32x32x32 fp32 (fastest batch, per product):\n"
+            << "  enqueued, one wait per batch: device " << std::fixed << std::setprecision(1) << g.device_best * 1e6
+            << " us, oneDNN direct " << g.direct_best * 1e6 << " us; the wrapper adds "
+            << (g.device_best - g.direct_best) * 1e6 << " us per call\n"
+            << "  waited for one by one:        device " << w.device_best * 1e6 << " us, oneDNN direct "
+            << w.direct_best * 1e6 << " us (the hand-off to the compute engine thread and back)\n";
+  return Status::OK();
+}
+
+// Every product of one training step, summed with its occurrences per step.
+struct StepGemms {
+  std::vector<GemmResult> shapes;
+  double device_best = 0, direct_best = 0, device_med = 0, direct_med = 0, flops = 0;
+  double worst = 0;  // the highest single-shape paired ratio
+  double ratio() const { return device_best / direct_best; }
+};
+
+StepGemms sum_step(std::vector<GemmResult> shapes) {
+  StepGemms s;
+  for (const auto& g : shapes) {
+    s.worst = std::max(s.worst, g.paired_ratio);
+    s.device_best += g.shape.per_step * g.device_best;
+    s.direct_best += g.shape.per_step * g.direct_best;
+    s.device_med += g.shape.per_step * g.device_med;
+    s.direct_med += g.shape.per_step * g.direct_med;
+    s.flops += g.shape.per_step * flops(g.shape);
+  }
+  s.shapes = std::move(shapes);
+  return s;
+}
+
+void print_step(const std::string& name, const ModelDims& dims, int mb, DType dtype, const StepGemms& s) {
+  std::cout << "\ngemm: model '" << name << "' (n_layer " << dims.n_layer << ", n_head " << dims.n_head << ", n_embd "
+            << dims.n_embd << ", vocab " << dims.vocab << ", seq " << dims.seq_len << ", micro-batch " << mb << "), "
+            << dtype_name(dtype) << " inputs, fp32 accumulate and output\n"
+            << "  GFLOP/s of the fastest batch; ratio = median over alternating rounds of device time / direct time\n"
+            << "  " << std::left << std::setw(20) << "product" << std::right << std::setw(22) << "M x N x K (batch)"
+            << std::setw(6) << "x" << std::setw(11) << "device" << std::setw(11) << "oneDNN" << std::setw(9) << "ratio"
+            << "  oneDNN kernel\n";
+  for (const auto& g : s.shapes) {
+    const double f = flops(g.shape);
+    std::ostringstream dims_s;
+    dims_s << g.shape.m << "x" << g.shape.n << "x" << g.shape.k;
+    if (g.shape.batch > 1) dims_s << " (" << g.shape.batch << ")";
+    std::cout << "  " << std::left << std::setw(20) << g.shape.name << std::right << std::setw(22) << dims_s.str()
+              << std::setw(6) << g.shape.per_step << std::fixed << std::setprecision(1) << std::setw(11)
+              << f / g.device_best / 1e9 << std::setw(11) << f / g.direct_best / 1e9 << std::setprecision(3) << std::setw(9)
+              << g.paired_ratio << "  " << short_impl(g.impl) << "\n";
+  }
+  if (s.direct_best <= 0) return;
+  const double ratio = s.ratio();
+  std::cout << "  step total: " << std::fixed << std::setprecision(3) << s.flops / 1e9 << " GFLOP; device "
+            << std::setprecision(1) << s.flops / s.device_best / 1e9 << " GFLOP/s, oneDNN direct "
+            << s.flops / s.direct_best / 1e9 << " GFLOP/s (fastest batches)\n"
+            << "  wrapper cost: " << std::showpos << (ratio - 1.0) * 100 << " % on fastest batches, "
+            << (s.device_med / s.direct_med - 1.0) * 100 << std::noshowpos << " % on medians (bar: < 5 %: "
+            << (ratio < 1.05 ? "met" : "NOT met") << "); worst single-shape paired ratio " << std::setprecision(3)
+            << s.worst << "\n";
+}
+
+void write_step(JsonLines& report, const std::string& name, int mb, DType dtype, const StepGemms& s) {
+  for (const auto& g : s.shapes) {
+    const double f = flops(g.shape);
+    report.result({{"kind", "gemm"},
+                   {"model", name},
+                   {"dtype", dtype_name(dtype)},
+                   {"product", g.shape.name},
+                   {"m", g.shape.m},
+                   {"n", g.shape.n},
+                   {"k", g.shape.k},
+                   {"batch", g.shape.batch},
+                   {"per_step", g.shape.per_step},
+                   {"device_gflops", f / g.device_best / 1e9},
+                   {"direct_gflops", f / g.direct_best / 1e9},
+                   {"ratio", g.paired_ratio},
+                   {"ceiling", std::string(kDirectCeiling) + "; median of alternating rounds"},
+                   {"kernel", short_impl(g.impl)}});
+  }
+  if (s.direct_best <= 0) return;
+  report.result({{"kind", "gemm_step"},
+                 {"model", name},
+                 {"dtype", dtype_name(dtype)},
+                 {"micro_batch", mb},
+                 {"gflop", s.flops / 1e9},
+                 {"device_gflops", s.flops / s.device_best / 1e9},
+                 {"direct_gflops", s.flops / s.direct_best / 1e9},
+                 {"ratio", s.ratio()},
+                 {"ratio_median", s.device_med / s.direct_med},
+                 {"worst_shape_ratio", s.worst},
+                 {"bar", 1.05},
+                 {"meets_bar", s.ratio() < 1.05},
+                 {"ceiling", std::string(kDirectCeiling) + "; the step's fastest batches summed"}});
+}
 
 int bench_device(int argc, char** argv) {
   cxxopts::Options opts("strata bench device",
@@ -278,6 +503,7 @@ int bench_device(int argc, char** argv) {
       ("dtypes", "comma-separated GEMM input dtypes (fp32, bf16)", cxxopts::value<std::string>()->default_value("fp32,bf16"))
       ("min-time", "seconds of measurement per shape and side", cxxopts::value<double>()->default_value("0.15"))
       ("no-gemm", "skip the GEMM part")
+      ("json", "print JSON Lines instead of tables; see 'strata help bench'")
       ("h,help", "show this help");
   cxxopts::ParseResult args;
   try {
@@ -329,6 +555,8 @@ int bench_device(int argc, char** argv) {
     }
   }
   const std::string backend = args["device"].as<std::string>();
+  const bool json = args.count("json") > 0;
+  const bool gemms = args.count("no-gemm") == 0;
 
   // The device: room for the copy buffers and the largest GEMM operands.
   DeviceOptions o;
@@ -345,15 +573,33 @@ int bench_device(int argc, char** argv) {
   }
   Device& dev = **dev_r;
   const dnnl_version_t* v = dnnl_version();
-  std::cout << "strata bench device\n"
-            << "  cpu:      " << cpu_brand() << ", " << std::thread::hardware_concurrency() << " logical CPUs, "
-            << omp_get_max_threads() << " OpenMP threads\n"
-            << "  build:    " << build_kind() << "; oneDNN " << v->major << "." << v->minor << "." << v->patch
-            << (v->cpu_runtime == DNNL_RUNTIME_OMP ? " (OpenMP runtime)" : "") << "\n"
-            << "  device:   " << dev.info().name << ", capacity " << format_bytes_human(static_cast<double>(dev.info().capacity))
-            << "\n"
-            << "            " << dev.info().notes << "\n";
-  {
+  const std::string onednn = std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
+  JsonLines report("device");
+  if (json) {
+    std::vector<std::string> model_names, dtype_names;
+    for (const auto& m : models) model_names.push_back(m.first);
+    for (DType t : dtypes) dtype_names.emplace_back(dtype_name(t));
+    report.env({{"device", dev.info().name},
+                {"backend", dev.info().backend},
+                {"capacity", dev.info().capacity},
+                {"notes", dev.info().notes},
+                {"onednn", onednn},
+                {"copy_size", *copy_size},
+                {"copy_bandwidth", *bw},
+                {"gemm", gemms},
+                {"models", model_names},
+                {"dtypes", dtype_names},
+                {"micro_batch", micro_batch},
+                {"min_time", min_time}});
+  } else {
+    std::cout << "strata bench device\n"
+              << "  cpu:      " << cpu_brand() << ", " << std::thread::hardware_concurrency() << " logical CPUs, "
+              << omp_get_max_threads() << " OpenMP threads\n"
+              << "  build:    " << build_kind() << "; oneDNN " << onednn
+              << (v->cpu_runtime == DNNL_RUNTIME_OMP ? " (OpenMP runtime)" : "") << "\n"
+              << "  device:   " << dev.info().name << ", capacity "
+              << format_bytes_human(static_cast<double>(dev.info().capacity)) << "\n"
+              << "            " << dev.info().notes << "\n";
     double load[3] = {0, 0, 0};
     if (getloadavg(load, 3) > 0) {
       std::cout << "  load:     " << std::fixed << std::setprecision(2) << load[0] << " (1-minute average)"
@@ -363,130 +609,30 @@ int bench_device(int argc, char** argv) {
                 << "\n";
     }
   }
-  if (build_kind() != "release") std::cout << "  WARNING: not a release build; figures are not representative\n";
-  int rc = kExitOk;
+  warn_if_not_release(std::cout, json);
 
-  // ---- copies ----
-  {
-    const std::size_t n = *copy_size;
-    auto d1 = dev.allocate(n), d2 = dev.allocate(n);
-    auto h1 = dev.allocate_pinned(n), h2 = dev.allocate_pinned(n);
-    auto s2 = dev.create_stream("bench-2");
-    if (!d1.ok() || !d2.ok() || !h1.ok() || !h2.ok() || !s2.ok()) {
-      std::cerr << "strata bench device: cannot allocate the copy buffers ("
-                << (!d1.ok() ? d1.status() : !d2.ok() ? d2.status() : !h1.ok() ? h1.status() : !h2.ok() ? h2.status() : s2.status())
-                << ")\n";
-      return kExitFailed;
-    }
-    std::memset(h1->data(), 1, n);
-    std::memset(h2->data(), 2, n);
-    Stream& s1 = dev.default_stream();
-    auto run = [&](auto&& enqueue) -> Result<double> {  // seconds
-      const auto t0 = Clock::now();
-      STRATA_RETURN_IF_ERROR(enqueue());
-      STRATA_RETURN_IF_ERROR(dev.synchronize());
-      return seconds_since(t0);
-    };
-    auto h2d = [&] { return dev.copy_to_device(d1->range(), h1->bytes(), s1); };
-    auto d2h = [&] { return dev.copy_to_host(h2->bytes(), d1->range(), s1); };
-    auto d2d = [&] { return dev.copy_on_device(d2->range(), d1->range(), s1); };
-    auto both = [&]() -> Status {
-      STRATA_RETURN_IF_ERROR(dev.copy_to_device(d1->range(), h1->bytes(), s1));
-      return dev.copy_to_host(h2->bytes(), d2->range(), **s2);
-    };
-    const bool addressable = dev.info().host_addressable;
-    // The ceiling of one direction is one memcpy on this thread; of both at once, two memcpy
-    // threads over the same buffers (what two copy engines can at best do on this machine).
-    auto memcpy_time = [&](void* dst, const void* src, void* dst2, const void* src2) {
-      const auto t0 = Clock::now();
-      if (dst2 == nullptr) {
-        std::memcpy(dst, src, n);
-      } else {
-        std::thread other([&] { std::memcpy(dst2, src2, n); });
-        std::memcpy(dst, src, n);
-        other.join();
-      }
-      return seconds_since(t0);
-    };
-    struct Dir {
-      std::string name;
-      std::function<Status()> fn;
-      void* dst;
-      const void* src;
-      void* dst2;
-      const void* src2;
-      double bytes_factor;
-      bool throttled;
-    };
-    std::vector<Dir> dirs = {
-        {"host -> device", h2d, d1->address(), h1->data(), nullptr, nullptr, 1.0, true},
-        {"device -> host", d2h, h2->data(), d1->address(), nullptr, nullptr, 1.0, true},
-        {"device -> device", d2d, d2->address(), d1->address(), nullptr, nullptr, 1.0, false},
-        {"both directions at once", both, d1->address(), h1->data(), h2->data(), d2->address(), 2.0, true},
-    };
-    std::vector<CopyResult> results;
-    for (auto& d : dirs) {
-      std::vector<double> t, c;
-      if (auto w = run(d.fn); !w.ok()) {  // warm-up: first touch of every page
-        std::cerr << "strata bench device: " << w.status() << "\n";
-        return kExitFailed;
-      }
-      const auto start = Clock::now();
-      while (t.size() < 5 || (seconds_since(start) < 4 * min_time && t.size() < 100)) {
-        auto r = run(d.fn);
-        if (!r.ok()) {
-          std::cerr << "strata bench device: " << r.status() << "\n";
-          return kExitFailed;
-        }
-        t.push_back(*r);
-        if (addressable) c.push_back(memcpy_time(d.dst, d.src, d.dst2, d.src2));
-      }
-      CopyResult cr;
-      cr.name = d.name;
-      cr.gbps = d.bytes_factor * static_cast<double>(n) / median(t) / 1e9;
-      if (*bw != 0 && d.throttled) {
-        cr.ceiling = d.bytes_factor * static_cast<double>(*bw) / 1e9;
-        cr.ceiling_name = "throttle";
-      } else if (!c.empty()) {
-        cr.ceiling = d.bytes_factor * static_cast<double>(n) / median(c) / 1e9;
-        cr.ceiling_name = d.dst2 == nullptr ? "memcpy" : "2 memcpy threads";
-      }
-      results.push_back(cr);
-    }
-    std::cout << "\ncopies: " << format_bytes_human(static_cast<double>(n)) << " per copy, pinned host memory, median of >= 5\n"
-              << "  " << std::left << std::setw(26) << "direction" << std::right << std::setw(10) << "GB/s" << std::setw(12)
-              << "ceiling" << std::setw(10) << "ratio" << "  ceiling is\n";
-    for (const auto& r : results) {
-      std::cout << "  " << std::left << std::setw(26) << r.name << std::right << std::fixed << std::setprecision(2)
-                << std::setw(10) << r.gbps << std::setw(12) << r.ceiling << std::setw(10)
-                << (r.ceiling > 0 ? r.gbps / r.ceiling : 0.0) << "  " << r.ceiling_name << "\n";
-    }
+  auto copies = measure_copies(dev, *copy_size, *bw, min_time);
+  if (!copies.ok()) {
+    std::cerr << "strata bench device: copies: " << copies.status() << "\n";
+    return kExitFailed;
   }
+  double copy_ratio_min = 0;  // the lowest copy ratio to its ceiling; 0 when none was measured
+  for (const CopyResult& c : *copies) {
+    const double ratio = c.ceiling > 0 ? c.gbps / c.ceiling : 0;
+    if (ratio > 0) copy_ratio_min = copy_ratio_min == 0 ? ratio : std::min(copy_ratio_min, ratio);
+    if (json) report.result(copy_json(c));
+  }
+  if (!json) print_copies(*copies, *copy_size);
 
-  // ---- GEMMs ----
-  if (!args.count("no-gemm")) {
-    if (!dev.info().host_addressable) {
-      std::cout << "\ngemm: the direct oneDNN comparison needs host-addressable device memory; skipped on "
-                << dev.info().backend << "\n";
-      return rc;
-    }
-    {
-      // The fixed cost of a call: a product so small that the arithmetic is negligible.
-      const Shape tiny{"tiny", 32, 32, 32, false, false, 1, 1.0f, 0.0f, 1};
-      GemmResult g, w;
-      Status st = measure_gemm(dev, tiny, DType::kF32, min_time, &g);
-      if (st.ok()) st = measure_gemm(dev, tiny, DType::kF32, min_time, &w, /*wait_each=*/true);
-      if (st.ok()) {
-        std::cout << "\ngemm call overhead, 32x32x32 fp32 (fastest batch, per product):\n"
-                  << "  enqueued, one wait per batch: device " << std::fixed << std::setprecision(1) << g.device_best * 1e6
-                  << " us, oneDNN direct " << g.direct_best * 1e6 << " us; the wrapper adds "
-                  << (g.device_best - g.direct_best) * 1e6 << " us per call\n"
-                  << "  waited for one by one:        device " << w.device_best * 1e6 << " us, oneDNN direct "
-                  << w.direct_best * 1e6 << " us (the hand-off to the compute engine thread and back)\n";
-      } else {
-        std::cerr << "strata bench device: gemm overhead: " << st << "\n";
-        rc = kExitFailed;
-      }
+  int rc = kExitOk;
+  double step_ratio_max = 0;  // the highest whole-step wrapper ratio; 0 when no GEMM ran
+  if (gemms && !dev.info().host_addressable) {
+    (json ? std::cerr : std::cout) << "\ngemm: the direct oneDNN comparison needs host-addressable device memory; "
+                                   << "skipped on " << dev.info().backend << "\n";
+  } else if (gemms) {
+    if (Status st = measure_call_overhead(dev, min_time, json, report); !st.ok()) {
+      std::cerr << "strata bench device: gemm overhead: " << st << "\n";
+      rc = kExitFailed;
     }
     for (const auto& [name, dims] : models) {
       const int mb = name == "default" ? micro_batch : 1;
@@ -502,42 +648,30 @@ int bench_device(int argc, char** argv) {
           }
           res.push_back(g);
         }
-        double dev_best = 0, dir_best = 0, dev_med = 0, dir_med = 0, fl_total = 0, worst = 0;
-        std::cout << "\ngemm: model '" << name << "' (n_layer " << dims.n_layer << ", n_head " << dims.n_head << ", n_embd "
-                  << dims.n_embd << ", vocab " << dims.vocab << ", seq " << dims.seq_len << ", micro-batch " << mb << "), "
-                  << dtype_name(dtype) << " inputs, fp32 accumulate and output\n"
-                  << "  GFLOP/s of the fastest batch; ratio = median over alternating rounds of device time / direct time\n"
-                  << "  " << std::left << std::setw(20) << "product" << std::right << std::setw(22) << "M x N x K (batch)"
-                  << std::setw(6) << "x" << std::setw(11) << "device" << std::setw(11) << "oneDNN" << std::setw(9) << "ratio"
-                  << "  oneDNN kernel\n";
-        for (const auto& g : res) {
-          const double f = flops(g.shape);
-          std::ostringstream dims_s;
-          dims_s << g.shape.m << "x" << g.shape.n << "x" << g.shape.k;
-          if (g.shape.batch > 1) dims_s << " (" << g.shape.batch << ")";
-          worst = std::max(worst, g.paired_ratio);
-          std::cout << "  " << std::left << std::setw(20) << g.shape.name << std::right << std::setw(22) << dims_s.str()
-                    << std::setw(6) << g.shape.per_step << std::fixed << std::setprecision(1) << std::setw(11)
-                    << f / g.device_best / 1e9 << std::setw(11) << f / g.direct_best / 1e9 << std::setprecision(3) << std::setw(9)
-                    << g.paired_ratio << "  " << short_impl(g.impl) << "\n";
-          dev_best += g.shape.per_step * g.device_best;
-          dir_best += g.shape.per_step * g.direct_best;
-          dev_med += g.shape.per_step * g.device_med;
-          dir_med += g.shape.per_step * g.direct_med;
-          fl_total += g.shape.per_step * f;
-        }
-        if (dir_best > 0) {
-          const double ratio = dev_best / dir_best;
-          std::cout << "  step total: " << std::fixed << std::setprecision(3) << fl_total / 1e9 << " GFLOP; device "
-                    << std::setprecision(1) << fl_total / dev_best / 1e9 << " GFLOP/s, oneDNN direct "
-                    << fl_total / dir_best / 1e9 << " GFLOP/s (fastest batches)\n"
-                    << "  wrapper cost: " << std::showpos << (ratio - 1.0) * 100 << " % on fastest batches, "
-                    << (dev_med / dir_med - 1.0) * 100 << std::noshowpos << " % on medians (bar: < 5 %: "
-                    << (ratio < 1.05 ? "met" : "NOT met") << "); worst single-shape paired ratio " << std::setprecision(3)
-                    << worst << "\n";
+        const StepGemms step = sum_step(std::move(res));
+        if (step.direct_best > 0) step_ratio_max = std::max(step_ratio_max, step.ratio());
+        if (json) {
+          write_step(report, name, mb, dtype, step);
+        } else {
+          print_step(name, dims, mb, dtype, step);
         }
       }
     }
+  }
+  if (json) {
+    // The headline: the wrapper's cost over a whole step when GEMMs ran, else the copies.
+    Json summary = {{"copy_ratio_min", copy_ratio_min > 0 ? Json(copy_ratio_min) : Json(nullptr)}};
+    if (step_ratio_max > 0) {
+      summary["gemm_step_ratio_max"] = step_ratio_max;
+      summary["bar"] = 1.05;
+      summary["meets_bar"] = step_ratio_max < 1.05;
+      summary["ratio"] = step_ratio_max;
+      summary["ceiling"] = std::string(kDirectCeiling) + "; the worst whole step over the models and dtypes";
+    } else {
+      summary["ratio"] = copy_ratio_min > 0 ? Json(copy_ratio_min) : Json(nullptr);
+      summary["ceiling"] = "each copy direction's ceiling (memcpy or the throttle; the lowest GB/s ratio)";
+    }
+    report.summary(summary);
   }
   return rc;
 }

@@ -15,6 +15,10 @@
 // Noise. Other work on the machine moves both sides, so each repetition runs strata and fio
 // back to back, alternating which goes first; rows report medians and the median of the
 // per-repetition ratios.
+//
+// --json (bench_json.h): a result per grid point and mode ("ratio" against fio only with
+// --compare-fio); the summary is the best setting, its ratio against fio or, without fio,
+// against the best row of each mode.
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/mman.h>
@@ -44,6 +48,7 @@
 #include <vector>
 
 #include "bench/bench_env.h"
+#include "bench/bench_json.h"
 #include "cli/command.h"
 #include "nvme/file.h"
 #include "nvme/io_engine.h"
@@ -452,6 +457,8 @@ Status prepare_file(const RunConfig& rc) {
 // ------------------------------------------------------------------------------------------
 // Output
 
+constexpr const char* kFioCeiling = "fio at the same setting on the same file (strata GB/s over fio's)";
+
 std::string gbps(double bytes_per_second) {
   if (bytes_per_second <= 0) return "-";
   std::ostringstream os;
@@ -466,32 +473,65 @@ std::string fixed(double v, int digits) {
   return os.str();
 }
 
-nlohmann::json measurement_json(const Setting& s, const RunConfig& rc, const char* mode, const Measurement& m,
-                                bool with_fio) {
-  nlohmann::json j = {{"kind", "measurement"},
-                      {"engine", s.engine},
-                      {"block_size", s.block_size},
-                      {"queue_depth", s.queue_depth},
-                      {"threads", s.threads},
-                      {"mode", mode},
-                      {"direct", rc.direct},
-                      {"registered_buffers", s.engine == "io_uring" && rc.registered},
-                      {"sqpoll", s.engine == "io_uring" && rc.sqpoll},
-                      {"bytes", covered_bytes(s, rc.size)}};
+// A result line: the setting and its figures; with fio, the ratio to fio at the same setting.
+Json measurement_json(const Setting& s, const RunConfig& rc, const char* mode, const Measurement& m, bool with_fio) {
+  Json j = {{"kind", "measurement"},
+            {"engine", s.engine},
+            {"block_size", s.block_size},
+            {"queue_depth", s.queue_depth},
+            {"threads", s.threads},
+            {"mode", mode},
+            {"direct", rc.direct},
+            {"registered_buffers", s.engine == "io_uring" && rc.registered},
+            {"sqpoll", s.engine == "io_uring" && rc.sqpoll},
+            {"bytes", covered_bytes(s, rc.size)}};
   if (!m.status.ok()) {
     j["error"] = m.status.to_string();
     return j;
   }
   j["gbps"] = m.strata_median / 1e9;
-  j["runs_gbps"] = nlohmann::json::array();
+  j["runs_gbps"] = Json::array();
   for (double v : m.strata) j["runs_gbps"].push_back(v / 1e9);
   if (with_fio) {
     j["fio_gbps"] = m.fio_median / 1e9;
-    j["fio_runs_gbps"] = nlohmann::json::array();
+    j["fio_runs_gbps"] = Json::array();
     for (double v : m.fio) j["fio_runs_gbps"].push_back(v / 1e9);
     j["ratio"] = m.ratio_median;
+    j["ceiling"] = kFioCeiling;
     j["runs_ratio"] = m.ratio;
   }
+  return j;
+}
+
+// The summary line: the best setting, its GB/s per mode and a ratio: with fio, its score over
+// fio's at the same setting; without, over the score of the best row of each mode (below 1
+// when no single setting is best at both).
+Json best_json(const Setting& b, const RunConfig& rc, const std::vector<IoOp>& modes,
+               const std::vector<std::vector<Measurement>>& results, std::size_t best, double best_score,
+               bool with_fio) {
+  auto mode_index = [](IoOp op) { return op == IoOp::kRead ? 0 : 1; };
+  Json j = {{"kind", "best"},
+            {"engine", b.engine},
+            {"block_size", b.block_size},
+            {"queue_depth", b.queue_depth},
+            {"threads", b.threads},
+            {"direct", rc.direct},
+            {"score_gbps", best_score / 1e9}};
+  double ceiling_inv = 0;
+  for (IoOp op : modes) {
+    const std::size_t k = static_cast<std::size_t>(mode_index(op));
+    const Measurement& m = results[best][k];
+    const std::string name = op == IoOp::kRead ? "read" : "write";
+    j[name + "_gbps"] = m.strata_median / 1e9;
+    double top = 0;
+    for (const auto& row : results) top = std::max(top, row[k].strata_median);
+    ceiling_inv += 1 / (with_fio ? m.fio_median : top);
+  }
+  const double ceiling = static_cast<double>(modes.size()) / ceiling_inv;
+  j["ceiling_gbps"] = ceiling / 1e9;
+  j["ratio"] = number_or_null(best_score / ceiling);
+  j["ceiling"] = with_fio ? "fio at the best setting (harmonic mean over the modes)"
+                          : "the best row of each mode (harmonic mean over the modes)";
   return j;
 }
 
@@ -515,7 +555,7 @@ int bench_nvme(int argc, char** argv) {
       ("repeat", "repetitions per measurement, medians reported (default 1, or 3 with --compare-fio)",
        cxxopts::value<int>())
       ("max-seconds", "time limit per measurement", cxxopts::value<double>()->default_value("5"))
-      ("json", "print one JSON object per line: the environment, each measurement, the best setting")
+      ("json", "print JSON Lines instead of tables; see 'strata help bench'")
       ("emit-profile", "write the best setting as an [nvme] profile section to FILE", cxxopts::value<std::string>())
       ("compare-fio", "run fio at the same settings on the same file and report strata/fio")
       ("fio", "the fio executable", cxxopts::value<std::string>()->default_value("fio"))
@@ -641,27 +681,23 @@ int bench_nvme(int argc, char** argv) {
 
   const nvme::StorageInfo storage = nvme::describe_storage(args["path"].as<std::string>());
   const std::string build = build_kind();
+  JsonLines report("nvme");
   if (json) {
-    nlohmann::json env = {{"kind", "environment"},
-                          {"cpu", cpu_brand()},
-                          {"logical_cpus", std::thread::hardware_concurrency()},
-                          {"kernel", kernel_release()},
-                          {"build", build},
-                          {"path", args["path"].as<std::string>()},
-                          {"file_system", storage.fs_type},
-                          {"mount_point", storage.mount_point},
-                          {"device", storage.source},
-                          {"block_device", storage.block_device},
-                          {"model", storage.model},
-                          {"logical_block_size", storage.logical_block_size},
-                          {"scheduler", storage.scheduler},
-                          {"direct", rc.direct},
-                          {"size", rc.size},
-                          {"max_seconds", rc.max_seconds},
-                          {"repeat", repeat},
-                          {"huge_pages", rc.huge_pages},
-                          {"fio", fio_ver}};
-    std::cout << env.dump() << std::endl;
+    report.env({{"kind", "environment"},
+                {"path", args["path"].as<std::string>()},
+                {"file_system", storage.fs_type},
+                {"mount_point", storage.mount_point},
+                {"device", storage.source},
+                {"block_device", storage.block_device},
+                {"model", storage.model},
+                {"logical_block_size", storage.logical_block_size},
+                {"scheduler", storage.scheduler},
+                {"direct", rc.direct},
+                {"size", rc.size},
+                {"max_seconds", rc.max_seconds},
+                {"repeat", repeat},
+                {"huge_pages", rc.huge_pages},
+                {"fio", fio_ver}});
   } else {
     std::cout << "strata bench nvme\n"
               << "  cpu:         " << cpu_brand() << ", " << std::thread::hardware_concurrency() << " logical CPUs\n"
@@ -689,9 +725,9 @@ int bench_nvme(int argc, char** argv) {
               << (compare ? fio_ver + " at the same engine, block size, queue depth, jobs and O_DIRECT, on the same file"
                           : "none measured (add --compare-fio); rows are compared with the best row")
               << "\n";
-    if (build != "release") std::cout << "  WARNING: not a release build; figures are not representative\n";
-    std::cout << std::flush;
   }
+  warn_if_not_release(std::cout, json);
+  std::cout << std::flush;
 
   g_cleanup_path = rc.file;
   std::signal(SIGINT, on_signal);
@@ -764,7 +800,7 @@ int bench_nvme(int argc, char** argv) {
       m.strata_median = median(m.strata);
       m.fio_median = median(m.fio);
       m.ratio_median = median(m.ratio);
-      if (json) std::cout << measurement_json(s, rc, mode_name(op), m, compare).dump() << std::endl;
+      if (json) report.result(measurement_json(s, rc, mode_name(op), m, compare));
     }
     if (!json) {
       std::cout << std::left << std::setw(9) << s.engine << std::right << std::setw(8) << format_bytes(s.block_size)
@@ -811,10 +847,7 @@ int bench_nvme(int argc, char** argv) {
   const Setting& b = grid[best];
   const NvmeConfig best_config = engine_config(b, rc);
   if (json) {
-    nlohmann::json j = {{"kind", "best"},          {"engine", b.engine},   {"block_size", b.block_size},
-                        {"queue_depth", b.queue_depth}, {"threads", b.threads}, {"direct", rc.direct},
-                        {"score_gbps", best_score / 1e9}};
-    std::cout << j.dump() << std::endl;
+    report.summary(best_json(b, rc, modes, results, best, best_score, compare));
   } else {
     std::cout << "\nbest setting: engine " << b.engine << ", block " << format_bytes(b.block_size) << ", queue depth "
               << b.queue_depth << ", threads " << b.threads << " (";

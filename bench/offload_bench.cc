@@ -18,8 +18,9 @@
 // max(that forward + backward + Adam, transfer) is what remains for strata to remove. (On a
 // VM whose disk is emulated on the same cores, I/O alone slows the compute.)
 // --delayed-update runs the one-step delayed parameter update from the first step.
+// --json (bench_json.h): a result per round; the summary holds the medians and the tier
+// manager's statistics.
 #include <sys/statfs.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -42,6 +43,7 @@
 #include <omp.h>
 
 #include "bench/bench_env.h"
+#include "bench/bench_json.h"
 #include "cli/command.h"
 #include "nvme/io_engine.h"
 #include "nvme/swap_store.h"
@@ -207,12 +209,17 @@ int bench_offload(int argc, char** argv) {
       "delayed-update",
       "one-step delayed parameter update from the first step (offload.optimizer.delayed_update, warm-up 0): the "
       "update runs under the next forward and backward")(
-      "json", "print one JSON object instead of the table")("h,help", "this help");
+      "json", "print JSON Lines instead of tables; see 'strata help bench'")("h,help", "this help");
   try {
     auto a = opts.parse(argc, argv);
     if (a.count("help")) {
       std::cout << opts.help() << "\n";
       return 0;
+    }
+    if (!a.unmatched().empty()) {
+      std::cerr << "strata bench offload: unexpected argument '" << a.unmatched().front()
+                << "' (boolean options take --name=false)\n";
+      return 2;
     }
     auto base = Profile::from_toml_string("", "bench offload");
     if (!base.ok()) {
@@ -264,29 +271,30 @@ int bench_offload(int argc, char** argv) {
     }
     const bool json_out = a.count("json") > 0;
 
-    utsname u{};
-    ::uname(&u);
-    nlohmann::json env = {{"cpu", cpu_brand()},
-                          {"threads", omp_get_max_threads()},
-                          {"build", build_kind()},
-                          {"kernel", u.release},
-                          {"nvme_path", p.offload_optimizer.nvme_path[0]},
-                          {"file_system", fs_type(p.offload_optimizer.nvme_path[0])},
-                          {"engine", p.nvme.engine},
-                          {"direct", p.nvme.direct},
-                          {"model", p.train.model},
-                          {"parameters", params},
-                          {"dtype", dt},
-                          {"micro_batch", p.train.micro_batch},
-                          {"buffer_size", *bs},
-                          {"buffer_count", p.offload_optimizer.buffer_count},
-                          {"overlap_step", p.offload_optimizer.overlap_step},
-                          {"delayed_update", p.offload_optimizer.delayed_update}};
-    if (!json_out) {
+    Json env = {{"cpu", cpu_brand()},
+                {"threads", omp_get_max_threads()},
+                {"build", build_kind()},
+                {"kernel", kernel_release()},
+                {"nvme_path", p.offload_optimizer.nvme_path[0]},
+                {"file_system", fs_type(p.offload_optimizer.nvme_path[0])},
+                {"engine", p.nvme.engine},
+                {"direct", p.nvme.direct},
+                {"model", p.train.model},
+                {"parameters", params},
+                {"dtype", dt},
+                {"micro_batch", p.train.micro_batch},
+                {"buffer_size", *bs},
+                {"buffer_count", p.offload_optimizer.buffer_count},
+                {"overlap_step", p.offload_optimizer.overlap_step},
+                {"delayed_update", p.offload_optimizer.delayed_update}};
+    JsonLines report("offload");
+    if (json_out) {
+      report.env(env);
+    } else {
       std::cout << "strata bench offload\n";
       for (auto it = env.begin(); it != env.end(); ++it) std::cout << "  " << std::left << std::setw(14) << it.key() << " " << (it->is_string() ? it->get<std::string>() : it->dump()) << "\n";
-      if (build_kind() != "release") std::cout << "  WARNING: not a release build; figures are not representative\n";
     }
+    warn_if_not_release(std::cout, json_out);
 
     DeviceOptions dopt = device_options(p.memory);
     auto data = TokenDataset::default_text();
@@ -402,26 +410,39 @@ int bench_offload(int argc, char** argv) {
     const double compute = fb + *adam_s;
     const double ceiling = std::max(compute, transfer);
     const double ratio = median(ratio_r);
-    nlohmann::json res = {{"step_s", step},
-                          {"forward_backward_s", fb},
-                          {"adam_in_ram_s", *adam_s},
-                          {"compute_s", compute},
-                          {"nvme_read_bytes_per_step", rd},
-                          {"nvme_write_bytes_per_step", wr},
-                          {"nvme_read_bw", bw.read},
-                          {"nvme_write_bw", bw.write},
-                          {"transfer_s", transfer},
-                          {"ceiling_s", ceiling},
-                          {"ratio", ratio},
-                          {"ratio_per_round", ratio_r},
-                          {"bar", 1.15},
-                          {"meets_bar", ratio <= 1.15},
-                          {"forward_backward_under_swap_traffic_s", loaded_fb},
-                          {"ratio_to_compute_under_swap_traffic", loaded_ratio},
-                          {"ratio_to_compute_under_swap_traffic_per_round", loaded_ratio_r}};
+    constexpr const char* kCeiling = "max(compute, transfer) of the same run (step time over it)";
+    Json res = {{"step_s", step},
+                {"forward_backward_s", fb},
+                {"adam_in_ram_s", *adam_s},
+                {"compute_s", compute},
+                {"nvme_read_bytes_per_step", rd},
+                {"nvme_write_bytes_per_step", wr},
+                {"nvme_read_bw", bw.read},
+                {"nvme_write_bw", bw.write},
+                {"transfer_s", transfer},
+                {"ceiling_s", ceiling},
+                {"ratio", ratio},
+                {"ceiling", kCeiling},
+                {"ratio_per_round", ratio_r},
+                {"bar", 1.15},
+                {"meets_bar", ratio <= 1.15},
+                {"forward_backward_under_swap_traffic_s", loaded_fb},
+                {"ratio_to_compute_under_swap_traffic", loaded_ratio},
+                {"ratio_to_compute_under_swap_traffic_per_round", loaded_ratio_r}};
     if (json_out) {
-      std::cout << nlohmann::json{{"environment", env}, {"result", res}, {"tiers", nlohmann::json::parse(final_stats.to_json())}}.dump()
-                << "\n";
+      for (int r = 0; r < rounds; ++r) {
+        report.result({{"round", r + 1},
+                       {"step_s", step_r[r]},
+                       {"forward_backward_s", fb_r[r]},
+                       {"compute_s", fb_r[r] + *adam_s},
+                       {"transfer_s", transfer},
+                       {"ratio", ratio_r[r]},
+                       {"ceiling", kCeiling},
+                       {"forward_backward_under_swap_traffic_s", loaded_r[r]},
+                       {"ratio_to_compute_under_swap_traffic", loaded_ratio_r[r]}});
+      }
+      res["tiers"] = Json::parse(final_stats.to_json());
+      report.summary(res);
     } else {
       std::cout << std::fixed << std::setprecision(3);
       std::cout << "  step time (median of " << rounds << " rounds of " << steps << ") " << step << " s\n"

@@ -21,6 +21,10 @@
 // against the compute per layer with prefetch), and the bar is reported as not applicable
 // when transfers are slower than compute. Runs without and with prefetch alternate
 // (--repeats pairs) and are averaged, so that a change in the machine's load hits both.
+//
+// --json (bench_json.h): a result per home and prefetch setting (ratio: step over the
+// compute-only step); the summary holds each home's stall figures, "ratio" the worst stall
+// ratio and "pass" whether every applicable bar was met (the exit status says the same).
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -41,6 +45,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/bench_env.h"
+#include "bench/bench_json.h"
 #include "cli/command.h"
 #include "nvme/file.h"
 #include "nvme/io_engine.h"
@@ -258,20 +263,26 @@ void print_row(const RunResult& r, double ceiling_s) {
             << std::setw(8) << fixed(100 * r.hit_rate, 1) << "%" << std::setw(8) << r.misses << "\n";
 }
 
-nlohmann::json row_json(const RunResult& r, double ceiling_s) {
+constexpr const char* kStepCeiling = "the compute-only step, every layer resident (step time over its time)";
+constexpr const char* kStallCeiling = "the stall without prefetch (stall time with prefetch over it; worst home)";
+
+// A result line: one home with or without prefetch, its step against the compute-only step.
+Json row_json(const RunResult& r, double ceiling_s) {
   return {{"kind", "run"},
           {"home", tier_name(r.home)},
           {"prefetch", r.prefetch},
           {"step_seconds", r.step_s},
           {"compute_only_step_seconds", ceiling_s},
           {"step_over_compute_only", r.step_s / ceiling_s},
+          {"ratio", number_or_null(r.step_s / ceiling_s)},
+          {"ceiling", kStepCeiling},
           {"compute_seconds_per_step", r.compute_s},
           {"step_over_own_compute", r.step_s / r.compute_s},
           {"stall_seconds_per_step", r.stall_s},
           {"stall_fraction", r.stall_fraction},
           {"hit_rate", r.hit_rate},
           {"misses_per_step", r.misses},
-          {"tier_stats", nlohmann::json::parse(r.stats.to_json())}};
+          {"tier_stats", Json::parse(r.stats.to_json())}};
 }
 
 int bench_tiers(int argc, char** argv) {
@@ -293,7 +304,7 @@ int bench_tiers(int argc, char** argv) {
       ("buffered", "no O_DIRECT (needed on tmpfs)")
       ("buffer-count", "pinned staging buffers", cxxopts::value<int>()->default_value("4"))
       ("buffer-size", "bytes per staging buffer", cxxopts::value<std::string>()->default_value("2MiB"))
-      ("json", "print JSON lines (environment, each run, the summary) instead of tables")
+      ("json", "print JSON Lines instead of tables; see 'strata help bench'")
       ("h,help", "show this help");
   // clang-format on
   Config cfg;
@@ -407,26 +418,22 @@ int bench_tiers(int argc, char** argv) {
   }
 
   const DeviceInfo& dinfo = (*device)->info();
+  JsonLines report("tiers");
   if (cfg.json) {
-    std::cout << nlohmann::json{{"kind", "environment"},
-                                {"cpu", cpu_brand()},
-                                {"hardware_threads", std::thread::hardware_concurrency()},
-                                {"kernel", kernel_release()},
-                                {"build", build_kind()},
-                                {"device", dinfo.name},
-                                {"copy_bandwidth", cfg.bandwidth},
-                                {"file_system", storage.fs_type},
-                                {"swap_path", cfg.path},
-                                {"engine", cfg.nvme.engine},
-                                {"direct", cfg.nvme.direct},
-                                {"layers", cfg.layers},
-                                {"layer_bytes", cfg.layer_bytes},
-                                {"device_budget", budget},
-                                {"lookahead_layers", cfg.lookahead},
-                                {"staging", std::to_string(cfg.buffer_count) + " x " + format_bytes(cfg.buffer_size)},
-                                {"gemm_seconds", *gemm_s}}
-                     .dump()
-              << "\n";
+    report.env({{"kind", "environment"},
+                {"hardware_threads", std::thread::hardware_concurrency()},
+                {"device", dinfo.name},
+                {"copy_bandwidth", cfg.bandwidth},
+                {"file_system", storage.fs_type},
+                {"swap_path", cfg.path},
+                {"engine", cfg.nvme.engine},
+                {"direct", cfg.nvme.direct},
+                {"layers", cfg.layers},
+                {"layer_bytes", cfg.layer_bytes},
+                {"device_budget", budget},
+                {"lookahead_layers", cfg.lookahead},
+                {"staging", std::to_string(cfg.buffer_count) + " x " + format_bytes(cfg.buffer_size)},
+                {"gemm_seconds", *gemm_s}});
   } else {
     std::cout << "strata bench tiers\n"
               << "  cpu:         " << cpu_brand() << " (" << std::thread::hardware_concurrency() << " hardware threads)\n"
@@ -445,11 +452,12 @@ int bench_tiers(int argc, char** argv) {
               << "  budget:      device " << cfg.budget_layers << " layers (" << format_bytes_human(static_cast<double>(budget))
               << "), prefetch lookahead " << cfg.lookahead << " layers\n"
               << "  compute:     fp32 GEMM " << gemm_n << "^3 = " << fixed(*gemm_s * 1e3, 3) << " ms each, 1 thread\n";
-    if (build_kind() != "release") std::cout << "  WARNING: not a release build; figures are not representative\n";
   }
+  warn_if_not_release(std::cout, cfg.json);
 
   const std::uint64_t lookahead_bytes = static_cast<std::uint64_t>(cfg.lookahead) * layer_charge;
-  nlohmann::json summary = {{"kind", "summary"}};
+  Json summary = {{"kind", "summary"}};
+  double worst_ratio = 0;
   bool all_ok = true;
   bool all_applicable = true;
   for (Tier home : cfg.homes) {
@@ -497,6 +505,7 @@ int bench_tiers(int argc, char** argv) {
     const bool pass = ratio <= 0.10;
     all_applicable = all_applicable && applicable;
     all_ok = all_ok && (pass || !applicable);
+    worst_ratio = std::max(worst_ratio, ratio);
     const std::string key(tier_name(home));
     summary[key] = {{"transfer_seconds_per_layer", xfer_s},
                     {"gemms_per_layer", reps},
@@ -509,7 +518,8 @@ int bench_tiers(int argc, char** argv) {
                     {"bar", 0.10},
                     {"pass", pass}};
     if (cfg.json) {
-      std::cout << row_json(off, ceiling->step_s).dump() << "\n" << row_json(on, ceiling->step_s).dump() << "\n";
+      report.result(row_json(off, ceiling->step_s));
+      report.result(row_json(on, ceiling->step_s));
       continue;
     }
     std::cout << "\nhome " << tier_name(home) << ": a missed layer waits " << fixed(xfer_s * 1e3, 2) << " ms ("
@@ -525,7 +535,13 @@ int bench_tiers(int argc, char** argv) {
     std::cout << "  stall with prefetch / stall without: " << fixed(ratio, 4) << " (bar <= 0.10: "
               << (!applicable ? "not applicable" : pass ? "met" : "NOT met") << ")\n";
   }
-  if (cfg.json) std::cout << summary.dump() << "\n";
+  if (cfg.json) {
+    summary["ratio"] = worst_ratio;
+    summary["ceiling"] = kStallCeiling;
+    summary["bar"] = 0.10;
+    summary["pass"] = all_ok;
+    report.summary(summary);
+  }
   if (!all_applicable && !cfg.json) {
     std::cout << "\nnote: transfers were slower than compute for some home; the bar applies only when bandwidth suffices\n";
   }

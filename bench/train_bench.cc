@@ -12,6 +12,9 @@
 //   product ((B*T, C) x (C, 4C)), enqueued in batches and timed to the median; measured before
 //   and after the steps, the higher of the two is the ceiling (so a quieter moment only lowers
 //   the reported fraction).
+//
+// --json (bench_json.h): results for the ceiling before, each measured step (ratio: its model
+// FLOP/s over the ceiling) and the ceiling after; the summary holds the medians.
 #include <omp.h>
 #include <unistd.h>
 
@@ -26,6 +29,7 @@
 #include <vector>
 
 #include "bench/bench_env.h"
+#include "bench/bench_json.h"
 #include "cli/command.h"
 #include "strata/data.h"
 #include "strata/device.h"
@@ -46,8 +50,8 @@ std::string fixed(double v, int digits) {
   return buf;
 }
 
-// GFLOP/s of Device::gemm on y (M, N) = x (M, K) @ w (K, N) in dtype t: median over rounds of
-// `per_round` products enqueued back to back.
+// GFLOP/s of Device::gemm on y (M, N) = x (M, K) @ w (K, N) in dtype t: median over 7 rounds
+// of `per_round` products enqueued back to back.
 Result<double> gemm_gflops(Device& dev, DType t, std::int64_t M, std::int64_t N, std::int64_t K) {
   const std::size_t es = dtype_size(t);
   STRATA_ASSIGN_OR_RETURN(DeviceBuffer a, dev.allocate(static_cast<std::size_t>(M * K) * es));
@@ -63,7 +67,13 @@ Result<double> gemm_gflops(Device& dev, DType t, std::int64_t M, std::int64_t N,
   const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
   STRATA_RETURN_IF_ERROR(dev.gemm(g, *stream));  // warm-up: plan creation, first touch
   STRATA_RETURN_IF_ERROR(stream->synchronize());
-  const int per_round = std::max(1, static_cast<int>(2e9 / flops));  // ~2 GFLOP per round
+  const auto t1 = Clock::now();
+  STRATA_RETURN_IF_ERROR(dev.gemm(g, *stream));
+  STRATA_RETURN_IF_ERROR(stream->synchronize());
+  const double one_s = std::max(1e-7, seconds_since(t1));
+  // ~2 GFLOP per round, or ~50 ms where a product is so small that its call cost dominates
+  // (the tiny model), whichever is fewer products.
+  const int per_round = std::max(1, static_cast<int>(std::min(2e9 / flops, 0.05 / one_s)));
   std::vector<double> rates;
   for (int r = 0; r < 7; ++r) {
     const auto t0 = Clock::now();
@@ -83,6 +93,7 @@ int bench_train(int argc, char** argv) {
       ("steps", "measured steps", cxxopts::value<int>()->default_value("5"))
       ("warmup", "steps before measuring", cxxopts::value<int>()->default_value("2"))
       ("device", "device backend: host or cuda", cxxopts::value<std::string>()->default_value("host"))
+      ("json", "print JSON Lines instead of tables; see 'strata help bench'")
       ("h,help", "show this help");
   cxxopts::ParseResult args;
   try {
@@ -126,18 +137,37 @@ int bench_train(int argc, char** argv) {
   const DType t = p.precision.dtype;
   const std::int64_t bt = static_cast<std::int64_t>(p.train.micro_batch) * d.seq_len;
 
-  std::cout << "strata bench train\n"
-            << "  cpu:      " << cpu_brand() << ", " << std::thread::hardware_concurrency() << " logical CPUs, "
-            << omp_get_max_threads() << " OpenMP threads\n"
-            << "  build:    " << build_kind() << "\n"
-            << "  device:   " << dev.info().name << "\n"
-            << "  model:    GPT-2 '" << p.train.model << "' (" << d.n_layer << " x " << d.n_embd << ", " << d.n_head
-            << " heads, vocab " << d.vocab << ", seq_len " << d.seq_len << "; "
-            << fixed(static_cast<double>(d.parameter_count()) / 1e6, 2) << "M parameters), " << dtype_name(t)
-            << (p.activation.checkpointing ? ", activation checkpointing" : "") << "\n"
-            << "  batch:    " << p.train.micro_batch << " x " << p.train.grad_accum << " x " << d.seq_len
-            << " tokens per step; " << warmup << " warm-up + " << steps << " measured steps\n";
-  if (build_kind() != "release") std::cout << "  WARNING: not a release build; figures are not representative\n";
+  const bool json = args.count("json") > 0;
+  JsonLines report("train");
+  if (json) {
+    report.env({{"device", dev.info().name},
+                {"model", p.train.model},
+                {"n_layer", d.n_layer},
+                {"n_embd", d.n_embd},
+                {"n_head", d.n_head},
+                {"vocab", d.vocab},
+                {"seq_len", d.seq_len},
+                {"parameters", d.parameter_count()},
+                {"dtype", dtype_name(t)},
+                {"activation_checkpointing", p.activation.checkpointing},
+                {"micro_batch", p.train.micro_batch},
+                {"grad_accum", p.train.grad_accum},
+                {"warmup", warmup},
+                {"steps", steps}});
+  } else {
+    std::cout << "strata bench train\n"
+              << "  cpu:      " << cpu_brand() << ", " << std::thread::hardware_concurrency() << " logical CPUs, "
+              << omp_get_max_threads() << " OpenMP threads\n"
+              << "  build:    " << build_kind() << "\n"
+              << "  device:   " << dev.info().name << "\n"
+              << "  model:    GPT-2 '" << p.train.model << "' (" << d.n_layer << " x " << d.n_embd << ", " << d.n_head
+              << " heads, vocab " << d.vocab << ", seq_len " << d.seq_len << "; "
+              << fixed(static_cast<double>(d.parameter_count()) / 1e6, 2) << "M parameters), " << dtype_name(t)
+              << (p.activation.checkpointing ? ", activation checkpointing" : "") << "\n"
+              << "  batch:    " << p.train.micro_batch << " x " << p.train.grad_accum << " x " << d.seq_len
+              << " tokens per step; " << warmup << " warm-up + " << steps << " measured steps\n";
+  }
+  warn_if_not_release(std::cout, json);
 
   auto ceiling1 = gemm_gflops(dev, t, bt, 4 * d.n_embd, d.n_embd);
   if (!ceiling1.ok()) {
@@ -147,7 +177,8 @@ int bench_train(int argc, char** argv) {
 
   TrainerOptions to;
   to.phase_timing = true;
-  std::vector<double> fwd, bwd, opt, total;
+  std::vector<double> fwd, bwd, opt, total, losses;
+  std::vector<std::uint64_t> gemm_flops;
   std::uint64_t gemm_flops_per_step = 0;
   double loss_first = 0, loss_last = 0;
   {
@@ -171,6 +202,8 @@ int bench_train(int argc, char** argv) {
       bwd.push_back(s->backward_s);
       opt.push_back(s->optimizer_s);
       total.push_back(s->seconds);
+      losses.push_back(s->loss);
+      gemm_flops.push_back(gemm_flops_per_step);
     }
   }
   auto ceiling2 = gemm_gflops(dev, t, bt, 4 * d.n_embd, d.n_embd);
@@ -184,23 +217,59 @@ int bench_train(int argc, char** argv) {
   const double model_gflops = model_flops / step_s / 1e9;
   const double ms = 1e3;
 
-  std::cout << "\nstep (median of " << steps << ")\n"
-            << "  forward     " << fixed(median(fwd) * ms, 1) << " ms\n"
-            << "  backward    " << fixed(median(bwd) * ms, 1) << " ms\n"
-            << "  optimizer   " << fixed(median(opt) * ms, 1) << " ms\n"
-            << "  step        " << fixed(step_s * ms, 1) << " ms  ("
-            << fixed(static_cast<double>(bt) * p.train.grad_accum / step_s, 0) << " tokens/s; loss " << fixed(loss_first, 3)
-            << " -> " << fixed(loss_last, 3) << ")\n"
-            << "\nthroughput\n"
-            << "  model FLOPs per step     " << fixed(model_flops / 1e9, 2) << " GFLOP\n"
-            << "  GEMM FLOPs run per step  " << fixed(static_cast<double>(gemm_flops_per_step) / 1e9, 2)
-            << " GFLOP (includes the masked half of attention" << (p.activation.checkpointing ? " and recomputation" : "")
-            << ")\n"
-            << "  model FLOP/s             " << fixed(model_gflops, 1) << " GFLOP/s\n"
-            << "  GEMM ceiling             " << fixed(ceiling, 1) << " GFLOP/s (" << dtype_name(t) << " (" << bt << " x "
-            << d.n_embd << ") @ (" << d.n_embd << " x " << 4 * d.n_embd << "); before " << fixed(*ceiling1, 1)
-            << ", after " << fixed(*ceiling2, 1) << ")\n"
-            << "  model FLOP/s / GEMM      " << fixed(100.0 * model_gflops / ceiling, 1) << " %\n";
+  const double tokens = static_cast<double>(bt) * p.train.grad_accum;
+  if (json) {
+    const std::string ceiling_name = "Device::gemm GFLOP/s, " + std::string(dtype_name(t)) + " (" + std::to_string(bt) +
+                                     " x " + std::to_string(d.n_embd) + ") @ (" + std::to_string(d.n_embd) + " x " +
+                                     std::to_string(4 * d.n_embd) + "), the higher of before and after the steps";
+    report.result({{"kind", "gemm_ceiling"}, {"when", "before"}, {"gflops", *ceiling1}});
+    for (std::size_t i = 0; i < total.size(); ++i) {
+      const double gflops = model_flops / total[i] / 1e9;
+      report.result({{"kind", "step"},
+                     {"step", warmup + static_cast<int>(i) + 1},
+                     {"forward_s", fwd[i]},
+                     {"backward_s", bwd[i]},
+                     {"optimizer_s", opt[i]},
+                     {"step_s", total[i]},
+                     {"loss", losses[i]},
+                     {"gemm_flops", gemm_flops[i]},
+                     {"model_gflops", gflops},
+                     {"ratio", gflops / ceiling},
+                     {"ceiling", ceiling_name}});
+    }
+    report.result({{"kind", "gemm_ceiling"}, {"when", "after"}, {"gflops", *ceiling2}});
+    report.summary({{"forward_s", median(fwd)},
+                    {"backward_s", median(bwd)},
+                    {"optimizer_s", median(opt)},
+                    {"step_s", step_s},
+                    {"tokens_per_s", tokens / step_s},
+                    {"loss_first", loss_first},
+                    {"loss_last", loss_last},
+                    {"model_flops_per_step", model_flops},
+                    {"gemm_flops_per_step", gemm_flops_per_step},
+                    {"model_gflops", model_gflops},
+                    {"ceiling_gflops", ceiling},
+                    {"ratio", model_gflops / ceiling},
+                    {"ceiling", ceiling_name}});
+  } else {
+    std::cout << "\nstep (median of " << steps << ")\n"
+              << "  forward     " << fixed(median(fwd) * ms, 1) << " ms\n"
+              << "  backward    " << fixed(median(bwd) * ms, 1) << " ms\n"
+              << "  optimizer   " << fixed(median(opt) * ms, 1) << " ms\n"
+              << "  step        " << fixed(step_s * ms, 1) << " ms  ("
+              << fixed(tokens / step_s, 0) << " tokens/s; loss " << fixed(loss_first, 3)
+              << " -> " << fixed(loss_last, 3) << ")\n"
+              << "\nthroughput\n"
+              << "  model FLOPs per step     " << fixed(model_flops / 1e9, 2) << " GFLOP\n"
+              << "  GEMM FLOPs run per step  " << fixed(static_cast<double>(gemm_flops_per_step) / 1e9, 2)
+              << " GFLOP (includes the masked half of attention" << (p.activation.checkpointing ? " and recomputation" : "")
+              << ")\n"
+              << "  model FLOP/s             " << fixed(model_gflops, 1) << " GFLOP/s\n"
+              << "  GEMM ceiling             " << fixed(ceiling, 1) << " GFLOP/s (" << dtype_name(t) << " (" << bt << " x "
+              << d.n_embd << ") @ (" << d.n_embd << " x " << 4 * d.n_embd << "); before " << fixed(*ceiling1, 1)
+              << ", after " << fixed(*ceiling2, 1) << ")\n"
+              << "  model FLOP/s / GEMM      " << fixed(100.0 * model_gflops / ceiling, 1) << " %\n";
+  }
   return kExitOk;
 }
 
