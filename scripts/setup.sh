@@ -14,7 +14,7 @@ packages=(
   libdnnl-dev ocl-icd-opencl-dev
   libopenmpi-dev openmpi-bin
   libgtest-dev libgmock-dev googletest libbenchmark-dev
-  fio iproute2 util-linux time
+  fio iproute2 util-linux time python3
 )
 
 missing=()
