@@ -2,7 +2,6 @@
 // CPU, the kernel and the file system under a path; and the two statistics they share.
 #pragma once
 
-#include <sys/statfs.h>
 #include <sys/utsname.h>
 
 #include <algorithm>
@@ -11,6 +10,8 @@
 #include <fstream>
 #include <string>
 #include <vector>
+
+#include "nvme/file.h"
 
 namespace strata::bench {
 
@@ -54,22 +55,7 @@ inline std::string kernel_release() {
 }
 
 // The file system `dir` lives on, by name when it is a common one.
-inline std::string fs_type(const std::string& dir) {
-  struct statfs s {};
-  if (::statfs(dir.c_str(), &s) != 0) return "unknown";
-  switch (static_cast<unsigned long>(s.f_type)) {
-    case 0xEF53: return "ext4";
-    case 0x58465342: return "xfs";
-    case 0x01021994: return "tmpfs";
-    case 0x9123683E: return "btrfs";
-    case 0x794c7630: return "overlayfs";
-    default: {
-      char buf[32];
-      std::snprintf(buf, sizeof buf, "0x%lx", static_cast<unsigned long>(s.f_type));
-      return buf;
-    }
-  }
-}
+inline std::string fs_type(const std::string& dir) { return nvme::file_system_name(dir); }
 
 inline double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());

@@ -4,7 +4,10 @@
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/statvfs.h>
+
+#include <cstdio>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -158,6 +161,7 @@ StorageInfo describe_storage(const std::string& path) {
     info.fs_type = fstype;
     info.source = unescape(source);
   }
+  if (info.fs_type.empty()) info.fs_type = file_system_name(path);
   std::string q = sysfs_queue_dir(st.st_dev);
   if (!q.empty()) {
     char target[PATH_MAX];
@@ -177,6 +181,25 @@ StorageInfo describe_storage(const std::string& path) {
     info.model = read_line(q + "/../device/model");
   }
   return info;
+}
+
+std::string file_system_name(const std::string& path) {
+  struct statfs s {};
+  if (::statfs(path.c_str(), &s) != 0) return "";
+  switch (static_cast<unsigned long>(s.f_type)) {
+    case 0xEF53: return "ext4";
+    case 0x58465342: return "xfs";
+    case 0x01021994: return "tmpfs";
+    case 0x9123683E: return "btrfs";
+    case 0x794c7630: return "overlayfs";
+    case 0x6969: return "nfs";
+    case 0x2fc12fc1: return "zfs";
+    default: {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "0x%lx", static_cast<unsigned long>(s.f_type));
+      return buf;
+    }
+  }
 }
 
 Result<std::uint64_t> free_bytes(const std::string& path) {

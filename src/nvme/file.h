@@ -77,6 +77,11 @@ struct StorageInfo {
 };
 StorageInfo describe_storage(const std::string& path);
 
+// The file system `path` lives on from statfs ("ext4", "xfs", "tmpfs", ... or its magic
+// number in hex): what describe_storage falls back to where /proc/self/mountinfo does not
+// show the mount (inside a chroot or some containers).
+std::string file_system_name(const std::string& path);
+
 // Free bytes under `path` for unprivileged writers (statvfs f_bavail * f_frsize), or
 // UINT64_MAX for a file system that reports no capacity at all (ramfs).
 Result<std::uint64_t> free_bytes(const std::string& path);
