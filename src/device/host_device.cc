@@ -943,10 +943,20 @@ Status HostDevice::sum_squares_impl(DeviceView x, DeviceView out, Stream& stream
       using T = decltype(tag);
       const T* p = static_cast<const T*>(x.address());
       const std::size_t n = x.count();
-      // Partial sums in double per thread (static split, so the result is reproducible for a
-      // fixed thread count); each term is the fp32 square the CUDA kernel adds.
-#pragma omp parallel for schedule(static) if (n >= kParallelMin) reduction(+ : sum)
-      for (std::size_t i = 0; i < n; ++i) sum += static_cast<double>(kern::square_elem(kern::to_f32(p[i])));
+      // One partial sum in double per thread over its static share of the elements, added in
+      // thread order, so the result depends only on the team size. (reduction(+) would add
+      // the partials in the order the threads arrive, which with three or more threads
+      // changes the rounding from run to run, and resumed runs compare bit for bit.) Each
+      // term is the fp32 square the CUDA kernel adds.
+      std::vector<double> partial(static_cast<std::size_t>(std::max(1, omp_get_max_threads())), 0.0);
+#pragma omp parallel if (n >= kParallelMin)
+      {
+        double mine = 0.0;
+#pragma omp for schedule(static)
+        for (std::size_t i = 0; i < n; ++i) mine += static_cast<double>(kern::square_elem(kern::to_f32(p[i])));
+        partial[static_cast<std::size_t>(omp_get_thread_num())] = mine;
+      }
+      for (double s : partial) sum += s;
     });
     float* o = static_cast<float*>(out.address());
     *o = static_cast<float>(static_cast<double>(*o) + sum);

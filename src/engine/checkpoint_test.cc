@@ -449,22 +449,44 @@ bool spawn_child(const std::string& dir, ChildProcess* c) {
   return c->out != nullptr;
 }
 
+// Whether the temporary directory of a save by `pid` is in `ckpt`: that save is between its
+// mkdir and its rename. (A save first removes what killed saves left; the pid makes sure.)
+bool save_in_progress(const std::string& ckpt, pid_t pid) {
+  const std::string suffix = ".tmp-" + std::to_string(pid);
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(ckpt, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.starts_with(".step-") && n.ends_with(suffix)) return true;
+  }
+  return false;
+}
+
+// The child is killed at random moments of a save. Whether a moment falls inside the save's
+// write (mkdir of the temporary directory .. rename) depends on how long saves take under the
+// machine's load, so nothing here counts on the odds: at the random moment the child is stopped
+// (SIGSTOP, and waitpid until it is), the directory is looked at while nothing in the child can
+// move, and only then is it killed. Rounds go on until at least kMinInSave kills have been seen
+// inside a save, with kMinRounds rounds at least (as many random points as before) and a cap.
 TEST(CheckpointKill, SaveKilledAtRandomPointsLeavesThePreviousCheckpointLoadable) {
   if (std::getenv(kChildEnv) != nullptr) GTEST_SKIP() << "this is the child";
   Scratch s;
   ASSERT_FALSE(s.path.empty());
+  constexpr int kMinRounds = 10;
+  constexpr int kMinInSave = 2;
+  constexpr int kMaxRounds = 50;
   std::mt19937_64 rng(12345);
   long long save_us = 2000;  // refined from the child's reports
   long long last_done = 0;
   int kills_during_save = 0;
-  const int rounds = 10;
-  for (int round = 0; round < rounds; ++round) {
+  int round = 0;
+  for (; round < kMaxRounds && (round < kMinRounds || kills_during_save < kMinInSave); ++round) {
     ChildProcess c;
     ASSERT_TRUE(spawn_child(s.path, &c)) << std::strerror(errno);
-    // Let one save finish (the first round needs a checkpoint to protect), then kill the
+    // Let one save finish (the first round needs a checkpoint to protect), then stop the
     // child at a random moment of the next save.
     char line[256];
     bool armed = false;
+    bool stopped = false;
     while (std::fgets(line, sizeof line, c.out) != nullptr) {
       long long step = 0, us = 0;
       if (std::sscanf(line, "D %lld %lld", &step, &us) == 2) {
@@ -474,18 +496,23 @@ TEST(CheckpointKill, SaveKilledAtRandomPointsLeavesThePreviousCheckpointLoadable
       } else if (armed && std::sscanf(line, "S %lld", &step) == 1) {
         std::uniform_int_distribution<long long> when(0, save_us * 11 / 10);
         std::this_thread::sleep_for(std::chrono::microseconds(when(rng)));
-        ::kill(c.pid, SIGKILL);
+        ::kill(c.pid, SIGSTOP);
+        stopped = true;
         break;
       }
     }
     int status = 0;
+    if (stopped) {
+      ASSERT_EQ(::waitpid(c.pid, &status, WUNTRACED), c.pid);
+      ASSERT_TRUE(WIFSTOPPED(status)) << "round " << round << ": the child ended before it could be stopped (status "
+                                      << status << ")";
+      // Was the save cut off in the middle? The child cannot finish or start one now.
+      if (save_in_progress(s.path + "/ckpt", c.pid)) ++kills_during_save;
+      ::kill(c.pid, SIGKILL);
+    }
     ASSERT_EQ(::waitpid(c.pid, &status, 0), c.pid);
     c.pid = -1;
     ASSERT_TRUE(WIFSIGNALED(status)) << "the child ended by itself (status " << status << "); its output ended early";
-    // Was the save cut off in the middle? (A temporary directory is left behind.)
-    for (const auto& e : fs::directory_iterator(s.path + "/ckpt")) {
-      if (e.path().filename().string().rfind(".step-", 0) == 0) ++kills_during_save;
-    }
     auto dev = host();
     auto t = Trainer::create(tiny_profile(OffloadTarget::kNvme, s.sub("swap")), *dev);
     ASSERT_TRUE(t.ok()) << t.status();
@@ -494,9 +521,11 @@ TEST(CheckpointKill, SaveKilledAtRandomPointsLeavesThePreviousCheckpointLoadable
     EXPECT_GE((*t)->steps_done(), last_done) << "a completed save was lost";
     EXPECT_EQ(train(**t, 1).size(), 1u);
   }
-  // The random points must include kills in the middle of writing, or the test proved little.
-  EXPECT_GE(kills_during_save, 2) << "of " << rounds << " kills, too few landed inside a save";
-  std::printf("kills inside a save: %d of %d\n", kills_during_save, rounds);
+  // The kills must include some in the middle of writing, or the test proved little.
+  EXPECT_GE(kills_during_save, kMinInSave) << "in " << round << " rounds only " << kills_during_save
+                                            << " kills landed between the mkdir and the rename of a save (saves took about "
+                                            << save_us << " us)";
+  std::printf("kills inside a save: %d of %d\n", kills_during_save, round);
 }
 
 }  // namespace
