@@ -27,6 +27,12 @@ bool parse_log_level(std::string_view name, LogLevel* out);
 using LogSink = void (*)(LogLevel, const std::string& line);
 void set_log_sink(LogSink sink);
 
+// Lines of a multi-rank job carry their rank ("[strata I r3 ...]"): the rank of the calling
+// thread when set (ranks that are threads of one process), else the process's (one rank per
+// process under MPI); -1 clears it.
+void set_log_process_rank(int rank);
+void set_log_thread_rank(int rank);
+
 // True the first time it is called with `key` in this process.
 bool log_first_time(std::string_view key);
 

@@ -88,6 +88,10 @@ struct ParallelConfig {
   PipelineSchedule schedule = PipelineSchedule::k1F1B;
   int micro_batches = 1;                          // micro-batches per pipeline step
   int virtual_stages = 1;                         // model chunks per stage (interleaved schedule)
+  std::string comm = "auto";                      // communicator backend: auto | local | mpi | nccl
+  bool check_collectives = false;                 // fingerprint collectives; mismatches fail, never hang
+  double comm_timeout = 300;                      // seconds any wait for another rank may take
+  bool hierarchical_allreduce = false;            // reduce within nodes, then across them
   bool operator==(const ParallelConfig&) const = default;
 };
 

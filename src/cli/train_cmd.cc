@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cli/command.h"
+#include "cli/train_ranks.h"
 #include "strata/checkpoint.h"
 #include "strata/data.h"
 #include "strata/device.h"
@@ -63,7 +64,7 @@ std::string progress_bar(std::int64_t step, std::int64_t total, int width) {
 }
 
 int train(int argc, char** argv) {
-  cxxopts::Options opts("strata train", "Train the profile's GPT-2 on one rank.");
+  cxxopts::Options opts("strata train", "Train the profile's GPT-2 on the ranks of the profile's grid.");
   opts.add_options()
       ("profile", "offload profile (*.toml or *.json); default: the built-in defaults", cxxopts::value<std::string>())
       ("data", "token data: a text file (byte tokens) or a *.u16 file; default: train.data, else the built-in text",
@@ -79,6 +80,8 @@ int train(int argc, char** argv) {
        cxxopts::value<std::string>())
       ("export-dtype", "dtype of exported weights: fp32, bf16 or fp16", cxxopts::value<std::string>()->default_value("fp32"))
       ("device", "device backend: host or cuda", cxxopts::value<std::string>()->default_value("host"))
+      ("ranks", "run N ranks as threads of this process (LocalComm); under mpirun each process is one rank",
+       cxxopts::value<int>()->default_value("1"))
       ("h,help", "show this help");
   cxxopts::ParseResult args;
   try {
@@ -117,6 +120,15 @@ int train(int argc, char** argv) {
     return kExitUsage;
   }
   Profile profile = *loaded;
+
+  // The ranks of the job. Under MPI every process fails the same way; only rank 0 says so.
+  auto world = open_train_world(profile, args["ranks"].as<int>());
+  if (!world.ok()) {
+    if (!launched_by_mpi() || launcher_rank() == 0) std::cerr << "strata train: " << world.status() << "\n";
+    return world.status().code() == StatusCode::kInvalidArgument || world.status().code() == StatusCode::kUnavailable
+               ? kExitUsage
+               : kExitFailed;
+  }
   DType export_dtype;
   if (!parse_dtype(args["export-dtype"].as<std::string>(), &export_dtype)) {
     std::cerr << "strata train: --export-dtype '" << args["export-dtype"].as<std::string>()
@@ -282,7 +294,7 @@ int train(int argc, char** argv) {
   return code;
 }
 
-STRATA_COMMAND("train", "train the profile's GPT-2 on one rank (progress, JSON log, safetensors weights)", train);
+STRATA_COMMAND("train", "train the profile's GPT-2 (one rank until data parallelism lands; progress, JSON log, weights)", train);
 
 }  // namespace
 }  // namespace strata::cli

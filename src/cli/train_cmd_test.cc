@@ -220,6 +220,34 @@ TEST(TrainCmd, OverridingOptionsApplyBeforeTheCrossKeyChecks) {
   EXPECT_NE(data.out.find(text.filename().string()), std::string::npos) << "reports the data it read: " << data.out;
 }
 
+// The ranks of a run: --ranks N threads or the processes of an MPI job, N = dp x tp x pp; a
+// grid other than 1 x 1 x 1 is refused until data-parallel training lands.
+TEST(TrainCmd, RanksMustMatchTheGridAndOnlyOneRankRunsYet) {
+  CliRun two = run("train --profile " + tiny_profile(1) + " --ranks 2");
+  EXPECT_EQ(two.exit_code, 2) << two.out;
+  EXPECT_NE(two.out.find("--ranks gives 2 ranks but the grid dp 1 x tp 1 x pp 1 needs 1"), std::string::npos) << two.out;
+  CliRun zero = run("train --profile " + tiny_profile(1) + " --ranks 0");
+  EXPECT_EQ(zero.exit_code, 2) << zero.out;
+  const auto dp2 = dir() / "dp2.toml";
+  std::ofstream(dp2) << "[memory]\ndevice_budget = \"256MiB\"\n[parallel]\ndp = 2\n[train]\nmodel = \"tiny\"\n";
+  CliRun grid = run("train --profile " + dp2.string() + " --ranks 2");
+  EXPECT_EQ(grid.exit_code, 2) << grid.out;
+  EXPECT_NE(grid.out.find("not available until data-parallel training lands"), std::string::npos) << grid.out;
+  CliRun one = run("train --profile " + tiny_profile(1) + " --ranks 1");
+  EXPECT_EQ(one.exit_code, 0) << one.out;
+}
+
+TEST(TrainCmd, UnderMpirunTheGridIsCheckedAndOnlyRankZeroReports) {
+  if (run_shell("command -v mpirun").exit_code != 0) GTEST_SKIP() << "mpirun is not installed";
+  CliRun r = run_shell("mpirun --allow-run-as-root --oversubscribe -n 2 " + std::string(STRATA_CLI_PATH) +
+                       " train --profile " + tiny_profile(1));
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  const std::string msg = "the MPI job has 2 ranks but the grid dp 1 x tp 1 x pp 1 needs 1";
+  const auto first = r.out.find(msg);
+  ASSERT_NE(first, std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find(msg, first + 1), std::string::npos) << "printed by one rank only:\n" << r.out;
+}
+
 // On a terminal (a pseudo-terminal from util-linux `script`): the progress bar, redrawn in
 // place with step, loss, tokens/s and ETA.
 TEST(TrainCmd, ShowsAProgressBarOnATerminal) {

@@ -76,13 +76,24 @@ bool log_first_time(std::string_view key) {
   return seen.emplace(key).second;
 }
 
+namespace {
+std::atomic<int> g_process_rank{-1};
+thread_local int t_thread_rank = -1;
+}  // namespace
+
+void set_log_process_rank(int rank) { g_process_rank.store(rank); }
+void set_log_thread_rank(int rank) { t_thread_rank = rank; }
+
 namespace detail {
 
 LogLine::LogLine(LogLevel level, const char* file, int line) : level_(level) {
   double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - g_start).count();
   const char* base = std::strrchr(file, '/');
-  char head[160];
-  std::snprintf(head, sizeof head, "[strata %s %9.3f %s:%d] ", level_tag(level), t,
+  const int rank = t_thread_rank >= 0 ? t_thread_rank : g_process_rank.load();
+  char who[16] = "";
+  if (rank >= 0) std::snprintf(who, sizeof who, " r%d", rank);
+  char head[176];
+  std::snprintf(head, sizeof head, "[strata %s%s %9.3f %s:%d] ", level_tag(level), who, t,
                 base != nullptr ? base + 1 : file, line);
   os_ << head;
 }

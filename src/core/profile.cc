@@ -270,7 +270,11 @@ std::string Profile::to_toml() const {
     << "pp = " << parallel.pp << "\n"
     << "schedule = " << toml_string(pipeline_schedule_name(parallel.schedule)) << "\n"
     << "micro_batches = " << parallel.micro_batches << "\n"
-    << "virtual_stages = " << parallel.virtual_stages << "\n\n";
+    << "virtual_stages = " << parallel.virtual_stages << "\n"
+    << "comm = " << toml_string(parallel.comm) << "\n"
+    << "check_collectives = " << toml_bool(parallel.check_collectives) << "\n"
+    << "comm_timeout = " << toml_double(parallel.comm_timeout) << "\n"
+    << "hierarchical_allreduce = " << toml_bool(parallel.hierarchical_allreduce) << "\n\n";
   o << "[precision]\n"
     << "dtype = " << toml_string(dtype_name(precision.dtype)) << "\n"
     << "grad_dtype = " << toml_string(dtype_name(precision.grad_dtype)) << "\n"
@@ -348,7 +352,11 @@ std::string Profile::to_json() const {
                    {"pp", parallel.pp},
                    {"schedule", pipeline_schedule_name(parallel.schedule)},
                    {"micro_batches", parallel.micro_batches},
-                   {"virtual_stages", parallel.virtual_stages}};
+                   {"virtual_stages", parallel.virtual_stages},
+                   {"comm", parallel.comm},
+                   {"check_collectives", parallel.check_collectives},
+                   {"comm_timeout", parallel.comm_timeout},
+                   {"hierarchical_allreduce", parallel.hierarchical_allreduce}};
   ordered_json scale = precision.dynamic_loss_scale ? ordered_json("dynamic") : ordered_json(precision.loss_scale);
   j["precision"] = {{"dtype", dtype_name(precision.dtype)},
                     {"grad_dtype", dtype_name(precision.grad_dtype)},
@@ -466,6 +474,17 @@ pp = 1
 schedule = "1f1b"
 micro_batches = 1
 virtual_stages = 1
+# Communicator: "auto" (mpi when started by an MPI launcher with more than one process,
+# local otherwise), "local" (ranks are threads: strata train --ranks N), "mpi", "nccl" (GPUs).
+comm = "auto"
+# Fingerprint every collective so that ranks that enqueue different ones fail naming both
+# sides instead of hanging (one small extra exchange per collective with mpi).
+check_collectives = false
+# Seconds any wait for another rank may take before the job fails naming the rank.
+comm_timeout = 300.0
+# Two-level all-reduce: within each node, then across nodes (1/ranks-per-node of the bytes
+# cross the slow links).
+hierarchical_allreduce = false
 
 [precision]
 # Parameter and activation type: "fp32", "bf16" or "fp16" (master weights stay fp32).

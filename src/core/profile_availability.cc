@@ -49,6 +49,8 @@ const std::vector<PendingKey>& pending_keys() {
       STRATA_PENDING_KEY("parallel.schedule", parallel.schedule, "\"1f1b\"", kPipeline),
       STRATA_PENDING_KEY("parallel.micro_batches", parallel.micro_batches, "1", kPipeline),
       STRATA_PENDING_KEY("parallel.virtual_stages", parallel.virtual_stages, "1", kPipeline),
+      STRATA_PENDING_KEY("parallel.hierarchical_allreduce", parallel.hierarchical_allreduce, "false",
+                         "gradients are reduced once data-parallel training lands"),
       STRATA_PENDING_KEY("activation.offload", activation.offload, "false",
                          "checkpointed activations stay in device memory"),
   };

@@ -501,6 +501,14 @@ Status read_profile(const Node& root, Profile* p) {
     p->parallel.schedule = static_cast<PipelineSchedule>(sched);
     STRATA_RETURN_IF_ERROR(s.integer("micro_batches", &p->parallel.micro_batches, 1, 1 << 20));
     STRATA_RETURN_IF_ERROR(s.integer("virtual_stages", &p->parallel.virtual_stages, 1, 1024));
+    int comm = 0;
+    const std::vector<std::string> backends = {"auto", "local", "mpi", "nccl"};
+    comm = static_cast<int>(std::find(backends.begin(), backends.end(), p->parallel.comm) - backends.begin());
+    STRATA_RETURN_IF_ERROR(s.choice("comm", &comm, backends));
+    p->parallel.comm = backends[static_cast<std::size_t>(comm)];
+    STRATA_RETURN_IF_ERROR(s.boolean("check_collectives", &p->parallel.check_collectives));
+    STRATA_RETURN_IF_ERROR(s.number("comm_timeout", &p->parallel.comm_timeout, 0, 86400, true));
+    STRATA_RETURN_IF_ERROR(s.boolean("hierarchical_allreduce", &p->parallel.hierarchical_allreduce));
     STRATA_RETURN_IF_ERROR(s.finish());
   }
   {

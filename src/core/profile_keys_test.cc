@@ -81,6 +81,9 @@ const std::map<std::string, Reader>& honoured_keys() {
       {"optimizer.weight_decay", {"src/engine/device_adam.cc", "c.weight_decay"}},
       {"optimizer.bias_correction", {"src/engine/device_adam.cc", "c.bias_correction"}},
       {"optimizer.grad_clip", {"src/engine/trainer.cc", "optimizer.grad_clip"}},
+      {"parallel.comm", {"src/cli/train_ranks.cc", "parallel.comm"}},
+      {"parallel.check_collectives", {"src/cli/train_ranks.cc", "parallel.check_collectives"}},
+      {"parallel.comm_timeout", {"src/cli/train_ranks.cc", "parallel.comm_timeout"}},
       {"activation.checkpointing", {"src/model/gpt.cc", "profile.activation.checkpointing"}},
       {"train.model", {"src/core/profile_io.cc", "model_preset("}},
       {"train.n_layer", {"src/model/gpt.cc", "profile.train.dims"}},
@@ -123,6 +126,7 @@ const std::map<std::string, std::string>& non_default_settings() {
       {"parallel.micro_batches", "[parallel]\nmicro_batches = 4\n"},
       {"parallel.virtual_stages", "[parallel]\npp = 2\nvirtual_stages = 2\nschedule = \"interleaved\"\nmicro_batches = 2\n"},
       {"activation.offload", "[activation]\ncheckpointing = true\noffload = true\n"},
+      {"parallel.hierarchical_allreduce", "[parallel]\nhierarchical_allreduce = true\n"},
   };
   return s;
 }

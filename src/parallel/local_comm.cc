@@ -16,6 +16,7 @@
 
 #include "parallel/comm_backends.h"
 #include "parallel/local_group.h"
+#include "strata/log.h"
 
 namespace strata::comm {
 
@@ -180,6 +181,7 @@ Status LocalComm::enqueue_p2p(CommKind kind, const CommBuffer& buffer, int peer,
 }
 
 void LocalComm::run() {
+  set_log_thread_rank(group_->world_rank(rank_));
   std::unique_lock lk(mu_);
   for (;;) {
     cv_.wait(lk, [&] { return stop_ || ready_.count(next_run_) != 0; });

@@ -119,6 +119,7 @@ class MpiRuntime {
     }
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
+    set_log_process_rank(world_rank_);
     MPI_User_function* bf16[] = {half_sum<kern::Bf16>, half_max<kern::Bf16>, half_min<kern::Bf16>};
     MPI_User_function* f16[] = {half_sum<kern::F16>, half_max<kern::F16>, half_min<kern::F16>};
     for (int k = 0; k < 3; ++k) {
