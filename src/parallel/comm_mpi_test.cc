@@ -126,6 +126,30 @@ TEST(MpiComm, SplitCountsAndHostValues) {
   EXPECT_EQ(world->stats().of(CommKind::kAllReduce).bytes_sent - before, 2 * 12000 * (N - 1) / N);
 }
 
+// NcclComm on the CUDA device: built with CUDA, NCCL and MPI, and unverified until this runs on
+// a GPU (here it skips: no CUDA device).
+TEST(CudaNccl, AllReduceOnTheCudaDeviceMatchesTheReference) {
+  auto nccl = create_communicator("nccl");
+  if (!nccl.ok() && nccl.status().code() == StatusCode::kUnavailable) GTEST_SKIP() << nccl.status().message();
+  ASSERT_TRUE(nccl.ok()) << nccl.status();
+  auto dev = create_device("cuda");
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  auto stream = (*dev)->create_stream("nccl-test");
+  ASSERT_TRUE(stream.ok());
+  const int n = (*nccl)->size();
+  std::vector<std::vector<std::byte>> in;
+  for (int r = 0; r < n; ++r) in.push_back(testing_comm::Fill::random(CommType::kI32, 4097, 3 + static_cast<unsigned>(r)));
+  auto buf = (*dev)->allocate(4097 * 4);
+  ASSERT_TRUE(buf.ok());
+  const CommBuffer b{buf->range(), CommType::kI32, 4097};
+  ASSERT_TRUE((*dev)->copy_to_device(b.range, in[static_cast<std::size_t>((*nccl)->rank())], **stream).ok());
+  ASSERT_TRUE((*nccl)->all_reduce(b, b, ReduceOp::kSum, **stream).ok());
+  std::vector<std::byte> out(4097 * 4);
+  ASSERT_TRUE((*dev)->copy_to_host(out, b.range, **stream).ok());
+  ASSERT_TRUE((*stream)->synchronize().ok());
+  EXPECT_TRUE(out == testing_comm::reference_reduce(CommType::kI32, ReduceOp::kSum, in));
+}
+
 }  // namespace
 }  // namespace strata
 
