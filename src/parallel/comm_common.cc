@@ -180,70 +180,94 @@ Acc add(Acc a, Acc b) {
   }
 }
 
-template <typename Acc>
-Acc combine(ReduceOp op, Acc a, Acc b) {
-  switch (op) {
-    case ReduceOp::kSum: return add(a, b);
-    case ReduceOp::kMax: return b > a ? b : a;
-    case ReduceOp::kMin: return b < a ? b : a;
+template <ReduceOp Op, typename Acc>
+Acc combine(Acc a, Acc b) {
+  if constexpr (Op == ReduceOp::kSum) {
+    return add(a, b);
+  } else if constexpr (Op == ReduceOp::kMax) {
+    return b > a ? b : a;
+  } else {
+    return b < a ? b : a;
   }
-  return a;
 }
 
-// One element type: T in memory, Acc for the arithmetic, to/from for the conversions.
-template <typename T, typename Acc, typename To, typename From>
-void reduce_typed(ReduceOp op, void* dst_v, std::span<const void* const> src, std::size_t begin, std::size_t end,
-                  std::span<const int> groups, To to_acc, From from_acc) {
-  constexpr std::size_t kBlock = 2048;  // elements per pass: the partials stay in L1
-  T* dst = static_cast<T*>(dst_v);
+// The element types: T in memory, Acc for the arithmetic.
+template <typename T>
+struct Arith {
+  using Acc = T;
+  static Acc to(T v) { return v; }
+  static T from(Acc v) { return v; }
+};
+template <>
+struct Arith<kern::Bf16> {
+  using Acc = float;
+  static float to(kern::Bf16 v) { return kern::to_f32(v); }
+  static kern::Bf16 from(float v) { return kern::from_f32<kern::Bf16>(v); }
+};
+template <>
+struct Arith<kern::F16> {
+  using Acc = float;
+  static float to(kern::F16 v) { return kern::to_f32(v); }
+  static kern::F16 from(float v) { return kern::from_f32<kern::F16>(v); }
+};
+
+// Blocks of kBlock elements: the partials of a block stay in L1, every loop is a plain
+// element-wise loop the compiler vectorises, and each destination is written once per block.
+template <typename T, ReduceOp Op>
+void reduce_typed(std::span<void* const> dsts, std::span<const void* const> src, std::size_t begin, std::size_t end,
+                  std::span<const int> groups) {
+  using A = Arith<T>;
+  using Acc = typename A::Acc;
+  constexpr std::size_t kBlock = 2048;
   const int one_group[] = {static_cast<int>(src.size())};
   if (groups.empty()) groups = one_group;
-  Acc acc[kBlock];
-  Acc total[kBlock];
+  alignas(64) Acc acc[kBlock];
+  alignas(64) Acc total[kBlock];
+  alignas(64) T out[kBlock];
   for (std::size_t b0 = begin; b0 < end; b0 += kBlock) {
     const std::size_t len = std::min(kBlock, end - b0);
     std::size_t k = 0;
     for (std::size_t g = 0; g < groups.size(); ++g) {
       const T* first = static_cast<const T*>(src[k]) + b0;
-      for (std::size_t i = 0; i < len; ++i) acc[i] = to_acc(first[i]);
+      for (std::size_t i = 0; i < len; ++i) acc[i] = A::to(first[i]);
       for (int m = 1; m < groups[g]; ++m) {
-        const T* s = static_cast<const T*>(src[k + static_cast<std::size_t>(m)]) + b0;
-        for (std::size_t i = 0; i < len; ++i) acc[i] = combine(op, acc[i], to_acc(s[i]));
+        const T* x = static_cast<const T*>(src[k + static_cast<std::size_t>(m)]) + b0;
+        for (std::size_t i = 0; i < len; ++i) acc[i] = combine<Op>(acc[i], A::to(x[i]));
       }
       k += static_cast<std::size_t>(groups[g]);
-      // Each group's partial is rounded to the element type, as a stored shard would be.
+      if (groups.size() == 1) break;
+      // Each node's partial is rounded to the element type, as a stored shard would be.
       for (std::size_t i = 0; i < len; ++i) {
-        const Acc rounded = to_acc(from_acc(acc[i]));
-        total[i] = g == 0 ? rounded : combine(op, total[i], rounded);
+        const Acc rounded = A::to(A::from(acc[i]));
+        total[i] = g == 0 ? rounded : combine<Op>(total[i], rounded);
       }
     }
-    for (std::size_t i = 0; i < len; ++i) dst[b0 + i] = from_acc(total[i]);
+    const Acc* result = groups.size() == 1 ? acc : total;
+    for (std::size_t i = 0; i < len; ++i) out[i] = A::from(result[i]);
+    for (void* d : dsts) std::memcpy(static_cast<T*>(d) + b0, out, len * sizeof(T));
+  }
+}
+
+template <typename T>
+void reduce_op(ReduceOp op, std::span<void* const> dsts, std::span<const void* const> src, std::size_t begin,
+               std::size_t end, std::span<const int> groups) {
+  switch (op) {
+    case ReduceOp::kSum: reduce_typed<T, ReduceOp::kSum>(dsts, src, begin, end, groups); return;
+    case ReduceOp::kMax: reduce_typed<T, ReduceOp::kMax>(dsts, src, begin, end, groups); return;
+    case ReduceOp::kMin: reduce_typed<T, ReduceOp::kMin>(dsts, src, begin, end, groups); return;
   }
 }
 
 }  // namespace
 
-void reduce_fixed_order(CommType type, ReduceOp op, void* dst, std::span<const void* const> src, std::size_t begin,
-                        std::size_t end, std::span<const int> group_sizes) {
-  auto same = [](auto v) { return v; };
+void reduce_fixed_order(CommType type, ReduceOp op, std::span<void* const> dsts, std::span<const void* const> src,
+                        std::size_t begin, std::size_t end, std::span<const int> group_sizes) {
   switch (type) {
-    case CommType::kF32:
-      reduce_typed<float, float>(op, dst, src, begin, end, group_sizes, same, same);
-      return;
-    case CommType::kBF16:
-      reduce_typed<kern::Bf16, float>(op, dst, src, begin, end, group_sizes, [](kern::Bf16 v) { return kern::to_f32(v); },
-                                      [](float v) { return kern::from_f32<kern::Bf16>(v); });
-      return;
-    case CommType::kF16:
-      reduce_typed<kern::F16, float>(op, dst, src, begin, end, group_sizes, [](kern::F16 v) { return kern::to_f32(v); },
-                                     [](float v) { return kern::from_f32<kern::F16>(v); });
-      return;
-    case CommType::kI32:
-      reduce_typed<std::int32_t, std::int32_t>(op, dst, src, begin, end, group_sizes, same, same);
-      return;
-    case CommType::kI64:
-      reduce_typed<std::int64_t, std::int64_t>(op, dst, src, begin, end, group_sizes, same, same);
-      return;
+    case CommType::kF32: reduce_op<float>(op, dsts, src, begin, end, group_sizes); return;
+    case CommType::kBF16: reduce_op<kern::Bf16>(op, dsts, src, begin, end, group_sizes); return;
+    case CommType::kF16: reduce_op<kern::F16>(op, dsts, src, begin, end, group_sizes); return;
+    case CommType::kI32: reduce_op<std::int32_t>(op, dsts, src, begin, end, group_sizes); return;
+    case CommType::kI64: reduce_op<std::int64_t>(op, dsts, src, begin, end, group_sizes); return;
   }
 }
 

@@ -55,12 +55,13 @@ class CommCounters {
   CommStats stats_;
 };
 
-// dst[i] = op over k of src[k][i] for i in [begin, end), in the fixed order: the sources of
-// each node group (consecutive runs of `group_sizes`) in order in fp32 (int64 for integers),
-// rounded to the type, then the groups' results in order. `group_sizes` empty = one group.
-// dst may alias a source element-for-element.
-void reduce_fixed_order(CommType type, ReduceOp op, void* dst, std::span<const void* const> src, std::size_t begin,
-                        std::size_t end, std::span<const int> group_sizes = {});
+// d[i] = op over k of src[k][i] for i in [begin, end), written to every d of `dsts`, in the
+// fixed order: the sources of each node group (consecutive runs of `group_sizes`) in order in
+// the arithmetic type (fp32 for the float types, the integer type itself, wrapping), rounded to
+// the element type, then the groups' results in order. `group_sizes` empty = one group. A
+// destination may alias a source element for element.
+void reduce_fixed_order(CommType type, ReduceOp op, std::span<void* const> dsts, std::span<const void* const> src,
+                        std::size_t begin, std::size_t end, std::span<const int> group_sizes = {});
 
 // Enqueues on `stream`: `post` (on the device's host-callback thread, when the stream reaches
 // it; it must only hand the operation to a progress engine, never wait), then a wait for

@@ -6,9 +6,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "parallel/comm_test_util.h"
+#include "parallel/hierarchical_allreduce.h"
 
 namespace strata {
 namespace {
@@ -124,6 +126,29 @@ TEST(MpiComm, SplitCountsAndHostValues) {
   ASSERT_TRUE(env.stream->synchronize().ok());
   const auto N = static_cast<std::uint64_t>(world->size());
   EXPECT_EQ(world->stats().of(CommKind::kAllReduce).bytes_sent - before, 2 * 12000 * (N - 1) / N);
+}
+
+// Two levels: within each node, then across. Under the multihost test (two namespaces of two
+// ranks, STRATA_EXPECT_NODES=2) the nodes are real and the cross-node traffic is TCP.
+TEST(MpiComm, HierarchicalAllReduceMatchesTheFlatOne) {
+  if (const char* want = std::getenv("STRATA_EXPECT_NODES")) {
+    EXPECT_EQ(world->node_count(), std::atoi(want));
+  }
+  Env env;
+  auto h = parallel::HierarchicalAllReduce::create(*world);
+  ASSERT_TRUE(h.ok()) << h.status();
+  const int n = world->size();
+  constexpr std::size_t kCount = 10001;
+  std::vector<std::vector<std::byte>> in;
+  for (int r = 0; r < n; ++r) in.push_back(testing_comm::Fill::random(CommType::kF32, kCount, 77 + static_cast<unsigned>(r)));
+  auto buf = env.rank.upload(in[static_cast<std::size_t>(world->rank())], CommType::kF32, kCount);
+  ASSERT_TRUE((*h)->all_reduce(buf, buf, ReduceOp::kSum, *env.stream).ok());
+  expect_reduced(CommType::kF32, ReduceOp::kSum, env.rank.download(buf),
+                 testing_comm::reference_reduce(CommType::kF32, ReduceOp::kSum, in), n, "hierarchical all_reduce");
+  const auto per_node = static_cast<std::uint64_t>((*h)->node_comm().size());
+  const auto nodes = static_cast<std::uint64_t>((*h)->cross_comm().size());
+  const std::uint64_t shard = kCount / per_node * 4;
+  EXPECT_EQ((*h)->cross_comm().stats().of(CommKind::kAllReduce).bytes_sent, nodes > 1 ? 2 * shard * (nodes - 1) / nodes : 0);
 }
 
 // NcclComm on the CUDA device: built with CUDA, NCCL and MPI, and unverified until this runs on

@@ -26,6 +26,10 @@ namespace {
 struct PendingOp {
   Arrival arrival;
   std::shared_ptr<HostSignal> done;
+  // Completes when the stream reaches the operation; null for the blocking forms. The progress
+  // thread waits for it itself, so back-to-back collectives pass from one to the next without
+  // a hop through the device's threads.
+  std::shared_ptr<Event> reached;
   Clock::time_point ready;
 };
 
@@ -127,14 +131,14 @@ std::shared_ptr<PendingOp> LocalComm::make_op(Arrival a) {
   op->arrival = a;
   op->arrival.fp.group = group_->id();
   op->done = HostSignal::make();
-  std::lock_guard lk(mu_);
-  op->arrival.fp.seq = next_seq_++;
   return op;
 }
 
+// Numbers the operation (enqueue order is collective order) and hands it to the progress thread.
 void LocalComm::post_ready(const std::shared_ptr<PendingOp>& op) {
   {
     std::lock_guard lk(mu_);
+    op->arrival.fp.seq = next_seq_++;
     op->ready = Clock::now();
     ready_[op->arrival.fp.seq] = op;
   }
@@ -152,7 +156,12 @@ Status LocalComm::enqueue(CommKind kind, const CommBuffer& send, const CommBuffe
   a.send = send;
   a.recv = recv;
   auto pending = make_op(a);
-  return enqueue_step(stream, [this, pending] { post_ready(pending); }, pending->done);
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Event> reached, stream.device().create_event());
+  pending->reached = std::move(reached);
+  STRATA_RETURN_IF_ERROR(stream.record(*pending->reached));
+  STRATA_RETURN_IF_ERROR(stream.wait_host(pending->done));
+  post_ready(pending);
+  return Status::OK();
 }
 
 Status LocalComm::run_blocking(Arrival a) {
@@ -189,6 +198,9 @@ void LocalComm::run() {
     std::shared_ptr<PendingOp> op = std::move(ready_[next_run_]);
     ready_.erase(next_run_++);
     lk.unlock();
+    // The collective runs even when the stream's earlier work failed (that failure reaches the
+    // stream's owner): a rank that stayed away would make its peers wait for it.
+    if (op->reached) op->reached->synchronize().ignore();
     Status st = execute(op->arrival);
     const double seconds = std::chrono::duration<double>(Clock::now() - op->ready).count();
     if (st.ok()) {
@@ -253,18 +265,18 @@ void LocalComm::share(const Arrival& a) {
       if (begin == end) return;
       std::vector<const void*> src;
       for (int r : order) src.push_back(group_->arrival(r).send.range.address());
-      reduce_fixed_order(a.fp.type, a.fp.op, byte_at(a.recv, 0, 0), src, begin, end, nodes);
-      for (int r = 0; r < n; ++r) {
-        if (r == rank_) continue;
-        std::memcpy(byte_at(group_->arrival(r).recv, begin, elem), byte_at(a.recv, begin, elem), (end - begin) * elem);
-      }
+      // Slice r of every receive buffer, written in the same pass that reduces it.
+      std::vector<void*> dsts;
+      for (int r = 0; r < n; ++r) dsts.push_back(group_->arrival(r).recv.range.address());
+      reduce_fixed_order(a.fp.type, a.fp.op, dsts, src, begin, end, nodes);
       return;
     }
     case CommKind::kReduceScatter: {
       const std::size_t per = a.recv.count;
       std::vector<const void*> src;
       for (int r : order) src.push_back(byte_at(group_->arrival(r).send, per * static_cast<std::size_t>(rank_), elem));
-      reduce_fixed_order(a.fp.type, a.fp.op, a.recv.range.address(), src, 0, per, nodes);
+      void* const dst[] = {a.recv.range.address()};
+      reduce_fixed_order(a.fp.type, a.fp.op, dst, src, 0, per, nodes);
       return;
     }
     case CommKind::kAllGather: {

@@ -63,9 +63,15 @@ Status LocalGroup::aborted() const {
   return aborted_;
 }
 
-Status LocalGroup::wait_all(std::unique_lock<std::mutex>& lk, std::uint64_t& gen, const std::string& what,
-                            const std::vector<char>& reached) {
-  const std::uint64_t mine = gen;
+Status LocalGroup::wait_all(std::unique_lock<std::mutex>& lk, const std::atomic<std::uint64_t>& gen,
+                            const std::string& what, const std::vector<char>& reached) {
+  const std::uint64_t mine = gen.load();
+  // Peers usually arrive within microseconds, and a sleep and wake-up costs tens of them: poll
+  // briefly first, yielding the core to whoever needs it (ranks may outnumber cores).
+  lk.unlock();
+  const auto spin_until = Clock::now() + std::chrono::microseconds(50);
+  while (gen.load(std::memory_order_acquire) == mine && Clock::now() < spin_until) std::this_thread::yield();
+  lk.lock();
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                            std::chrono::duration<double>(options_.timeout_s));
   while (gen == mine && aborted_.ok()) {

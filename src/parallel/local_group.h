@@ -10,6 +10,7 @@
 // Thread-safety: every member is safe from any thread.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -88,7 +89,7 @@ class LocalGroup {
 
  private:
   // Waits until `gen` moves on; on timeout names the ranks whose `reached` flag is unset.
-  Status wait_all(std::unique_lock<std::mutex>& lk, std::uint64_t& gen, const std::string& what,
+  Status wait_all(std::unique_lock<std::mutex>& lk, const std::atomic<std::uint64_t>& gen, const std::string& what,
                   const std::vector<char>& reached);
   Status disagreement() const;  // REQUIRES: mu_ held, every rank arrived
   void finish(Transfer& send, Transfer& recv);
@@ -109,7 +110,7 @@ class LocalGroup {
   std::vector<char> present_;    // arrived at the current collective
   std::vector<char> left_mask_;  // finished the current collective
   int arrived_ = 0, left_ = 0;
-  std::uint64_t meet_gen_ = 0, leave_gen_ = 0;
+  std::atomic<std::uint64_t> meet_gen_{0}, leave_gen_{0};  // written under mu_
   std::vector<SplitResult> split_results_;
   using Key = std::tuple<int, int, int>;  // src, dst, tag
   std::map<Key, std::deque<Transfer>> sends_, recvs_;

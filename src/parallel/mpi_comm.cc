@@ -177,6 +177,7 @@ struct MpiOp {
   std::span<double> host;
   int peer = -1, tag = 0, color = -1, key = 0;
   std::shared_ptr<HostSignal> done;
+  std::shared_ptr<Event> reached;  // collectives: completes when the stream reaches the operation
   Clock::time_point ready;
   MPI_Comm split_out = MPI_COMM_NULL;
 };
@@ -274,8 +275,6 @@ class MpiComm final : public Communicator {
     m->send = send;
     m->recv = recv;
     m->done = HostSignal::make();
-    std::lock_guard lk(mu_);
-    m->fp.seq = next_seq_++;
     return m;
   }
 
@@ -295,7 +294,14 @@ class MpiComm final : public Communicator {
   Status enqueue(std::shared_ptr<MpiOp> op, Stream& stream) {
     STRATA_RETURN_IF_ERROR(host_addressable(op->send));
     STRATA_RETURN_IF_ERROR(host_addressable(op->recv));
-    return enqueue_step(stream, [this, op] { post_collective(op); }, op->done);
+    // The progress thread waits for `reached` itself, so back-to-back collectives pass from one
+    // to the next without a hop through the device's threads.
+    STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Event> reached, stream.device().create_event());
+    op->reached = std::move(reached);
+    STRATA_RETURN_IF_ERROR(stream.record(*op->reached));
+    STRATA_RETURN_IF_ERROR(stream.wait_host(op->done));
+    post_collective(op);
+    return Status::OK();
   }
 
   Status enqueue_p2p(CommKind kind, const CommBuffer& buffer, int peer, int tag, Stream& stream) {
@@ -315,9 +321,11 @@ class MpiComm final : public Communicator {
     return enqueue_step(stream, [this, op] { post_transfer(op); }, op->done);
   }
 
+  // Numbers the operation (enqueue order is collective order) and hands it to the progress thread.
   void post_collective(const std::shared_ptr<MpiOp>& op) {
     {
       std::lock_guard lk(mu_);
+      op->fp.seq = next_seq_++;
       op->ready = Clock::now();
       ready_[op->fp.seq] = op;
     }
@@ -389,6 +397,9 @@ void MpiComm::run_collectives() {
     std::shared_ptr<MpiOp> op = std::move(ready_[next_run_]);
     ready_.erase(next_run_++);
     lk.unlock();
+    // It runs even when the stream's earlier work failed: a rank that stayed away would hang
+    // its peers (the failure reaches the stream's owner).
+    if (op->reached) op->reached->synchronize().ignore();
     const std::uint64_t watch = mpi_.watch("rank " + std::to_string(mpi_.world_rank()) + ": " + describe(op->fp), options_.timeout_s);
     Status st = run_collective(*op);
     mpi_.unwatch(watch);
