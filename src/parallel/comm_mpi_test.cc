@@ -128,6 +128,22 @@ TEST(MpiComm, SplitCountsAndHostValues) {
   EXPECT_EQ(world->stats().of(CommKind::kAllReduce).bytes_sent - before, 2 * 12000 * (N - 1) / N);
 }
 
+// With check_collectives (on in these tests) ranks that enqueue different collectives fail
+// naming both sides, on every rank, instead of hanging or mixing buffers.
+TEST(MpiComm, MismatchedCollectivesFailNamingBothSides) {
+  if (world->size() < 2) GTEST_SKIP() << "needs two ranks (run under mpirun -n 2)";
+  Env env;
+  auto small = env.rank.alloc(CommType::kF32, 64);
+  auto big = env.rank.alloc(CommType::kF32, 64 * static_cast<std::size_t>(world->size()));
+  Status st = world->rank() == 0 ? world->all_reduce(small, small, ReduceOp::kSum, *env.stream)
+                                 : world->all_gather(small, big, *env.stream);
+  ASSERT_TRUE(st.ok()) << st;
+  st = env.stream->synchronize();
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("rank 0 called all_reduce #"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("rank 1 called all_gather #"), std::string::npos) << st;
+}
+
 // Two levels: within each node, then across. Under the multihost test (two namespaces of two
 // ranks, STRATA_EXPECT_NODES=2) the nodes are real and the cross-node traffic is TCP.
 TEST(MpiComm, HierarchicalAllReduceMatchesTheFlatOne) {
@@ -178,8 +194,24 @@ TEST(CudaNccl, AllReduceOnTheCudaDeviceMatchesTheReference) {
 }  // namespace
 }  // namespace strata
 
+// `--abort-rank R`: rank R aborts the job while the others wait at a barrier, which must end
+// with every process gone and the launcher naming rank R (a CTest entry checks the output).
+int abort_mode(strata::Communicator& world, int victim) {
+  if (world.rank() == victim) {
+    world.abort(strata::io_error("injected failure of rank " + std::to_string(victim)));
+    return 1;
+  }
+  strata::Status st = world.barrier();
+  std::fprintf(stderr, "comm_mpi_test: rank %d: barrier returned: %s\n", world.rank(), st.to_string().c_str());
+  return 1;
+}
+
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
+  int victim = -1;
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::string(argv[i]) == "--abort-rank") victim = std::atoi(argv[i + 1]);
+  }
   strata::CommOptions o;
   o.check_collectives = true;
   o.timeout_s = 120;
@@ -193,6 +225,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   strata::world = comm->get();
+  if (victim >= 0) return abort_mode(*strata::world, victim);
   int failed = RUN_ALL_TESTS();
   std::vector<double> any{static_cast<double>(failed)};
   if (!strata::world->all_reduce_host(any, strata::ReduceOp::kMax).ok()) return 1;

@@ -95,7 +95,7 @@ class MpiRuntime {
   }
 
   [[noreturn]] void abort_job(const std::string& why) {
-    STRATA_LOG(kError) << "rank " << world_rank_ << ": " << why << "; aborting the MPI job";
+    STRATA_LOG(kError) << why << "; aborting the MPI job";
     MPI_Abort(MPI_COMM_WORLD, 1);
     std::_Exit(1);
   }
