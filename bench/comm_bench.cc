@@ -350,7 +350,7 @@ int bench_comm(int argc, char** argv) {
       "ranks", "LocalComm threads when not under mpirun", cxxopts::value<int>()->default_value("2"))(
       "rounds", "alternating rounds per size", cxxopts::value<int>()->default_value("3"))(
       "min-time", "seconds per measurement", cxxopts::value<double>()->default_value("0.05"))(
-      "json", "JSON Lines; see 'strata help bench'")("h,help", "this help");
+      "json", "print JSON Lines instead of tables; see 'strata help bench'")("h,help", "this help");
   cxxopts::ParseResult a;
   try {
     a = opts.parse(argc, argv);
