@@ -3,6 +3,7 @@
 // point-to-point matching, counters, and the failures a group must survive without a hang.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -90,21 +91,38 @@ TEST_P(CommOps, ReduceScatterAllGatherAndBroadcastEqualTheSerialReference) {
 
 INSTANTIATE_TEST_SUITE_P(Ranks, CommOps, ::testing::Values(1, 2, 3, 4));
 
-// 64 MiB per rank, fp32, the sizes a gradient bucket reaches.
+// 64 MiB per rank, the sizes a gradient bucket reaches: every operation, 2 to 4 ranks.
 TEST(CommLarge, SixtyFourMebibytesPerRankMatchTheReference) {
-  constexpr std::size_t kCount = (64u << 20) / 4;
-  for (int n : {2, 3}) {
-    Ranks ranks(n, 512ULL << 20);
-    std::vector<std::vector<std::byte>> inputs, outputs(static_cast<std::size_t>(n));
-    for (int r = 0; r < n; ++r) inputs.push_back(Fill::random(CommType::kF32, kCount, 900 + static_cast<unsigned>(r)));
-    ranks.run([&](RankEnv& e) {
-      auto buf = e.upload(inputs[static_cast<std::size_t>(e.rank)], CommType::kF32, kCount);
-      auto out = e.alloc(CommType::kF32, kCount);
-      ASSERT_TRUE(e.comm->all_reduce(buf, out, ReduceOp::kSum, *e.stream).ok());
-      outputs[static_cast<std::size_t>(e.rank)] = e.download(out);
-    });
-    const auto want = testing_comm::reference_reduce(CommType::kF32, ReduceOp::kSum, inputs);
-    for (int r = 0; r < n; ++r) EXPECT_TRUE(outputs[static_cast<std::size_t>(r)] == want) << "rank " << r << " of " << n;
+  constexpr std::size_t kBytes = 64u << 20;
+  for (int n : {2, 3, 4}) {
+    const auto N = static_cast<std::size_t>(n);
+    for (CommType t : {CommType::kF32, CommType::kBF16}) {
+      if (t == CommType::kBF16 && n != 3) continue;  // one odd group size is enough for the half type
+      const std::size_t count = kBytes / comm_type_size(t) / (12 * N) * (12 * N);  // divisible by n
+      Ranks ranks(n, 3 * kBytes);
+      std::vector<std::vector<std::byte>> inputs, reduced(N), scattered(N), gathered(N);
+      for (int r = 0; r < n; ++r) inputs.push_back(Fill::random(t, count, 900 + static_cast<unsigned>(r)));
+      ranks.run([&](RankEnv& e) {
+        const auto r = static_cast<std::size_t>(e.rank);
+        auto buf = e.upload(inputs[r], t, count);
+        auto out = e.alloc(t, count);
+        auto shard = e.alloc(t, count / N);
+        ASSERT_TRUE(e.comm->all_reduce(buf, out, ReduceOp::kSum, *e.stream).ok());
+        ASSERT_TRUE(e.comm->reduce_scatter(buf, shard, ReduceOp::kSum, *e.stream).ok());
+        reduced[r] = e.download(out);
+        scattered[r] = e.download(shard);
+        ASSERT_TRUE(e.comm->all_gather(shard, out, *e.stream).ok());
+        gathered[r] = e.download(out);
+      });
+      const auto want = testing_comm::reference_reduce(t, ReduceOp::kSum, inputs);
+      const std::size_t per = count / N * comm_type_size(t);
+      for (std::size_t r = 0; r < N; ++r) {
+        EXPECT_TRUE(reduced[r] == want) << "all_reduce rank " << r << " of " << n << " " << comm_type_name(t);
+        EXPECT_TRUE(std::equal(scattered[r].begin(), scattered[r].end(), want.begin() + static_cast<std::ptrdiff_t>(r * per)))
+            << "reduce_scatter rank " << r << " of " << n << " " << comm_type_name(t);
+        EXPECT_TRUE(gathered[r] == want) << "all_gather rank " << r << " of " << n << " " << comm_type_name(t);
+      }
+    }
   }
 }
 
