@@ -38,7 +38,6 @@ case "${1:-}" in
     cmake --build build-asan -j "$jobs"
     echo "== sanitizer tests" >&2
     (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-      LSAN_OPTIONS=suppressions="$root/cmake/lsan.supp" \
       ctest -j "$jobs" --output-on-failure --timeout 1800 -LE no_sanitizer)
     ;;
   *)
