@@ -7,7 +7,9 @@
 //     same MPI figure (OpenMPI's shared-memory path for the same N and size);
 //   alone: LocalComm with --ranks N threads against a memcpy of the bytes each rank moves.
 // Sizes are bytes per rank: the all-reduce buffer, the reduce-scatter input and the all-gather
-// output.
+// output. Run mpirun with --bind-to none: bound to one core, rank 0's LocalComm threads share it.
+#include <sched.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -230,9 +232,11 @@ Status measure(const Options& o, CommKind k, std::size_t bytes, Communicator* mp
         std::vector<double> v{static_cast<double>(it)};
         return mpi_comm->all_reduce_host(v, ReduceOp::kMax).ok() ? static_cast<int>(v[0]) : 1;
       };
+      // Alternate which goes first (ABBA), so that neither gains from the other's warm caches.
+      if (round % 2 == 1) m->direct.push_back(mpi_direct_round(*comm, mine, k, bytes, mpi_comm->size(), o.target));
       m->mpi.push_back(time_per_op(body, o.target, agree));
       STRATA_RETURN_IF_ERROR(st);
-      m->direct.push_back(mpi_direct_round(*comm, mine, k, bytes, mpi_comm->size(), o.target));
+      if (round % 2 == 0) m->direct.push_back(mpi_direct_round(*comm, mine, k, bytes, mpi_comm->size(), o.target));
       if (!rank0) {
         idle_barrier(*comm);
         continue;
@@ -277,6 +281,13 @@ int run_comm_bench(const Options& o, bool json) {
   }
 #endif
   const bool rank0 = mpi_comm == nullptr || mpi_comm->rank() == 0;
+  // mpirun binds each rank to a core by default; LocalComm's threads would then share it.
+  cpu_set_t cpus;
+  if (rank0 && sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) < n &&
+      CPU_COUNT(&cpus) < static_cast<int>(std::thread::hardware_concurrency())) {
+    std::cerr << "strata bench comm: warning: this process may run on " << CPU_COUNT(&cpus) << " CPU(s), so the " << n
+              << " LocalComm threads share them; run mpirun with --bind-to none\n";
+  }
   auto local = make_local_comms(rank0 ? n : 1);
   if (n < 2 || !local.ok()) {
     std::cerr << "strata bench comm: needs at least 2 ranks (--ranks N, or mpirun -n N)\n";

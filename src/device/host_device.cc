@@ -62,6 +62,7 @@ struct EventState {
   std::uint64_t completed = 0;  // highest generation whose record the stream has reached
   Status error;                 // the failure the latest completed record captured
   std::vector<StreamState*> waiters;  // streams whose head is a wait on this event
+  int host_waiters = 0;         // threads in Event::synchronize()
 };
 
 struct Op {
@@ -82,6 +83,11 @@ struct StreamState {
   std::uint64_t enqueued = 0;
   std::uint64_t completed = 0;
   Status error;              // first failure since the last synchronize
+  // The lowest target of the threads in Stream::synchronize(); completions below it wake no
+  // one (a collective's progress thread completes steps one at a time, and waking the thread
+  // that waits for the last of many on every step would take its core for nothing).
+  std::uint64_t wake_at = UINT64_MAX;
+  int host_waiters = 0;
 };
 
 // The one place where oneDNN's exceptions become a Status.
@@ -224,6 +230,10 @@ class HostDevice final : public Device {
 
  private:
   void advance(StreamState* first);  // REQUIRES: mu_ held
+  // Wakes the threads in a synchronize() whose wait may be over. REQUIRES: mu_ held.
+  void wake(const StreamState& s) {
+    if (device_waiters_ > 0 || s.completed >= s.wake_at) done_cv_.notify_all();
+  }
   // The head of `s` waits for a host signal: pops it when set, else parks `s` until it is.
   // Returns true when the head was popped. REQUIRES: mu_ held.
   bool pass_signal(StreamState* s);
@@ -257,6 +267,7 @@ class HostDevice final : public Device {
   // Scheduler.
   std::mutex mu_;
   std::condition_variable done_cv_;
+  int device_waiters_ = 0;  // threads in Device::synchronize()
   struct EngineQueue {
     std::deque<StreamState*> queue;
     std::condition_variable cv;
@@ -498,10 +509,10 @@ void HostDevice::unregister_stream(StreamState* s) {
 
 void HostDevice::advance(StreamState* first) {
   std::vector<StreamState*> todo{first};
-  bool progressed = false;
   while (!todo.empty()) {
     StreamState* s = todo.back();
     todo.pop_back();
+    bool progressed = false;
     while (!s->dispatched && !s->parked && !s->ops.empty()) {
       Op& op = s->ops.front();
       if (op.kind == Op::Kind::kRecord) {
@@ -510,6 +521,7 @@ void HostDevice::advance(StreamState* first) {
           ev.completed = op.gen;
           ev.error = s->error;
         }
+        if (ev.host_waiters > 0) done_cv_.notify_all();
         for (StreamState* w : ev.waiters) {
           w->parked = false;
           todo.push_back(w);
@@ -541,8 +553,8 @@ void HostDevice::advance(StreamState* first) {
       engines_[op.engine].cv.notify_one();
       break;
     }
+    if (progressed) wake(*s);
   }
-  if (progressed) done_cv_.notify_all();
 }
 
 Status HostDevice::enqueue_work(StreamState& s, int engine, std::function<Status()> work) {
@@ -618,7 +630,12 @@ bool HostDevice::pass_signal(StreamState* s) {
 Status HostDevice::sync_stream(StreamState& s) {
   std::unique_lock lk(mu_);
   const std::uint64_t target = s.enqueued;
-  done_cv_.wait(lk, [&] { return s.completed >= target; });
+  if (s.completed < target) {
+    ++s.host_waiters;
+    s.wake_at = std::min(s.wake_at, target);
+    done_cv_.wait(lk, [&] { return s.completed >= target; });
+    if (--s.host_waiters == 0) s.wake_at = UINT64_MAX;
+  }
   return std::exchange(s.error, Status::OK());
 }
 
@@ -630,7 +647,11 @@ bool HostDevice::stream_done(StreamState& s) {
 Status HostDevice::sync_event(EventState& ev) {
   std::unique_lock lk(mu_);
   const std::uint64_t target = ev.recorded;
-  done_cv_.wait(lk, [&] { return ev.completed >= target; });
+  if (ev.completed < target) {
+    ++ev.host_waiters;
+    done_cv_.wait(lk, [&] { return ev.completed >= target; });
+    --ev.host_waiters;
+  }
   return ev.error;
 }
 
@@ -645,12 +666,14 @@ Status HostDevice::synchronize() {
   std::unique_lock lk(mu_);
   std::vector<std::pair<StreamState*, std::uint64_t>> targets;
   for (StreamState* s : streams_) targets.emplace_back(s, s->enqueued);
+  ++device_waiters_;
   done_cv_.wait(lk, [&] {
     for (auto& [s, t] : targets) {
       if (s->completed < t) return false;
     }
     return true;
   });
+  --device_waiters_;
   Status first;
   for (auto& [s, t] : targets) {
     Status e = std::exchange(s->error, Status::OK());
@@ -685,7 +708,7 @@ void HostDevice::engine_loop(int id) {
     s->dispatched = false;
     ++s->completed;
     advance(s);
-    done_cv_.notify_all();
+    wake(*s);
   }
 }
 

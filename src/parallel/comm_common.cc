@@ -3,6 +3,8 @@
 #include <cstring>
 #include <sstream>
 #include <type_traits>
+
+#include <emmintrin.h>
 #include <vector>
 
 #include "kernels/elementwise_math.h"
@@ -211,6 +213,20 @@ struct Arith<kern::F16> {
   static kern::F16 from(float v) { return kern::from_f32<kern::F16>(v); }
 };
 
+// Writes a block to a destination; `stream` uses non-temporal stores (no read for ownership
+// of lines about to be overwritten whole, and no eviction of the sources from the cache):
+// a third less memory traffic for a large all-reduce.
+void store_block(void* dst, const void* src, std::size_t bytes, bool stream) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(dst);
+  if (!stream || addr % 16 != 0 || bytes % 16 != 0) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  auto* d = static_cast<__m128i*>(dst);
+  const auto* x = static_cast<const __m128i*>(src);
+  for (std::size_t i = 0; i < bytes / 16; ++i) _mm_stream_si128(d + i, _mm_load_si128(x + i));
+}
+
 // Blocks of kBlock elements: the partials of a block stay in L1, every loop is a plain
 // element-wise loop the compiler vectorises, and each destination is written once per block.
 template <typename T, ReduceOp Op>
@@ -224,6 +240,7 @@ void reduce_typed(std::span<void* const> dsts, std::span<const void* const> src,
   alignas(64) Acc acc[kBlock];
   alignas(64) Acc total[kBlock];
   alignas(64) T out[kBlock];
+  const bool stream = (end - begin) * sizeof(T) >= (std::size_t{1} << 20);
   for (std::size_t b0 = begin; b0 < end; b0 += kBlock) {
     const std::size_t len = std::min(kBlock, end - b0);
     std::size_t k = 0;
@@ -244,8 +261,9 @@ void reduce_typed(std::span<void* const> dsts, std::span<const void* const> src,
     }
     const Acc* result = groups.size() == 1 ? acc : total;
     for (std::size_t i = 0; i < len; ++i) out[i] = A::from(result[i]);
-    for (void* d : dsts) std::memcpy(static_cast<T*>(d) + b0, out, len * sizeof(T));
+    for (void* d : dsts) store_block(static_cast<T*>(d) + b0, out, len * sizeof(T), stream);
   }
+  if (stream) _mm_sfence();  // the streamed stores are visible before the peers are told
 }
 
 template <typename T>
@@ -269,6 +287,23 @@ void reduce_fixed_order(CommType type, ReduceOp op, std::span<void* const> dsts,
     case CommType::kI32: reduce_op<std::int32_t>(op, dsts, src, begin, end, group_sizes); return;
     case CommType::kI64: reduce_op<std::int64_t>(op, dsts, src, begin, end, group_sizes); return;
   }
+}
+
+void copy_bulk(void* dst, const void* src, std::size_t bytes) {
+  const bool stream = bytes >= (std::size_t{1} << 20);
+  const auto misalign = reinterpret_cast<std::uintptr_t>(dst) % 16;
+  if (!stream || misalign != reinterpret_cast<std::uintptr_t>(src) % 16) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  // Copy up to the first 16-byte boundary, then whole 16-byte lines streamed, then the rest.
+  const std::size_t head = misalign == 0 ? 0 : 16 - misalign;
+  std::memcpy(dst, src, head);
+  const std::size_t body = (bytes - head) / 16 * 16;
+  store_block(static_cast<std::byte*>(dst) + head, static_cast<const std::byte*>(src) + head, body, true);
+  std::memcpy(static_cast<std::byte*>(dst) + head + body, static_cast<const std::byte*>(src) + head + body,
+              bytes - head - body);
+  _mm_sfence();
 }
 
 Status enqueue_step(Stream& stream, std::function<void()> post, std::shared_ptr<HostSignal> done) {

@@ -63,6 +63,10 @@ class CommCounters {
 void reduce_fixed_order(CommType type, ReduceOp op, std::span<void* const> dsts, std::span<const void* const> src,
                         std::size_t begin, std::size_t end, std::span<const int> group_sizes = {});
 
+// memcpy, with non-temporal stores for a large copy (into a peer's buffer, not read again soon
+// by this thread): no read for ownership of the lines it overwrites.
+void copy_bulk(void* dst, const void* src, std::size_t bytes);
+
 // Enqueues on `stream`: `post` (on the device's host-callback thread, when the stream reaches
 // it; it must only hand the operation to a progress engine, never wait), then a wait for
 // `done`. REQUIRES: post does not block.

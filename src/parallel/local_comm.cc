@@ -259,7 +259,10 @@ void LocalComm::share(const Arrival& a) {
   switch (a.fp.kind) {
     case CommKind::kAllReduce: {
       const std::size_t count = a.fp.count;
-      const std::size_t slice = (count + static_cast<std::size_t>(n) - 1) / static_cast<std::size_t>(n);
+      // Slices start on 4 KiB boundaries of the element space (aligned stores, whole pages).
+      const std::size_t align = std::max<std::size_t>(1, 4096 / elem);
+      const std::size_t slice =
+          ((count + static_cast<std::size_t>(n) - 1) / static_cast<std::size_t>(n) + align - 1) / align * align;
       const std::size_t begin = std::min(count, slice * static_cast<std::size_t>(rank_));
       const std::size_t end = std::min(count, begin + slice);
       if (begin == end) return;
@@ -284,14 +287,14 @@ void LocalComm::share(const Arrival& a) {
       for (int r = 0; r < n; ++r) {
         std::byte* dst = byte_at(a.recv, per * static_cast<std::size_t>(r), elem);
         const void* src = group_->arrival(r).send.range.address();
-        if (dst != src) std::memcpy(dst, src, per * elem);
+        if (dst != src) copy_bulk(dst, src, per * elem);
       }
       return;
     }
     case CommKind::kBroadcast: {
       const CommBuffer& root = group_->arrival(a.fp.root).send;
       if (rank_ != a.fp.root && root.range.address() != a.send.range.address()) {
-        std::memcpy(a.send.range.address(), root.range.address(), a.send.bytes());
+        copy_bulk(a.send.range.address(), root.range.address(), a.send.bytes());
       }
       return;
     }

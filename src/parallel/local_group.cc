@@ -69,7 +69,7 @@ Status LocalGroup::wait_all(std::unique_lock<std::mutex>& lk, const std::atomic<
   // Peers usually arrive within microseconds, and a sleep and wake-up costs tens of them: poll
   // briefly first, yielding the core to whoever needs it (ranks may outnumber cores).
   lk.unlock();
-  const auto spin_until = Clock::now() + std::chrono::microseconds(50);
+  const auto spin_until = Clock::now() + std::chrono::microseconds(200);
   while (gen.load(std::memory_order_acquire) == mine && Clock::now() < spin_until) std::this_thread::yield();
   lk.lock();
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(

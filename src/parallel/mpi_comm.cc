@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <list>
 #include <map>
 #include <mutex>
@@ -81,12 +82,13 @@ class MpiRuntime {
     return op == ReduceOp::kSum ? MPI_SUM : op == ReduceOp::kMax ? MPI_MAX : MPI_MIN;
   }
 
-  // Watches an operation in flight; the returned id ends the watch.
-  std::uint64_t watch(std::string what, double timeout_s) {
+  // Watches an operation in flight; the returned id ends the watch. `describe` names it, and
+  // runs only when the operation overstays (the watch is on every operation's path).
+  std::uint64_t watch(std::function<std::string()> describe, double timeout_s) {
+    const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
     std::lock_guard lk(mu_);
     const std::uint64_t id = ++next_watch_;
-    watched_[id] = {std::move(what), Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                                        std::chrono::duration<double>(timeout_s))};
+    watched_.emplace(id, Watch{std::move(describe), deadline});
     return id;
   }
   void unwatch(std::uint64_t id) {
@@ -148,13 +150,13 @@ class MpiRuntime {
     while (!stop_) {
       cv_.wait_for(lk, std::chrono::milliseconds(200));
       for (const auto& [id, w] : watched_) {
-        if (Clock::now() > w.deadline) abort_job(w.what + " did not complete within the communicator's timeout");
+        if (Clock::now() > w.deadline) abort_job(w.describe() + " did not complete within the communicator's timeout");
       }
     }
   }
 
   struct Watch {
-    std::string what;
+    std::function<std::string()> describe;
     Clock::time_point deadline;
   };
 
@@ -400,7 +402,9 @@ void MpiComm::run_collectives() {
     // It runs even when the stream's earlier work failed: a rank that stayed away would hang
     // its peers (the failure reaches the stream's owner).
     if (op->reached) op->reached->synchronize().ignore();
-    const std::uint64_t watch = mpi_.watch("rank " + std::to_string(mpi_.world_rank()) + ": " + describe(op->fp), options_.timeout_s);
+    const std::uint64_t watch = mpi_.watch(
+        [rank = mpi_.world_rank(), fp = op->fp] { return "rank " + std::to_string(rank) + ": " + describe(fp); },
+        options_.timeout_s);
     Status st = run_collective(*op);
     mpi_.unwatch(watch);
     if (st.ok()) count(*op);
@@ -501,9 +505,12 @@ void MpiComm::run_transfers() {
         op->done->set(st);
         continue;
       }
-      a.watch = mpi_.watch("rank " + std::to_string(mpi_.world_rank()) + ": " + std::string(comm_kind_name(op->fp.kind)) +
-                               " with rank " + std::to_string(op->peer) + " (tag " + std::to_string(op->tag) + ")",
-                           options_.timeout_s);
+      a.watch = mpi_.watch(
+          [rank = mpi_.world_rank(), kind = op->fp.kind, peer = op->peer, tag = op->tag] {
+            return "rank " + std::to_string(rank) + ": " + std::string(comm_kind_name(kind)) + " with rank " +
+                   std::to_string(peer) + " (tag " + std::to_string(tag) + ")";
+          },
+          options_.timeout_s);
       active.push_back(std::move(a));
     }
     bool progressed = false;
