@@ -11,27 +11,14 @@
 #include <nlohmann/json.hpp>
 
 #include "strata/optimizer.h"
+#include "core/run_command.h"
 
 namespace {
 
-struct CliRun {
-  int exit_code = -1;
-  std::string out;  // stdout
-  std::string all;  // stdout and stderr
-};
+using CliRun = strata::CommandRun;
 
 CliRun run(const std::string& args, bool with_stderr) {
-  std::string cmd = std::string(STRATA_CLI_PATH) + " bench adam " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
-  CliRun r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf;
-  std::size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  r.all = r.out;
-  return r;
+  return strata::run_command(std::string(STRATA_CLI_PATH) + " bench adam " + args + (with_stderr ? " 2>&1" : " 2>/dev/null"));
 }
 
 std::vector<nlohmann::json> json_lines(const std::string& text) {
@@ -86,9 +73,9 @@ TEST(AdamBench, JsonReportsEveryRunnablePathAgainstTheCeiling) {
 
 TEST(AdamBench, TableNamesTheEnvironmentAndTheRatio) {
   CliRun r = run("--params 64K --threads 1 --repeat 1 --isa scalar", true);
-  ASSERT_EQ(r.exit_code, 0) << r.all;
+  ASSERT_EQ(r.exit_code, 0) << r.out;
   for (const char* want : {"cpu:", "build:", "ceiling", "scalar", "ratio"}) {
-    EXPECT_NE(r.all.find(want), std::string::npos) << want << "\n" << r.all;
+    EXPECT_NE(r.out.find(want), std::string::npos) << want << "\n" << r.out;
   }
 }
 
@@ -101,8 +88,8 @@ TEST(AdamBench, UsageErrorsExitWith2AndSayWhy) {
   };
   for (const auto& [args, want] : cases) {
     CliRun r = run(args, true);
-    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.all;
-    EXPECT_NE(r.all.find(want), std::string::npos) << args << "\n" << r.all;
+    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.out;
+    EXPECT_NE(r.out.find(want), std::string::npos) << args << "\n" << r.out;
   }
 }
 

@@ -18,24 +18,15 @@
 #include <nlohmann/json.hpp>
 
 #include "core/remove_at_exit.h"
+#include "core/run_command.h"
 
 namespace {
 
-struct CliRun {
-  int exit_code = -1;
-  std::string out;  // stdout, or stdout and stderr together
-};
+using CliRun = strata::CommandRun;
 
 CliRun run(const std::string& args, bool with_stderr) {
   const std::string cmd = std::string(STRATA_CLI_PATH) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null") + " </dev/null";
-  CliRun r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf;
-  for (std::size_t n; (n = fread(buf.data(), 1, buf.size(), p)) > 0;) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
+  return strata::run_command(cmd);
 }
 
 bool bench_built() { return run("--help", true).out.find("bench adam") != std::string::npos; }

@@ -11,25 +11,15 @@
 #include <gtest/gtest.h>
 
 #include "core/remove_at_exit.h"
+#include "core/run_command.h"
 
 namespace {
 
-struct CliRun {
-  int exit_code = -1;
-  std::string out;  // stdout and stderr together
-};
+using CliRun = strata::CommandRun;
 
 CliRun run(const std::string& args) {
   std::string cmd = std::string(STRATA_CLI_PATH) + " " + args + " 2>&1";
-  CliRun r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf;
-  std::size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  int st = pclose(p);
-  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
+  return strata::run_command(cmd);
 }
 
 std::filesystem::path temp_file(const std::string& name, const std::string& content) {

@@ -15,37 +15,20 @@
 #include <gtest/gtest.h>
 
 #include "core/remove_at_exit.h"
+#include "core/run_command.h"
 
 namespace {
 
-struct CliRun {
-  int exit_code = -1;
-  std::string out;  // stdout and stderr together
-};
+using CliRun = strata::CommandRun;
 
 CliRun run(const std::string& args) {
   std::string cmd = std::string(STRATA_CLI_PATH) + " " + args + " 2>&1 < /dev/null";
-  CliRun r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf;
-  std::size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
+  return strata::run_command(cmd);
 }
 
 // Runs a shell command line as it is (stdout and stderr together).
 CliRun run_shell(const std::string& cmd) {
-  CliRun r;
-  FILE* p = popen((cmd + " 2>&1 < /dev/null").c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf;
-  for (std::size_t n; (n = fread(buf.data(), 1, buf.size(), p)) > 0;) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
+  return strata::run_command(cmd + " 2>&1 < /dev/null");
 }
 
 std::filesystem::path dir() {
@@ -272,14 +255,9 @@ TEST(BenchOffload, ReportsStepAgainstItsCeilingAsJson) {
     SCOPED_TRACE("flags:" + extra);
     const std::string cmd = "bench offload --model tiny --micro-batch 2 --steps 1 --rounds 2 --buffer-size 64KiB"
                             " --engine posix --direct=false --json --nvme-path " + swap.string() + extra;
-    std::string cmdline = std::string(STRATA_CLI_PATH) + " " + cmd + " 2>/dev/null";
-    FILE* p = popen(cmdline.c_str(), "r");
-    ASSERT_NE(p, nullptr);
-    std::string out;
-    std::array<char, 4096> buf;
-    for (std::size_t n; (n = fread(buf.data(), 1, buf.size(), p)) > 0;) out.append(buf.data(), n);
-    const int st = pclose(p);
-    ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << out;
+    const CliRun run_out = strata::run_command(std::string(STRATA_CLI_PATH) + " " + cmd + " 2>/dev/null");
+    const std::string& out = run_out.out;
+    ASSERT_EQ(run_out.exit_code, 0) << out;
     std::vector<nlohmann::json> lines;
     std::istringstream text(out);
     for (std::string line; std::getline(text, line);) lines.push_back(nlohmann::json::parse(line));

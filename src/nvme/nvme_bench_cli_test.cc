@@ -14,26 +14,16 @@
 
 #include "nvme/nvme_test_util.h"
 #include "strata/profile.h"
+#include "core/run_command.h"
 
 namespace strata::nvme {
 namespace {
 
-struct CliRun {
-  int exit_code = -1;
-  std::string out;
-};
+using CliRun = strata::CommandRun;
 
 CliRun run(const std::string& args, bool with_stderr = true) {
   std::string cmd = std::string(STRATA_CLI_PATH) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
-  CliRun r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf;
-  std::size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
+  return strata::run_command(cmd);
 }
 
 bool bench_built() { return run("--help").out.find("bench nvme") != std::string::npos; }
