@@ -46,7 +46,7 @@ LocalGroup::LocalGroup(std::vector<int> world_ranks, std::vector<int> nodes, Com
   present_.assign(n, 0);
   left_mask_.assign(n, 0);
   split_results_.resize(n);
-  watchdog_ = std::thread([this] { watchdog(); });
+  service_ = std::thread([this] { service(); });
 }
 
 LocalGroup::~LocalGroup() {
@@ -54,8 +54,8 @@ LocalGroup::~LocalGroup() {
     std::lock_guard lk(mu_);
     stop_ = true;
   }
-  cv_.notify_all();
-  watchdog_.join();
+  service_cv_.notify_all();
+  service_.join();
 }
 
 Status LocalGroup::aborted() const {
@@ -180,13 +180,15 @@ void LocalGroup::post(Transfer t) {
   Transfer other = std::move(it->second.front());
   it->second.pop_front();
   if (it->second.empty()) theirs.erase(it);
-  lk.unlock();
   t.posted = Clock::now();
+  // The copy runs on the group's service thread, not on the device thread that posted it.
   if (t.kind == CommKind::kSend) {
-    finish(t, other);
+    matched_.emplace_back(std::move(t), std::move(other));
   } else {
-    finish(other, t);
+    matched_.emplace_back(std::move(other), std::move(t));
   }
+  lk.unlock();
+  service_cv_.notify_one();
 }
 
 void LocalGroup::abort(const Status& why) {
@@ -205,30 +207,41 @@ void LocalGroup::abort(const Status& why) {
   for (Transfer& t : pending) t.done->set(why);
 }
 
-// Bounds the waits of point-to-point transfers (collectives bound their own waits).
-void LocalGroup::watchdog() {
+// Copies matched transfers, and bounds the waits of unmatched ones (collectives bound their
+// own waits).
+void LocalGroup::service() {
   std::unique_lock lk(mu_);
-  while (!stop_) {
-    cv_.wait_for(lk, std::chrono::milliseconds(200));
+  while (!stop_ || !matched_.empty()) {
+    if (matched_.empty()) service_cv_.wait_for(lk, std::chrono::milliseconds(200));
+    while (!matched_.empty()) {
+      auto [send, recv] = std::move(matched_.front());
+      matched_.pop_front();
+      lk.unlock();
+      finish(send, recv);
+      lk.lock();
+    }
     if (stop_ || !aborted_.ok()) continue;
-    const auto limit = std::chrono::duration<double>(options_.timeout_s);
-    for (auto* box : {&sends_, &recvs_}) {
-      for (auto& [key, q] : *box) {
-        if (q.empty() || Clock::now() - q.front().posted < limit) continue;
-        const Transfer& t = q.front();
-        Status why = unavailable(
-            std::string(t.kind == CommKind::kSend ? "send" : "receive") + " between rank " +
-            std::to_string(world_[static_cast<std::size_t>(t.src)]) + " and rank " +
-            std::to_string(world_[static_cast<std::size_t>(t.dst)]) + " (tag " + std::to_string(t.tag) +
-            ") found no partner within " + std::to_string(options_.timeout_s) + " s");
-        lk.unlock();
-        abort(why);
-        lk.lock();
-        break;
-      }
-      if (!aborted_.ok()) break;
+    if (Status late = overdue_transfer(); !late.ok()) {
+      lk.unlock();
+      abort(late);
+      lk.lock();
     }
   }
+}
+
+Status LocalGroup::overdue_transfer() const {
+  const auto limit = std::chrono::duration<double>(options_.timeout_s);
+  for (const auto* box : {&sends_, &recvs_}) {
+    for (const auto& [key, q] : *box) {
+      if (q.empty() || Clock::now() - q.front().posted < limit) continue;
+      const Transfer& t = q.front();
+      return unavailable(std::string(t.kind == CommKind::kSend ? "send" : "receive") + " between rank " +
+                         std::to_string(world_[static_cast<std::size_t>(t.src)]) + " and rank " +
+                         std::to_string(world_[static_cast<std::size_t>(t.dst)]) + " (tag " + std::to_string(t.tag) +
+                         ") found no partner within " + std::to_string(options_.timeout_s) + " s");
+    }
+  }
+  return Status::OK();
 }
 
 }  // namespace strata::comm

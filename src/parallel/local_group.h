@@ -1,7 +1,7 @@
 // src/parallel/local_group.h — the state the ranks of one LocalComm group share: the
 // rendezvous where each collective's ranks meet (and their fingerprints are compared), the
 // mailbox that matches point-to-point transfers by (source, destination, tag), the group's
-// abort, and a watchdog that bounds every wait.
+// abort, and a service thread that copies matched transfers and bounds every wait.
 //
 // A collective is two meetings: meet() returns once every rank has arrived with its buffers
 // (each rank then does its share of the work, reading its peers' buffers directly) and leave()
@@ -80,8 +80,8 @@ class LocalGroup {
   // Split bookkeeping, written by on_all_arrived of a split.
   std::vector<SplitResult>& split_results() { return split_results_; }
 
-  // Matches a send with the receive of the same (src, dst, tag), in posting order; whoever
-  // completes the match copies the bytes and sets both signals.
+  // Matches a send with the receive of the same (src, dst, tag), in posting order; the
+  // service thread copies the bytes of a match and sets both signals.
   void post(Transfer t);
 
   void abort(const Status& why);
@@ -93,7 +93,8 @@ class LocalGroup {
                   const std::vector<char>& reached);
   Status disagreement() const;  // REQUIRES: mu_ held, every rank arrived
   void finish(Transfer& send, Transfer& recv);
-  void watchdog();
+  void service();
+  Status overdue_transfer() const;  // REQUIRES: mu_ held
 
   const std::vector<int> world_;
   std::vector<int> node_index_;
@@ -114,8 +115,10 @@ class LocalGroup {
   std::vector<SplitResult> split_results_;
   using Key = std::tuple<int, int, int>;  // src, dst, tag
   std::map<Key, std::deque<Transfer>> sends_, recvs_;
+  std::deque<std::pair<Transfer, Transfer>> matched_;  // (send, recv) to copy
+  std::condition_variable service_cv_;
   bool stop_ = false;
-  std::thread watchdog_;
+  std::thread service_;
 };
 
 }  // namespace strata::comm
