@@ -154,6 +154,12 @@ RingVolume ring_volume(CommKind kind, std::uint64_t payload, int n, bool is_root
   return {};
 }
 
+std::uint64_t payload_bytes(const Fingerprint& f, const CommBuffer& send, const CommBuffer& recv, std::size_t host_bytes) {
+  if (f.kind == CommKind::kBarrier) return 0;
+  if (f.host) return host_bytes;
+  return f.kind == CommKind::kAllGather ? recv.bytes() : send.bytes();
+}
+
 void CommCounters::add(CommKind kind, std::uint64_t payload, RingVolume v, double seconds) {
   std::lock_guard lk(mu_);
   CommKindStats& k = stats_.kinds[static_cast<int>(kind)];

@@ -45,6 +45,10 @@ struct RingVolume {
 };
 RingVolume ring_volume(CommKind kind, std::uint64_t payload, int n, bool is_root);
 
+// The payload bytes of a collective as CommStats counts them: the all-gather's output, the
+// host values of all_reduce_host, nothing for a barrier, else the send buffer.
+std::uint64_t payload_bytes(const Fingerprint& f, const CommBuffer& send, const CommBuffer& recv, std::size_t host_bytes);
+
 class CommCounters {
  public:
   void add(CommKind kind, std::uint64_t payload, RingVolume v, double seconds);

@@ -205,10 +205,7 @@ void LocalComm::run() {
     const double seconds = std::chrono::duration<double>(Clock::now() - op->ready).count();
     if (st.ok()) {
       const Fingerprint& f = op->arrival.fp;
-      const std::uint64_t payload = f.kind == CommKind::kAllGather ? op->arrival.recv.bytes()
-                                    : f.kind == CommKind::kBarrier  ? 0
-                                    : op->arrival.host.empty()      ? op->arrival.send.bytes()
-                                                                    : op->arrival.host.size_bytes();
+      const std::uint64_t payload = payload_bytes(f, op->arrival.send, op->arrival.recv, op->arrival.host.size_bytes());
       counters_->add(f.kind, payload, ring_volume(f.kind, payload, size(), f.root == rank_), seconds);
     }
     op->done->set(st);

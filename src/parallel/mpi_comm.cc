@@ -351,10 +351,7 @@ class MpiComm final : public Communicator {
   void count(const MpiOp& op) {
     const double s = std::chrono::duration<double>(Clock::now() - op.ready).count();
     const Fingerprint& f = op.fp;
-    const std::uint64_t payload = f.kind == CommKind::kAllGather ? op.recv.bytes()
-                                  : f.kind == CommKind::kBarrier  ? 0
-                                  : f.host                        ? op.host.size_bytes()
-                                                                  : op.send.bytes();
+    const std::uint64_t payload = payload_bytes(f, op.send, op.recv, op.host.size_bytes());
     const int n = f.kind == CommKind::kSend || f.kind == CommKind::kRecv ? 2 : size_;
     counters_.add(f.kind, payload, ring_volume(f.kind, payload, n, f.root == rank_), s);
   }
