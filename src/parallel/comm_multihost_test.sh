@@ -7,8 +7,9 @@
 #
 #   comm_multihost_test.sh TEST_BINARY
 #
-# Exits 77 (CTest: skipped) with the reason when namespaces cannot be made here (not root, no
-# iproute2, no mpirun, or the kernel refuses); the namespaces are removed on every exit path.
+# Exits 77 (CTest: skipped) with the reason when namespaces cannot be made or entered here (not
+# root, no iproute2, no mpirun, the kernel refuses, or a chroot); the namespaces are removed on
+# every exit path.
 set -euo pipefail
 
 binary=${1:?usage: comm_multihost_test.sh TEST_BINARY}
@@ -36,7 +37,12 @@ cleanup() {
 trap cleanup EXIT
 
 ip netns add "$ns_a" 2>/dev/null || skip "the kernel refused 'ip netns add' here"
-ip netns add "$ns_b" || skip "the kernel refused a second network namespace"
+ip netns add "$ns_b" 2>/dev/null || skip "the kernel refused a second network namespace"
+# Entering a namespace remounts /sys inside a new mount namespace, which fails where / is not
+# a mount point (inside a chroot, as scripts/fresh_machine_check.sh runs the tests).
+if ! probe=$(ip netns exec "$ns_a" true 2>&1); then
+  skip "'ip netns exec' cannot enter a namespace here: $probe"
+fi
 ip link add "$if_a" netns "$ns_a" type veth peer name "$if_b" netns "$ns_b" 2>/dev/null ||
   skip "the kernel refused a veth pair between the namespaces"
 ip -n "$ns_a" addr add "$addr_a/24" dev "$if_a"
