@@ -191,7 +191,7 @@ Result<double> measure_adam(std::uint64_t params, DType grad_dtype, DType value_
   return median(t) * static_cast<double>(params) / static_cast<double>(n);
 }
 
-int bench_offload(int argc, char** argv) {
+cxxopts::Options offload_options() {
   cxxopts::Options opts("strata bench offload",
                         "training step with the optimizer state on NVMe, against max(compute, transfer) of the same run");
   opts.add_options()("model", "model preset", cxxopts::value<std::string>()->default_value("default"))(
@@ -210,261 +210,316 @@ int bench_offload(int argc, char** argv) {
       "one-step delayed parameter update from the first step (offload.optimizer.delayed_update, warm-up 0): the "
       "update runs under the next forward and backward")(
       "json", "print JSON Lines instead of tables; see 'strata help bench'")("h,help", "this help");
-  try {
-    auto a = opts.parse(argc, argv);
-    if (a.count("help")) {
-      std::cout << opts.help() << "\n";
-      return 0;
-    }
-    if (!a.unmatched().empty()) {
-      std::cerr << "strata bench offload: unexpected argument '" << a.unmatched().front()
-                << "' (boolean options take --name=false)\n";
-      return 2;
-    }
-    auto base = Profile::from_toml_string("", "bench offload");
-    if (!base.ok()) {
-      std::cerr << base.status() << "\n";
-      return 1;
-    }
-    Profile p = *base;
-    p.train.model = a["model"].as<std::string>();
-    if (!model_preset(p.train.model, &p.train.dims)) {
-      std::cerr << "strata bench offload: unknown --model " << p.train.model << "\n";
-      return 2;
-    }
-    p.train.micro_batch = a["micro-batch"].as<int>();
-    const int steps = a["steps"].as<int>();
-    const int rounds = a["rounds"].as<int>();
-    if (steps < 1 || rounds < 1 || p.train.micro_batch < 1) {
-      std::cerr << "strata bench offload: --steps, --rounds and --micro-batch must be at least 1\n";
-      return 2;
-    }
-    const std::string dt = a["dtype"].as<std::string>();
-    if (dt == "fp32") p.precision.dtype = DType::kF32;
-    else if (dt == "bf16") p.precision.dtype = DType::kBF16;
-    else if (dt == "fp16") p.precision.dtype = DType::kF16;
-    else {
-      std::cerr << "strata bench offload: --dtype must be fp32, bf16 or fp16\n";
-      return 2;
-    }
-    auto bs = parse_bytes(a["buffer-size"].as<std::string>());
-    if (!bs.ok()) {
-      std::cerr << "strata bench offload: --buffer-size: " << bs.status() << "\n";
-      return 2;
-    }
-    p.offload_optimizer.device = OffloadTarget::kNvme;
-    p.offload_optimizer.nvme_path = {a["nvme-path"].as<std::string>()};
-    p.offload_optimizer.buffer_count = a["buffer-count"].as<int>();
-    p.offload_optimizer.overlap_step = a["overlap"].as<bool>();
-    p.offload_optimizer.delayed_update = a.count("delayed-update") > 0;
-    p.offload_optimizer.delayed_update_warmup = 0;
-    p.offload_optimizer.buffer_size = *bs;
-    p.nvme.engine = a["engine"].as<std::string>();
-    p.nvme.direct = a["direct"].as<bool>();
-    if (p.nvme.engine != "io_uring") p.nvme.registered_buffers = false;
-    const std::uint64_t params = p.train.dims.parameter_count();
-    p.memory.device_budget = std::max<std::uint64_t>(p.memory.device_budget, params * 12 + (4ULL << 30));
-    p.memory.host_budget = std::max<std::uint64_t>(p.memory.host_budget, params * 8 + 8 * *bs);
-    if (Status s = p.validate(); !s.ok()) {
-      std::cerr << "strata bench offload: " << s << "\n";
-      return 2;
-    }
-    const bool json_out = a.count("json") > 0;
+  return opts;
+}
 
-    Json env = {{"cpu", cpu_brand()},
-                {"threads", omp_get_max_threads()},
-                {"build", build_kind()},
-                {"kernel", kernel_release()},
-                {"nvme_path", p.offload_optimizer.nvme_path[0]},
-                {"file_system", fs_type(p.offload_optimizer.nvme_path[0])},
-                {"engine", p.nvme.engine},
-                {"direct", p.nvme.direct},
-                {"model", p.train.model},
-                {"parameters", params},
-                {"dtype", dt},
-                {"micro_batch", p.train.micro_batch},
-                {"buffer_size", *bs},
-                {"buffer_count", p.offload_optimizer.buffer_count},
-                {"overlap_step", p.offload_optimizer.overlap_step},
-                {"delayed_update", p.offload_optimizer.delayed_update}};
-    JsonLines report("offload");
-    if (json_out) {
-      report.env(env);
-    } else {
-      std::cout << "strata bench offload\n";
-      for (auto it = env.begin(); it != env.end(); ++it) std::cout << "  " << std::left << std::setw(14) << it.key() << " " << (it->is_string() ? it->get<std::string>() : it->dump()) << "\n";
-    }
-    warn_if_not_release(std::cout, json_out);
+// What one run measures: the profile of the NVMe trainer and the shape of the rounds.
+struct OffloadSetup {
+  Profile profile;
+  int steps = 0, rounds = 0;
+  std::string dtype;
+  std::uint64_t buffer_size = 0;
+  bool json = false;
+};
 
-    DeviceOptions dopt = device_options(p.memory);
-    auto data = TokenDataset::default_text();
-    if (!data.ok()) {
-      std::cerr << data.status() << "\n";
-      return 1;
-    }
-    auto fail = [](const std::string& what, const Status& s) {
-      std::cerr << "strata bench offload: " << what << ": " << s << "\n";
-      return 1;
-    };
+// The profile the options describe; a usage error is a Status.
+Result<OffloadSetup> offload_setup(const cxxopts::ParseResult& a) {
+  STRATA_ASSIGN_OR_RETURN(Profile p, Profile::from_toml_string("", "bench offload"));
+  OffloadSetup o;
+  p.train.model = a["model"].as<std::string>();
+  if (!model_preset(p.train.model, &p.train.dims)) return invalid_argument("unknown --model " + p.train.model);
+  p.train.micro_batch = a["micro-batch"].as<int>();
+  o.steps = a["steps"].as<int>();
+  o.rounds = a["rounds"].as<int>();
+  if (o.steps < 1 || o.rounds < 1 || p.train.micro_batch < 1) {
+    return invalid_argument("--steps, --rounds and --micro-batch must be at least 1");
+  }
+  o.dtype = a["dtype"].as<std::string>();
+  if (!parse_dtype(o.dtype, &p.precision.dtype)) return invalid_argument("--dtype must be fp32, bf16 or fp16");
+  STRATA_ASSIGN_OR_RETURN(o.buffer_size, parse_bytes(a["buffer-size"].as<std::string>()));
+  p.offload_optimizer.device = OffloadTarget::kNvme;
+  p.offload_optimizer.nvme_path = {a["nvme-path"].as<std::string>()};
+  p.offload_optimizer.buffer_count = a["buffer-count"].as<int>();
+  p.offload_optimizer.overlap_step = a["overlap"].as<bool>();
+  p.offload_optimizer.delayed_update = a.count("delayed-update") > 0;
+  p.offload_optimizer.delayed_update_warmup = 0;
+  p.offload_optimizer.buffer_size = o.buffer_size;
+  p.nvme.engine = a["engine"].as<std::string>();
+  p.nvme.direct = a["direct"].as<bool>();
+  if (p.nvme.engine != "io_uring") p.nvme.registered_buffers = false;
+  const std::uint64_t params = p.train.dims.parameter_count();
+  p.memory.device_budget = std::max<std::uint64_t>(p.memory.device_budget, params * 12 + (4ULL << 30));
+  p.memory.host_budget = std::max<std::uint64_t>(p.memory.host_budget, params * 8 + 8 * o.buffer_size);
+  STRATA_RETURN_IF_ERROR(p.validate());
+  o.profile = p;
+  o.json = a.count("json") > 0;
+  return o;
+}
 
-    // Two trainers of the same model: one with the optimizer on the device (its forward +
-    // backward phase times are the compute), one with the state on NVMe. They run in
-    // alternating rounds of `steps` steps each, so that a slow spell of the machine hits both;
-    // each has one warm-up step first (for the NVMe one: first touch of the swap).
-    Profile cp = p;
+Json offload_env(const OffloadSetup& o) {
+  const Profile& p = o.profile;
+  return {{"cpu", cpu_brand()},
+          {"threads", omp_get_max_threads()},
+          {"build", build_kind()},
+          {"kernel", kernel_release()},
+          {"nvme_path", p.offload_optimizer.nvme_path[0]},
+          {"file_system", fs_type(p.offload_optimizer.nvme_path[0])},
+          {"engine", p.nvme.engine},
+          {"direct", p.nvme.direct},
+          {"model", p.train.model},
+          {"parameters", p.train.dims.parameter_count()},
+          {"dtype", o.dtype},
+          {"micro_batch", p.train.micro_batch},
+          {"buffer_size", o.buffer_size},
+          {"buffer_count", p.offload_optimizer.buffer_count},
+          {"overlap_step", p.offload_optimizer.overlap_step},
+          {"delayed_update", p.offload_optimizer.delayed_update}};
+}
+
+// Per round: fwd+bwd of the compute-only trainer alone and under swap traffic, and the NVMe
+// trainer's steady-state step; over all rounds, the NVMe bytes per step.
+struct Rounds {
+  std::vector<double> fb, step, loaded;
+  double read_per_step = 0, write_per_step = 0;
+  TierStats tiers;
+};
+
+// The two trainers and the swap traffic of one run, and the rounds they run.
+class OffloadRun {
+ public:
+  OffloadRun(const OffloadSetup& o, TokenDataset data) : o_(o), data_(std::move(data)) {}
+
+  // Two trainers of the same model: one with the optimizer on the device (its forward +
+  // backward phase times are the compute), one with the state on NVMe, each after one warm-up
+  // step (for the NVMe one: first touch of the swap). Swap traffic of the optimizer's shape on
+  // the same directory gives the transfer ceiling and, paced at the rate the NVMe trainer moved
+  // bytes, the load under which the compute-only trainer runs a third block of each round
+  // (what the I/O alone costs the compute here, e.g. a hypervisor emulating the disk on the
+  // same cores).
+  Status open() {
+    Profile cp = o_.profile;
     cp.offload_optimizer.device = OffloadTarget::kNone;
     cp.offload_optimizer.delayed_update = false;
-    auto cdev = create_device("host", dopt);
-    if (!cdev.ok()) return fail("device", cdev.status());
+    const DeviceOptions dopt = device_options(o_.profile.memory);
+    STRATA_ASSIGN_OR_RETURN(cdev_, create_device("host", dopt));
     TrainerOptions cto;
     cto.phase_timing = true;
-    auto ctrainer = Trainer::create(cp, **cdev, nullptr, cto);
-    if (!ctrainer.ok()) return fail("compute-only trainer", ctrainer.status());
-    auto dev = create_device("host", dopt);
-    if (!dev.ok()) return fail("device", dev.status());
-    auto trainer = Trainer::create(p, **dev, nullptr, TrainerOptions{});
-    if (!trainer.ok()) return fail("trainer", trainer.status());
-    StepOptimizer& opt = (*trainer)->optimizer();
-    if (auto st = (*ctrainer)->train_step(*data); !st.ok()) return fail("compute-only warm-up step", st.status());
-    if (auto st = (*trainer)->train_step(*data); !st.ok()) return fail("warm-up step", st.status());
-    if (Status s = opt.synchronize(); !s.ok()) return fail("warm-up step", s);
-    // Swap traffic of the optimizer's shape on the same directory: its bandwidth is the
-    // transfer ceiling, and, paced at the rate the NVMe trainer moved bytes, it is the load under
-    // which the compute-only trainer runs a third block of each round (what the I/O alone costs
-    // the compute on this machine, e.g. a hypervisor emulating the disk on the same cores).
-    const double state_bytes = static_cast<double>(params) * 12.0;
-    auto traffic = SwapTraffic::create(p, static_cast<std::uint64_t>(std::min(state_bytes, 1024.0 * MiB)), *bs,
-                                       std::max(1, p.offload_optimizer.buffer_count - 1));
-    if (!traffic.ok()) return fail("a swap file to measure the directory with", traffic.status());
-    const int nv = static_cast<int>(Tier::kNvme), ho = static_cast<int>(Tier::kHost);
-    auto nvme_bytes = [&] {
-      const TierStats t = *opt.tier_stats();
-      return static_cast<double>(t.bytes_moved[nv][ho] + t.bytes_moved[ho][nv]);
-    };
-    const TierStats before = *opt.tier_stats();
-    std::vector<double> fb_r, step_r, loaded_r;
-    for (int r = 0; r < rounds; ++r) {
-      double fb = 0;
-      for (int i = 0; i < steps; ++i) {
-        auto st = (*ctrainer)->train_step(*data);
-        if (!st.ok()) return fail("compute-only step", st.status());
-        fb += st->forward_s + st->backward_s;
-      }
-      fb_r.push_back(fb / steps);
-      // The steady state: from the return of a first step (its update now running, as after
-      // any step) to the return of `steps` more; the last update is waited for untimed, so
-      // that the compute-only block that follows has the machine to itself.
-      Clock::time_point t0;
-      double bytes0 = 0;
-      for (int i = 0; i <= steps; ++i) {
-        auto st = (*trainer)->train_step(*data);
-        if (!st.ok()) return fail("step", st.status());
-        if (i == 0) {
-          t0 = Clock::now();
-          bytes0 = nvme_bytes();
-        }
-      }
-      const double block_s = seconds_since(t0);
-      step_r.push_back(block_s / steps);
-      if (Status s = opt.synchronize(); !s.ok()) return fail("a step's update", s);
-      const double rate = (nvme_bytes() - bytes0) / block_s;
-      (*traffic)->start(rate);
-      double loaded = 0;
-      for (int i = 0; i < steps; ++i) {
-        auto st = (*ctrainer)->train_step(*data);
-        if (!st.ok()) return fail("compute-only step under swap traffic", st.status());
-        loaded += st->forward_s + st->backward_s;
-      }
-      if (Status s = (*traffic)->stop(); !s.ok()) return fail("swap traffic", s);
-      loaded_r.push_back(loaded / steps);
-    }
-    const TierStats final_stats = *opt.tier_stats();
-    const double measured = static_cast<double>(rounds) * (steps + 1);
-    const double rd = static_cast<double>(final_stats.bytes_moved[nv][ho] - before.bytes_moved[nv][ho]) / measured;
-    const double wr = static_cast<double>(final_stats.bytes_moved[ho][nv] - before.bytes_moved[ho][nv]) / measured;
-    trainer->reset();
-    ctrainer->reset();
+    STRATA_ASSIGN_OR_RETURN(compute_, Trainer::create(cp, *cdev_, nullptr, cto));
+    STRATA_ASSIGN_OR_RETURN(dev_, create_device("host", dopt));
+    STRATA_ASSIGN_OR_RETURN(nvme_, Trainer::create(o_.profile, *dev_, nullptr, TrainerOptions{}));
+    STRATA_RETURN_IF_ERROR(compute_->train_step(data_).status().with_context("compute-only warm-up step"));
+    STRATA_RETURN_IF_ERROR(nvme_->train_step(data_).status().with_context("warm-up step"));
+    STRATA_RETURN_IF_ERROR(nvme_->optimizer().synchronize().with_context("warm-up step"));
+    const double state_bytes = static_cast<double>(o_.profile.train.dims.parameter_count()) * 12.0;
+    auto traffic = SwapTraffic::create(o_.profile, static_cast<std::uint64_t>(std::min(state_bytes, 1024.0 * MiB)),
+                                       o_.buffer_size, std::max(1, o_.profile.offload_optimizer.buffer_count - 1));
+    if (!traffic.ok()) return traffic.status().with_context("a swap file to measure the directory with");
+    traffic_ = std::move(*traffic);
+    return Status::OK();
+  }
 
-    // Ceilings measured in the same run.
-    Bandwidth bw;
-    auto wbw = (*traffic)->pass(true);
-    auto rbw = wbw.ok() ? (*traffic)->pass(false) : wbw;
-    if (!rbw.ok()) return fail("measuring the swap directory", rbw.status());
-    bw.write = *wbw;
-    bw.read = *rbw;
-    traffic->reset();
-    const DType gdt = DType::kF32;
-    auto adam_s = measure_adam(params, gdt, p.precision.dtype);
-    if (!adam_s.ok()) {
-      std::cerr << adam_s.status() << "\n";
-      return 1;
+  Result<Rounds> run_rounds() {
+    Rounds r;
+    const TierStats before = *nvme_->optimizer().tier_stats();
+    for (int i = 0; i < o_.rounds; ++i) STRATA_RETURN_IF_ERROR(one_round(r));
+    r.tiers = *nvme_->optimizer().tier_stats();
+    const double measured = static_cast<double>(o_.rounds) * (o_.steps + 1);
+    r.read_per_step = static_cast<double>(r.tiers.bytes_moved[kNv][kHo] - before.bytes_moved[kNv][kHo]) / measured;
+    r.write_per_step = static_cast<double>(r.tiers.bytes_moved[kHo][kNv] - before.bytes_moved[kHo][kNv]) / measured;
+    nvme_.reset();
+    compute_.reset();
+    return r;
+  }
+
+  // The swap directory's bandwidth, measured after the trainers are gone.
+  Result<Bandwidth> bandwidth() {
+    STRATA_ASSIGN_OR_RETURN(double w, traffic_->pass(true));
+    STRATA_ASSIGN_OR_RETURN(double rd, traffic_->pass(false));
+    traffic_.reset();
+    return Bandwidth{rd, w};
+  }
+
+ private:
+  static constexpr int kNv = static_cast<int>(Tier::kNvme), kHo = static_cast<int>(Tier::kHost);
+
+  double nvme_bytes() const {
+    const TierStats t = *nvme_->optimizer().tier_stats();
+    return static_cast<double>(t.bytes_moved[kNv][kHo] + t.bytes_moved[kHo][kNv]);
+  }
+
+  Result<double> compute_block(const char* what) {
+    double fb = 0;
+    for (int i = 0; i < o_.steps; ++i) {
+      auto st = compute_->train_step(data_);
+      if (!st.ok()) return st.status().with_context(what);
+      fb += st->forward_s + st->backward_s;
     }
-    const double transfer = rd / bw.read + wr / bw.write;
-    std::vector<double> ratio_r, loaded_ratio_r;
-    for (int r = 0; r < rounds; ++r) {
-      ratio_r.push_back(step_r[r] / std::max(fb_r[r] + *adam_s, transfer));
-      loaded_ratio_r.push_back(step_r[r] / std::max(loaded_r[r] + *adam_s, transfer));
-    }
-    const double loaded_fb = median(loaded_r), loaded_ratio = median(loaded_ratio_r);
-    const double fb = median(fb_r), step = median(step_r);
-    const double compute = fb + *adam_s;
-    const double ceiling = std::max(compute, transfer);
-    const double ratio = median(ratio_r);
-    constexpr const char* kCeiling = "max(compute, transfer) of the same run (step time over it)";
-    Json res = {{"step_s", step},
-                {"forward_backward_s", fb},
-                {"adam_in_ram_s", *adam_s},
-                {"compute_s", compute},
-                {"nvme_read_bytes_per_step", rd},
-                {"nvme_write_bytes_per_step", wr},
-                {"nvme_read_bw", bw.read},
-                {"nvme_write_bw", bw.write},
-                {"transfer_s", transfer},
-                {"ceiling_s", ceiling},
-                {"ratio", ratio},
-                {"ceiling", kCeiling},
-                {"ratio_per_round", ratio_r},
-                {"bar", 1.15},
-                {"meets_bar", ratio <= 1.15},
-                {"forward_backward_under_swap_traffic_s", loaded_fb},
-                {"ratio_to_compute_under_swap_traffic", loaded_ratio},
-                {"ratio_to_compute_under_swap_traffic_per_round", loaded_ratio_r}};
-    if (json_out) {
-      for (int r = 0; r < rounds; ++r) {
-        report.result({{"round", r + 1},
-                       {"step_s", step_r[r]},
-                       {"forward_backward_s", fb_r[r]},
-                       {"compute_s", fb_r[r] + *adam_s},
-                       {"transfer_s", transfer},
-                       {"ratio", ratio_r[r]},
-                       {"ceiling", kCeiling},
-                       {"forward_backward_under_swap_traffic_s", loaded_r[r]},
-                       {"ratio_to_compute_under_swap_traffic", loaded_ratio_r[r]}});
+    return fb / o_.steps;
+  }
+
+  // Compute alone; the NVMe trainer's steady state (from the return of a first step, its update
+  // then running as after any step, to the return of `steps` more; the last update is waited
+  // for untimed so that the next block has the machine to itself); compute under traffic.
+  Status one_round(Rounds& r) {
+    STRATA_ASSIGN_OR_RETURN(double fb, compute_block("compute-only step"));
+    r.fb.push_back(fb);
+    Clock::time_point t0;
+    double bytes0 = 0;
+    for (int i = 0; i <= o_.steps; ++i) {
+      STRATA_RETURN_IF_ERROR(nvme_->train_step(data_).status().with_context("step"));
+      if (i == 0) {
+        t0 = Clock::now();
+        bytes0 = nvme_bytes();
       }
-      res["tiers"] = Json::parse(final_stats.to_json());
-      report.summary(res);
-    } else {
-      std::cout << std::fixed << std::setprecision(3);
-      std::cout << "  step time (median of " << rounds << " rounds of " << steps << ") " << step << " s\n"
-                << "  forward + backward           " << fb << " s (optimizer on the device)\n"
-                << "  CPU Adam, state in RAM       " << *adam_s << " s\n"
-                << "  compute = fwd+bwd+Adam       " << compute << " s\n"
-                << "  NVMe per step                read " << format_bytes_human(rd) << " at "
-                << format_bytes_human(bw.read) << "/s, write " << format_bytes_human(wr) << " at "
-                << format_bytes_human(bw.write) << "/s\n"
-                << "  transfer at measured bw      " << transfer << " s\n"
-                << "  per round                    ";
-      for (double x : ratio_r) std::cout << x << " ";
-      std::cout << "\n"
-                << "  step / max(compute, transfer) = " << ratio << " (median of rounds)" << "  (bar <= 1.15: " << (ratio <= 1.15 ? "met" : "NOT met") << ")\n"
-                << "  fwd+bwd under swap traffic   " << loaded_fb << " s (the same bytes/s, no optimizer work)\n"
-                << "  step / max(that + Adam, transfer) = " << loaded_ratio << " (median of rounds)\n";
     }
-    return 0;
+    const double block_s = seconds_since(t0);
+    r.step.push_back(block_s / o_.steps);
+    STRATA_RETURN_IF_ERROR(nvme_->optimizer().synchronize().with_context("a step's update"));
+    traffic_->start((nvme_bytes() - bytes0) / block_s);
+    STRATA_ASSIGN_OR_RETURN(double loaded, compute_block("compute-only step under swap traffic"));
+    STRATA_RETURN_IF_ERROR(traffic_->stop().with_context("swap traffic"));
+    r.loaded.push_back(loaded);
+    return Status::OK();
+  }
+
+  const OffloadSetup& o_;
+  TokenDataset data_;
+  std::unique_ptr<Device> cdev_, dev_;
+  std::unique_ptr<Trainer> compute_, nvme_;
+  std::unique_ptr<SwapTraffic> traffic_;
+};
+
+constexpr const char* kOffloadCeiling = "max(compute, transfer) of the same run (step time over it)";
+
+// The figures of a run: per round and their medians.
+struct OffloadFigures {
+  std::vector<double> ratio_r, loaded_ratio_r;
+  double adam_s = 0, transfer = 0;
+};
+
+OffloadFigures figures(const Rounds& r, const Bandwidth& bw, double adam_s) {
+  OffloadFigures f;
+  f.adam_s = adam_s;
+  f.transfer = r.read_per_step / bw.read + r.write_per_step / bw.write;
+  for (std::size_t i = 0; i < r.step.size(); ++i) {
+    f.ratio_r.push_back(r.step[i] / std::max(r.fb[i] + adam_s, f.transfer));
+    f.loaded_ratio_r.push_back(r.step[i] / std::max(r.loaded[i] + adam_s, f.transfer));
+  }
+  return f;
+}
+
+void report_json(JsonLines& report, const Rounds& r, const Bandwidth& bw, const OffloadFigures& f) {
+  for (std::size_t i = 0; i < r.step.size(); ++i) {
+    report.result({{"round", i + 1},
+                   {"step_s", r.step[i]},
+                   {"forward_backward_s", r.fb[i]},
+                   {"compute_s", r.fb[i] + f.adam_s},
+                   {"transfer_s", f.transfer},
+                   {"ratio", f.ratio_r[i]},
+                   {"ceiling", kOffloadCeiling},
+                   {"forward_backward_under_swap_traffic_s", r.loaded[i]},
+                   {"ratio_to_compute_under_swap_traffic", f.loaded_ratio_r[i]}});
+  }
+  const double fb = median(r.fb), ratio = median(f.ratio_r);
+  report.summary({{"step_s", median(r.step)},
+                  {"forward_backward_s", fb},
+                  {"adam_in_ram_s", f.adam_s},
+                  {"compute_s", fb + f.adam_s},
+                  {"nvme_read_bytes_per_step", r.read_per_step},
+                  {"nvme_write_bytes_per_step", r.write_per_step},
+                  {"nvme_read_bw", bw.read},
+                  {"nvme_write_bw", bw.write},
+                  {"transfer_s", f.transfer},
+                  {"ceiling_s", std::max(fb + f.adam_s, f.transfer)},
+                  {"ratio", ratio},
+                  {"ceiling", kOffloadCeiling},
+                  {"ratio_per_round", f.ratio_r},
+                  {"bar", 1.15},
+                  {"meets_bar", ratio <= 1.15},
+                  {"forward_backward_under_swap_traffic_s", median(r.loaded)},
+                  {"ratio_to_compute_under_swap_traffic", median(f.loaded_ratio_r)},
+                  {"ratio_to_compute_under_swap_traffic_per_round", f.loaded_ratio_r},
+                  {"tiers", Json::parse(r.tiers.to_json())}});
+}
+
+void report_table(const OffloadSetup& o, const Rounds& r, const Bandwidth& bw, const OffloadFigures& f) {
+  const double fb = median(r.fb), ratio = median(f.ratio_r);
+  std::cout << std::fixed << std::setprecision(3);
+  std::cout << "  step time (median of " << o.rounds << " rounds of " << o.steps << ") " << median(r.step) << " s\n"
+            << "  forward + backward           " << fb << " s (optimizer on the device)\n"
+            << "  CPU Adam, state in RAM       " << f.adam_s << " s\n"
+            << "  compute = fwd+bwd+Adam       " << fb + f.adam_s << " s\n"
+            << "  NVMe per step                read " << format_bytes_human(r.read_per_step) << " at "
+            << format_bytes_human(bw.read) << "/s, write " << format_bytes_human(r.write_per_step) << " at "
+            << format_bytes_human(bw.write) << "/s\n"
+            << "  transfer at measured bw      " << f.transfer << " s\n"
+            << "  per round                    ";
+  for (double x : f.ratio_r) std::cout << x << " ";
+  std::cout << "\n"
+            << "  step / max(compute, transfer) = " << ratio << " (median of rounds)"
+            << "  (bar <= 1.15: " << (ratio <= 1.15 ? "met" : "NOT met") << ")\n"
+            << "  fwd+bwd under swap traffic   " << median(r.loaded) << " s (the same bytes/s, no optimizer work)\n"
+            << "  step / max(that + Adam, transfer) = " << median(f.loaded_ratio_r) << " (median of rounds)\n";
+}
+
+int offload_failed(const std::string& what, const Status& s) {
+  std::cerr << "strata bench offload: " << what << (what.empty() ? "" : ": ") << s << "\n";
+  return 1;
+}
+
+int bench_offload(int argc, char** argv) {
+  cxxopts::Options opts = offload_options();
+  cxxopts::ParseResult a;
+  try {
+    a = opts.parse(argc, argv);
   } catch (const std::exception& e) {
     std::cerr << "strata bench offload: " << e.what() << "\n" << opts.help() << "\n";
     return 2;
   }
+  if (a.count("help")) {
+    std::cout << opts.help() << "\n";
+    return 0;
+  }
+  if (!a.unmatched().empty()) {
+    std::cerr << "strata bench offload: unexpected argument '" << a.unmatched().front()
+              << "' (boolean options take --name=false)\n";
+    return 2;
+  }
+  auto setup = offload_setup(a);
+  if (!setup.ok()) {
+    std::cerr << "strata bench offload: " << setup.status() << "\n";
+    return 2;
+  }
+  const OffloadSetup& o = *setup;
+  const Json env = offload_env(o);
+  JsonLines report("offload");
+  if (o.json) {
+    report.env(env);
+  } else {
+    std::cout << "strata bench offload\n";
+    for (auto it = env.begin(); it != env.end(); ++it) {
+      std::cout << "  " << std::left << std::setw(14) << it.key() << " "
+                << (it->is_string() ? it->get<std::string>() : it->dump()) << "\n";
+    }
+  }
+  warn_if_not_release(std::cout, o.json);
+  auto data = TokenDataset::default_text();
+  if (!data.ok()) return offload_failed("", data.status());
+  OffloadRun run(o, std::move(*data));
+  if (Status s = run.open(); !s.ok()) return offload_failed("", s);
+  auto rounds = run.run_rounds();
+  if (!rounds.ok()) return offload_failed("", rounds.status());
+  auto bw = run.bandwidth();
+  if (!bw.ok()) return offload_failed("measuring the swap directory", bw.status());
+  auto adam_s = measure_adam(o.profile.train.dims.parameter_count(), DType::kF32, o.profile.precision.dtype);
+  if (!adam_s.ok()) return offload_failed("", adam_s.status());
+  const OffloadFigures f = figures(*rounds, *bw, *adam_s);
+  if (o.json) {
+    report_json(report, *rounds, *bw, f);
+  } else {
+    report_table(o, *rounds, *bw, f);
+  }
+  return 0;
 }
 
 STRATA_COMMAND("bench offload", "training step with optimizer state on NVMe vs max(compute, transfer) of the same run",

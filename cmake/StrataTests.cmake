@@ -1,6 +1,9 @@
 # strata_add_test(NAME SOURCES a_test.cc ... [LABELS l ...] [TIMEOUT s])
 # One test program per *_test.cc group, one CTest entry per program.
 set(STRATA_REGISTERED_TESTS "" CACHE INTERNAL "")
+# The tests' scratch root (STRATA_TEST_TMPDIR): made at configure time, so that a test run on
+# its own (ctest -R) in a fresh build finds it.
+file(MAKE_DIRECTORY ${CMAKE_BINARY_DIR}/test-tmp)
 function(strata_add_test name)
   cmake_parse_arguments(T "" "TIMEOUT" "SOURCES;LABELS;LIBS" ${ARGN})
   if(NOT STRATA_BUILD_TESTS)
