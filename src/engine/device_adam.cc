@@ -1,10 +1,11 @@
 // The device StepOptimizer: fp32 master weights and Adam moments in device memory, updated by
 // Device::adam_step per parameter. With an fp32 model the master weights are the parameters'
-// device values themselves; with bf16/fp16 the step writes the rounded copy into them.
+// device values themselves; with bf16/fp16 the step writes the rounded copy into them. The
+// gradient norm and overflow check are engine/grad_norm.h's, shared with the offloaded Adam.
 #include <cmath>
-#include <cstring>
 #include <vector>
 
+#include "engine/grad_norm.h"
 #include "strata/log.h"
 #include "strata/trainer.h"
 
@@ -54,8 +55,9 @@ class DeviceAdam final : public StepOptimizer {
     }
     STRATA_ASSIGN_OR_RETURN(exp_avg_, alloc(moment_bytes, "first moments (exp_avg)"));
     STRATA_ASSIGN_OR_RETURN(exp_avg_sq_, alloc(moment_bytes, "second moments (exp_avg_sq)"));
-    STRATA_ASSIGN_OR_RETURN(scalars_, alloc(sizeof(float), "norm scratch"));
-    STRATA_ASSIGN_OR_RETURN(host_scalars_, device.allocate_pinned(sizeof(float)));
+    auto sumsq = engine::GradSquaredNorm::create(device);
+    if (!sumsq.ok()) return sumsq.status().with_context("device adam");
+    sumsq_ = std::move(*sumsq);
     std::size_t m_at = 0, s_at = 0;
     for (Parameter* p : model.parameters()) {
       State st;
@@ -100,27 +102,19 @@ class DeviceAdam final : public StepOptimizer {
     if (!(req.loss_scale > 0) || !std::isfinite(req.loss_scale)) {
       return invalid_argument("device adam: loss_scale must be finite and positive");
     }
-    // The squared norm of all gradients, read back once. It is inf or NaN exactly when some
-    // gradient is (or when it overflows fp32, which a loss scale must avoid anyway), so it is
-    // also the overflow check, as in DeepSpeed: one pass over the gradients instead of two.
-    DeviceView sumsq = *scalars_.view(DType::kF32, 0, 1);
-    STRATA_RETURN_IF_ERROR(device_->fill(sumsq, 0.0f, *stream_));
-    for (const State& st : params_) {
-      STRATA_RETURN_IF_ERROR(device_->sum_squares(st.param->grad(), sumsq, *stream_));
-    }
-    STRATA_RETURN_IF_ERROR(device_->copy_to_host(host_scalars_.bytes().first(sizeof(float)), sumsq.range(), *stream_));
+    // The squared norm of all gradients, read back once; it is also the overflow check.
+    std::vector<DeviceView> grads;
+    for (const State& st : params_) grads.push_back(st.param->grad());
+    STRATA_RETURN_IF_ERROR(sumsq_.enqueue(grads, *stream_));
     STRATA_RETURN_IF_ERROR(stream_->synchronize());
-    float host;
-    std::memcpy(&host, host_scalars_.data(), sizeof host);
+    const engine::GradNorm norm = engine::finish_grad_norm(sumsq_.value(), req.loss_scale, req.grad_clip);
     UpdateResult r;
-    r.grad_norm = std::sqrt(static_cast<double>(host)) / req.loss_scale;
-    r.finite = std::isfinite(host);
+    r.grad_norm = norm.norm;
+    r.finite = norm.finite;
     if (!r.finite) return r;
-    double clip = 1.0;
-    if (req.grad_clip > 0 && r.grad_norm > req.grad_clip) clip = req.grad_clip / (r.grad_norm + 1e-6);
     AdamHyper h = hyper_;
     h.lr = req.lr;
-    const AdamStep at{updates_ + 1, clip / req.loss_scale};
+    const AdamStep at{updates_ + 1, norm.grad_scale};
     for (const State& st : params_) {
       AdamTensors t;
       t.params = st.master;
@@ -179,8 +173,8 @@ class DeviceAdam final : public StepOptimizer {
   AdamHyper hyper_;
   Device* device_ = nullptr;
   Stream* stream_ = nullptr;
-  DeviceBuffer master_, exp_avg_, exp_avg_sq_, scalars_;
-  PinnedBuffer host_scalars_;
+  DeviceBuffer master_, exp_avg_, exp_avg_sq_;
+  engine::GradSquaredNorm sumsq_;
   std::vector<State> params_;
   std::int64_t updates_ = 0;
 };

@@ -3,19 +3,20 @@
 // ("nvme"), updated by the CPU Adam (src/cpu_adam), every byte of state moved by a tier manager
 // (src/offload) so that its budgets hold and its statistics are complete.
 //
-// Layout. The parameters are laid end to end in one flat index space, each starting on a
-// 16-element (64-byte) boundary so that every CPU Adam range is cache-line aligned; padding
-// elements have zero gradients and stay zero. The flat space is cut into chunks of C elements
-// (C from offload.optimizer.buffer_size: 12 C bytes of state per chunk);
-// chunk k is one tier-manager block [master | exp_avg | exp_avg_sq], each array `stride`
-// elements (C rounded up to 1024, so the block is a multiple of 4 KiB).
+// Layout. The parameters are laid end to end in one flat index space (zero/flat_layout.h, the
+// layout ZeRO shards; one rank is one shard), each starting on a 16-element (64-byte) boundary
+// so that every CPU Adam range is cache-line aligned; padding elements have zero gradients and
+// stay zero. The flat space is cut into chunks of C elements (C from
+// offload.optimizer.buffer_size: 12 C bytes of state per chunk); chunk k is one tier-manager
+// block [master | exp_avg | exp_avg_sq], each array `stride` elements (C rounded up to 1024, so
+// the block is a multiple of 4 KiB).
 //
 // Gradients. When a parameter's gradient is final (after_backward of the last micro-step has
-// been called for every module that owns or ties it) its device gradient is copied into a
-// pinned host buffer in the flat layout on a copy stream of its own, while backward goes on.
-// The global norm and the inf/nan check run on the device over the device gradients exactly
-// as the device Adam does, so the clip coefficient is the same to the bit whatever the
-// optimizer's home.
+// been called for every module that owns or ties it, as model/param_users.h counts) its device
+// gradient is copied into a pinned host buffer in the flat layout on a copy stream of its own,
+// while backward goes on. The global norm and the inf/nan check run on the device over the
+// device gradients with the device Adam's code (engine/grad_norm.h), so the clip coefficient
+// is the same to the bit whatever the optimizer's home.
 //
 // The update pipeline. Chunk k is acquired from the tier manager for writing (an NVMe home is
 // read into a pinned host copy), updated in place by CPU Adam with the gradient chunk read in
@@ -70,13 +71,16 @@
 #include <vector>
 
 #include "cpu_adam/cpu_adam.h"
+#include "engine/grad_norm.h"
 #include "kernels/numeric.h"
+#include "model/param_users.h"
 #include "nvme/io_engine.h"
 #include "nvme/swap_store.h"
 #include "offload/tier_manager.h"
 #include "strata/log.h"
 #include "strata/trainer.h"
 #include "strata/units.h"
+#include "zero/flat_layout.h"
 
 namespace strata {
 
@@ -101,6 +105,8 @@ constexpr std::uint64_t kSlotBytes = 4ULL << 20; // swap slot: the I/O unit of a
 
 std::uint64_t round_up(std::uint64_t x, std::uint64_t q) { return (x + q - 1) / q * q; }
 
+using model::ParamUsers;
+
 class OffloadAdam final : public StepOptimizer {
  public:
   OffloadAdam(const Profile& profile, Tier home)
@@ -123,50 +129,16 @@ class OffloadAdam final : public StepOptimizer {
     stream_ = &stream;
     const OptimizerOffloadConfig& oc = profile_.offload_optimizer;
 
-    // The flat layout.
-    std::uint64_t flat = 0;
-    for (Parameter* p : model.parameters()) {
-      if (!p->bound()) return failed_precondition(name() + ": parameter " + p->name() + " has no device storage");
-      if (p->value().device() != &device) {
-        return invalid_argument(name() + ": parameter " + p->name() + " lives on another device");
-      }
-      if (params_.empty()) {
-        value_dtype_ = p->value().dtype();
-        grad_dtype_ = p->grad().dtype();
-      } else if (p->value().dtype() != value_dtype_ || p->grad().dtype() != grad_dtype_) {
-        return invalid_argument(name() + ": parameter " + p->name() + " has dtypes other than the first parameter's");
-      }
-      ParamState st;
-      st.param = p;
-      st.flat = flat;
-      index_[p] = params_.size();
-      params_.push_back(st);
-      flat += round_up(p->numel(), kParamAlign);
-    }
-    if (params_.empty()) return invalid_argument(name() + ": the model has no parameters");
-    flat_ = flat;
-    // Modules that own or tie each parameter: its gradient is final once all have run backward.
-    count_users(model);
-
-    const std::uint64_t buffer = profile_.offload_optimizer.buffer_size;
-    const std::uint64_t chunk = std::max(kChunkQuantum, buffer / kStateBytes / kChunkQuantum * kChunkQuantum);
-    std::uint64_t max_block = 0;
-    for (std::uint64_t first = 0; first < flat_; first += chunk) {
-      Chunk c;
-      c.first = first;
-      c.n = std::min(chunk, flat_ - first);
-      c.stride = round_up(c.n, kChunkQuantum);
-      max_block = std::max(max_block, c.stride * kStateBytes);
-      chunks_.push_back(c);
-    }
-    chunk_elems_ = chunk;
+    STRATA_RETURN_IF_ERROR(lay_out(model, device));
+    const std::uint64_t flat = layout_.total();
+    const std::uint64_t max_block = cut_chunks();
     std::uint64_t state_bytes = 0;
     for (const Chunk& c : chunks_) state_bytes += c.stride * kStateBytes;
 
     // Pinned host memory: gradients and updated weights in the flat layout, plus the state
     // blocks the tier manager keeps (all of them with a host home, buffer_count with NVMe).
-    const std::uint64_t grad_bytes = flat_ * dtype_size(grad_dtype_);
-    const std::uint64_t value_bytes = flat_ * dtype_size(value_dtype_);
+    const std::uint64_t grad_bytes = flat * dtype_size(grad_dtype_);
+    const std::uint64_t value_bytes = flat * dtype_size(value_dtype_);
     if (home_ == Tier::kNvme && oc.buffer_count < 2) {
       return invalid_argument("offload.optimizer.buffer_count = " + std::to_string(oc.buffer_count) +
                               ": the NVMe pipeline needs at least 2 pinned buffers (one updated, one in transfer)");
@@ -179,7 +151,7 @@ class OffloadAdam final : public StepOptimizer {
     const std::uint64_t pinned =
         grad_buffers * grad_bytes + value_bytes + cached + std::min<std::uint64_t>(max_block, kSlotBytes);
     if (pinned > profile_.memory.host_budget) {
-      return out_of_memory(name() + ": " + std::to_string(flat_) + " parameters need " + format_bytes_human(pinned) +
+      return out_of_memory(name() + ": " + std::to_string(flat) + " parameters need " + format_bytes_human(pinned) +
                            " of pinned host memory (gradients " + format_bytes_human(grad_buffers * grad_bytes) + ", weights " +
                            format_bytes_human(value_bytes) + ", optimizer state " + format_bytes_human(cached) +
                            (home_ == Tier::kNvme ? " in buffer_count buffers" : "") + ") but memory.host_budget is " +
@@ -199,8 +171,7 @@ class OffloadAdam final : public StepOptimizer {
     STRATA_ASSIGN_OR_RETURN(copy_stream_, device.create_stream("optimizer-grads"));
     STRATA_ASSIGN_OR_RETURN(upload_stream_, device.create_stream("optimizer-weights"));
     STRATA_ASSIGN_OR_RETURN(grad_ready_, device.create_event());
-    STRATA_ASSIGN_OR_RETURN(scalars_, device.allocate(sizeof(float)));
-    STRATA_ASSIGN_OR_RETURN(host_scalars_, device.allocate_pinned(sizeof(float)));
+    STRATA_ASSIGN_OR_RETURN(sumsq_, engine::GradSquaredNorm::create(device));
     STRATA_ASSIGN_OR_RETURN(adam_, make_cpu_adam({}));
 
     // The tiers.
@@ -242,19 +213,7 @@ class OffloadAdam final : public StepOptimizer {
       if (!id.ok()) return id.status().with_context(name() + ": optimizer state chunk " + std::to_string(k));
       chunks_[k].block = *id;
     }
-    // Each segment: a chunk's share of one parameter.
-    for (ParamState& st : params_) {
-      const std::uint64_t n = st.param->numel();
-      for (std::uint64_t e = 0; e < n;) {
-        const std::size_t k = static_cast<std::size_t>((st.flat + e) / chunk_elems_);
-        const Chunk& c = chunks_[k];
-        const std::uint64_t len = std::min(n - e, c.first + c.n - (st.flat + e));
-        chunks_[k].segments.push_back(Segment{st.param, e, st.flat + e, len});
-        e += len;
-      }
-      st.last_chunk = static_cast<std::size_t>((st.flat + std::max<std::uint64_t>(n, 1) - 1) / chunk_elems_);
-    }
-    STRATA_LOG(kInfo) << name() << ": " << flat_ << " parameters, " << chunks_.size() << " chunks of " << chunk_elems_
+    STRATA_LOG(kInfo) << name() << ": " << flat << " parameters, " << chunks_.size() << " chunks of " << chunk_elems_
                       << " (" << format_bytes_human(state_bytes) << " of fp32 state homed in " << tier_name(home_)
                       << "), " << format_bytes_human(to.host_budget) << " of pinned buffers, CPU Adam " << adam_->name();
     reset_users();
@@ -282,9 +241,8 @@ class OffloadAdam final : public StepOptimizer {
                                   }));
     if (which != OptimizerState::kMaster) return Status::OK();
     // The device value follows the master (rounded for bf16/fp16), staged in the weight buffer.
-    const ParamState& st = params_[index_.at(&p)];
     const std::size_t vs = dtype_size(value_dtype_);
-    std::byte* dst = values_host_.data() + (st.flat + first) * vs;
+    std::byte* dst = values_host_.data() + (layout_.offset(index_.at(&p)) + first) * vs;
     to_value_dtype(values.data(), dst, values.size());
     STRATA_ASSIGN_OR_RETURN(DeviceView dv, p.value().slice(first, values.size()));
     STRATA_RETURN_IF_ERROR(device_->copy_to_device(dv.range(), {dst, values.size() * vs}, *stream_));
@@ -306,10 +264,8 @@ class OffloadAdam final : public StepOptimizer {
     if (!pass_delayed_) STRATA_RETURN_IF_ERROR(join());
     auto visit = [&](Parameter* p) -> Status {
       auto it = index_.find(p);
-      if (it == index_.end()) return Status::OK();
-      ParamState& st = params_[it->second];
-      if (st.users_left > 0 && --st.users_left == 0) return offload_grad(st);
-      return Status::OK();
+      if (it == index_.end() || !users_.finish_use(*p)) return Status::OK();
+      return offload_grad(it->second);  // its last user is done: the gradient is final
     };
     for (Parameter* p : module.own_parameters()) STRATA_RETURN_IF_ERROR(visit(p));
     for (Parameter* p : module.tied_parameters()) STRATA_RETURN_IF_ERROR(visit(p));
@@ -355,32 +311,26 @@ class OffloadAdam final : public StepOptimizer {
       tiers_->restart_trace();  // state accesses (initialisation, checkpoints) are not the pass's pattern
       accessed_ = false;
     }
-    // The squared norm of all gradients, on the device, as the device Adam: inf or NaN exactly
-    // when some gradient is (or the sum overflows), so it doubles as the overflow check.
-    DeviceView sumsq = *scalars_.view(DType::kF32, 0, 1);
-    STRATA_RETURN_IF_ERROR(device_->fill(sumsq, 0.0f, *stream_));
-    for (const ParamState& st : params_) {
-      STRATA_RETURN_IF_ERROR(device_->sum_squares(st.param->grad(), sumsq, *stream_));
-    }
-    STRATA_RETURN_IF_ERROR(device_->copy_to_host(host_scalars_.bytes().first(sizeof(float)), sumsq.range(), *stream_));
+    // The squared norm of all gradients on the device, as the device Adam computes it
+    // (engine/grad_norm.h), so the clip coefficient is the same to the bit.
+    std::vector<DeviceView> grads;
+    for (const ParamState& st : params_) grads.push_back(st.param->grad());
+    STRATA_RETURN_IF_ERROR(sumsq_.enqueue(grads, *stream_));
     // Gradients no hook has moved yet (a model run without hooks, or a module skipped).
-    for (ParamState& st : params_) {
-      if (!st.grad_offloaded) STRATA_RETURN_IF_ERROR(offload_grad(st));
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      if (!params_[i].grad_offloaded) STRATA_RETURN_IF_ERROR(offload_grad(i));
     }
     reset_users();
     STRATA_RETURN_IF_ERROR(stream_->synchronize());
     STRATA_RETURN_IF_ERROR(copy_stream_->synchronize());
-    float host;
-    std::memcpy(&host, host_scalars_.data(), sizeof host);
+    const engine::GradNorm norm = engine::finish_grad_norm(sumsq_.value(), req.loss_scale, req.grad_clip);
     UpdateResult r;
-    r.grad_norm = std::sqrt(static_cast<double>(host)) / req.loss_scale;
-    r.finite = std::isfinite(host);
+    r.grad_norm = norm.norm;
+    r.finite = norm.finite;
     if (!r.finite) return r;
-    double clip = 1.0;
-    if (req.grad_clip > 0 && r.grad_norm > req.grad_clip) clip = req.grad_clip / (r.grad_norm + 1e-6);
     AdamHyper h = hyper_;
     h.lr = req.lr;
-    const AdamStep at{updates_ + 1, clip / req.loss_scale};
+    const AdamStep at{updates_ + 1, norm.grad_scale};
     r.applied = true;
     const OptimizerOffloadConfig& oc = profile_.offload_optimizer;
     const bool delayed = oc.delayed_update && updates_ >= oc.delayed_update_warmup;
@@ -420,7 +370,7 @@ class OffloadAdam final : public StepOptimizer {
   }
 
   std::int64_t updates() const override { return updates_; }
-  std::uint64_t device_bytes() const override { return scalars_.size(); }
+  std::uint64_t device_bytes() const override { return sumsq_.device_bytes(); }
   std::optional<TierStats> tier_stats() const override {
     if (!tiers_) return std::nullopt;
     return tiers_->stats();
@@ -429,38 +379,70 @@ class OffloadAdam final : public StepOptimizer {
  private:
   using Access = strata::Access;
 
+  // Parameter i of params_ is tensor i of layout_.
   struct ParamState {
     Parameter* param = nullptr;
-    std::uint64_t flat = 0;   // first flat element
     std::size_t last_chunk = 0;  // the chunk holding its last element
-    int users = 0;            // modules whose backward contributes to the gradient
-    int users_left = 0;
     bool grad_offloaded = false;
-  };
-  struct Segment {
-    Parameter* param;
-    std::uint64_t param_first;
-    std::uint64_t flat_first;
-    std::uint64_t n;
   };
   struct Chunk {
     std::uint64_t first = 0;   // flat element
     std::uint64_t n = 0;
     std::uint64_t stride = 0;  // elements per state array in the block
     offload::BlockId block;
-    std::vector<Segment> segments;
+    std::vector<zero::FlatSegment> segments;  // its share of each parameter
   };
 
-  void count_users(Module& m) {
-    for (Parameter* p : m.own_parameters()) {
-      auto it = index_.find(p);
-      if (it != index_.end()) ++params_[it->second].users;
+  // The flat layout of `model`'s parameters (see the file comment) and the modules using each.
+  Status lay_out(Module& model, Device& device) {
+    std::vector<zero::FlatTensor> tensors;
+    for (Parameter* p : model.parameters()) {
+      if (!p->bound()) return failed_precondition(name() + ": parameter " + p->name() + " has no device storage");
+      if (p->value().device() != &device) {
+        return invalid_argument(name() + ": parameter " + p->name() + " lives on another device");
+      }
+      if (params_.empty()) {
+        value_dtype_ = p->value().dtype();
+        grad_dtype_ = p->grad().dtype();
+      } else if (p->value().dtype() != value_dtype_ || p->grad().dtype() != grad_dtype_) {
+        return invalid_argument(name() + ": parameter " + p->name() + " has dtypes other than the first parameter's");
+      }
+      index_[p] = params_.size();
+      params_.push_back(ParamState{p});
+      tensors.push_back(zero::FlatTensor{p->name(), p->numel()});
     }
-    for (Parameter* p : m.tied_parameters()) {
-      auto it = index_.find(p);
-      if (it != index_.end()) ++params_[it->second].users;
+    if (params_.empty()) return invalid_argument(name() + ": the model has no parameters");
+    // One rank is one shard: nothing is padded beyond each parameter's alignment.
+    auto layout = zero::FlatLayout::create(std::move(tensors), kParamAlign);
+    if (!layout.ok()) return layout.status().with_context(name());
+    layout_ = std::move(*layout);
+    // A parameter's gradient is final once every module owning or tying it has run backward.
+    users_ = ParamUsers(model);
+    return Status::OK();
+  }
+
+  // Cuts the flat space into chunks of offload.optimizer.buffer_size bytes of state (at least
+  // kChunkQuantum elements); returns the bytes of the largest chunk's block.
+  std::uint64_t cut_chunks() {
+    const std::uint64_t buffer = profile_.offload_optimizer.buffer_size;
+    const std::uint64_t chunk = std::max(kChunkQuantum, buffer / kStateBytes / kChunkQuantum * kChunkQuantum);
+    const std::uint64_t flat = layout_.total();
+    std::uint64_t max_block = 0;
+    for (std::uint64_t first = 0; first < flat; first += chunk) {
+      Chunk c;
+      c.first = first;
+      c.n = std::min(chunk, flat - first);
+      c.stride = round_up(c.n, kChunkQuantum);
+      c.segments = layout_.segments({c.first, c.n});
+      max_block = std::max(max_block, c.stride * kStateBytes);
+      chunks_.push_back(std::move(c));
     }
-    for (Module* c : m.children()) count_users(*c);
+    chunk_elems_ = chunk;
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      const std::uint64_t n = params_[i].param->numel();
+      params_[i].last_chunk = static_cast<std::size_t>((layout_.offset(i) + std::max<std::uint64_t>(n, 1) - 1) / chunk);
+    }
+    return max_block;
   }
 
   // Waits for the pass running on the worker thread, if any; returns its status once.
@@ -475,22 +457,21 @@ class OffloadAdam final : public StepOptimizer {
   }
 
   void reset_users() {
-    for (ParamState& st : params_) {
-      st.users_left = st.users;
-      st.grad_offloaded = false;
-    }
+    users_.reset();
+    for (ParamState& st : params_) st.grad_offloaded = false;
   }
 
   // Device gradient -> pinned host buffer on the copy stream, after the work enqueued so far
   // on the training stream (the backward that finished the gradient).
-  Status offload_grad(ParamState& st) {
+  Status offload_grad(std::size_t i) {
+    ParamState& st = params_[i];
     if (pass_delayed_ && grad_slot_ == pass_slot_) {
       return internal_error(name() + ": the gradient buffer of " + st.param->name() + " is still read by the delayed update");
     }
     const std::size_t gs = dtype_size(grad_dtype_);
     STRATA_RETURN_IF_ERROR(stream_->record(*grad_ready_));
     STRATA_RETURN_IF_ERROR(copy_stream_->wait(*grad_ready_));
-    STRATA_RETURN_IF_ERROR(device_->copy_to_host({grads_host_[grad_slot_].data() + st.flat * gs, st.param->numel() * gs},
+    STRATA_RETURN_IF_ERROR(device_->copy_to_host({grads_host_[grad_slot_].data() + layout_.offset(i) * gs, st.param->numel() * gs},
                                                  st.param->grad().range(), *copy_stream_));
     st.grad_offloaded = true;
     return Status::OK();
@@ -520,7 +501,7 @@ class OffloadAdam final : public StepOptimizer {
       return invalid_argument(name() + ": elements [" + std::to_string(first) + ", " + std::to_string(first + n) +
                               ") are outside parameter " + p.name() + " (" + std::to_string(p.numel()) + ")");
     }
-    const std::uint64_t base = params_[it->second].flat + first;
+    const std::uint64_t base = layout_.offset(it->second) + first;
     if (!accessed_) {
       tiers_->restart_trace();  // these accesses are not the pass's order: no replay, no warning
       accessed_ = true;
@@ -550,9 +531,10 @@ class OffloadAdam final : public StepOptimizer {
   // Every parameter's value from the pinned weight buffer to the device, on `stream`.
   Status upload_all(Stream& stream) {
     const std::size_t vs = dtype_size(value_dtype_);
-    for (const ParamState& st : params_) {
-      STRATA_RETURN_IF_ERROR(device_->copy_to_device(st.param->value().range(),
-                                                     {values_host_.data() + st.flat * vs, st.param->numel() * vs}, stream));
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      const Parameter& p = *params_[i].param;
+      STRATA_RETURN_IF_ERROR(device_->copy_to_device(p.value().range(),
+                                                     {values_host_.data() + layout_.offset(i) * vs, p.numel() * vs}, stream));
     }
     upload_pending_ = false;
     return Status::OK();
@@ -610,10 +592,10 @@ class OffloadAdam final : public StepOptimizer {
         if (oc.pipeline_read && i + 1 < count) STRATA_RETURN_IF_ERROR(tiers_->prefetch(chunks_[order(i + 1)].block, Tier::kHost));
       }
       if (mode == Pass::kDelayed) continue;
-      for (const Segment& s : c.segments) {
-        STRATA_ASSIGN_OR_RETURN(DeviceView dv, s.param->value().slice(s.param_first, s.n));
+      for (const zero::FlatSegment& s : c.segments) {
+        STRATA_ASSIGN_OR_RETURN(DeviceView dv, params_[s.tensor].param->value().slice(s.tensor_first, s.count));
         STRATA_RETURN_IF_ERROR(device_->copy_to_device(
-            dv.range(), {values_host_.data() + s.flat_first * vs, s.n * vs}, upload));
+            dv.range(), {values_host_.data() + s.flat_first * vs, s.count * vs}, upload));
       }
       if (mode == Pass::kOverlapped) {
         // Counted done once its copies have run, without holding the pass up.
@@ -637,8 +619,9 @@ class OffloadAdam final : public StepOptimizer {
   DType grad_dtype_ = DType::kF32;
   std::vector<ParamState> params_;
   std::unordered_map<const Parameter*, std::size_t> index_;
+  zero::FlatLayout layout_;
+  ParamUsers users_;
   std::vector<Chunk> chunks_;
-  std::uint64_t flat_ = 0;
   std::uint64_t chunk_elems_ = 0;
   PinnedBuffer grads_host_[2];  // flat, grad dtype; the second only with the delayed update
   std::size_t grad_slot_ = 0;   // the buffer the next backward's gradients go to
@@ -646,8 +629,7 @@ class OffloadAdam final : public StepOptimizer {
   std::unique_ptr<Stream> copy_stream_;
   std::unique_ptr<Stream> upload_stream_;  // the worker's weight copies
   std::unique_ptr<Event> grad_ready_;
-  DeviceBuffer scalars_;
-  PinnedBuffer host_scalars_;
+  engine::GradSquaredNorm sumsq_;
   std::unique_ptr<Optimizer> adam_;
   // Destroyed in reverse order: the tier manager, then the swap store, then its engine.
   std::unique_ptr<nvme::IoEngine> engine_;

@@ -1,0 +1,45 @@
+// The gradient norm, overflow check and clip coefficient of engine/grad_norm.h.
+#include "engine/grad_norm.h"
+
+#include <cmath>
+#include <cstring>
+
+namespace strata::engine {
+
+Result<GradSquaredNorm> GradSquaredNorm::create(Device& device) {
+  GradSquaredNorm n;
+  n.device_ = &device;
+  auto scalar = device.allocate(sizeof(float));
+  if (!scalar.ok()) return scalar.status().with_context("gradient norm scratch");
+  n.scalar_ = std::move(*scalar);
+  auto host = device.allocate_pinned(sizeof(float));
+  if (!host.ok()) return host.status().with_context("gradient norm read-back");
+  n.host_ = std::move(*host);
+  return n;
+}
+
+Status GradSquaredNorm::enqueue(std::span<const DeviceView> grads, Stream& stream) {
+  if (device_ == nullptr) return failed_precondition("gradient norm: create() it first");
+  STRATA_ASSIGN_OR_RETURN(DeviceView sumsq, scalar_.view(DType::kF32, 0, 1));
+  STRATA_RETURN_IF_ERROR(device_->fill(sumsq, 0.0f, stream));
+  for (const DeviceView& g : grads) STRATA_RETURN_IF_ERROR(device_->sum_squares(g, sumsq, stream));
+  return device_->copy_to_host(host_.bytes().first(sizeof(float)), sumsq.range(), stream);
+}
+
+float GradSquaredNorm::value() const {
+  float v;
+  std::memcpy(&v, host_.data(), sizeof v);
+  return v;
+}
+
+GradNorm finish_grad_norm(double sum_squares, double loss_scale, double grad_clip) {
+  GradNorm r;
+  r.norm = std::sqrt(sum_squares) / loss_scale;
+  r.finite = std::isfinite(sum_squares);
+  if (!r.finite) return r;
+  if (grad_clip > 0 && r.norm > grad_clip) r.clip = grad_clip / (r.norm + 1e-6);
+  r.grad_scale = r.clip / loss_scale;
+  return r;
+}
+
+}  // namespace strata::engine

@@ -1,0 +1,63 @@
+// src/engine/grad_norm.h — the global gradient norm of an optimizer step, which is also its
+// inf/nan overflow check, and the clip coefficient, shared by every StepOptimizer backend so
+// that they agree to the bit.
+//
+// Two halves, so that a data-parallel layer can sum the ranks' squared norms in between:
+//   1. GradSquaredNorm::enqueue: this rank's sum of squares of its gradients, accumulated in
+//      fp32 on the device (Device::sum_squares, tensor after tensor, in the caller's order) and
+//      copied to pinned host memory; value() reads it once the stream has synchronized.
+//   2. finish_grad_norm: sqrt, divided by the loss scale; finite or not; the clip coefficient
+//      min(1, grad_clip / (norm + 1e-6)) as torch.nn.utils.clip_grad_norm_.
+// The sum of squares is inf or NaN exactly when some gradient is (or when it overflows fp32,
+// which a loss scale must avoid anyway), so it doubles as the overflow check, as in DeepSpeed:
+// one pass over the gradients instead of two.
+//
+// Thread-safety: a GradSquaredNorm is used by one thread at a time; its work follows the stream
+// rules of strata/device.h. finish_grad_norm is pure.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "strata/device.h"
+#include "strata/status.h"
+
+namespace strata::engine {
+
+class GradSquaredNorm {
+ public:
+  GradSquaredNorm() = default;  // holds nothing; create() one before use
+
+  // One fp32 scalar on `device` and its pinned host copy.
+  static Result<GradSquaredNorm> create(Device& device);
+
+  // Enqueues on `stream`: the scalar = the sum of squares of every element of `grads`, then its
+  // copy to host memory. The views must stay unchanged until the stream has run it.
+  // REQUIRES: created.
+  Status enqueue(std::span<const DeviceView> grads, Stream& stream);
+
+  // The sum the latest enqueue() computed.
+  // REQUIRES: the stream it was enqueued on has synchronized since.
+  float value() const;
+
+  std::uint64_t device_bytes() const { return scalar_.size(); }
+
+ private:
+  Device* device_ = nullptr;
+  DeviceBuffer scalar_;
+  PinnedBuffer host_;
+};
+
+struct GradNorm {
+  double norm = 0.0;        // L2 norm of the true gradient, before clipping (inf or NaN when not finite)
+  bool finite = true;       // every gradient element is finite
+  double clip = 1.0;        // the clip coefficient; with grad_scale, meaningful only when finite
+  double grad_scale = 1.0;  // clip / loss_scale: what the update multiplies the stored gradients by
+};
+
+// The norm, overflow check and clip coefficient from the squared norm of the stored (loss
+// scaled) gradients of every rank. grad_clip <= 0 turns clipping off.
+// REQUIRES: loss_scale finite and positive.
+GradNorm finish_grad_norm(double sum_squares, double loss_scale, double grad_clip);
+
+}  // namespace strata::engine
