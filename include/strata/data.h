@@ -16,6 +16,12 @@
 // targets tokens [offset + 1, offset + T + 1). Consecutive rows therefore walk the data in
 // order, one sequence length apart, and wrap around. N must be at least T + 2.
 //
+// Data parallelism. With D data-parallel ranks each reading B rows (B = train.micro_batch per
+// rank), a micro-step's global micro-batch has D * B rows and rank d reads its rows
+// [d * B, (d + 1) * B): row r of rank d is row d * B + r of the formula above with B replaced
+// by D * B. A run on D ranks therefore sees exactly the batches of a one-rank run with
+// micro_batch = D * B, and the mean of the ranks' losses is that run's loss.
+//
 // Thread-safety: a TokenDataset is immutable after creation; copies share the mapping and may
 // be used from any thread.
 #pragma once
@@ -34,9 +40,11 @@ enum class TokenFormat : std::uint8_t { kBytes = 0, kU16 };
 
 // The shape of a step's batches.
 struct BatchShape {
-  int micro_batch = 1;  // B: rows per micro-batch
+  int micro_batch = 1;  // B: rows per micro-batch (per data-parallel rank)
   int grad_accum = 1;   // A: micro-batches per step
   int seq_len = 1;      // T
+  int dp_ranks = 1;     // D: data-parallel ranks reading one global micro-batch of D * B rows
+  int dp_rank = 0;      // d: this rank's place among them, 0 <= d < D
 };
 
 class TokenDataset {

@@ -174,9 +174,10 @@ Status TokenDataset::check(int vocab, int seq_len) const {
 
 std::uint64_t TokenDataset::offset(std::int64_t step, int micro, int row, const BatchShape& s) const {
   __extension__ typedef unsigned __int128 U;
-  const U start = ((static_cast<U>(step) * static_cast<U>(s.grad_accum) + static_cast<U>(micro)) *
-                       static_cast<U>(s.micro_batch) +
-                   static_cast<U>(row)) *
+  const U global_rows = static_cast<U>(s.micro_batch) * static_cast<U>(s.dp_ranks);
+  const U global_row = static_cast<U>(s.dp_rank) * static_cast<U>(s.micro_batch) + static_cast<U>(row);
+  const U start = ((static_cast<U>(step) * static_cast<U>(s.grad_accum) + static_cast<U>(micro)) * global_rows +
+                   global_row) *
                   static_cast<U>(s.seq_len);
   const U modulus = static_cast<U>(size() - static_cast<std::uint64_t>(s.seq_len) - 1);
   return static_cast<std::uint64_t>(start % modulus);
@@ -188,6 +189,10 @@ Status TokenDataset::batch(std::int64_t step, int micro, const BatchShape& s, st
     return invalid_argument("token data: batch shape must be positive (micro_batch " + std::to_string(s.micro_batch) +
                             ", grad_accum " + std::to_string(s.grad_accum) + ", seq_len " +
                             std::to_string(s.seq_len) + ")");
+  }
+  if (s.dp_ranks < 1 || s.dp_rank < 0 || s.dp_rank >= s.dp_ranks) {
+    return invalid_argument("token data: data-parallel rank " + std::to_string(s.dp_rank) + " is not one of " +
+                            std::to_string(s.dp_ranks) + " ranks");
   }
   if (step < 0 || micro < 0 || micro >= s.grad_accum) {
     return invalid_argument("token data: step " + std::to_string(step) + " micro-step " + std::to_string(micro) +

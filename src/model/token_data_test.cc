@@ -1,5 +1,7 @@
 // Token data: byte and uint16 files, the built-in text, and the documented sampling rule.
 #include <gtest/gtest.h>
+
+#include <algorithm>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -70,6 +72,33 @@ TEST(TokenData, SamplingFollowsTheDocumentedFormula) {
   ASSERT_TRUE(d.batch(3, 0, BatchShape{2, 1, 4}, b, tb).ok());
   a0.insert(a0.end(), a1.begin(), a1.end());
   EXPECT_EQ(a0, b);
+}
+
+// Rank d of D reads rows [d * B, (d + 1) * B) of the one-rank batch with micro_batch D * B.
+TEST(TokenData, DataParallelRanksReadTheirRowsOfTheGlobalBatch) {
+  std::vector<std::uint16_t> tokens(5000);
+  for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<std::uint16_t>(i % 251);
+  const TokenDataset d = TokenDataset::from_tokens(tokens, "ramp");
+  constexpr int kB = 2, kT = 16, kA = 3;
+  for (int ranks : {2, 3}) {
+    const BatchShape global{kB * ranks, kA, kT};
+    std::vector<std::int32_t> gin(static_cast<std::size_t>(kB * ranks * kT)), gtg(gin.size());
+    for (std::int64_t step : {0, 7}) {
+      for (int micro = 0; micro < kA; ++micro) {
+        ASSERT_TRUE(d.batch(step, micro, global, gin, gtg).ok());
+        for (int rank = 0; rank < ranks; ++rank) {
+          const BatchShape mine{kB, kA, kT, ranks, rank};
+          std::vector<std::int32_t> in(static_cast<std::size_t>(kB * kT)), tg(in.size());
+          ASSERT_TRUE(d.batch(step, micro, mine, in, tg).ok());
+          const auto first = gin.begin() + static_cast<std::ptrdiff_t>(rank * kB * kT);
+          EXPECT_TRUE(std::equal(in.begin(), in.end(), first)) << "rank " << rank << " of " << ranks;
+          EXPECT_TRUE(std::equal(tg.begin(), tg.end(), gtg.begin() + (first - gin.begin()))) << "rank " << rank;
+        }
+      }
+    }
+  }
+  std::vector<std::int32_t> in(kB * kT), tg(in.size());
+  EXPECT_FALSE(d.batch(0, 0, BatchShape{kB, 1, kT, 2, 2}, in, tg).ok());
 }
 
 TEST(TokenData, U16FilesAreLittleEndianAndCheckedAgainstTheVocabulary) {
