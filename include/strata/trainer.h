@@ -1,4 +1,5 @@
-// strata/trainer.h — one-rank training of the GPT-2 model: a Trainer runs the step (forward,
+// strata/trainer.h — training of the GPT-2 model on one rank or as one rank of a data-parallel
+// group (TrainerOptions::dp): a Trainer runs the step (forward,
 // backward, optimizer) on a Device, and a StepOptimizer seam owns the optimizer state, so that
 // where master weights and Adam moments live (device memory here; host RAM or NVMe with
 // offload) is a choice of backend, not of the training loop.
@@ -27,6 +28,7 @@
 #include <string>
 #include <string_view>
 
+#include "strata/communicator.h"
 #include "strata/data.h"
 #include "strata/device.h"
 #include "strata/model.h"
@@ -153,6 +155,12 @@ struct TrainerOptions {
   // step so that StepStats splits the step time among them (benchmarks); costs a little
   // overlap.
   bool phase_timing = false;
+  // The data-parallel group this trainer is one rank of (null: one rank). Its size must be
+  // parallel.dp. Each rank reads its rows of the global batch (strata/data.h), the gradients are
+  // all-reduced in buckets as backward proceeds (ZeRO stage 0: zero.reduce_bucket_size,
+  // zero.overlap_comm) and every rank applies the same update; the loss is the global mean.
+  // REQUIRES: outlives the trainer.
+  Communicator* dp = nullptr;
 };
 
 // The loss scaler's state (engine/loss_scaler.h), saved in checkpoints.

@@ -22,7 +22,6 @@ struct PendingKey {
   PendingKey { key, default_text, why, [](const Profile& p) { return p.member == Profile{}.member; } }
 
 constexpr const char* kParamOffload = "parameter offload arrives with ZeRO-3";
-constexpr const char* kGradReduction = "gradient reduction arrives with data-parallel training (ZeRO stages 0-2)";
 constexpr const char* kParamGather = "parameter gathering arrives with ZeRO-3";
 constexpr const char* kPipeline = "pipeline parallelism is not built yet";
 
@@ -35,15 +34,13 @@ const std::vector<PendingKey>& pending_keys() {
       STRATA_PENDING_KEY("offload.param.max_in_cpu", offload_param.max_in_cpu, "\"1GiB\"", kParamOffload),
       STRATA_PENDING_KEY("offload.param.buffer_count", offload_param.buffer_count, "5", kParamOffload),
       STRATA_PENDING_KEY("offload.param.buffer_size", offload_param.buffer_size, "\"64MiB\"", kParamOffload),
-      STRATA_PENDING_KEY("zero.stage", zero.stage, "0", "ZeRO stages arrive with data-parallel training"),
-      STRATA_PENDING_KEY("zero.reduce_bucket_size", zero.reduce_bucket_size, "\"25MiB\"", kGradReduction),
-      STRATA_PENDING_KEY("zero.allgather_bucket_size", zero.allgather_bucket_size, "\"25MiB\"", kGradReduction),
-      STRATA_PENDING_KEY("zero.overlap_comm", zero.overlap_comm, "true", kGradReduction),
+      STRATA_PENDING_KEY("zero.stage", zero.stage, "0", "data parallelism runs ZeRO stage 0 until the sharded stages land"),
+      STRATA_PENDING_KEY("zero.allgather_bucket_size", zero.allgather_bucket_size, "\"25MiB\"",
+                         "parameter all-gathers arrive with ZeRO stage 1"),
       STRATA_PENDING_KEY("zero.prefetch_bucket_size", zero.prefetch_bucket_size, "\"50MiB\"", kParamGather),
       STRATA_PENDING_KEY("zero.max_live_parameters", zero.max_live_parameters, "1000000000", kParamGather),
       STRATA_PENDING_KEY("zero.param_persistence_threshold", zero.param_persistence_threshold, "100000",
                          kParamGather),
-      STRATA_PENDING_KEY("parallel.dp", parallel.dp, "1", "a run has one rank until data-parallel training lands"),
       STRATA_PENDING_KEY("parallel.tp", parallel.tp, "1", "tensor parallelism is not built yet"),
       STRATA_PENDING_KEY("parallel.pp", parallel.pp, "1", kPipeline),
       STRATA_PENDING_KEY("parallel.schedule", parallel.schedule, "\"1f1b\"", kPipeline),

@@ -6,7 +6,11 @@
 #include <cstring>
 #include <vector>
 
+#include <unordered_map>
+
 #include "engine/loss_scaler.h"
+#include "model/param_users.h"
+#include "zero/grad_buckets.h"
 #include "model/safetensors.h"
 #include "strata/log.h"
 #include "strata/trainer.h"
@@ -37,7 +41,18 @@ struct Trainer::Impl final : ModuleHooks {
   }
 
   Status before_forward(Module& m, bool) override { return opt->before_forward(m); }
-  Status after_backward(Module& m) override { return opt->after_backward(m, last_micro); }
+  Status after_backward(Module& m) override {
+    STRATA_RETURN_IF_ERROR(opt->after_backward(m, last_micro));
+    if (buckets == nullptr || !last_micro) return Status::OK();
+    // A parameter whose last user is done has its final gradient: its buckets may go.
+    auto visit = [&](Parameter* p) -> Status {
+      if (!users.finish_use(*p)) return Status::OK();
+      return buckets->tensor_final(param_index.at(p), *stream);
+    };
+    for (Parameter* p : m.own_parameters()) STRATA_RETURN_IF_ERROR(visit(p));
+    for (Parameter* p : m.tied_parameters()) STRATA_RETURN_IF_ERROR(visit(p));
+    return Status::OK();
+  }
 
   Profile profile;
   TrainerOptions options;
@@ -53,6 +68,11 @@ struct Trainer::Impl final : ModuleHooks {
   engine::LossScaler scaler;
   std::int64_t steps_done = 0;
   bool last_micro = false;
+  // Data parallelism (ZeRO stage 0): the group, and the gradient buckets it all-reduces.
+  int dp_size = 1, dp_rank = 0;
+  std::unique_ptr<zero::GradBuckets> buckets;
+  model::ParamUsers users;
+  std::unordered_map<const Parameter*, std::size_t> param_index;
 
   std::size_t rows_tokens() const {
     return static_cast<std::size_t>(profile.train.micro_batch) * static_cast<std::size_t>(profile.train.dims.seq_len);
@@ -63,6 +83,39 @@ struct Trainer::Impl final : ModuleHooks {
   float* host_loss() {
     return reinterpret_cast<float*>(host_tokens(profile.train.grad_accum));
   }
+
+  // One rank of `dp` (null or one rank: nothing to do): gradient buckets over `grads`.
+  Status join_data_parallel(Communicator* dp) {
+    const int ranks = dp == nullptr ? 1 : dp->size();
+    if (profile.parallel.dp != ranks) {
+      return invalid_argument("parallel.dp = " + std::to_string(profile.parallel.dp) + " but the trainer runs as " +
+                              std::string(ranks == 1 ? "one rank" : "one of " + std::to_string(ranks) + " ranks") +
+                              "; start dp ranks (strata train --ranks N, or mpirun -n N strata train)");
+    }
+    if (ranks == 1) return Status::OK();
+    if (profile.offload_optimizer.device != OffloadTarget::kNone) {
+      return unavailable("offload.optimizer.device = \"" + std::string(offload_target_name(profile.offload_optimizer.device)) +
+                         "\" with parallel.dp > 1 is not available yet (data parallelism runs the optimizer on the "
+                         "device until ZeRO's sharded stages land)");
+    }
+    dp_size = ranks;
+    dp_rank = dp->rank();
+    const GptConfig& gc = model->config();
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+    std::uint64_t ga = 0;
+    for (Parameter* p : model->parameters()) {
+      param_index[p] = ranges.size();
+      ranges.emplace_back(ga, ga + p->numel() * dtype_size(gc.grad_dtype));
+      ga += aligned(p->numel() * dtype_size(gc.grad_dtype));
+    }
+    users = model::ParamUsers(*model);
+    STRATA_ASSIGN_OR_RETURN(buckets, zero::GradBuckets::create(*dp, *device, grads, comm_type_of(gc.grad_dtype),
+                                                                std::move(ranges), profile.zero.reduce_bucket_size,
+                                                                profile.zero.overlap_comm));
+    this->dp = dp;
+    return Status::OK();
+  }
+  Communicator* dp = nullptr;
 };
 
 Trainer::Trainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -109,6 +162,7 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Profile& profile, Device&
     va += aligned(p->numel() * dtype_size(gc.dtype));
     ga += aligned(p->numel() * dtype_size(gc.grad_dtype));
   }
+  STRATA_RETURN_IF_ERROR(m.join_data_parallel(options.dp));
   STRATA_RETURN_IF_ERROR(m.model->prepare(device, tc.micro_batch));
 
   const std::size_t bt = m.rows_tokens();
@@ -167,7 +221,8 @@ Status Trainer::restore_progress(std::int64_t steps_done, const LossScaleState& 
   return Status::OK();
 }
 std::uint64_t Trainer::tokens_per_step() const {
-  return static_cast<std::uint64_t>(impl_->profile.train.grad_accum) * impl_->rows_tokens();
+  return static_cast<std::uint64_t>(impl_->profile.train.grad_accum) * impl_->rows_tokens() *
+         static_cast<std::uint64_t>(impl_->dp_size);
 }
 
 Result<StepStats> Trainer::train_step(const TokenDataset& data) {
@@ -177,7 +232,7 @@ Result<StepStats> Trainer::train_step(const TokenDataset& data) {
   Device& dev = *m.device;
   Stream& s = *m.stream;
   const GptConfig& gc = m.model->config();
-  const BatchShape shape{tc.micro_batch, tc.grad_accum, tc.dims.seq_len};
+  const BatchShape shape{tc.micro_batch, tc.grad_accum, tc.dims.seq_len, m.dp_size, m.dp_rank};
   const std::size_t bt = m.rows_tokens();
   const int A = tc.grad_accum;
 
@@ -196,6 +251,10 @@ Result<StepStats> Trainer::train_step(const TokenDataset& data) {
 
   STRATA_RETURN_IF_ERROR(dev.fill(m.grads.view(gc.grad_dtype), 0.0f, s));
   STRATA_RETURN_IF_ERROR(dev.fill(*m.loss.view(DType::kF32, 0, 1), 0.0f, s));
+  if (m.buckets != nullptr) {
+    m.users.reset();
+    m.buckets->begin();
+  }
   const DeviceRange tok = *m.tokens.range(0, bt * 4);
   const DeviceRange tgt = *m.tokens.range(bt * 4, bt * 4);
   for (int a = 0; a < A; ++a) {
@@ -208,8 +267,14 @@ Result<StepStats> Trainer::train_step(const TokenDataset& data) {
     STRATA_RETURN_IF_ERROR(m.model->forward(tok, tgt, *m.loss.view(DType::kF32, 0, 1), 1.0f / static_cast<float>(A), s));
     STRATA_RETURN_IF_ERROR(phase(&st.forward_s, tf));
     auto tb = Clock::now();
-    STRATA_RETURN_IF_ERROR(m.model->backward(static_cast<float>(m.scaler.scale() / A), s));
+    // With dp ranks the gradients are summed over them: each carries 1/dp of the mean.
+    STRATA_RETURN_IF_ERROR(m.model->backward(static_cast<float>(m.scaler.scale() / A / m.dp_size), s));
     STRATA_RETURN_IF_ERROR(phase(&st.backward_s, tb));
+  }
+  if (m.buckets != nullptr) {
+    STRATA_RETURN_IF_ERROR(m.buckets->finish(s));
+    const CommBuffer loss{m.loss.range(), CommType::kF32, 1};
+    STRATA_RETURN_IF_ERROR(m.dp->all_reduce(loss, loss, ReduceOp::kSum, s));
   }
   STRATA_RETURN_IF_ERROR(dev.copy_to_host({reinterpret_cast<std::byte*>(m.host_loss()), sizeof(float)}, m.loss.range(), s));
   auto to = Clock::now();
@@ -222,7 +287,7 @@ Result<StepStats> Trainer::train_step(const TokenDataset& data) {
   if (m.options.phase_timing) st.optimizer_s = seconds_since(to);
   st.seconds = seconds_since(t0);
 
-  st.loss = *m.host_loss();
+  st.loss = static_cast<double>(*m.host_loss()) / m.dp_size;  // the mean over the ranks' rows
   st.grad_norm = r.grad_norm;
   st.skipped = !r.applied;
   st.tokens_per_s = st.seconds > 0 ? static_cast<double>(st.tokens) / st.seconds : 0.0;

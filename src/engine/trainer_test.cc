@@ -229,8 +229,8 @@ TEST(Trainer, RefusesWhatItDoesNotRun) {
   p.parallel.dp = 2;
   auto t = Trainer::create(p, *dev);
   ASSERT_FALSE(t.ok());
-  EXPECT_EQ(t.status().code(), StatusCode::kUnavailable);
-  EXPECT_NE(t.status().message().find("parallel.dp is not available yet"), std::string::npos) << t.status();
+  EXPECT_EQ(t.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(t.status().message().find("parallel.dp = 2 but the trainer runs as one rank"), std::string::npos) << t.status();
 
   p = tiny_profile();
   p.offload_param.device = OffloadTarget::kCpu;
