@@ -1,6 +1,7 @@
 // `strata train`: trains the profile's GPT-2 on one rank and reports progress.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -8,6 +9,8 @@
 #include <fstream>
 #include <iostream>
 #include <optional>
+#include <thread>
+#include <vector>
 #include <sstream>
 #include <string>
 
@@ -16,6 +19,7 @@
 #include "strata/checkpoint.h"
 #include "strata/data.h"
 #include "strata/device.h"
+#include "strata/log.h"
 #include "strata/profile.h"
 #include "strata/trainer.h"
 #include "strata/units.h"
@@ -112,16 +116,25 @@ Result<Profile> load_profile(const cxxopts::ParseResult& args) {
                                : Profile::from_toml_string("", "built-in defaults", overrides);
 }
 
-// Everything a run holds besides its trainer.
+// What the ranks of a run share: its options, profile, communicators, data and log file.
 struct TrainRun {
   cxxopts::ParseResult args;
   Profile profile;
   TrainWorld world;
   DType export_dtype = DType::kF32;
   std::optional<TokenDataset> data;
-  std::unique_ptr<Device> device;
   std::ofstream log;
   bool tty = false;
+};
+
+// One rank of the run: its device and trainer. Only global rank 0 prints, logs, saves
+// checkpoints and exports (ZeRO stage 0 keeps the whole state on every rank).
+struct Rank {
+  TrainRun& run;
+  Device& device;
+  Trainer& t;
+  Communicator* comm;  // null for a one-rank run
+  bool prints;
 };
 
 // What the loop measured, for the summary line.
@@ -131,7 +144,7 @@ struct RunTotals {
   std::uint64_t tokens = 0;
 };
 
-// Profile, ranks, export dtype, data, device and log file; on failure, the exit code.
+// Profile, ranks, export dtype, data and log file; on failure, the exit code.
 int open_run(TrainRun& run) {
   Result<Profile> loaded = load_profile(run.args);
   if (!loaded.ok()) return fail(kExitUsage, loaded.status());
@@ -157,12 +170,7 @@ int open_run(TrainRun& run) {
     return fail(kExitUsage, st);
   }
   run.data.emplace(std::move(*data));
-  auto device = create_device(run.args["device"].as<std::string>(), device_options(run.profile.memory));
-  if (!device.ok()) {
-    return fail(device.status().code() == StatusCode::kInvalidArgument ? kExitUsage : kExitFailed, device.status());
-  }
-  run.device = std::move(*device);
-  if (run.args.count("log-json")) {
+  if (run.args.count("log-json") && run.world.prints()) {
     const std::string path = run.args["log-json"].as<std::string>();
     run.log.open(path, std::ios::out | std::ios::trunc);
     if (!run.log) {
@@ -174,7 +182,9 @@ int open_run(TrainRun& run) {
   return kExitOk;
 }
 
-void print_header(const TrainRun& run, Trainer& t) {
+void print_header(const Rank& r) {
+  const TrainRun& run = r.run;
+  Trainer& t = r.t;
   const Profile& profile = run.profile;
   const TrainConfig& tc = profile.train;
   const ModelDims& d = tc.dims;
@@ -182,33 +192,36 @@ void print_header(const TrainRun& run, Trainer& t) {
             << d.n_embd << ", vocab " << d.vocab << ", seq_len " << d.seq_len << " ("
             << fmt("%.2f", static_cast<double>(d.parameter_count()) / 1e6) << "M parameters, "
             << dtype_name(profile.precision.dtype) << (profile.activation.checkpointing ? ", checkpointed" : "") << ")\n"
-            << "device   " << run.device->info().name << "\n"
+            << "device   " << r.device.info().name
+            << (run.world.world_size > 1 ? " (each of " + std::to_string(run.world.world_size) + " ranks)" : "") << "\n"
             << "data     " << run.data->name() << " (" << run.data->size() << " tokens)\n"
-            << "batch    " << tc.micro_batch << " x " << tc.grad_accum << " x " << d.seq_len << " = "
+            << "batch    " << (profile.parallel.dp > 1 ? std::to_string(profile.parallel.dp) + " x " : "")
+            << tc.micro_batch << " x " << tc.grad_accum << " x " << d.seq_len << " = "
             << t.tokens_per_step() << " tokens per step; " << t.optimizer().name() << " " << profile.optimizer.type
             << " lr " << profile.optimizer.lr << ", " << tc.steps << " steps\n"
-            << "memory   " << format_bytes_human(static_cast<double>(run.device->stats().used)) << " of "
-            << format_bytes_human(static_cast<double>(run.device->info().capacity))
+            << "memory   " << format_bytes_human(static_cast<double>(r.device.stats().used)) << " of "
+            << format_bytes_human(static_cast<double>(r.device.info().capacity))
             << " device memory (weights, gradients, optimizer state, activations of "
             << format_bytes_human(static_cast<double>(Gpt::activation_bytes(t.model().config(), tc.micro_batch))) << ")\n";
 }
 
-// --import, --export-init and --resume, in that order.
-int prepare_weights(TrainRun& run, Trainer& t) {
-  const auto& args = run.args;
+// --import, --export-init and --resume, in that order; every rank imports and resumes.
+int prepare_weights(Rank& r) {
+  const auto& args = r.run.args;
+  Trainer& t = r.t;
   if (args.count("import")) {
     if (Status st = t.import_weights(args["import"].as<std::string>()); !st.ok()) return fail(kExitUsage, st, "--import");
-    std::cout << "weights  " << args["import"].as<std::string>() << "\n";
+    if (r.prints) std::cout << "weights  " << args["import"].as<std::string>() << "\n";
   }
-  if (args.count("export-init")) {
-    if (Status st = t.export_weights(args["export-init"].as<std::string>(), run.export_dtype); !st.ok()) {
+  if (args.count("export-init") && r.prints) {
+    if (Status st = t.export_weights(args["export-init"].as<std::string>(), r.run.export_dtype); !st.ok()) {
       return fail(kExitFailed, st, "--export-init");
     }
   }
   if (args.count("resume")) {
     auto from = load_checkpoint(t, args["resume"].as<std::string>());
     if (!from.ok()) return fail(kExitUsage, from.status(), "--resume");
-    std::cout << "resumed  " << *from << " at step " << t.steps_done() << "\n";
+    if (r.prints) std::cout << "resumed  " << *from << " at step " << t.steps_done() << "\n";
   }
   return kExitOk;
 }
@@ -230,7 +243,10 @@ void print_progress(const TrainRun& run, const StepStats& s, const RunTotals& to
 }
 
 // The log line and the checkpoint due after a step; on failure, the exit code.
-int after_step(TrainRun& run, Trainer& t, const StepStats& s, bool last) {
+int after_step(Rank& r, const StepStats& s, bool last) {
+  TrainRun& run = r.run;
+  Trainer& t = r.t;
+  if (!r.prints) return kExitOk;
   if (run.log.is_open()) {
     const auto tiers = t.optimizer().tier_stats();
     run.log << json_line(s, tiers.has_value() ? tiers->to_json() : std::string()) << "\n";
@@ -254,23 +270,25 @@ int after_step(TrainRun& run, Trainer& t, const StepStats& s, bool last) {
 
 // Steps until train.steps (counted from the start of training, so a resumed run finishes the
 // same step), then waits for the last update (it may run in the background).
-int run_steps(TrainRun& run, Trainer& t, RunTotals& totals) {
+int run_steps(Rank& r, RunTotals& totals) {
+  TrainRun& run = r.run;
+  Trainer& t = r.t;
   const int steps = run.profile.train.steps;
   totals.start = t.steps_done();
   for (std::int64_t i = totals.start; i < steps; ++i) {
     auto s = t.train_step(*run.data);
     if (!s.ok()) {
-      if (run.tty) std::cout << "\n";
+      if (run.tty && r.prints) std::cout << "\n";
       return fail(kExitFailed, s.status(), "step " + std::to_string(i + 1));
     }
     totals.elapsed += s->seconds;
     totals.tokens += s->tokens;
     if (i == totals.start) totals.first_loss = s->loss;
     totals.last_loss = s->loss;
-    print_progress(run, *s, totals, i - totals.start + 1);
-    if (int code = after_step(run, t, *s, i + 1 == steps); code != kExitOk) return code;
+    if (r.prints) print_progress(run, *s, totals, i - totals.start + 1);
+    if (int code = after_step(r, *s, i + 1 == steps); code != kExitOk) return code;
   }
-  if (run.tty) std::cout << "\n";
+  if (run.tty && r.prints) std::cout << "\n";
   const auto t0 = std::chrono::steady_clock::now();
   if (Status st = t.optimizer().synchronize(); !st.ok()) {
     return fail(kExitFailed, st, "step " + std::to_string(t.steps_done()));
@@ -280,7 +298,10 @@ int run_steps(TrainRun& run, Trainer& t, RunTotals& totals) {
 }
 
 // The summary line, the tier statistics and --export.
-int finish_run(TrainRun& run, Trainer& t, const RunTotals& totals, int code) {
+int finish_run(Rank& r, const RunTotals& totals, int code) {
+  TrainRun& run = r.run;
+  Trainer& t = r.t;
+  if (!r.prints) return code;
   const std::int64_t done = t.steps_done() - totals.start;
   if (done > 0 && code == kExitOk) {
     std::cout << "done     " << done << " steps in " << clock_time(totals.elapsed) << " ("
@@ -295,6 +316,40 @@ int finish_run(TrainRun& run, Trainer& t, const RunTotals& totals, int code) {
     }
     std::cout << "exported " << run.args["export"].as<std::string>() << "\n";
   }
+  return code;
+}
+
+// Runs local rank `i` of the run to its end; a rank that fails aborts its group, so that the
+// others stop at their next collective instead of waiting for it.
+int run_rank(TrainRun& run, std::size_t i) {
+  Communicator* comm = run.world.ranks[i].get();
+  const bool group = run.world.world_size > 1;
+  if (group && !run.world.mpi) set_log_thread_rank(comm->rank());
+  auto fail_rank = [&](int code, const Status& st) {
+    if (group) comm->abort(st);
+    return code;
+  };
+  auto device = create_device(run.args["device"].as<std::string>(), device_options(run.profile.memory));
+  if (!device.ok()) {
+    const int code = fail(device.status().code() == StatusCode::kInvalidArgument ? kExitUsage : kExitFailed, device.status());
+    return fail_rank(code, device.status());
+  }
+  TrainerOptions options;
+  options.dp = comm;
+  auto trainer = Trainer::create(run.profile, **device, nullptr, options);
+  if (!trainer.ok()) {
+    const StatusCode c = trainer.status().code();
+    const int code = fail(c == StatusCode::kOutOfMemory || c == StatusCode::kInternal ? kExitFailed : kExitUsage,
+                          trainer.status());
+    return fail_rank(code, trainer.status());
+  }
+  Rank r{run, **device, **trainer, group ? comm : nullptr, comm->rank() == 0};
+  if (r.prints) print_header(r);
+  if (int code = prepare_weights(r); code != kExitOk) return fail_rank(code, internal_error("weights not prepared"));
+  RunTotals totals;
+  const int stepped = run_steps(r, totals);
+  const int code = finish_run(r, totals, stepped);
+  if (code != kExitOk) return fail_rank(code, unavailable("rank " + std::to_string(comm->rank()) + " stopped"));
   return code;
 }
 
@@ -316,17 +371,14 @@ int train(int argc, char** argv) {
     return kExitUsage;
   }
   if (int code = open_run(run); code != kExitOk) return code;
-  auto trainer = Trainer::create(run.profile, *run.device);
-  if (!trainer.ok()) {
-    const StatusCode c = trainer.status().code();
-    return fail(c == StatusCode::kOutOfMemory || c == StatusCode::kInternal ? kExitFailed : kExitUsage, trainer.status());
-  }
-  Trainer& t = **trainer;
-  print_header(run, t);
-  if (int code = prepare_weights(run, t); code != kExitOk) return code;
-  RunTotals totals;
-  const int code = run_steps(run, t, totals);
-  return finish_run(run, t, totals, code);
+  const std::size_t ranks = run.world.ranks.size();
+  if (ranks == 1) return run_rank(run, 0);
+  // Ranks as threads: each its own device and trainer; the worst exit code is the run's.
+  std::vector<int> codes(ranks, kExitOk);
+  std::vector<std::thread> threads;
+  for (std::size_t i = 0; i < ranks; ++i) threads.emplace_back([&, i] { codes[i] = run_rank(run, i); });
+  for (auto& th : threads) th.join();
+  return *std::max_element(codes.begin(), codes.end());
 }
 
 STRATA_COMMAND("train", "train the profile's GPT-2 (one rank until data parallelism lands; progress, JSON log, weights)", train);

@@ -203,21 +203,37 @@ TEST(TrainCmd, OverridingOptionsApplyBeforeTheCrossKeyChecks) {
   EXPECT_NE(data.out.find(text.filename().string()), std::string::npos) << "reports the data it read: " << data.out;
 }
 
-// The ranks of a run: --ranks N threads or the processes of an MPI job, N = dp x tp x pp; a
-// grid other than 1 x 1 x 1 is refused until data-parallel training lands.
-TEST(TrainCmd, RanksMustMatchTheGridAndOnlyOneRankRunsYet) {
+// The ranks of a run: --ranks N threads or the processes of an MPI job, N = dp x tp x pp; dp
+// ranks train the one-rank run of the global batch; tensor and pipeline grids are refused
+// until they land.
+TEST(TrainCmd, RanksMustMatchTheGridAndDataParallelRanksTrainTheGlobalBatch) {
   CliRun two = run("train --profile " + tiny_profile(1) + " --ranks 2");
   EXPECT_EQ(two.exit_code, 2) << two.out;
   EXPECT_NE(two.out.find("--ranks gives 2 ranks but the grid dp 1 x tp 1 x pp 1 needs 1"), std::string::npos) << two.out;
   CliRun zero = run("train --profile " + tiny_profile(1) + " --ranks 0");
   EXPECT_EQ(zero.exit_code, 2) << zero.out;
-  const auto dp2 = dir() / "dp2.toml";
-  std::ofstream(dp2) << "[memory]\ndevice_budget = \"256MiB\"\n[parallel]\ndp = 2\n[train]\nmodel = \"tiny\"\n";
-  CliRun grid = run("train --profile " + dp2.string() + " --ranks 2");
+  const auto tp2 = dir() / "tp2.toml";
+  std::ofstream(tp2) << "[memory]\ndevice_budget = \"256MiB\"\n[parallel]\ntp = 2\n[train]\nmodel = \"tiny\"\n";
+  CliRun grid = run("train --profile " + tp2.string() + " --ranks 2");
   EXPECT_EQ(grid.exit_code, 2) << grid.out;
-  EXPECT_NE(grid.out.find("not available until data-parallel training lands"), std::string::npos) << grid.out;
-  CliRun one = run("train --profile " + tiny_profile(1) + " --ranks 1");
-  EXPECT_EQ(one.exit_code, 0) << one.out;
+  EXPECT_NE(grid.out.find("tensor and pipeline parallelism have not landed"), std::string::npos) << grid.out;
+
+  // dp 2 of micro_batch 2 against one rank of micro_batch 4: the same losses (within 1e-6).
+  const auto dp2 = dir() / "dp2.toml";
+  const auto one = dir() / "dp1.toml";
+  const std::string common = "[memory]\ndevice_budget = \"256MiB\"\n[train]\nmodel = \"tiny\"\nsteps = 4\n";
+  std::ofstream(dp2) << common << "micro_batch = 2\n[parallel]\ndp = 2\n";
+  std::ofstream(one) << common << "micro_batch = 4\n";
+  const std::string log2 = (dir() / "dp2.jsonl").string(), log1 = (dir() / "dp1.jsonl").string();
+  CliRun a = run("train --profile " + dp2.string() + " --ranks 2 --log-json " + log2);
+  ASSERT_EQ(a.exit_code, 0) << a.out;
+  EXPECT_EQ(a.out.find("step 1/4"), a.out.rfind("step 1/4")) << "only rank 0 reports:\n" << a.out;
+  CliRun b = run("train --profile " + one.string() + " --log-json " + log1);
+  ASSERT_EQ(b.exit_code, 0) << b.out;
+  const std::vector<double> l2 = logged_losses(log2), l1 = logged_losses(log1);
+  ASSERT_EQ(l2.size(), 4u);
+  ASSERT_EQ(l1.size(), 4u);
+  for (std::size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l2[i], l1[i], 1e-6 * l1[i]) << "step " << i + 1;
 }
 
 TEST(TrainCmd, UnderMpirunTheGridIsCheckedAndOnlyRankZeroReports) {

@@ -59,10 +59,9 @@ Result<TrainWorld> open_train_world(const Profile& p, int ranks_option) {
                             " ranks but the grid " + grid_text(g) + " needs " + std::to_string(grid) +
                             "; the number of ranks must equal parallel.dp x tp x pp");
   }
-  if (grid != 1) {
-    return unavailable("the grid " + grid_text(g) + " on " + std::to_string(grid) +
-                       " ranks is not available until data-parallel training lands; strata train runs one rank "
-                       "(the collectives are exercised by 'strata bench comm' and their tests)");
+  if (g.tp != 1 || g.pp != 1) {
+    return unavailable("the grid " + grid_text(g) + " is not available yet: strata train runs data parallelism "
+                       "(parallel.dp ranks); tensor and pipeline parallelism have not landed");
   }
   return w;
 }

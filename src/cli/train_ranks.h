@@ -30,8 +30,8 @@ CommOptions comm_options(const Profile& p);
 
 // Opens the job's communicators: under an MPI launcher (parallel.comm "auto" or "mpi") this
 // process's rank of the launcher's world, else `ranks_option` LocalComm ranks. Fails when the
-// count is not dp x tp x pp, naming both, and (until data-parallel training lands) for any
-// grid other than 1 x 1 x 1.
+// count is not dp x tp x pp, naming both, and (until tensor and pipeline parallelism land) for
+// tp or pp above 1.
 Result<TrainWorld> open_train_world(const Profile& p, int ranks_option);
 
 }  // namespace strata::cli
