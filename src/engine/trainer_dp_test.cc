@@ -14,9 +14,12 @@
 #include <vector>
 
 #include <filesystem>
+#include <chrono>
 #include <functional>
+#include <optional>
 
 #include "core/remove_at_exit.h"
+#include "parallel/faulty_comm.h"
 #include "strata/checkpoint.h"
 #include "strata/communicator.h"
 #include "strata/trainer.h"
@@ -235,6 +238,122 @@ TEST(TrainerDataParallel, EachRankSendsTheRingVolumeOfItsGradients) {
       EXPECT_NEAR(static_cast<double>(s), static_cast<double>(2 * (grad_bytes + 4) * (N - 1) / N), 64.0) << "dp " << dp;
     }
   }
+}
+
+// With every collective of every rank delayed (a different delay per rank), the results are
+// the undelayed run's bit for bit: the stream order, not the timing, decides what is reduced.
+TEST(TrainerDataParallel, DelayedCollectivesLeaveTheResultsUnchanged) {
+  const std::vector<RankRun> plain = data_parallel(2, 16 << 10, true);
+  auto comms = make_local_comms(2);
+  ASSERT_TRUE(comms.ok());
+  std::vector<std::unique_ptr<parallel::FaultyComm>> slow;
+  for (int r = 0; r < 2; ++r) {
+    slow.push_back(std::make_unique<parallel::FaultyComm>(std::move((*comms)[static_cast<std::size_t>(r)])));
+    slow.back()->delay(std::nullopt, std::chrono::milliseconds(1 + 2 * r));
+  }
+  std::vector<RankRun> delayed(2);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 2; ++r) {
+    ranks.emplace_back([&, r] {
+      auto dev = host();
+      TrainerOptions o;
+      o.dp = slow[static_cast<std::size_t>(r)].get();
+      auto t = Trainer::create(profile(2, kRowsPerRank, 16 << 10, true), *dev, nullptr, o);
+      ASSERT_TRUE(t.ok()) << t.status();
+      delayed[static_cast<std::size_t>(r)] = train(**t);
+    });
+  }
+  for (auto& t : ranks) t.join();
+  for (std::size_t r = 0; r < 2; ++r) {
+    EXPECT_EQ(delayed[r].losses, plain[r].losses) << "rank " << r;
+    EXPECT_TRUE(delayed[r].masters == plain[r].masters) << "rank " << r;
+  }
+}
+
+// The device Adam, with an inf written into one gradient of this rank before it is reduced in
+// step `at` (the way an fp16 overflow in one rank's backward looks).
+class OverflowOnce final : public StepOptimizer {
+ public:
+  OverflowOnce(std::unique_ptr<StepOptimizer> inner, int at) : inner_(std::move(inner)), at_(at) {}
+  std::string name() const override { return inner_->name(); }
+  Status attach(Module& model, Device& device, Stream& stream) override {
+    device_ = &device;
+    stream_ = &stream;
+    return inner_->attach(model, device, stream);
+  }
+  Status set_master(const Parameter& p, std::uint64_t first, std::span<const float> v) override {
+    return inner_->set_master(p, first, v);
+  }
+  Status get_master(const Parameter& p, std::uint64_t first, std::span<float> out) override {
+    return inner_->get_master(p, first, out);
+  }
+  Status after_backward(Module& module, bool last) override {
+    if (last && steps_ + 1 == at_ && !done_ && !module.own_parameters().empty()) {
+      done_ = true;
+      STRATA_ASSIGN_OR_RETURN(DeviceView g, module.own_parameters().front()->grad().slice(0, 1));
+      STRATA_RETURN_IF_ERROR(device_->fill(g, INFINITY, *stream_));
+    }
+    return inner_->after_backward(module, last);
+  }
+  Result<UpdateResult> step(const UpdateRequest& r) override {
+    ++steps_;
+    return inner_->step(r);
+  }
+  std::int64_t updates() const override { return inner_->updates(); }
+  std::uint64_t device_bytes() const override { return inner_->device_bytes(); }
+
+ private:
+  std::unique_ptr<StepOptimizer> inner_;
+  int at_;
+  int steps_ = 0;
+  bool done_ = false;
+  Device* device_ = nullptr;
+  Stream* stream_ = nullptr;
+};
+
+// fp16 with an overflow on one rank only: the reduction carries it to every rank, so every rank
+// skips that step and halves its loss scale, and they stay identical.
+TEST(TrainerDataParallel, AnOverflowOnOneRankSkipsTheStepOnEveryRank) {
+  auto comms = make_local_comms(2);
+  ASSERT_TRUE(comms.ok());
+  struct Seen {
+    std::vector<bool> skipped;
+    std::vector<double> scales;
+    std::vector<double> losses;
+  };
+  std::vector<Seen> seen(2);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 2; ++r) {
+    ranks.emplace_back([&, r] {
+      Profile p = profile(2, kRowsPerRank, 16 << 10, true);
+      p.precision.dtype = DType::kF16;
+      p.precision.initial_scale_power = 8;
+      p.precision.hysteresis = 1;
+      auto dev = host();
+      auto adam = make_device_adam(p.optimizer);
+      ASSERT_TRUE(adam.ok());
+      std::unique_ptr<StepOptimizer> opt = std::move(*adam);
+      if (r == 1) opt = std::make_unique<OverflowOnce>(std::move(opt), 2);
+      TrainerOptions o;
+      o.dp = (*comms)[static_cast<std::size_t>(r)].get();
+      auto t = Trainer::create(p, *dev, std::move(opt), o);
+      ASSERT_TRUE(t.ok()) << t.status();
+      for (int s = 0; s < 4; ++s) {
+        auto st = (*t)->train_step(text());
+        ASSERT_TRUE(st.ok()) << st.status();
+        seen[static_cast<std::size_t>(r)].skipped.push_back(st->skipped);
+        seen[static_cast<std::size_t>(r)].scales.push_back((*t)->loss_scale());
+        seen[static_cast<std::size_t>(r)].losses.push_back(st->loss);
+      }
+    });
+  }
+  for (auto& t : ranks) t.join();
+  for (const Seen& s : seen) {
+    EXPECT_EQ(s.skipped, (std::vector<bool>{false, true, false, false}));
+    EXPECT_EQ(s.scales[1], s.scales[0] / 2) << "the scale halves after the overflow";
+  }
+  EXPECT_EQ(seen[0].scales, seen[1].scales);
+  EXPECT_EQ(seen[0].losses, seen[1].losses);
 }
 
 TEST(TrainerDataParallel, TheGroupMustHaveParallelDpRanks) {
