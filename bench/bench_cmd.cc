@@ -14,7 +14,8 @@ namespace {
 constexpr const char* kJsonShape = R"(--json (every subcommand): JSON Lines on stdout, one object per line and nothing
 else there (tables are not printed; notes and warnings go to stderr). Each line starts
 with two keys, then the bench's own fields:
-  "bench"   the subcommand: "adam", "comm", "device", "nvme", "offload", "tiers" or "train"
+  "bench"   the subcommand: "adam", "comm", "device", "dp", "nvme", "offload", "tiers" or
+            "train"
   "record"  what the line is:
     "env"      the first line, once: "build" ("release", or what makes the figures
                unrepresentative), "cpu", "logical_cpus", "openmp_threads", "kernel",
@@ -33,6 +34,8 @@ headline ratios:
   adam     fastest path's params/s over the streaming ceiling's (median of paired rounds)
   comm     lowest bus bandwidth ratio from 1 MiB: MpiComm over MPI called directly (under
            mpirun), else LocalComm over a memcpy of the bytes each rank moves
+  dp       under mpirun: N processes' tokens/s over N x one process's (weak scaling); alone:
+           the share of an added gradient all-reduce delay that backward hides
   device   worst step's device GEMM time over oneDNN direct (without GEMMs: lowest copy
            GB/s over its ceiling)
   nvme     best setting's GB/s over fio's (--compare-fio) or over each mode's best row

@@ -11,7 +11,7 @@ struct FaultyComm::State {
   std::mutex mu;
   std::condition_variable cv;
   std::uint64_t ops = 0;
-  std::map<int, std::chrono::milliseconds> delays;  // kind (-1: all) -> delay
+  std::map<int, std::pair<std::chrono::milliseconds, std::uint64_t>> delays;  // kind (-1: all) -> delay, min bytes
   std::uint64_t fail_at = 0;
   Status fail_why;
   std::uint64_t gone_after = 0;
@@ -55,9 +55,9 @@ FaultyComm::~FaultyComm() {
   state_->timer.join();
 }
 
-void FaultyComm::delay(std::optional<CommKind> kind, std::chrono::milliseconds d) {
+void FaultyComm::delay(std::optional<CommKind> kind, std::chrono::milliseconds d, std::uint64_t min_bytes) {
   std::lock_guard lk(state_->mu);
-  state_->delays[kind ? static_cast<int>(*kind) : -1] = d;
+  state_->delays[kind ? static_cast<int>(*kind) : -1] = {d, min_bytes};
 }
 
 void FaultyComm::fail_nth(std::uint64_t nth, Status why) {
@@ -71,7 +71,7 @@ void FaultyComm::disappear_after(std::uint64_t nth) {
   state_->gone_after = nth;
 }
 
-Result<FaultyComm::Fate> FaultyComm::before(CommKind kind, Stream* stream) {
+Result<FaultyComm::Fate> FaultyComm::before(CommKind kind, Stream* stream, std::uint64_t bytes) {
   std::chrono::milliseconds d{0};
   {
     std::lock_guard lk(state_->mu);
@@ -80,7 +80,7 @@ Result<FaultyComm::Fate> FaultyComm::before(CommKind kind, Stream* stream) {
     if (n == state_->fail_at) return Fate::kFail;
     auto it = state_->delays.find(static_cast<int>(kind));
     if (it == state_->delays.end()) it = state_->delays.find(-1);
-    if (it != state_->delays.end()) d = it->second;
+    if (it != state_->delays.end() && bytes >= it->second.second) d = it->second.first;
   }
   if (d.count() > 0) {
     auto sig = HostSignal::make();
@@ -114,35 +114,35 @@ Status FaultyComm::fail(Stream* stream) {
   return stream->wait_host(sig);
 }
 
-#define STRATA_FAULTY_FORWARD(kind, stream_ptr, call)               \
-  do {                                                              \
-    STRATA_ASSIGN_OR_RETURN(Fate fate, before(kind, stream_ptr));   \
+#define STRATA_FAULTY_FORWARD(kind, stream_ptr, bytes, call)               \
+  do {                                                                     \
+    STRATA_ASSIGN_OR_RETURN(Fate fate, before(kind, stream_ptr, bytes));   \
     if (fate == Fate::kDrop) return Status::OK();                   \
     if (fate == Fate::kFail) return fail(stream_ptr);               \
     return call;                                                    \
   } while (0)
 
 Status FaultyComm::all_reduce(const CommBuffer& send, const CommBuffer& recv, ReduceOp op, Stream& stream) {
-  STRATA_FAULTY_FORWARD(CommKind::kAllReduce, &stream, inner_->all_reduce(send, recv, op, stream));
+  STRATA_FAULTY_FORWARD(CommKind::kAllReduce, &stream, send.bytes(), inner_->all_reduce(send, recv, op, stream));
 }
 Status FaultyComm::reduce_scatter(const CommBuffer& send, const CommBuffer& recv, ReduceOp op, Stream& stream) {
-  STRATA_FAULTY_FORWARD(CommKind::kReduceScatter, &stream, inner_->reduce_scatter(send, recv, op, stream));
+  STRATA_FAULTY_FORWARD(CommKind::kReduceScatter, &stream, send.bytes(), inner_->reduce_scatter(send, recv, op, stream));
 }
 Status FaultyComm::all_gather(const CommBuffer& send, const CommBuffer& recv, Stream& stream) {
-  STRATA_FAULTY_FORWARD(CommKind::kAllGather, &stream, inner_->all_gather(send, recv, stream));
+  STRATA_FAULTY_FORWARD(CommKind::kAllGather, &stream, recv.bytes(), inner_->all_gather(send, recv, stream));
 }
 Status FaultyComm::broadcast(const CommBuffer& buffer, int root, Stream& stream) {
-  STRATA_FAULTY_FORWARD(CommKind::kBroadcast, &stream, inner_->broadcast(buffer, root, stream));
+  STRATA_FAULTY_FORWARD(CommKind::kBroadcast, &stream, buffer.bytes(), inner_->broadcast(buffer, root, stream));
 }
 Status FaultyComm::send(const CommBuffer& buffer, int peer, int tag, Stream& stream) {
-  STRATA_FAULTY_FORWARD(CommKind::kSend, &stream, inner_->send(buffer, peer, tag, stream));
+  STRATA_FAULTY_FORWARD(CommKind::kSend, &stream, buffer.bytes(), inner_->send(buffer, peer, tag, stream));
 }
 Status FaultyComm::recv(const CommBuffer& buffer, int peer, int tag, Stream& stream) {
-  STRATA_FAULTY_FORWARD(CommKind::kRecv, &stream, inner_->recv(buffer, peer, tag, stream));
+  STRATA_FAULTY_FORWARD(CommKind::kRecv, &stream, buffer.bytes(), inner_->recv(buffer, peer, tag, stream));
 }
-Status FaultyComm::barrier() { STRATA_FAULTY_FORWARD(CommKind::kBarrier, nullptr, inner_->barrier()); }
+Status FaultyComm::barrier() { STRATA_FAULTY_FORWARD(CommKind::kBarrier, nullptr, 0, inner_->barrier()); }
 Status FaultyComm::all_reduce_host(std::span<double> values, ReduceOp op) {
-  STRATA_FAULTY_FORWARD(CommKind::kAllReduce, nullptr, inner_->all_reduce_host(values, op));
+  STRATA_FAULTY_FORWARD(CommKind::kAllReduce, nullptr, values.size_bytes(), inner_->all_reduce_host(values, op));
 }
 
 #undef STRATA_FAULTY_FORWARD

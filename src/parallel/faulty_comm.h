@@ -24,9 +24,9 @@ class FaultyComm final : public Communicator {
   explicit FaultyComm(std::unique_ptr<Communicator> inner);
   ~FaultyComm() override;
 
-  // Every later operation of `kind` (all kinds when empty) starts `delay` after its stream
-  // reached it.
-  void delay(std::optional<CommKind> kind, std::chrono::milliseconds delay);
+  // Every later operation of `kind` (all kinds when empty) of at least `min_bytes` payload
+  // starts `delay` after its stream reached it.
+  void delay(std::optional<CommKind> kind, std::chrono::milliseconds delay, std::uint64_t min_bytes = 0);
   // The `nth` operation fails with `why` instead of running, and the group is aborted.
   void fail_nth(std::uint64_t nth, Status why);
   // Operations after the `nth` are dropped: they return OK and never happen.
@@ -52,7 +52,7 @@ class FaultyComm final : public Communicator {
  private:
   enum class Fate { kRun, kFail, kDrop };
   // Decides what happens to the next operation of `kind` and, for a delay, enqueues the wait.
-  Result<Fate> before(CommKind kind, Stream* stream);
+  Result<Fate> before(CommKind kind, Stream* stream, std::uint64_t bytes = 0);
   Status fail(Stream* stream);
 
   struct State;
