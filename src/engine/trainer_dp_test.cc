@@ -86,23 +86,48 @@ RankRun one_rank(int dp) {
   return train(**t);
 }
 
-std::vector<RankRun> data_parallel(int dp, std::uint64_t bucket_bytes, bool overlap) {
-  auto comms = make_local_comms(dp);
-  EXPECT_TRUE(comms.ok()) << comms.status();
-  std::vector<RankRun> runs(static_cast<std::size_t>(dp));
+// One trainer per communicator, each on a thread with its own device, made from `p` with
+// parallel.dp = the number of ranks and `optimizer(rank)` (null: the device Adam); `body` runs
+// on each. A one-rank group trains without a communicator.
+void on_ranks(const std::vector<Communicator*>& comms, Profile p, const std::function<void(int, Trainer&)>& body,
+              const std::function<std::unique_ptr<StepOptimizer>(int)>& optimizer = {}) {
+  p.parallel.dp = static_cast<int>(comms.size());
   std::vector<std::thread> ranks;
-  for (int r = 0; r < dp; ++r) {
+  for (std::size_t r = 0; r < comms.size(); ++r) {
     ranks.emplace_back([&, r] {
       auto dev = host();
       TrainerOptions o;
-      o.dp = (*comms)[static_cast<std::size_t>(r)].get();
-      auto t = Trainer::create(profile(dp, kRowsPerRank, bucket_bytes, overlap), *dev, nullptr, o);
+      o.dp = comms.size() > 1 ? comms[r] : nullptr;
+      auto t = Trainer::create(p, *dev, optimizer ? optimizer(static_cast<int>(r)) : nullptr, o);
       ASSERT_TRUE(t.ok()) << t.status();
-      runs[static_cast<std::size_t>(r)] = train(**t);
+      body(static_cast<int>(r), **t);
     });
   }
   for (auto& t : ranks) t.join();
+}
+
+// `n` LocalComm ranks, owned, and their plain pointers.
+struct LocalRanks {
+  std::vector<std::unique_ptr<Communicator>> owned;
+  std::vector<Communicator*> comms;
+  explicit LocalRanks(int n) {
+    auto c = make_local_comms(n);
+    EXPECT_TRUE(c.ok()) << c.status();
+    owned = std::move(*c);
+    for (auto& x : owned) comms.push_back(x.get());
+  }
+};
+
+std::vector<RankRun> data_parallel_on(const std::vector<Communicator*>& comms, std::uint64_t bucket_bytes, bool overlap) {
+  std::vector<RankRun> runs(comms.size());
+  on_ranks(comms, profile(1, kRowsPerRank, bucket_bytes, overlap),
+           [&](int r, Trainer& t) { runs[static_cast<std::size_t>(r)] = train(t); });
   return runs;
+}
+
+std::vector<RankRun> data_parallel(int dp, std::uint64_t bucket_bytes, bool overlap) {
+  LocalRanks ranks(dp);
+  return data_parallel_on(ranks.comms, bucket_bytes, overlap);
 }
 
 void expect_matches_one_rank(const std::vector<RankRun>& runs, const RankRun& ref, const std::string& what) {
@@ -140,22 +165,10 @@ TEST(TrainerDataParallel, StageZeroEqualsTheOneRankRunWithTheGlobalBatch) {
   }
 }
 
-// Runs `dp` ranks of micro_batch `rows` as threads; `body` runs on each rank's trainer.
-void on_ranks(int dp, int rows, const std::function<void(int rank, Trainer&)>& body) {
-  auto comms = make_local_comms(dp);
-  ASSERT_TRUE(comms.ok()) << comms.status();
-  std::vector<std::thread> ranks;
-  for (int r = 0; r < dp; ++r) {
-    ranks.emplace_back([&, r] {
-      auto dev = host();
-      TrainerOptions o;
-      o.dp = dp > 1 ? (*comms)[static_cast<std::size_t>(r)].get() : nullptr;
-      auto t = Trainer::create(profile(dp, rows, 25ULL << 20, true), *dev, nullptr, o);
-      ASSERT_TRUE(t.ok()) << t.status();
-      body(r, **t);
-    });
-  }
-  for (auto& t : ranks) t.join();
+// `dp` LocalComm ranks of micro_batch `rows`; `body` runs on each rank's trainer.
+void on_local_ranks(int dp, int rows, const std::function<void(int rank, Trainer&)>& body) {
+  LocalRanks ranks(dp);
+  on_ranks(ranks.comms, profile(1, rows, 25ULL << 20, true), body);
 }
 
 std::vector<double> steps(Trainer& t, int n) {
@@ -177,7 +190,7 @@ TEST(TrainerDataParallel, ACheckpointOfTwoRanksResumesOnOneAndOnFour) {
   std::filesystem::create_directories(dir);
   remove_at_exit(dir);
   std::vector<double> whole, tail1, tail4;
-  on_ranks(2, 2, [&](int rank, Trainer& t) {
+  on_local_ranks(2, 2, [&](int rank, Trainer& t) {
     const std::vector<double> first = steps(t, 3);
     if (rank == 0) {
       auto saved = save_checkpoint(t, dir.string());
@@ -189,11 +202,11 @@ TEST(TrainerDataParallel, ACheckpointOfTwoRanksResumesOnOneAndOnFour) {
       whole.insert(whole.end(), rest.begin(), rest.end());
     }
   });
-  on_ranks(1, 4, [&](int, Trainer& t) {
+  on_local_ranks(1, 4, [&](int, Trainer& t) {
     ASSERT_TRUE(load_checkpoint(t, dir.string()).ok());
     tail1 = steps(t, 3);
   });
-  on_ranks(4, 1, [&](int rank, Trainer& t) {
+  on_local_ranks(4, 1, [&](int rank, Trainer& t) {
     ASSERT_TRUE(load_checkpoint(t, dir.string()).ok());
     const std::vector<double> l = steps(t, 3);
     if (rank == 0) tail4 = l;
@@ -211,27 +224,18 @@ TEST(TrainerDataParallel, ACheckpointOfTwoRanksResumesOnOneAndOnFour) {
 // parameters in their aligned slots) and of the loss: 2 S (N - 1) / N.
 TEST(TrainerDataParallel, EachRankSendsTheRingVolumeOfItsGradients) {
   for (int dp : {2, 3}) {
-    auto comms = make_local_comms(dp);
-    ASSERT_TRUE(comms.ok());
+    LocalRanks ranks(dp);
     std::vector<std::uint64_t> sent(static_cast<std::size_t>(dp));
     std::uint64_t grad_bytes = 0;
-    std::vector<std::thread> ranks;
-    for (int r = 0; r < dp; ++r) {
-      ranks.emplace_back([&, r] {
-        auto dev = host();
-        TrainerOptions o;
-        o.dp = (*comms)[static_cast<std::size_t>(r)].get();
-        auto t = Trainer::create(profile(dp, kRowsPerRank, 16 << 10, true), *dev, nullptr, o);
-        ASSERT_TRUE(t.ok()) << t.status();
-        const std::uint64_t before = o.dp->stats().bytes_sent();
-        ASSERT_TRUE((*t)->train_step(text()).ok());
-        sent[static_cast<std::size_t>(r)] = o.dp->stats().bytes_sent() - before;
-        if (r == 0) {
-          for (const Parameter* p : (*t)->model().parameters()) grad_bytes += (p->numel() * 4 + 255) / 256 * 256;
-        }
-      });
-    }
-    for (auto& t : ranks) t.join();
+    on_ranks(ranks.comms, profile(1, kRowsPerRank, 16 << 10, true), [&](int r, Trainer& t) {
+      Communicator& c = *ranks.comms[static_cast<std::size_t>(r)];
+      const std::uint64_t before = c.stats().bytes_sent();
+      ASSERT_TRUE(t.train_step(text()).ok());
+      sent[static_cast<std::size_t>(r)] = c.stats().bytes_sent() - before;
+      if (r == 0) {
+        for (const Parameter* p : t.model().parameters()) grad_bytes += (p->numel() * 4 + 255) / 256 * 256;
+      }
+    });
     const auto N = static_cast<std::uint64_t>(dp);
     // Each bucket and the loss are rounded down separately by the integer formula.
     for (std::uint64_t s : sent) {
@@ -244,26 +248,15 @@ TEST(TrainerDataParallel, EachRankSendsTheRingVolumeOfItsGradients) {
 // the undelayed run's bit for bit: the stream order, not the timing, decides what is reduced.
 TEST(TrainerDataParallel, DelayedCollectivesLeaveTheResultsUnchanged) {
   const std::vector<RankRun> plain = data_parallel(2, 16 << 10, true);
-  auto comms = make_local_comms(2);
-  ASSERT_TRUE(comms.ok());
+  LocalRanks ranks(2);
   std::vector<std::unique_ptr<parallel::FaultyComm>> slow;
+  std::vector<Communicator*> comms;
   for (int r = 0; r < 2; ++r) {
-    slow.push_back(std::make_unique<parallel::FaultyComm>(std::move((*comms)[static_cast<std::size_t>(r)])));
+    slow.push_back(std::make_unique<parallel::FaultyComm>(std::move(ranks.owned[static_cast<std::size_t>(r)])));
     slow.back()->delay(std::nullopt, std::chrono::milliseconds(1 + 2 * r));
+    comms.push_back(slow.back().get());
   }
-  std::vector<RankRun> delayed(2);
-  std::vector<std::thread> ranks;
-  for (int r = 0; r < 2; ++r) {
-    ranks.emplace_back([&, r] {
-      auto dev = host();
-      TrainerOptions o;
-      o.dp = slow[static_cast<std::size_t>(r)].get();
-      auto t = Trainer::create(profile(2, kRowsPerRank, 16 << 10, true), *dev, nullptr, o);
-      ASSERT_TRUE(t.ok()) << t.status();
-      delayed[static_cast<std::size_t>(r)] = train(**t);
-    });
-  }
-  for (auto& t : ranks) t.join();
+  const std::vector<RankRun> delayed = data_parallel_on(comms, 16 << 10, true);
   for (std::size_t r = 0; r < 2; ++r) {
     EXPECT_EQ(delayed[r].losses, plain[r].losses) << "rank " << r;
     EXPECT_TRUE(delayed[r].masters == plain[r].masters) << "rank " << r;
@@ -314,40 +307,32 @@ class OverflowOnce final : public StepOptimizer {
 // fp16 with an overflow on one rank only: the reduction carries it to every rank, so every rank
 // skips that step and halves its loss scale, and they stay identical.
 TEST(TrainerDataParallel, AnOverflowOnOneRankSkipsTheStepOnEveryRank) {
-  auto comms = make_local_comms(2);
-  ASSERT_TRUE(comms.ok());
   struct Seen {
     std::vector<bool> skipped;
     std::vector<double> scales;
     std::vector<double> losses;
   };
   std::vector<Seen> seen(2);
-  std::vector<std::thread> ranks;
-  for (int r = 0; r < 2; ++r) {
-    ranks.emplace_back([&, r] {
-      Profile p = profile(2, kRowsPerRank, 16 << 10, true);
-      p.precision.dtype = DType::kF16;
-      p.precision.initial_scale_power = 8;
-      p.precision.hysteresis = 1;
-      auto dev = host();
-      auto adam = make_device_adam(p.optimizer);
-      ASSERT_TRUE(adam.ok());
-      std::unique_ptr<StepOptimizer> opt = std::move(*adam);
-      if (r == 1) opt = std::make_unique<OverflowOnce>(std::move(opt), 2);
-      TrainerOptions o;
-      o.dp = (*comms)[static_cast<std::size_t>(r)].get();
-      auto t = Trainer::create(p, *dev, std::move(opt), o);
-      ASSERT_TRUE(t.ok()) << t.status();
-      for (int s = 0; s < 4; ++s) {
-        auto st = (*t)->train_step(text());
-        ASSERT_TRUE(st.ok()) << st.status();
-        seen[static_cast<std::size_t>(r)].skipped.push_back(st->skipped);
-        seen[static_cast<std::size_t>(r)].scales.push_back((*t)->loss_scale());
-        seen[static_cast<std::size_t>(r)].losses.push_back(st->loss);
-      }
-    });
-  }
-  for (auto& t : ranks) t.join();
+  Profile p = profile(1, kRowsPerRank, 16 << 10, true);
+  p.precision.dtype = DType::kF16;
+  p.precision.initial_scale_power = 8;
+  p.precision.hysteresis = 1;
+  auto optimizer = [&](int r) -> std::unique_ptr<StepOptimizer> {
+    auto adam = make_device_adam(p.optimizer);
+    EXPECT_TRUE(adam.ok());
+    if (r == 1) return std::make_unique<OverflowOnce>(std::move(*adam), 2);
+    return std::move(*adam);
+  };
+  LocalRanks ranks(2);
+  on_ranks(ranks.comms, p, [&](int r, Trainer& t) {
+    for (int s = 0; s < 4; ++s) {
+      auto st = t.train_step(text());
+      ASSERT_TRUE(st.ok()) << st.status();
+      seen[static_cast<std::size_t>(r)].skipped.push_back(st->skipped);
+      seen[static_cast<std::size_t>(r)].scales.push_back(t.loss_scale());
+      seen[static_cast<std::size_t>(r)].losses.push_back(st->loss);
+    }
+  }, optimizer);
   for (const Seen& s : seen) {
     EXPECT_EQ(s.skipped, (std::vector<bool>{false, true, false, false}));
     EXPECT_EQ(s.scales[1], s.scales[0] / 2) << "the scale halves after the overflow";
