@@ -234,6 +234,17 @@ TEST(TrainCmd, RanksMustMatchTheGridAndDataParallelRanksTrainTheGlobalBatch) {
   ASSERT_EQ(l2.size(), 4u);
   ASSERT_EQ(l1.size(), 4u);
   for (std::size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l2[i], l1[i], 1e-6 * l1[i]) << "step " << i + 1;
+
+  // The same two ranks as MPI processes report the threads' losses (a two-rank sum is exact
+  // in either order).
+  if (run_shell("command -v mpirun").exit_code != 0) return;
+  const std::string logm = (dir() / "dp2-mpi.jsonl").string();
+  // (Without leak checks under the sanitizers: OpenMPI's unloaded plugins leave one-time
+  // allocations without symbols; see src/parallel/CMakeLists.txt.)
+  CliRun m = run_shell("mpirun --allow-run-as-root --oversubscribe -x ASAN_OPTIONS=detect_leaks=0 -n 2 " +
+                       std::string(STRATA_CLI_PATH) + " train --profile " + dp2.string() + " --log-json " + logm);
+  ASSERT_EQ(m.exit_code, 0) << m.out;
+  EXPECT_EQ(logged_losses(logm), l2);
 }
 
 TEST(TrainCmd, UnderMpirunTheGridIsCheckedAndOnlyRankZeroReports) {
