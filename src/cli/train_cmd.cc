@@ -345,11 +345,13 @@ int run_rank(TrainRun& run, std::size_t i) {
   }
   Rank r{run, **device, **trainer, group ? comm : nullptr, comm->rank() == 0};
   if (r.prints) print_header(r);
-  if (int code = prepare_weights(r); code != kExitOk) return fail_rank(code, internal_error("weights not prepared"));
+  if (int code = prepare_weights(r); code != kExitOk) {
+    return fail_rank(code, invalid_argument("its --import, --export-init or --resume failed (its message says why)"));
+  }
   RunTotals totals;
   const int stepped = run_steps(r, totals);
   const int code = finish_run(r, totals, stepped);
-  if (code != kExitOk) return fail_rank(code, unavailable("rank " + std::to_string(comm->rank()) + " stopped"));
+  if (code != kExitOk) return fail_rank(code, unavailable("it stopped training (its message says why)"));
   return code;
 }
 
