@@ -47,7 +47,9 @@ struct Trainer::Impl final : ModuleHooks {
     // A parameter whose last user is done has its final gradient: its buckets may go.
     auto visit = [&](Parameter* p) -> Status {
       if (!users.finish_use(*p)) return Status::OK();
-      return buckets->tensor_final(param_index.at(p), *stream);
+      auto it = param_index.find(p);
+      if (it == param_index.end()) return internal_error("trainer: parameter '" + p->name() + "' has no gradient slot");
+      return buckets->tensor_final(it->second, *stream);
     };
     for (Parameter* p : m.own_parameters()) STRATA_RETURN_IF_ERROR(visit(p));
     for (Parameter* p : m.tied_parameters()) STRATA_RETURN_IF_ERROR(visit(p));
