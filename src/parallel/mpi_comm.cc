@@ -6,9 +6,9 @@
 // its non-blocking ones go through a slower generic library); the other starts tagged
 // point-to-point transfers as their streams reach them (MPI_Isend/MPI_Irecv, matched by peer
 // and tag, never by arrival order) and completes them as MPI reports. Every operation in
-// flight is watched: one that has not completed within `timeout` is reported naming it and
-// the job is aborted (MPI_Abort), so a peer that stopped cannot hang the others. bf16 and fp16
-// reductions use MPI operations of strata's own that add in fp32 and round once per pair.
+// flight is watched by the MpiRuntime (mpi_runtime.h): one that has not completed within
+// `timeout` is reported naming it and the job is aborted, so a peer that stopped cannot hang
+// the others. bf16 and fp16 reductions use the runtime's MPI operations.
 #include <mpi.h>
 
 #include <algorithm>
@@ -22,155 +22,14 @@
 #include <mutex>
 #include <thread>
 
-#include "kernels/elementwise_math.h"
 #include "parallel/comm_backends.h"
 #include "parallel/comm_internal.h"
+#include "parallel/mpi_runtime.h"
 #include "strata/log.h"
 
 namespace strata::comm {
 
 namespace {
-
-// The one place where an MPI error code becomes a Status.
-Status mpi_status(int code, std::string_view what) {
-  if (code == MPI_SUCCESS) return Status::OK();
-  char text[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(code, text, &len);
-  return unavailable("MPI " + std::string(what) + " failed: " + std::string(text, static_cast<std::size_t>(len)));
-}
-
-template <typename T, typename Combine>
-void half_op(void* in, void* inout, int* len, Combine combine) {
-  auto* a = static_cast<const T*>(in);
-  auto* b = static_cast<T*>(inout);
-  for (int i = 0; i < *len; ++i) b[i] = kern::from_f32<T>(combine(kern::to_f32(a[i]), kern::to_f32(b[i])));
-}
-
-template <typename T>
-void half_sum(void* in, void* inout, int* len, MPI_Datatype*) { half_op<T>(in, inout, len, [](float a, float b) { return b + a; }); }
-template <typename T>
-void half_max(void* in, void* inout, int* len, MPI_Datatype*) { half_op<T>(in, inout, len, [](float a, float b) { return a > b ? a : b; }); }
-template <typename T>
-void half_min(void* in, void* inout, int* len, MPI_Datatype*) { half_op<T>(in, inout, len, [](float a, float b) { return a < b ? a : b; }); }
-
-// MPI itself: initialised once per process, the user-defined operations, and the watchdog.
-class MpiRuntime {
- public:
-  static Result<MpiRuntime*> get() {
-    static MpiRuntime runtime;
-    if (!runtime.status_.ok()) return runtime.status_;
-    return &runtime;
-  }
-
-  int world_rank() const { return world_rank_; }
-
-  MPI_Datatype datatype(CommType t) const {
-    switch (t) {
-      case CommType::kF32: return MPI_FLOAT;
-      case CommType::kBF16: case CommType::kF16: return MPI_UINT16_T;
-      case CommType::kI32: return MPI_INT32_T;
-      case CommType::kI64: return MPI_INT64_T;
-    }
-    return MPI_BYTE;
-  }
-
-  MPI_Op op(CommType t, ReduceOp op) const {
-    const int k = static_cast<int>(op);
-    if (t == CommType::kBF16) return bf16_ops_[k];
-    if (t == CommType::kF16) return f16_ops_[k];
-    return op == ReduceOp::kSum ? MPI_SUM : op == ReduceOp::kMax ? MPI_MAX : MPI_MIN;
-  }
-
-  // Watches an operation in flight; the returned id ends the watch. `describe` names it, and
-  // runs only when the operation overstays (the watch is on every operation's path).
-  std::uint64_t watch(std::function<std::string()> describe, double timeout_s) {
-    const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
-    std::lock_guard lk(mu_);
-    const std::uint64_t id = ++next_watch_;
-    watched_.emplace(id, Watch{std::move(describe), deadline});
-    return id;
-  }
-  void unwatch(std::uint64_t id) {
-    std::lock_guard lk(mu_);
-    watched_.erase(id);
-  }
-
-  [[noreturn]] void abort_job(const std::string& why) {
-    STRATA_LOG(kError) << why << "; aborting the MPI job";
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    std::_Exit(1);
-  }
-
- private:
-  MpiRuntime() {
-    int inited = 0;
-    MPI_Initialized(&inited);
-    int provided = 0;
-    if (!inited) {
-      status_ = mpi_status(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided), "init");
-      if (!status_.ok()) return;
-      owns_init_ = true;
-    } else {
-      MPI_Query_thread(&provided);
-    }
-    if (provided < MPI_THREAD_MULTIPLE) {
-      status_ = unavailable("this MPI library does not provide MPI_THREAD_MULTIPLE (it gave level " +
-                            std::to_string(provided) + "); strata's MPI communicator needs it");
-      return;
-    }
-    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-    MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
-    set_log_process_rank(world_rank_);
-    MPI_User_function* bf16[] = {half_sum<kern::Bf16>, half_max<kern::Bf16>, half_min<kern::Bf16>};
-    MPI_User_function* f16[] = {half_sum<kern::F16>, half_max<kern::F16>, half_min<kern::F16>};
-    for (int k = 0; k < 3; ++k) {
-      MPI_Op_create(bf16[k], 1, &bf16_ops_[k]);
-      MPI_Op_create(f16[k], 1, &f16_ops_[k]);
-    }
-    watchdog_ = std::thread([this] { watchdog(); });
-  }
-
-  ~MpiRuntime() {
-    if (watchdog_.joinable()) {
-      {
-        std::lock_guard lk(mu_);
-        stop_ = true;
-      }
-      cv_.notify_all();
-      watchdog_.join();
-    }
-    int finalized = 0;
-    MPI_Finalized(&finalized);
-    if (owns_init_ && !finalized) MPI_Finalize();
-  }
-
-  void watchdog() {
-    std::unique_lock lk(mu_);
-    while (!stop_) {
-      cv_.wait_for(lk, std::chrono::milliseconds(200));
-      for (const auto& [id, w] : watched_) {
-        if (Clock::now() > w.deadline) abort_job(w.describe() + " did not complete within the communicator's timeout");
-      }
-    }
-  }
-
-  struct Watch {
-    std::function<std::string()> describe;
-    Clock::time_point deadline;
-  };
-
-  Status status_;
-  bool owns_init_ = false;
-  int world_rank_ = 0;
-  MPI_Op bf16_ops_[3]{}, f16_ops_[3]{};
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<std::uint64_t, Watch> watched_;
-  std::uint64_t next_watch_ = 0;
-  bool stop_ = false;
-  std::thread watchdog_;
-};
 
 // An operation handed to a progress thread.
 struct MpiOp {
