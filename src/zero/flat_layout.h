@@ -1,10 +1,14 @@
 // src/zero/flat_layout.h — the flat layout of a rank's parameters (DESIGN.md, "The flat
 // layout"): tensors laid end to end in one element space, each starting on a multiple of
-// `alignment` elements, the whole padded to a multiple of shards x alignment so that it cuts
-// into `shards` equal contiguous ranges (ZeRO's data-parallel shards). Shards, gradient buckets
-// and optimizer chunks are all ranges of this one space, and segments() says which tensor
-// elements a range holds. The gaps between tensors and the tail padding belong to no tensor;
-// whoever stores the space keeps them zero.
+// `alignment` elements. The space is cut into buckets of whole consecutive tensors, each padded
+// to a multiple of shards x alignment so that it cuts into `shards` equal contiguous slices:
+// slice s of every bucket belongs to data-parallel shard s (ZeRO stages 1 and 2 reduce-scatter
+// and all-gather one bucket per collective, so each rank's part of a bucket must be one
+// contiguous range of it; Megatron-LM's distributed optimizer shards its buckets the same
+// way). With bucket_elements = 0 the whole space is one bucket, and shard s is one contiguous
+// range. Shards, gradient buckets and optimizer chunks are all ranges of this one space, and
+// segments() says which tensor elements a range holds. The gaps between tensors and the
+// buckets' padding belong to no tensor; whoever stores the space keeps them zero.
 //
 // It knows element counts (and names, for messages), not Modules, dtypes or devices: an
 // element is whatever the caller stores per element (an fp32 master weight, a bf16 gradient).
@@ -49,10 +53,12 @@ class FlatLayout {
  public:
   FlatLayout() = default;  // no tensors, total() == 0
 
-  // Lays `tensors` out in order. Fails when alignment or shards is 0, or when the padded
-  // total does not fit in 64 bits (naming the tensor where it stops fitting).
+  // Lays `tensors` out in order. A bucket takes tensors while their aligned slots fit in
+  // bucket_elements (a larger tensor gets a bucket of its own; 0 = one bucket for all). Fails
+  // when alignment or shards is 0, or when the padded total does not fit in 64 bits (naming the
+  // tensor where it stops fitting).
   static Result<FlatLayout> create(std::vector<FlatTensor> tensors, std::uint64_t alignment,
-                                   std::uint64_t shards = 1);
+                                   std::uint64_t shards = 1, std::uint64_t bucket_elements = 0);
 
   std::size_t tensor_count() const { return tensors_.size(); }
   // REQUIRES: i < tensor_count().
@@ -62,14 +68,30 @@ class FlatLayout {
 
   std::uint64_t alignment() const { return alignment_; }
   std::uint64_t shards() const { return shards_; }
-  // The end of the last tensor's aligned slot: the sum of every numel rounded up to alignment().
+  // The sum of every numel rounded up to alignment(): the space without the buckets' padding.
   std::uint64_t used() const { return used_; }
-  // The size of the flat space: used() rounded up to a multiple of shards() x alignment().
+  // The size of the flat space: the sum of the buckets, each a multiple of shards() x alignment().
   std::uint64_t total() const { return total_; }
-  // total() / shards(), a multiple of alignment().
+  // total() / shards(), a multiple of alignment(): the elements of one shard.
   std::uint64_t shard_size() const { return total_ / shards_; }
-  // Shard s: [s * shard_size(), (s + 1) * shard_size()).  REQUIRES: s < shards().
-  FlatRange shard(std::uint64_t s) const { return FlatRange{s * shard_size(), shard_size()}; }
+
+  std::size_t bucket_count() const { return buckets_.size(); }
+  // REQUIRES: b < bucket_count().
+  FlatRange bucket(std::size_t b) const { return buckets_[b].range; }
+  // The tensors of bucket b: [first, second).
+  std::pair<std::size_t, std::size_t> bucket_tensors(std::size_t b) const { return {buckets_[b].tensor_first, buckets_[b].tensor_end}; }
+  // The bucket holding tensor i.  REQUIRES: i < tensor_count().
+  std::size_t bucket_of(std::size_t i) const { return bucket_of_[i]; }
+  // Slice s of bucket b: shard s's part of it.  REQUIRES: s < shards().
+  FlatRange slice(std::size_t b, std::uint64_t s) const {
+    const std::uint64_t n = buckets_[b].range.count / shards_;
+    return FlatRange{buckets_[b].range.first + s * n, n};
+  }
+  // Where slice s of bucket b starts within shard s, counting the slices of the earlier buckets
+  // (the same for every shard).
+  std::uint64_t shard_offset(std::size_t b) const { return buckets_[b].range.first / shards_; }
+  // Shard s: slice s of every bucket, in order.  REQUIRES: s < shards().
+  std::vector<FlatRange> shard(std::uint64_t s) const;
 
   // The tensor elements inside `range`, in flat order, one segment per tensor it touches.
   // Padding contributes nothing, nor does a tensor with no elements.
@@ -77,8 +99,14 @@ class FlatLayout {
   std::vector<FlatSegment> segments(FlatRange range) const;
 
  private:
+  struct Bucket {
+    FlatRange range;
+    std::size_t tensor_first = 0, tensor_end = 0;
+  };
   std::vector<FlatTensor> tensors_;
   std::vector<std::uint64_t> offsets_;
+  std::vector<Bucket> buckets_;
+  std::vector<std::size_t> bucket_of_;
   std::uint64_t alignment_ = 1;
   std::uint64_t shards_ = 1;
   std::uint64_t used_ = 0;

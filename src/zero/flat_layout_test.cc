@@ -11,10 +11,11 @@
 namespace strata::zero {
 namespace {
 
-FlatLayout make(const std::vector<std::uint64_t>& numels, std::uint64_t alignment, std::uint64_t shards = 1) {
+FlatLayout make(const std::vector<std::uint64_t>& numels, std::uint64_t alignment, std::uint64_t shards = 1,
+                std::uint64_t bucket_elements = 0) {
   std::vector<FlatTensor> ts;
   for (std::size_t i = 0; i < numels.size(); ++i) ts.push_back({"t" + std::to_string(i), numels[i]});
-  auto l = FlatLayout::create(std::move(ts), alignment, shards);
+  auto l = FlatLayout::create(std::move(ts), alignment, shards, bucket_elements);
   EXPECT_TRUE(l.ok()) << l.status();
   return l.ok() ? std::move(*l) : FlatLayout();
 }
@@ -46,7 +47,7 @@ TEST(FlatLayout, OneShardAddsNoPadding) {
   EXPECT_EQ(l.used(), 16u + 32u + 48u);
   EXPECT_EQ(l.total(), l.used());
   EXPECT_EQ(l.shard_size(), l.total());
-  EXPECT_EQ(l.shard(0), (FlatRange{0, l.total()}));
+  EXPECT_EQ(l.shard(0), (std::vector<FlatRange>{{0, l.total()}}));
 }
 
 TEST(FlatLayout, PadsToShardsTimesAlignment) {
@@ -76,13 +77,14 @@ TEST(FlatLayout, ShardsAreContiguousAndCoverTheSpace) {
   const FlatLayout l = make({5, 17, 33, 16}, 16, 3);
   std::uint64_t next = 0;
   for (std::uint64_t s = 0; s < l.shards(); ++s) {
-    const FlatRange r = l.shard(s);
+    ASSERT_EQ(l.shard(s).size(), 1u);
+    const FlatRange r = l.shard(s)[0];
     EXPECT_EQ(r.first, next);
     EXPECT_EQ(r.count, l.shard_size());
     next = r.end();
   }
   EXPECT_EQ(next, l.total());
-  EXPECT_EQ(l.shard(1), (FlatRange{48, 48}));
+  EXPECT_EQ(l.shard(1), (std::vector<FlatRange>{{48, 48}}));
 }
 
 TEST(FlatLayout, SegmentsOfTheWholeSpaceAreTheTensors) {
@@ -135,6 +137,43 @@ TEST(FlatLayout, ChunksPartitionEveryTensor) {
       EXPECT_EQ(seen, numels);
     }
   }
+}
+
+// Buckets take whole tensors while they fit; each is padded to shards x alignment, and shard s
+// is slice s of every bucket.
+TEST(FlatLayout, BucketsHoldWholeTensorsAndCutIntoSlices) {
+  // Slots 16, 32, 48, 16, 80 (numels 5, 17, 33, 16, 65); buckets of at most 64 elements.
+  const FlatLayout l = make({5, 17, 33, 16, 65}, 16, 3, 64);
+  // {t0, t1}: 48 elements, already a multiple of 48. {t2, t3}: 64, padded to 96. t4 alone (80
+  // more would pass 64): 80, padded to 96.
+  ASSERT_EQ(l.bucket_count(), 3u);
+  EXPECT_EQ(l.bucket(0), (FlatRange{0, 48}));
+  EXPECT_EQ(l.bucket_tensors(0), (std::pair<std::size_t, std::size_t>{0, 2}));
+  EXPECT_EQ(l.bucket(1), (FlatRange{48, 96}));
+  EXPECT_EQ(l.bucket_tensors(1), (std::pair<std::size_t, std::size_t>{2, 4}));
+  EXPECT_EQ(l.bucket(2), (FlatRange{144, 96}));
+  EXPECT_EQ(l.offset(2), 48u);
+  EXPECT_EQ(l.offset(3), 96u);
+  EXPECT_EQ(l.offset(4), 144u);
+  EXPECT_EQ(l.bucket_of(3), 1u);
+  EXPECT_EQ(l.bucket_of(4), 2u);
+  EXPECT_EQ(l.used(), 16u + 32u + 48u + 16u + 80u);
+  EXPECT_EQ(l.total(), 240u);
+  EXPECT_EQ(l.shard_size(), 80u);
+  EXPECT_EQ(l.slice(2, 2), (FlatRange{208, 32}));
+  EXPECT_EQ(l.shard_offset(2), 48u);  // 16 + 32 before it in every shard
+  EXPECT_EQ(l.shard(1), (std::vector<FlatRange>{{16, 16}, {80, 32}, {176, 32}}));
+  // Every tensor element is in exactly one slice of one shard.
+  std::vector<std::uint64_t> seen(5, 0);
+  for (std::uint64_t s = 0; s < 3; ++s) {
+    std::uint64_t elements = 0;
+    for (const FlatRange& r : l.shard(s)) {
+      elements += r.count;
+      for (const FlatSegment& seg : l.segments(r)) seen[seg.tensor] += seg.count;
+    }
+    EXPECT_EQ(elements, l.shard_size());
+  }
+  EXPECT_EQ(seen, (std::vector<std::uint64_t>{5, 17, 33, 16, 65}));
 }
 
 TEST(FlatLayout, EmptyLayout) {
