@@ -124,8 +124,11 @@ class Communicator {
   // recv[i] = op over ranks of send[i]. send and recv: same type and count; may be the same.
   virtual Status all_reduce(const CommBuffer& send, const CommBuffer& recv, ReduceOp op, Stream& stream) = 0;
   // recv = op over ranks of send[rank * n, (rank + 1) * n), n = recv.count; send.count = size * n.
+  // In place (as NCCL's): recv may be exactly this rank's part of send; the rest of send is then
+  // left undefined. Any other overlap of send and recv is refused, here and in all_gather.
   virtual Status reduce_scatter(const CommBuffer& send, const CommBuffer& recv, ReduceOp op, Stream& stream) = 0;
   // recv[r * n, (r + 1) * n) = send of rank r, n = send.count; recv.count = size * n.
+  // In place: send may be exactly this rank's part of recv.
   virtual Status all_gather(const CommBuffer& send, const CommBuffer& recv, Stream& stream) = 0;
   // buffer of every rank = buffer of `root`.
   virtual Status broadcast(const CommBuffer& buffer, int root, Stream& stream) = 0;

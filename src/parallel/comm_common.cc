@@ -114,7 +114,12 @@ Status check_buffer(const CommBuffer& b, std::string_view what) {
   return Status::OK();
 }
 
-Status check_collective(CommKind kind, const CommBuffer& send, const CommBuffer& recv, int size) {
+bool is_rank_part(const CommBuffer& inner, const CommBuffer& outer, int rank) {
+  return static_cast<const std::byte*>(outer.range.address()) + inner.bytes() * static_cast<std::size_t>(rank) ==
+         inner.range.address();
+}
+
+Status check_collective(CommKind kind, const CommBuffer& send, const CommBuffer& recv, int size, int rank) {
   const std::string name(comm_kind_name(kind));
   STRATA_RETURN_IF_ERROR(check_buffer(send, name + ": the send buffer"));
   STRATA_RETURN_IF_ERROR(check_buffer(recv, name + ": the receive buffer"));
@@ -134,6 +139,19 @@ Status check_collective(CommKind kind, const CommBuffer& send, const CommBuffer&
     return invalid_argument(name + " over " + std::to_string(size) + " ranks of " + std::to_string(send.count) +
                             " elements needs a receive buffer of " + std::to_string(want_recv) + " elements; found " +
                             std::to_string(recv.count));
+  }
+  const auto* s0 = static_cast<const std::byte*>(send.range.address());
+  const auto* r0 = static_cast<const std::byte*>(recv.range.address());
+  const bool overlap = s0 < r0 + recv.bytes() && r0 < s0 + send.bytes();
+  const bool allowed = kind == CommKind::kAllReduce       ? s0 == r0
+                       : kind == CommKind::kReduceScatter ? is_rank_part(recv, send, rank)
+                       : kind == CommKind::kAllGather     ? is_rank_part(send, recv, rank)
+                                                          : false;
+  if (overlap && !allowed) {
+    return invalid_argument(name + ": the send and receive buffers overlap other than in place (" +
+                            std::string(kind == CommKind::kAllReduce ? "the same buffer"
+                                                                     : "this rank's part of the larger buffer") +
+                            ")");
   }
   return Status::OK();
 }

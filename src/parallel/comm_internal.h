@@ -34,8 +34,11 @@ struct Fingerprint {
 // "all_reduce #7 (fp32, 4096 elements, sum)".
 std::string describe(const Fingerprint& f);
 
-// Checks a collective's buffers against each other and the group size; names the operation.
-Status check_collective(CommKind kind, const CommBuffer& send, const CommBuffer& recv, int size);
+// Checks a collective's buffers against each other, the group size and this rank (the in-place
+// forms of strata/communicator.h; any other overlap is refused); names the operation.
+Status check_collective(CommKind kind, const CommBuffer& send, const CommBuffer& recv, int size, int rank);
+// Whether `inner` is exactly part `rank` of `outer` (the in-place reduce-scatter and all-gather).
+bool is_rank_part(const CommBuffer& inner, const CommBuffer& outer, int rank);
 Status check_buffer(const CommBuffer& b, std::string_view what);
 
 // Ring-algorithm bytes for `kind` with `payload` bytes on `n` ranks (see strata/communicator.h).

@@ -84,6 +84,13 @@ TEST(MpiComm, EveryOperationMatchesTheReference) {
       EXPECT_TRUE(env.rank.download(all) == testing_comm::reference_reduce(t, ReduceOp::kMax, in)) << "reduce_scatter + all_gather " << what;
       ASSERT_TRUE(world->broadcast(buf, n - 1, *env.stream).ok());
       EXPECT_TRUE(env.rank.download(buf) == in[N - 1]) << "broadcast " << what;
+      // In place: into this rank's part of the buffer and back out of it.
+      auto whole = env.rank.upload(mine, t, count * N);
+      const std::size_t per = count * comm_type_size(t);
+      const CommBuffer part{*whole.range.subrange(static_cast<std::size_t>(world->rank()) * per, per), t, count};
+      ASSERT_TRUE(world->reduce_scatter(whole, part, ReduceOp::kMax, *env.stream).ok());
+      ASSERT_TRUE(world->all_gather(part, whole, *env.stream).ok());
+      EXPECT_TRUE(env.rank.download(whole) == testing_comm::reference_reduce(t, ReduceOp::kMax, in)) << "in place " << what;
     }
   }
 }

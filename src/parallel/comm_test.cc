@@ -89,6 +89,38 @@ TEST_P(CommOps, ReduceScatterAllGatherAndBroadcastEqualTheSerialReference) {
   }
 }
 
+// ZeRO's buckets: reduce-scatter into this rank's part of the same buffer, then all-gather from
+// it, leaves the whole reduced buffer on every rank; other overlaps are refused.
+TEST_P(CommOps, InPlaceReduceScatterAndAllGatherLeaveTheSumEverywhere) {
+  const int n = GetParam();
+  const auto N = static_cast<std::size_t>(n);
+  for (const Case& c : cases()) {
+    Ranks ranks(n);
+    std::vector<std::vector<std::byte>> inputs, outputs(N);
+    for (int r = 0; r < n; ++r) inputs.push_back(Fill::random(c.type, c.count * N, 11 + static_cast<unsigned>(r)));
+    ranks.run([&](RankEnv& e) {
+      const auto r = static_cast<std::size_t>(e.rank);
+      auto buf = e.upload(inputs[r], c.type, c.count * N);
+      const std::size_t per = c.count * comm_type_size(c.type);
+      const CommBuffer mine{*buf.range.subrange(r * per, per), c.type, c.count};
+      ASSERT_TRUE(e.comm->reduce_scatter(buf, mine, ReduceOp::kSum, *e.stream).ok());
+      ASSERT_TRUE(e.comm->all_gather(mine, buf, *e.stream).ok());
+      outputs[r] = e.download(buf);
+      if (n > 1) {
+        const std::size_t other = (r + 1) % N;
+        const CommBuffer wrong{*buf.range.subrange(other * per, per), c.type, c.count};
+        const Status st = e.comm->reduce_scatter(buf, wrong, ReduceOp::kSum, *e.stream);
+        EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st;
+        EXPECT_NE(st.message().find("overlap"), std::string::npos) << st;
+      }
+    });
+    const auto sum = testing_comm::reference_reduce(c.type, ReduceOp::kSum, inputs);
+    for (std::size_t r = 0; r < N; ++r) {
+      EXPECT_EQ(outputs[r], sum) << "rank " << r << " of " << n << ", " << comm_type_name(c.type) << " x " << c.count;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Ranks, CommOps, ::testing::Values(1, 2, 3, 4));
 
 // 64 MiB per rank, the sizes a gradient bucket reaches: every operation, 2 to 4 ranks.

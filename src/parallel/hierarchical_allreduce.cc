@@ -22,7 +22,7 @@ CommBuffer part(const CommBuffer& b, std::size_t first, std::size_t count) {
 }  // namespace
 
 Status HierarchicalAllReduce::all_reduce(const CommBuffer& send, const CommBuffer& recv, ReduceOp op, Stream& stream) {
-  STRATA_RETURN_IF_ERROR(comm::check_collective(CommKind::kAllReduce, send, recv, world_->size()));
+  STRATA_RETURN_IF_ERROR(comm::check_collective(CommKind::kAllReduce, send, recv, world_->size(), world_->rank()));
   const auto per_node = static_cast<std::size_t>(node_->size());
   const std::size_t prefix = recv.count - recv.count % per_node;
   const std::size_t shard_count = prefix / per_node;

@@ -58,15 +58,15 @@ class LocalComm final : public Communicator {
   int node_count() const override { return group_->node_count(); }
 
   Status all_reduce(const CommBuffer& send, const CommBuffer& recv, ReduceOp op, Stream& stream) override {
-    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kAllReduce, send, recv, size()));
+    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kAllReduce, send, recv, size(), rank_));
     return enqueue(CommKind::kAllReduce, send, recv, op, -1, stream);
   }
   Status reduce_scatter(const CommBuffer& send, const CommBuffer& recv, ReduceOp op, Stream& stream) override {
-    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kReduceScatter, send, recv, size()));
+    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kReduceScatter, send, recv, size(), rank_));
     return enqueue(CommKind::kReduceScatter, send, recv, op, -1, stream);
   }
   Status all_gather(const CommBuffer& send, const CommBuffer& recv, Stream& stream) override {
-    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kAllGather, send, recv, size()));
+    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kAllGather, send, recv, size(), rank_));
     return enqueue(CommKind::kAllGather, send, recv, ReduceOp::kSum, -1, stream);
   }
   Status broadcast(const CommBuffer& buffer, int root, Stream& stream) override {

@@ -72,15 +72,15 @@ class MpiComm final : public Communicator {
   int node_count() const override { return node_count_; }
 
   Status all_reduce(const CommBuffer& send, const CommBuffer& recv, ReduceOp op, Stream& stream) override {
-    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kAllReduce, send, recv, size_));
+    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kAllReduce, send, recv, size_, rank_));
     return enqueue(make(CommKind::kAllReduce, send, recv, op, -1), stream);
   }
   Status reduce_scatter(const CommBuffer& send, const CommBuffer& recv, ReduceOp op, Stream& stream) override {
-    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kReduceScatter, send, recv, size_));
+    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kReduceScatter, send, recv, size_, rank_));
     return enqueue(make(CommKind::kReduceScatter, send, recv, op, -1), stream);
   }
   Status all_gather(const CommBuffer& send, const CommBuffer& recv, Stream& stream) override {
-    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kAllGather, send, recv, size_));
+    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kAllGather, send, recv, size_, rank_));
     return enqueue(make(CommKind::kAllGather, send, recv, ReduceOp::kSum, -1), stream);
   }
   Status broadcast(const CommBuffer& buffer, int root, Stream& stream) override {
@@ -323,13 +323,20 @@ Status MpiComm::run_collective(MpiOp& op) {
       }
       return mpi_status(MPI_Allreduce(sbuf == rbuf ? MPI_IN_PLACE : sbuf, rbuf, n, type, mpi_.op(f.type, f.op), comm_),
                         "all_reduce");
-    case CommKind::kReduceScatter:
-      return mpi_status(MPI_Reduce_scatter_block(sbuf, rbuf, static_cast<int>(op.recv.count), type, mpi_.op(f.type, f.op), comm_),
-                        "reduce_scatter");
-    case CommKind::kAllGather: {
-      const bool in_place = static_cast<std::byte*>(rbuf) + op.send.bytes() * static_cast<std::size_t>(rank_) == sbuf;
-      return mpi_status(MPI_Allgather(in_place ? MPI_IN_PLACE : sbuf, n, type, rbuf, n, type, comm_), "all_gather");
+    case CommKind::kReduceScatter: {
+      const int per = static_cast<int>(op.recv.count);
+      if (!is_rank_part(op.recv, op.send, rank_)) {
+        return mpi_status(MPI_Reduce_scatter_block(sbuf, rbuf, per, type, mpi_.op(f.type, f.op), comm_), "reduce_scatter");
+      }
+      // In place, MPI leaves the result at the start of the buffer; it belongs at this rank's part.
+      STRATA_RETURN_IF_ERROR(
+          mpi_status(MPI_Reduce_scatter_block(MPI_IN_PLACE, sbuf, per, type, mpi_.op(f.type, f.op), comm_), "reduce_scatter"));
+      if (rbuf != sbuf) std::memcpy(rbuf, sbuf, op.recv.bytes());  // slices are disjoint: rank > 0
+      return Status::OK();
     }
+    case CommKind::kAllGather:
+      return mpi_status(MPI_Allgather(is_rank_part(op.send, op.recv, rank_) ? MPI_IN_PLACE : sbuf, n, type, rbuf, n, type, comm_),
+                        "all_gather");
     case CommKind::kBroadcast:
       return mpi_status(MPI_Bcast(sbuf, n, type, f.root, comm_), "broadcast");
     default: return internal_error("mpi communicator: not a collective: " + describe(f));

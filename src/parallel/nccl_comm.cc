@@ -58,21 +58,21 @@ class NcclComm final : public Communicator {
   int node_count() const override { return control_->node_count(); }
 
   Status all_reduce(const CommBuffer& send, const CommBuffer& recv, ReduceOp op, Stream& stream) override {
-    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kAllReduce, send, recv, size()));
+    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kAllReduce, send, recv, size(), rank()));
     STRATA_ASSIGN_OR_RETURN(cudaStream_t s, handle(stream));
     STRATA_RETURN_IF_ERROR(nccl_status(ncclAllReduce(send.range.address(), recv.range.address(), send.count,
                                                      nccl_type(send.type), nccl_op(op), comm_, s), "all_reduce"));
     return count(CommKind::kAllReduce, send.bytes());
   }
   Status reduce_scatter(const CommBuffer& send, const CommBuffer& recv, ReduceOp op, Stream& stream) override {
-    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kReduceScatter, send, recv, size()));
+    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kReduceScatter, send, recv, size(), rank()));
     STRATA_ASSIGN_OR_RETURN(cudaStream_t s, handle(stream));
     STRATA_RETURN_IF_ERROR(nccl_status(ncclReduceScatter(send.range.address(), recv.range.address(), recv.count,
                                                          nccl_type(send.type), nccl_op(op), comm_, s), "reduce_scatter"));
     return count(CommKind::kReduceScatter, send.bytes());
   }
   Status all_gather(const CommBuffer& send, const CommBuffer& recv, Stream& stream) override {
-    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kAllGather, send, recv, size()));
+    STRATA_RETURN_IF_ERROR(check_collective(CommKind::kAllGather, send, recv, size(), rank()));
     STRATA_ASSIGN_OR_RETURN(cudaStream_t s, handle(stream));
     STRATA_RETURN_IF_ERROR(nccl_status(ncclAllGather(send.range.address(), recv.range.address(), send.count,
                                                      nccl_type(send.type), comm_, s), "all_gather"));
