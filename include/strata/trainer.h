@@ -27,6 +27,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "strata/communicator.h"
 #include "strata/data.h"
@@ -59,6 +60,26 @@ struct UpdateResult {
   bool applied = false;    // false: the update was skipped because the gradients were not finite
 };
 
+// A piece of one parameter that a rank's optimizer updates: elements [first, first +
+// grad.count()) of `param`, whose reduced gradient `grad` holds.
+struct ParamPiece {
+  Parameter* param = nullptr;
+  std::uint64_t first = 0;
+  DeviceView grad;
+};
+
+// The part of the model a rank's optimizer owns. Empty (the default): every parameter whole,
+// with the gradient bound to it. With ZeRO stages 1 and 2 (src/zero): this rank's pieces of
+// the parameters, and the data-parallel group whose ranks own the rest, over which the gradient
+// norm is summed. A sharded optimizer keeps state only for its pieces; its master weights and
+// state may be read and written only there (set_master then updates the device values of those
+// elements only: the engine all-gathers the rest).
+struct OptimizerShard {
+  std::vector<ParamPiece> pieces;
+  Communicator* group = nullptr;
+  bool sharded() const { return group != nullptr; }
+};
+
 // Owns fp32 master weights and Adam moments for a model's parameters wherever it keeps them,
 // and keeps the parameters' device values (the compute copy) in step with the masters.
 class StepOptimizer {
@@ -68,9 +89,9 @@ class StepOptimizer {
   // "device-adam", ...
   virtual std::string name() const = 0;
 
-  // Takes charge of `model`'s parameters, which are bound to device storage on `device`;
-  // allocates the state. Later calls enqueue on `stream`.
-  virtual Status attach(Module& model, Device& device, Stream& stream) = 0;
+  // Takes charge of `model`'s parameters, which are bound to device storage on `device`, or of
+  // the pieces of them `shard` names; allocates the state. Later calls enqueue on `stream`.
+  virtual Status attach(Module& model, Device& device, Stream& stream, const OptimizerShard& shard = {}) = 0;
 
   // Master weights, elements [first, first + n) of `p`, in fp32. set_master also refreshes the
   // parameter's device value; both return once the copy is complete.
@@ -93,6 +114,13 @@ class StepOptimizer {
   // tied ones) hold their updated values on the device.
   virtual Status before_forward(Module& module) {
     (void)module;
+    return Status::OK();
+  }
+  // Returns once the device values of this rank's elements of `params` hold their update (an
+  // update running in the background may still be busy with others): what a sharded engine
+  // waits for before it all-gathers them.
+  virtual Status wait_for_update(std::span<Parameter* const> params) {
+    (void)params;
     return Status::OK();
   }
 

@@ -1,7 +1,9 @@
 // The device StepOptimizer: fp32 master weights and Adam moments in device memory, updated by
-// Device::adam_step per parameter. With an fp32 model the master weights are the parameters'
-// device values themselves; with bf16/fp16 the step writes the rounded copy into them. The
-// gradient norm and overflow check are engine/grad_norm.h's, shared with the offloaded Adam.
+// Device::adam_step per parameter, or per piece of one with a ZeRO shard (strata/trainer.h's
+// OptimizerShard). With an fp32 model the master weights are the parameters' device values
+// themselves; with bf16/fp16 the step writes the rounded copy into them. The gradient norm and
+// overflow check are engine/grad_norm.h's, shared with the offloaded Adam.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -31,19 +33,28 @@ class DeviceAdam final : public StepOptimizer {
 
   std::string name() const override { return "device-adam"; }
 
-  Status attach(Module& model, Device& device, Stream& stream) override {
+  Status attach(Module& model, Device& device, Stream& stream, const OptimizerShard& shard) override {
     device_ = &device;
     stream_ = &stream;
-    params_.clear();
+    group_ = shard.group;
+    pieces_.clear();
+    std::vector<ParamPiece> pieces = shard.pieces;
+    if (!shard.sharded()) {
+      for (Parameter* p : model.parameters()) pieces.push_back(ParamPiece{p, 0, p->grad()});
+    }
     std::size_t master_bytes = 0, moment_bytes = 0;
     auto round_up = [](std::size_t b) { return (b + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment; };
-    for (Parameter* p : model.parameters()) {
+    for (const ParamPiece& pc : pieces) {
+      const Parameter* p = pc.param;
       if (!p->bound()) return failed_precondition("device adam: parameter " + p->name() + " has no device storage");
       if (p->value().device() != &device) {
         return invalid_argument("device adam: parameter " + p->name() + " lives on another device");
       }
-      if (p->value().dtype() != DType::kF32) master_bytes += round_up(p->numel() * 4);
-      moment_bytes += round_up(p->numel() * 4);
+      if (pc.first > p->numel() || pc.grad.count() > p->numel() - pc.first) {
+        return invalid_argument("device adam: a piece of " + p->name() + " lies outside it");
+      }
+      if (p->value().dtype() != DType::kF32) master_bytes += round_up(pc.grad.count() * 4);
+      moment_bytes += round_up(pc.grad.count() * 4);
     }
     auto alloc = [&](std::size_t bytes, const char* what) -> Result<DeviceBuffer> {
       auto b = device.allocate(std::max<std::size_t>(bytes, 1));
@@ -59,19 +70,23 @@ class DeviceAdam final : public StepOptimizer {
     if (!sumsq.ok()) return sumsq.status().with_context("device adam");
     sumsq_ = std::move(*sumsq);
     std::size_t m_at = 0, s_at = 0;
-    for (Parameter* p : model.parameters()) {
-      State st;
-      st.param = p;
-      if (p->value().dtype() == DType::kF32) {
-        st.master = p->value();
+    for (const ParamPiece& pc : pieces) {
+      const std::uint64_t n = pc.grad.count();
+      Piece st;
+      st.param = pc.param;
+      st.first = pc.first;
+      st.grad = pc.grad;
+      STRATA_ASSIGN_OR_RETURN(st.value, pc.param->value().slice(pc.first, n));
+      if (st.value.dtype() == DType::kF32) {
+        st.master = st.value;
       } else {
-        STRATA_ASSIGN_OR_RETURN(st.master, master_.view(DType::kF32, m_at, p->numel()));
-        m_at += round_up(p->numel() * 4);
+        STRATA_ASSIGN_OR_RETURN(st.master, master_.view(DType::kF32, m_at, n));
+        m_at += round_up(n * 4);
       }
-      STRATA_ASSIGN_OR_RETURN(st.exp_avg, exp_avg_.view(DType::kF32, s_at, p->numel()));
-      STRATA_ASSIGN_OR_RETURN(st.exp_avg_sq, exp_avg_sq_.view(DType::kF32, s_at, p->numel()));
-      s_at += round_up(p->numel() * 4);
-      params_.push_back(st);
+      STRATA_ASSIGN_OR_RETURN(st.exp_avg, exp_avg_.view(DType::kF32, s_at, n));
+      STRATA_ASSIGN_OR_RETURN(st.exp_avg_sq, exp_avg_sq_.view(DType::kF32, s_at, n));
+      s_at += round_up(n * 4);
+      pieces_.push_back(st);
     }
     STRATA_RETURN_IF_ERROR(device.fill(exp_avg_.view(DType::kF32), 0.0f, stream));
     STRATA_RETURN_IF_ERROR(device.fill(exp_avg_sq_.view(DType::kF32), 0.0f, stream));
@@ -80,21 +95,11 @@ class DeviceAdam final : public StepOptimizer {
   }
 
   Status set_master(const Parameter& p, std::uint64_t first, std::span<const float> values) override {
-    STRATA_ASSIGN_OR_RETURN(const State* st, find(p));
-    STRATA_ASSIGN_OR_RETURN(DeviceView m, st->master.slice(first, values.size()));
-    STRATA_RETURN_IF_ERROR(device_->copy_to_device(m.range(), std::as_bytes(values), *stream_));
-    if (st->master.address() != p.value().address()) {
-      STRATA_ASSIGN_OR_RETURN(DeviceView v, p.value().slice(first, values.size()));
-      STRATA_RETURN_IF_ERROR(device_->cast(v, m, *stream_));
-    }
-    return stream_->synchronize();  // `values` may go away once this returns
+    return write_state(p, OptimizerState::kMaster, first, values);
   }
 
   Status get_master(const Parameter& p, std::uint64_t first, std::span<float> out) override {
-    STRATA_ASSIGN_OR_RETURN(const State* st, find(p));
-    STRATA_ASSIGN_OR_RETURN(DeviceView m, st->master.slice(first, out.size()));
-    STRATA_RETURN_IF_ERROR(device_->copy_to_host(std::as_writable_bytes(out), m.range(), *stream_));
-    return stream_->synchronize();
+    return read_state(p, OptimizerState::kMaster, first, out);
   }
 
   Result<UpdateResult> step(const UpdateRequest& req) override {
@@ -102,10 +107,11 @@ class DeviceAdam final : public StepOptimizer {
     if (!(req.loss_scale > 0) || !std::isfinite(req.loss_scale)) {
       return invalid_argument("device adam: loss_scale must be finite and positive");
     }
-    // The squared norm of all gradients, read back once; it is also the overflow check.
+    // The squared norm of all gradients (summed over the group's shards), read back once; it is
+    // also the overflow check.
     std::vector<DeviceView> grads;
-    for (const State& st : params_) grads.push_back(st.param->grad());
-    STRATA_RETURN_IF_ERROR(sumsq_.enqueue(grads, *stream_));
+    for (const Piece& st : pieces_) grads.push_back(st.grad);
+    STRATA_RETURN_IF_ERROR(sumsq_.enqueue(grads, *stream_, group_));
     STRATA_RETURN_IF_ERROR(stream_->synchronize());
     const engine::GradNorm norm = engine::finish_grad_norm(sumsq_.value(), req.loss_scale, req.grad_clip);
     UpdateResult r;
@@ -115,13 +121,13 @@ class DeviceAdam final : public StepOptimizer {
     AdamHyper h = hyper_;
     h.lr = req.lr;
     const AdamStep at{updates_ + 1, norm.grad_scale};
-    for (const State& st : params_) {
+    for (const Piece& st : pieces_) {
       AdamTensors t;
       t.params = st.master;
-      t.grads = st.param->grad();
+      t.grads = st.grad;
       t.exp_avg = st.exp_avg;
       t.exp_avg_sq = st.exp_avg_sq;
-      if (st.master.address() != st.param->value().address()) t.params_out = st.param->value();
+      if (st.master.address() != st.value.address()) t.params_out = st.value;
       STRATA_RETURN_IF_ERROR(device_->adam_step(t, h, at, *stream_));
     }
     ++updates_;
@@ -133,19 +139,25 @@ class DeviceAdam final : public StepOptimizer {
   std::uint64_t device_bytes() const override { return master_.size() + exp_avg_.size() + exp_avg_sq_.size(); }
 
   Status read_state(const Parameter& p, OptimizerState which, std::uint64_t first, std::span<float> out) override {
-    if (which == OptimizerState::kMaster) return get_master(p, first, out);
-    STRATA_ASSIGN_OR_RETURN(const State* st, find(p));
-    STRATA_ASSIGN_OR_RETURN(DeviceView m, moment(*st, which).slice(first, out.size()));
-    STRATA_RETURN_IF_ERROR(device_->copy_to_host(std::as_writable_bytes(out), m.range(), *stream_));
+    auto read = [&](const Piece& st, std::uint64_t at, std::uint64_t len) -> Status {
+      STRATA_ASSIGN_OR_RETURN(DeviceView m, tensor(st, which).slice(first + at - st.first, len));
+      return device_->copy_to_host(std::as_writable_bytes(out.subspan(at, len)), m.range(), *stream_);
+    };
+    STRATA_RETURN_IF_ERROR(for_pieces(p, first, out.size(), read));
     return stream_->synchronize();
   }
   Status write_state(const Parameter& p, OptimizerState which, std::uint64_t first,
                      std::span<const float> values) override {
-    if (which == OptimizerState::kMaster) return set_master(p, first, values);
-    STRATA_ASSIGN_OR_RETURN(const State* st, find(p));
-    STRATA_ASSIGN_OR_RETURN(DeviceView m, moment(*st, which).slice(first, values.size()));
-    STRATA_RETURN_IF_ERROR(device_->copy_to_device(m.range(), std::as_bytes(values), *stream_));
-    return stream_->synchronize();
+    auto write = [&](const Piece& st, std::uint64_t at, std::uint64_t len) -> Status {
+      const std::uint64_t off = first + at - st.first;
+      STRATA_ASSIGN_OR_RETURN(DeviceView m, tensor(st, which).slice(off, len));
+      STRATA_RETURN_IF_ERROR(device_->copy_to_device(m.range(), std::as_bytes(values.subspan(at, len)), *stream_));
+      if (which != OptimizerState::kMaster || st.master.address() == st.value.address()) return Status::OK();
+      STRATA_ASSIGN_OR_RETURN(DeviceView v, st.value.slice(off, len));
+      return device_->cast(v, m, *stream_);
+    };
+    STRATA_RETURN_IF_ERROR(for_pieces(p, first, values.size(), write));
+    return stream_->synchronize();  // `values` may go away once this returns
   }
   Status set_updates(std::int64_t updates) override {
     if (updates < 0) return invalid_argument("device adam: the update count must not be negative");
@@ -154,28 +166,45 @@ class DeviceAdam final : public StepOptimizer {
   }
 
  private:
-  struct State {
+  // Elements [first, first + value.count()) of param, and where their state lives.
+  struct Piece {
     Parameter* param = nullptr;
-    DeviceView master, exp_avg, exp_avg_sq;
+    std::uint64_t first = 0;
+    DeviceView grad, value, master, exp_avg, exp_avg_sq;
   };
 
-  static const DeviceView& moment(const State& st, OptimizerState which) {
-    return which == OptimizerState::kExpAvg ? st.exp_avg : st.exp_avg_sq;
+  static const DeviceView& tensor(const Piece& st, OptimizerState which) {
+    return which == OptimizerState::kMaster ? st.master : which == OptimizerState::kExpAvg ? st.exp_avg : st.exp_avg_sq;
   }
 
-  Result<const State*> find(const Parameter& p) const {
-    for (const State& st : params_) {
-      if (st.param == &p) return &st;
+  // Runs fn(piece, offset into the caller's range, count) over the pieces holding elements
+  // [first, first + n) of p; elements no piece holds are an error naming them.
+  template <typename Fn>
+  Status for_pieces(const Parameter& p, std::uint64_t first, std::uint64_t n, Fn fn) const {
+    if (device_ == nullptr) return failed_precondition("device adam: attach() a model first");
+    std::uint64_t covered = 0;
+    for (const Piece& st : pieces_) {
+      if (st.param != &p) continue;
+      const std::uint64_t lo = std::max(first, st.first), hi = std::min(first + n, st.first + st.value.count());
+      if (lo >= hi) continue;
+      STRATA_RETURN_IF_ERROR(fn(st, lo - first, hi - lo));
+      covered += hi - lo;
     }
-    return invalid_argument("device adam: parameter " + p.name() + " is not attached");
+    if (covered != n) {
+      return invalid_argument("device adam: elements [" + std::to_string(first) + ", " + std::to_string(first + n) +
+                              ") of " + p.name() + " are not all this rank's to update (" + std::to_string(covered) +
+                              " are)");
+    }
+    return Status::OK();
   }
 
   AdamHyper hyper_;
   Device* device_ = nullptr;
   Stream* stream_ = nullptr;
+  Communicator* group_ = nullptr;
   DeviceBuffer master_, exp_avg_, exp_avg_sq_;
   engine::GradSquaredNorm sumsq_;
-  std::vector<State> params_;
+  std::vector<Piece> pieces_;
   std::int64_t updates_ = 0;
 };
 

@@ -4,8 +4,9 @@
 //
 // Two halves, so that a data-parallel layer can sum the ranks' squared norms in between:
 //   1. GradSquaredNorm::enqueue: this rank's sum of squares of its gradients, accumulated in
-//      fp32 on the device (Device::sum_squares, tensor after tensor, in the caller's order) and
-//      copied to pinned host memory; value() reads it once the stream has synchronized.
+//      fp32 on the device (Device::sum_squares, tensor after tensor, in the caller's order),
+//      summed over a group whose ranks hold the other parts of the gradients (ZeRO's shards),
+//      and copied to pinned host memory; value() reads it once the stream has synchronized.
 //   2. finish_grad_norm: sqrt, divided by the loss scale; finite or not; the clip coefficient
 //      min(1, grad_clip / (norm + 1e-6)) as torch.nn.utils.clip_grad_norm_.
 // The sum of squares is inf or NaN exactly when some gradient is (or when it overflows fp32,
@@ -19,6 +20,7 @@
 #include <cstdint>
 #include <span>
 
+#include "strata/communicator.h"
 #include "strata/device.h"
 #include "strata/status.h"
 
@@ -31,10 +33,11 @@ class GradSquaredNorm {
   // One fp32 scalar on `device` and its pinned host copy.
   static Result<GradSquaredNorm> create(Device& device);
 
-  // Enqueues on `stream`: the scalar = the sum of squares of every element of `grads`, then its
-  // copy to host memory. The views must stay unchanged until the stream has run it.
+  // Enqueues on `stream`: the scalar = the sum of squares of every element of `grads`, all-
+  // reduced (sum) over `group` when one is given, then its copy to host memory. The views must
+  // stay unchanged until the stream has run it.
   // REQUIRES: created.
-  Status enqueue(std::span<const DeviceView> grads, Stream& stream);
+  Status enqueue(std::span<const DeviceView> grads, Stream& stream, Communicator* group = nullptr);
 
   // The sum the latest enqueue() computed.
   // REQUIRES: the stream it was enqueued on has synchronized since.

@@ -3,8 +3,9 @@
 // ("nvme"), updated by the CPU Adam (src/cpu_adam), every byte of state moved by a tier manager
 // (src/offload) so that its budgets hold and its statistics are complete.
 //
-// Layout. The parameters are laid end to end in one flat index space (zero/flat_layout.h, the
-// layout ZeRO shards; one rank is one shard), each starting on a 16-element (64-byte) boundary
+// Layout. The parameters (with a ZeRO shard, strata/trainer.h's OptimizerShard: this rank's
+// pieces of them) are laid end to end in one flat index space (zero/flat_layout.h), each
+// starting on a 16-element (64-byte) boundary
 // so that every CPU Adam range is cache-line aligned; padding elements have zero gradients and
 // stay zero. The flat space is cut into chunks of C elements (C from
 // offload.optimizer.buffer_size: 12 C bytes of state per chunk); chunk k is one tier-manager
@@ -16,7 +17,9 @@
 // gradient is copied into a pinned host buffer in the flat layout on a copy stream of its own,
 // while backward goes on. The global norm and the inf/nan check run on the device over the
 // device gradients with the device Adam's code (engine/grad_norm.h), so the clip coefficient
-// is the same to the bit whatever the optimizer's home.
+// is the same to the bit whatever the optimizer's home. With a shard a gradient is final only
+// once the engine has reduced it across the group, so step() moves the pieces' gradients, and
+// the norm is summed over the group.
 //
 // The update pipeline. Chunk k is acquired from the tier manager for writing (an NVMe home is
 // read into a pinned host copy), updated in place by CPU Adam with the gradient chunk read in
@@ -123,13 +126,14 @@ class OffloadAdam final : public StepOptimizer {
 
   std::string name() const override { return home_ == Tier::kNvme ? "nvme-adam" : "host-adam"; }
 
-  Status attach(Module& model, Device& device, Stream& stream) override {
+  Status attach(Module& model, Device& device, Stream& stream, const OptimizerShard& shard) override {
     if (device_ != nullptr) return failed_precondition(name() + ": attach() may be called once");
     device_ = &device;
     stream_ = &stream;
+    group_ = shard.group;
     const OptimizerOffloadConfig& oc = profile_.offload_optimizer;
 
-    STRATA_RETURN_IF_ERROR(lay_out(model, device));
+    STRATA_RETURN_IF_ERROR(lay_out(model, device, shard));
     const std::uint64_t flat = layout_.total();
     const std::uint64_t max_block = cut_chunks();
     std::uint64_t state_bytes = 0;
@@ -242,10 +246,15 @@ class OffloadAdam final : public StepOptimizer {
     if (which != OptimizerState::kMaster) return Status::OK();
     // The device value follows the master (rounded for bf16/fp16), staged in the weight buffer.
     const std::size_t vs = dtype_size(value_dtype_);
-    std::byte* dst = values_host_.data() + (layout_.offset(index_.at(&p)) + first) * vs;
-    to_value_dtype(values.data(), dst, values.size());
-    STRATA_ASSIGN_OR_RETURN(DeviceView dv, p.value().slice(first, values.size()));
-    STRATA_RETURN_IF_ERROR(device_->copy_to_device(dv.range(), {dst, values.size() * vs}, *stream_));
+    auto upload = [&](std::size_t i, std::uint64_t at, std::uint64_t len) -> Status {
+      const PieceState& st = pieces_[i];
+      const std::uint64_t off = first + at - st.first;
+      std::byte* dst = values_host_.data() + (layout_.offset(i) + off) * vs;
+      to_value_dtype(values.data() + at, dst, len);
+      STRATA_ASSIGN_OR_RETURN(DeviceView dv, st.value.slice(off, len));
+      return device_->copy_to_device(dv.range(), {dst, len * vs}, *stream_);
+    };
+    STRATA_RETURN_IF_ERROR(for_pieces(p, first, values.size(), upload));
     return stream_->synchronize();
   }
 
@@ -257,7 +266,8 @@ class OffloadAdam final : public StepOptimizer {
   }
 
   Status after_backward(Module& module, bool last) override {
-    if (!last) return Status::OK();
+    // With a shard the gradients are final only once reduced across the group: step() moves them.
+    if (!last || group_ != nullptr) return Status::OK();
     // An overlapped pass still reads the pinned gradients of the previous step (it has
     // normally ended: forward waited for every chunk). A delayed pass reads the other buffer
     // and runs on through this backward.
@@ -265,7 +275,8 @@ class OffloadAdam final : public StepOptimizer {
     auto visit = [&](Parameter* p) -> Status {
       auto it = index_.find(p);
       if (it == index_.end() || !users_.finish_use(*p)) return Status::OK();
-      return offload_grad(it->second);  // its last user is done: the gradient is final
+      for (std::size_t i : it->second) STRATA_RETURN_IF_ERROR(offload_grad(i));  // its last user is done
+      return Status::OK();
     };
     for (Parameter* p : module.own_parameters()) STRATA_RETURN_IF_ERROR(visit(p));
     for (Parameter* p : module.tied_parameters()) STRATA_RETURN_IF_ERROR(visit(p));
@@ -273,13 +284,18 @@ class OffloadAdam final : public StepOptimizer {
   }
 
   Status before_forward(Module& module) override {
+    std::vector<Parameter*> used = module.own_parameters();
+    used.insert(used.end(), module.tied_parameters().begin(), module.tied_parameters().end());
+    return wait_for_update(used);
+  }
+
+  Status wait_for_update(std::span<Parameter* const> params) override {
     std::size_t needed = 0;
-    auto note = [&](Parameter* p) {
+    for (Parameter* p : params) {
       auto it = index_.find(p);
-      if (it != index_.end()) needed = std::max(needed, params_[it->second].last_chunk + 1);
-    };
-    for (Parameter* p : module.own_parameters()) note(p);
-    for (Parameter* p : module.tied_parameters()) note(p);
+      if (it == index_.end()) continue;
+      for (std::size_t i : it->second) needed = std::max(needed, pieces_[i].last_chunk + 1);
+    }
     if (needed == 0) return Status::OK();
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -314,11 +330,11 @@ class OffloadAdam final : public StepOptimizer {
     // The squared norm of all gradients on the device, as the device Adam computes it
     // (engine/grad_norm.h), so the clip coefficient is the same to the bit.
     std::vector<DeviceView> grads;
-    for (const ParamState& st : params_) grads.push_back(st.param->grad());
-    STRATA_RETURN_IF_ERROR(sumsq_.enqueue(grads, *stream_));
-    // Gradients no hook has moved yet (a model run without hooks, or a module skipped).
-    for (std::size_t i = 0; i < params_.size(); ++i) {
-      if (!params_[i].grad_offloaded) STRATA_RETURN_IF_ERROR(offload_grad(i));
+    for (const PieceState& st : pieces_) grads.push_back(st.grad);
+    STRATA_RETURN_IF_ERROR(sumsq_.enqueue(grads, *stream_, group_));
+    // Gradients no hook has moved yet (a sharded run, a model run without hooks, a module skipped).
+    for (std::size_t i = 0; i < pieces_.size(); ++i) {
+      if (!pieces_[i].grad_offloaded) STRATA_RETURN_IF_ERROR(offload_grad(i));
     }
     reset_users();
     STRATA_RETURN_IF_ERROR(stream_->synchronize());
@@ -379,9 +395,11 @@ class OffloadAdam final : public StepOptimizer {
  private:
   using Access = strata::Access;
 
-  // Parameter i of params_ is tensor i of layout_.
-  struct ParamState {
+  // Piece i of pieces_ is tensor i of layout_: elements [first, first + value.count()) of param.
+  struct PieceState {
     Parameter* param = nullptr;
+    std::uint64_t first = 0;
+    DeviceView grad, value;
     std::size_t last_chunk = 0;  // the chunk holding its last element
     bool grad_offloaded = false;
   };
@@ -393,26 +411,39 @@ class OffloadAdam final : public StepOptimizer {
     std::vector<zero::FlatSegment> segments;  // its share of each parameter
   };
 
-  // The flat layout of `model`'s parameters (see the file comment) and the modules using each.
-  Status lay_out(Module& model, Device& device) {
+  // The flat layout of `model`'s parameters, or of the shard's pieces of them (see the file
+  // comment), and the modules using each.
+  Status lay_out(Module& model, Device& device, const OptimizerShard& shard) {
+    std::vector<ParamPiece> pieces = shard.pieces;
+    if (!shard.sharded()) {
+      for (Parameter* p : model.parameters()) pieces.push_back(ParamPiece{p, 0, p->grad()});
+    }
     std::vector<zero::FlatTensor> tensors;
-    for (Parameter* p : model.parameters()) {
+    for (const ParamPiece& pc : pieces) {
+      Parameter* p = pc.param;
       if (!p->bound()) return failed_precondition(name() + ": parameter " + p->name() + " has no device storage");
       if (p->value().device() != &device) {
         return invalid_argument(name() + ": parameter " + p->name() + " lives on another device");
       }
-      if (params_.empty()) {
+      if (pieces_.empty()) {
         value_dtype_ = p->value().dtype();
-        grad_dtype_ = p->grad().dtype();
-      } else if (p->value().dtype() != value_dtype_ || p->grad().dtype() != grad_dtype_) {
+        grad_dtype_ = pc.grad.dtype();
+      } else if (p->value().dtype() != value_dtype_ || pc.grad.dtype() != grad_dtype_) {
         return invalid_argument(name() + ": parameter " + p->name() + " has dtypes other than the first parameter's");
       }
-      index_[p] = params_.size();
-      params_.push_back(ParamState{p});
-      tensors.push_back(zero::FlatTensor{p->name(), p->numel()});
+      PieceState st;
+      st.param = p;
+      st.first = pc.first;
+      st.grad = pc.grad;
+      auto value = p->value().slice(pc.first, pc.grad.count());
+      if (!value.ok()) return value.status().with_context(name() + ": a piece of " + p->name());
+      st.value = *value;
+      index_[p].push_back(pieces_.size());
+      pieces_.push_back(st);
+      tensors.push_back(zero::FlatTensor{p->name(), pc.grad.count()});
     }
-    if (params_.empty()) return invalid_argument(name() + ": the model has no parameters");
-    // One rank is one shard: nothing is padded beyond each parameter's alignment.
+    if (pieces_.empty()) return invalid_argument(name() + ": the model has no parameters");
+    // One space for this rank's elements: nothing is padded beyond each piece's alignment.
     auto layout = zero::FlatLayout::create(std::move(tensors), kParamAlign);
     if (!layout.ok()) return layout.status().with_context(name());
     layout_ = std::move(*layout);
@@ -438,9 +469,9 @@ class OffloadAdam final : public StepOptimizer {
       chunks_.push_back(std::move(c));
     }
     chunk_elems_ = chunk;
-    for (std::size_t i = 0; i < params_.size(); ++i) {
-      const std::uint64_t n = params_[i].param->numel();
-      params_[i].last_chunk = static_cast<std::size_t>((layout_.offset(i) + std::max<std::uint64_t>(n, 1) - 1) / chunk);
+    for (std::size_t i = 0; i < pieces_.size(); ++i) {
+      const std::uint64_t n = pieces_[i].value.count();
+      pieces_[i].last_chunk = static_cast<std::size_t>((layout_.offset(i) + std::max<std::uint64_t>(n, 1) - 1) / chunk);
     }
     return max_block;
   }
@@ -458,21 +489,21 @@ class OffloadAdam final : public StepOptimizer {
 
   void reset_users() {
     users_.reset();
-    for (ParamState& st : params_) st.grad_offloaded = false;
+    for (PieceState& st : pieces_) st.grad_offloaded = false;
   }
 
   // Device gradient -> pinned host buffer on the copy stream, after the work enqueued so far
   // on the training stream (the backward that finished the gradient).
   Status offload_grad(std::size_t i) {
-    ParamState& st = params_[i];
+    PieceState& st = pieces_[i];
     if (pass_delayed_ && grad_slot_ == pass_slot_) {
       return internal_error(name() + ": the gradient buffer of " + st.param->name() + " is still read by the delayed update");
     }
     const std::size_t gs = dtype_size(grad_dtype_);
     STRATA_RETURN_IF_ERROR(stream_->record(*grad_ready_));
     STRATA_RETURN_IF_ERROR(copy_stream_->wait(*grad_ready_));
-    STRATA_RETURN_IF_ERROR(device_->copy_to_host({grads_host_[grad_slot_].data() + layout_.offset(i) * gs, st.param->numel() * gs},
-                                                 st.param->grad().range(), *copy_stream_));
+    STRATA_RETURN_IF_ERROR(device_->copy_to_host({grads_host_[grad_slot_].data() + layout_.offset(i) * gs, st.grad.count() * gs},
+                                                 st.grad.range(), *copy_stream_));
     st.grad_offloaded = true;
     return Status::OK();
   }
@@ -489,37 +520,60 @@ class OffloadAdam final : public StepOptimizer {
     }
   }
 
+  // Runs fn(piece index, offset into the caller's range, count) over the pieces holding
+  // elements [first, first + n) of p; elements no piece holds (another rank's) are an error.
+  template <typename Fn>
+  Status for_pieces(const Parameter& p, std::uint64_t first, std::uint64_t n, Fn fn) const {
+    auto it = index_.find(&p);
+    if (it == index_.end()) return invalid_argument(name() + ": parameter " + p.name() + " is not attached");
+    if (first > p.numel() || n > p.numel() - first) {
+      return invalid_argument(name() + ": elements [" + std::to_string(first) + ", " + std::to_string(first + n) +
+                              ") are outside parameter " + p.name() + " (" + std::to_string(p.numel()) + ")");
+    }
+    std::uint64_t covered = 0;
+    for (std::size_t i : it->second) {
+      const PieceState& st = pieces_[i];
+      const std::uint64_t lo = std::max(first, st.first), hi = std::min(first + n, st.first + st.value.count());
+      if (lo >= hi) continue;
+      STRATA_RETURN_IF_ERROR(fn(i, lo - first, hi - lo));
+      covered += hi - lo;
+    }
+    if (covered != n) {
+      return invalid_argument(name() + ": elements [" + std::to_string(first) + ", " + std::to_string(first + n) +
+                              ") of " + p.name() + " are not all this rank's to update (" + std::to_string(covered) +
+                              " are)");
+    }
+    return Status::OK();
+  }
+
   // Runs `fn(state pointer, offset into the caller's span, count)` over the pieces of
   // elements [first, first + n) of `p`'s tensor `which`, chunk by chunk.
   template <typename Fn>
   Status access(const Parameter& p, OptimizerState which, std::uint64_t first, std::uint64_t n, Access mode, Fn fn) {
     if (device_ == nullptr) return failed_precondition(name() + ": attach() a model first");
     STRATA_RETURN_IF_ERROR(join());
-    auto it = index_.find(const_cast<Parameter*>(&p));
-    if (it == index_.end()) return invalid_argument(name() + ": parameter " + p.name() + " is not attached");
-    if (first > p.numel() || n > p.numel() - first) {
-      return invalid_argument(name() + ": elements [" + std::to_string(first) + ", " + std::to_string(first + n) +
-                              ") are outside parameter " + p.name() + " (" + std::to_string(p.numel()) + ")");
-    }
-    const std::uint64_t base = layout_.offset(it->second) + first;
     if (!accessed_) {
       tiers_->restart_trace();  // these accesses are not the pass's order: no replay, no warning
       accessed_ = true;
     }
-    for (std::uint64_t done = 0; done < n;) {
-      const std::size_t k = static_cast<std::size_t>((base + done) / chunk_elems_);
-      const Chunk& c = chunks_[k];
-      const std::uint64_t off = base + done - c.first;
-      const std::uint64_t len = std::min(n - done, c.n - off);
-      STRATA_ASSIGN_OR_RETURN(offload::Pin pin, tiers_->acquire(c.block, Tier::kHost, mode));
-      STRATA_RETURN_IF_ERROR(pin.wait());
-      float* state = reinterpret_cast<float*>(pin.host_bytes().data()) + static_cast<std::uint64_t>(which) * c.stride + off;
-      fn(state, done, len);
-      if (mode != Access::kRead) STRATA_RETURN_IF_ERROR(pin.mark_dirty());
-      pin.release();
-      done += len;
-    }
-    return Status::OK();
+    auto each_chunk = [&](std::size_t i, std::uint64_t at, std::uint64_t len) -> Status {
+      const std::uint64_t base = layout_.offset(i) + first + at - pieces_[i].first;
+      for (std::uint64_t done = 0; done < len;) {
+        const std::size_t k = static_cast<std::size_t>((base + done) / chunk_elems_);
+        const Chunk& c = chunks_[k];
+        const std::uint64_t off = base + done - c.first;
+        const std::uint64_t piece = std::min(len - done, c.n - off);
+        STRATA_ASSIGN_OR_RETURN(offload::Pin pin, tiers_->acquire(c.block, Tier::kHost, mode));
+        STRATA_RETURN_IF_ERROR(pin.wait());
+        float* state = reinterpret_cast<float*>(pin.host_bytes().data()) + static_cast<std::uint64_t>(which) * c.stride + off;
+        fn(state, at + done, piece);
+        if (mode != Access::kRead) STRATA_RETURN_IF_ERROR(pin.mark_dirty());
+        pin.release();
+        done += piece;
+      }
+      return Status::OK();
+    };
+    return for_pieces(p, first, n, each_chunk);
   }
 
   // How a pass runs (see the file comment). kInline: in step(), weights to the device on the
@@ -531,10 +585,9 @@ class OffloadAdam final : public StepOptimizer {
   // Every parameter's value from the pinned weight buffer to the device, on `stream`.
   Status upload_all(Stream& stream) {
     const std::size_t vs = dtype_size(value_dtype_);
-    for (std::size_t i = 0; i < params_.size(); ++i) {
-      const Parameter& p = *params_[i].param;
-      STRATA_RETURN_IF_ERROR(device_->copy_to_device(p.value().range(),
-                                                     {values_host_.data() + layout_.offset(i) * vs, p.numel() * vs}, stream));
+    for (std::size_t i = 0; i < pieces_.size(); ++i) {
+      const DeviceView& v = pieces_[i].value;
+      STRATA_RETURN_IF_ERROR(device_->copy_to_device(v.range(), {values_host_.data() + layout_.offset(i) * vs, v.count() * vs}, stream));
     }
     upload_pending_ = false;
     return Status::OK();
@@ -593,7 +646,7 @@ class OffloadAdam final : public StepOptimizer {
       }
       if (mode == Pass::kDelayed) continue;
       for (const zero::FlatSegment& s : c.segments) {
-        STRATA_ASSIGN_OR_RETURN(DeviceView dv, params_[s.tensor].param->value().slice(s.tensor_first, s.count));
+        STRATA_ASSIGN_OR_RETURN(DeviceView dv, pieces_[s.tensor].value.slice(s.tensor_first, s.count));
         STRATA_RETURN_IF_ERROR(device_->copy_to_device(
             dv.range(), {values_host_.data() + s.flat_first * vs, s.count * vs}, upload));
       }
@@ -617,8 +670,9 @@ class OffloadAdam final : public StepOptimizer {
   Stream* stream_ = nullptr;
   DType value_dtype_ = DType::kF32;
   DType grad_dtype_ = DType::kF32;
-  std::vector<ParamState> params_;
-  std::unordered_map<const Parameter*, std::size_t> index_;
+  Communicator* group_ = nullptr;  // with a shard: the group the gradient norm is summed over
+  std::vector<PieceState> pieces_;
+  std::unordered_map<const Parameter*, std::vector<std::size_t>> index_;  // its pieces
   zero::FlatLayout layout_;
   ParamUsers users_;
   std::vector<Chunk> chunks_;

@@ -340,11 +340,11 @@ class DelayedReference final : public StepOptimizer {
  public:
   DelayedReference(std::unique_ptr<StepOptimizer> inner, int warmup) : inner_(std::move(inner)), warmup_(warmup) {}
   std::string name() const override { return "delayed-reference"; }
-  Status attach(Module& model, Device& device, Stream& stream) override {
+  Status attach(Module& model, Device& device, Stream& stream, const OptimizerShard& shard) override {
     params_ = model.parameters();
     device_ = &device;
     stream_ = &stream;
-    return inner_->attach(model, device, stream);
+    return inner_->attach(model, device, stream, shard);
   }
   Status set_master(const Parameter& p, std::uint64_t first, std::span<const float> v) override {
     STRATA_RETURN_IF_ERROR(synchronize());

@@ -269,10 +269,10 @@ class OverflowOnce final : public StepOptimizer {
  public:
   OverflowOnce(std::unique_ptr<StepOptimizer> inner, int at) : inner_(std::move(inner)), at_(at) {}
   std::string name() const override { return inner_->name(); }
-  Status attach(Module& model, Device& device, Stream& stream) override {
+  Status attach(Module& model, Device& device, Stream& stream, const OptimizerShard& shard) override {
     device_ = &device;
     stream_ = &stream;
-    return inner_->attach(model, device, stream);
+    return inner_->attach(model, device, stream, shard);
   }
   Status set_master(const Parameter& p, std::uint64_t first, std::span<const float> v) override {
     return inner_->set_master(p, first, v);
