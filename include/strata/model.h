@@ -76,8 +76,11 @@ class Parameter {
   const DeviceView& value() const { return value_; }
   const DeviceView& grad() const { return grad_; }
   bool bound() const { return !value_.empty(); }
-  // Fails (binding nothing) when a view does not hold numel() elements of its dtype.
+  // Fails (binding nothing) when a view does not hold numel() elements of its dtype. The
+  // gradient may be left empty, to be bound by bind_grad() before backward uses it (ZeRO stage 2
+  // gives a gradient storage only while its bucket is open).
   Status bind(DeviceView value, DeviceView grad);
+  Status bind_grad(DeviceView grad);
   void unbind();
 
  private:

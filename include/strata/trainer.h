@@ -69,15 +69,17 @@ struct ParamPiece {
 };
 
 // The part of the model a rank's optimizer owns. Empty (the default): every parameter whole,
-// with the gradient bound to it. With ZeRO stages 1 and 2 (src/zero): this rank's pieces of
-// the parameters, and the data-parallel group whose ranks own the rest, over which the gradient
-// norm is summed. A sharded optimizer keeps state only for its pieces; its master weights and
-// state may be read and written only there (set_master then updates the device values of those
-// elements only: the engine all-gathers the rest).
+// with the gradient bound to it, final once its last user's backward is done. With pieces, the
+// gradients are final only when step() is called (a data-parallel engine reduces them after
+// backward): with ZeRO stage 0 every parameter whole, with stages 1 and 2 (src/zero) this rank's
+// pieces of them, and the data-parallel `group` whose ranks own the rest, over which the
+// gradient norm is summed. An optimizer keeps state only for its pieces; their master weights
+// and state may be read and written only there (set_master then updates the device values of
+// those elements only: the engine all-gathers the rest).
 struct OptimizerShard {
   std::vector<ParamPiece> pieces;
   Communicator* group = nullptr;
-  bool sharded() const { return group != nullptr; }
+  bool sharded() const { return !pieces.empty(); }
 };
 
 // Owns fp32 master weights and Adam moments for a model's parameters wherever it keeps them,

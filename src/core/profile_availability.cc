@@ -34,9 +34,9 @@ const std::vector<PendingKey>& pending_keys() {
       STRATA_PENDING_KEY("offload.param.max_in_cpu", offload_param.max_in_cpu, "\"1GiB\"", kParamOffload),
       STRATA_PENDING_KEY("offload.param.buffer_count", offload_param.buffer_count, "5", kParamOffload),
       STRATA_PENDING_KEY("offload.param.buffer_size", offload_param.buffer_size, "\"64MiB\"", kParamOffload),
-      STRATA_PENDING_KEY("zero.stage", zero.stage, "0", "data parallelism runs ZeRO stage 0 until the sharded stages land"),
       STRATA_PENDING_KEY("zero.allgather_bucket_size", zero.allgather_bucket_size, "\"25MiB\"",
-                         "parameter all-gathers arrive with ZeRO stage 1"),
+                         "ZeRO stages 1 and 2 all-gather one reduce bucket per collective; the gather bucket size "
+                         "arrives with ZeRO-3"),
       STRATA_PENDING_KEY("zero.prefetch_bucket_size", zero.prefetch_bucket_size, "\"50MiB\"", kParamGather),
       STRATA_PENDING_KEY("zero.max_live_parameters", zero.max_live_parameters, "1000000000", kParamGather),
       STRATA_PENDING_KEY("zero.param_persistence_threshold", zero.param_persistence_threshold, "100000",
@@ -70,6 +70,10 @@ Status Profile::check_available() const {
     if (k.is_default(*this)) continue;
     refused += std::string(refused.empty() ? "" : "; ") + k.key + " is not available yet (" + k.why +
                "): remove it or set it to its default " + k.default_text;
+  }
+  if (zero.stage == 3) {
+    refused += std::string(refused.empty() ? "" : "; ") +
+               "zero.stage = 3 is not available yet (ZeRO-3 parameter sharding is not built yet): use stage 0, 1 or 2";
   }
   if (refused.empty()) return Status::OK();
   return unavailable(refused);

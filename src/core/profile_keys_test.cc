@@ -83,8 +83,9 @@ const std::map<std::string, Reader>& honoured_keys() {
       {"optimizer.grad_clip", {"src/engine/trainer.cc", "optimizer.grad_clip"}},
       {"parallel.comm", {"src/cli/train_ranks.cc", "parallel.comm"}},
       {"parallel.dp", {"src/engine/trainer.cc", "profile.parallel.dp"}},
-      {"zero.reduce_bucket_size", {"src/engine/trainer.cc", "profile.zero.reduce_bucket_size"}},
-      {"zero.overlap_comm", {"src/engine/trainer.cc", "profile.zero.overlap_comm"}},
+      {"zero.stage", {"src/engine/data_parallel.cc", "profile.zero.stage"}},
+      {"zero.reduce_bucket_size", {"src/engine/data_parallel.cc", "profile.zero.reduce_bucket_size"}},
+      {"zero.overlap_comm", {"src/engine/data_parallel.cc", "profile.zero.overlap_comm"}},
       {"parallel.check_collectives", {"src/cli/train_ranks.cc", "parallel.check_collectives"}},
       {"parallel.comm_timeout", {"src/cli/train_ranks.cc", "parallel.comm_timeout"}},
       {"activation.checkpointing", {"src/model/gpt.cc", "profile.activation.checkpointing"}},
@@ -115,7 +116,6 @@ const std::map<std::string, std::string>& non_default_settings() {
       {"offload.param.max_in_cpu", "[offload.param]\nmax_in_cpu = \"2GiB\"\n"},
       {"offload.param.buffer_count", "[offload.param]\nbuffer_count = 4\n"},
       {"offload.param.buffer_size", "[offload.param]\nbuffer_size = \"32MiB\"\n"},
-      {"zero.stage", "[zero]\nstage = 1\n"},
       {"zero.allgather_bucket_size", "[zero]\nallgather_bucket_size = \"8MiB\"\n"},
       {"zero.prefetch_bucket_size", "[zero]\nprefetch_bucket_size = \"8MiB\"\n"},
       {"zero.max_live_parameters", "[zero]\nmax_live_parameters = 1000\n"},
@@ -173,6 +173,21 @@ TEST(ProfileKeys, ANonDefaultValueOfAnUnavailableKeyIsRefusedNamingIt) {
     EXPECT_EQ(st.code(), StatusCode::kUnavailable);
     EXPECT_NE(st.message().find(key + " is not available yet"), std::string::npos) << st;
     EXPECT_NE(st.message().find("set it to its default"), std::string::npos) << st;
+  }
+}
+
+// zero.stage is read for 0, 1 and 2; stage 3 is refused until ZeRO-3 lands.
+TEST(ProfileKeys, ZeroStageThreeIsRefusedAndOneAndTwoAreNot) {
+  for (int stage : {1, 2, 3}) {
+    auto p = Profile::from_toml_string("[zero]\nstage = " + std::to_string(stage) + "\n", "stage");
+    ASSERT_TRUE(p.ok()) << p.status();
+    const Status st = p->check_available();
+    if (stage < 3) {
+      EXPECT_TRUE(st.ok()) << st;
+      continue;
+    }
+    EXPECT_EQ(st.code(), StatusCode::kUnavailable) << st;
+    EXPECT_NE(st.message().find("zero.stage = 3 is not available yet"), std::string::npos) << st;
   }
 }
 

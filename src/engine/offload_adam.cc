@@ -131,6 +131,7 @@ class OffloadAdam final : public StepOptimizer {
     device_ = &device;
     stream_ = &stream;
     group_ = shard.group;
+    grads_at_step_ = shard.sharded();
     const OptimizerOffloadConfig& oc = profile_.offload_optimizer;
 
     STRATA_RETURN_IF_ERROR(lay_out(model, device, shard));
@@ -267,7 +268,7 @@ class OffloadAdam final : public StepOptimizer {
 
   Status after_backward(Module& module, bool last) override {
     // With a shard the gradients are final only once reduced across the group: step() moves them.
-    if (!last || group_ != nullptr) return Status::OK();
+    if (!last || grads_at_step_) return Status::OK();
     // An overlapped pass still reads the pinned gradients of the previous step (it has
     // normally ended: forward waited for every chunk). A delayed pass reads the other buffer
     // and runs on through this backward.
@@ -671,6 +672,7 @@ class OffloadAdam final : public StepOptimizer {
   DType value_dtype_ = DType::kF32;
   DType grad_dtype_ = DType::kF32;
   Communicator* group_ = nullptr;  // with a shard: the group the gradient norm is summed over
+  bool grads_at_step_ = false;      // with a shard: the gradients are final when step() is called
   std::vector<PieceState> pieces_;
   std::unordered_map<const Parameter*, std::vector<std::size_t>> index_;  // its pieces
   zero::FlatLayout layout_;

@@ -6,11 +6,9 @@
 #include <cstring>
 #include <vector>
 
-#include <unordered_map>
 
+#include "engine/data_parallel.h"
 #include "engine/loss_scaler.h"
-#include "model/param_users.h"
-#include "zero/grad_buckets.h"
 #include "model/safetensors.h"
 #include "strata/log.h"
 #include "strata/trainer.h"
@@ -22,8 +20,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-std::size_t aligned(std::size_t bytes) { return (bytes + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment; }
 
 // Elements initialised per call (bounds the host memory of initialising a large parameter).
 constexpr std::size_t kInitChunk = 1 << 20;
@@ -40,20 +36,11 @@ struct Trainer::Impl final : ModuleHooks {
     if (model) model->set_hooks(nullptr);
   }
 
-  Status before_forward(Module& m, bool) override { return opt->before_forward(m); }
+  Status before_forward(Module& m, bool) override { return dp->before_forward(m, *opt, *stream); }
+  Status before_backward(Module& m) override { return dp->before_backward(m, *stream); }
   Status after_backward(Module& m) override {
     STRATA_RETURN_IF_ERROR(opt->after_backward(m, last_micro));
-    if (buckets == nullptr || !last_micro) return Status::OK();
-    // A parameter whose last user is done has its final gradient: its buckets may go.
-    auto visit = [&](Parameter* p) -> Status {
-      if (!users.finish_use(*p)) return Status::OK();
-      auto it = param_index.find(p);
-      if (it == param_index.end()) return internal_error("trainer: parameter '" + p->name() + "' has no gradient slot");
-      return buckets->tensor_final(it->second, *stream);
-    };
-    for (Parameter* p : m.own_parameters()) STRATA_RETURN_IF_ERROR(visit(p));
-    for (Parameter* p : m.tied_parameters()) STRATA_RETURN_IF_ERROR(visit(p));
-    return Status::OK();
+    return dp->after_backward(m, *stream);
   }
 
   Profile profile;
@@ -62,19 +49,15 @@ struct Trainer::Impl final : ModuleHooks {
   std::unique_ptr<Stream> stream;
   std::unique_ptr<Gpt> model;
   std::unique_ptr<StepOptimizer> opt;
-  DeviceBuffer values;   // every parameter's compute copy, each 256-byte aligned
-  DeviceBuffer grads;    // every parameter's gradient, same layout
+  // The parameters' values and gradients, and their reduction over the data-parallel group.
+  std::unique_ptr<engine::DataParallel> dp;
   DeviceBuffer tokens;   // (2, B, T) int32: inputs, then targets
   DeviceBuffer loss;     // (1) fp32
   PinnedBuffer staging;  // (A, 2, B, T) int32 of host tokens, then the loss read back
   engine::LossScaler scaler;
   std::int64_t steps_done = 0;
   bool last_micro = false;
-  // Data parallelism (ZeRO stage 0): the group, and the gradient buckets it all-reduces.
-  int dp_size = 1, dp_rank = 0;
-  std::unique_ptr<zero::GradBuckets> buckets;
-  model::ParamUsers users;
-  std::unordered_map<const Parameter*, std::size_t> param_index;
+  Communicator* group = nullptr;  // the data-parallel group, null for one rank
 
   std::size_t rows_tokens() const {
     return static_cast<std::size_t>(profile.train.micro_batch) * static_cast<std::size_t>(profile.train.dims.seq_len);
@@ -86,38 +69,16 @@ struct Trainer::Impl final : ModuleHooks {
     return reinterpret_cast<float*>(host_tokens(profile.train.grad_accum));
   }
 
-  // One rank of `dp` (null or one rank: nothing to do): gradient buckets over `grads`.
-  Status join_data_parallel(Communicator* dp) {
-    const int ranks = dp == nullptr ? 1 : dp->size();
+  // Checks that the group is the profile's parallel.dp ranks.
+  Status check_group(Communicator* g) const {
+    const int ranks = g == nullptr ? 1 : g->size();
     if (profile.parallel.dp != ranks) {
       return invalid_argument("parallel.dp = " + std::to_string(profile.parallel.dp) + " but the trainer runs as " +
                               std::string(ranks == 1 ? "one rank" : "one of " + std::to_string(ranks) + " ranks") +
                               "; start dp ranks (strata train --ranks N, or mpirun -n N strata train)");
     }
-    if (ranks == 1) return Status::OK();
-    if (profile.offload_optimizer.device != OffloadTarget::kNone) {
-      return unavailable("offload.optimizer.device = \"" + std::string(offload_target_name(profile.offload_optimizer.device)) +
-                         "\" with parallel.dp > 1 is not available yet (data parallelism runs the optimizer on the "
-                         "device until ZeRO's sharded stages land)");
-    }
-    dp_size = ranks;
-    dp_rank = dp->rank();
-    const GptConfig& gc = model->config();
-    std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
-    std::uint64_t ga = 0;
-    for (Parameter* p : model->parameters()) {
-      param_index[p] = ranges.size();
-      ranges.emplace_back(ga, ga + p->numel() * dtype_size(gc.grad_dtype));
-      ga += aligned(p->numel() * dtype_size(gc.grad_dtype));
-    }
-    users = model::ParamUsers(*model);
-    STRATA_ASSIGN_OR_RETURN(buckets, zero::GradBuckets::create(*dp, *device, grads, comm_type_of(gc.grad_dtype),
-                                                                std::move(ranges), profile.zero.reduce_bucket_size,
-                                                                profile.zero.overlap_comm));
-    this->dp = dp;
     return Status::OK();
   }
-  Communicator* dp = nullptr;
 };
 
 Trainer::Trainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -141,30 +102,9 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Profile& profile, Device&
   STRATA_ASSIGN_OR_RETURN(m.model, Gpt::create(GptConfig::from_profile(profile)));
   const GptConfig& gc = m.model->config();
 
-  // Parameters and gradients: one allocation each, one aligned slot per parameter.
-  std::size_t vbytes = 0, gbytes = 0;
-  for (const Parameter* p : m.model->parameters()) {
-    vbytes += aligned(p->numel() * dtype_size(gc.dtype));
-    gbytes += aligned(p->numel() * dtype_size(gc.grad_dtype));
-  }
-  auto values = device.allocate(vbytes);
-  if (!values.ok()) {
-    return values.status().with_context("trainer: " + std::to_string(gc.dims.parameter_count()) + " parameters in " +
-                                        std::string(dtype_name(gc.dtype)));
-  }
-  m.values = std::move(*values);
-  auto grads = device.allocate(gbytes);
-  if (!grads.ok()) return grads.status().with_context("trainer: parameter gradients");
-  m.grads = std::move(*grads);
-  std::size_t va = 0, ga = 0;
-  for (Parameter* p : m.model->parameters()) {
-    STRATA_ASSIGN_OR_RETURN(DeviceView v, m.values.view(gc.dtype, va, p->numel()));
-    STRATA_ASSIGN_OR_RETURN(DeviceView g, m.grads.view(gc.grad_dtype, ga, p->numel()));
-    STRATA_RETURN_IF_ERROR(p->bind(v, g));
-    va += aligned(p->numel() * dtype_size(gc.dtype));
-    ga += aligned(p->numel() * dtype_size(gc.grad_dtype));
-  }
-  STRATA_RETURN_IF_ERROR(m.join_data_parallel(options.dp));
+  STRATA_RETURN_IF_ERROR(m.check_group(options.dp));
+  m.group = options.dp != nullptr && options.dp->size() > 1 ? options.dp : nullptr;
+  STRATA_ASSIGN_OR_RETURN(m.dp, engine::DataParallel::create(profile, *m.model, gc.dtype, gc.grad_dtype, device, m.group));
   STRATA_RETURN_IF_ERROR(m.model->prepare(device, tc.micro_batch));
 
   const std::size_t bt = m.rows_tokens();
@@ -182,7 +122,7 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Profile& profile, Device&
     STRATA_ASSIGN_OR_RETURN(optimizer, make_step_optimizer(profile));
   }
   m.opt = std::move(optimizer);
-  STRATA_RETURN_IF_ERROR(m.opt->attach(*m.model, device, *m.stream));
+  STRATA_RETURN_IF_ERROR(m.opt->attach(*m.model, device, *m.stream, m.dp->shard()));
   m.model->set_hooks(&m);
 
   // Initial weights from the counter-based generator, chunk by chunk.
@@ -196,11 +136,11 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Profile& profile, Device&
       first += n;
     }
   }
-  STRATA_RETURN_IF_ERROR(device.fill(m.grads.view(gc.grad_dtype), 0.0f, *m.stream));
   STRATA_RETURN_IF_ERROR(m.stream->synchronize());
-  STRATA_LOG(kDebug) << "trainer: " << gc.dims.parameter_count() << " parameters, " << vbytes << " B values, " << gbytes
-                     << " B gradients, " << Gpt::activation_bytes(gc, tc.micro_batch) << " B activations, optimizer "
-                     << m.opt->name() << " " << m.opt->device_bytes() << " B on " << device.info().name;
+  STRATA_LOG(kDebug) << "trainer: " << gc.dims.parameter_count() << " parameters, ZeRO stage " << m.dp->stage() << ", "
+                     << m.dp->device_bytes() << " B values and gradients, " << Gpt::activation_bytes(gc, tc.micro_batch)
+                     << " B activations, optimizer " << m.opt->name() << " " << m.opt->device_bytes() << " B on "
+                     << device.info().name;
   return std::unique_ptr<Trainer>(new Trainer(std::move(impl)));
 }
 
@@ -224,7 +164,7 @@ Status Trainer::restore_progress(std::int64_t steps_done, const LossScaleState& 
 }
 std::uint64_t Trainer::tokens_per_step() const {
   return static_cast<std::uint64_t>(impl_->profile.train.grad_accum) * impl_->rows_tokens() *
-         static_cast<std::uint64_t>(impl_->dp_size);
+         static_cast<std::uint64_t>(impl_->dp->size());
 }
 
 Result<StepStats> Trainer::train_step(const TokenDataset& data) {
@@ -233,8 +173,8 @@ Result<StepStats> Trainer::train_step(const TokenDataset& data) {
   STRATA_RETURN_IF_ERROR(data.check(tc.dims.vocab, tc.dims.seq_len));
   Device& dev = *m.device;
   Stream& s = *m.stream;
-  const GptConfig& gc = m.model->config();
-  const BatchShape shape{tc.micro_batch, tc.grad_accum, tc.dims.seq_len, m.dp_size, m.dp_rank};
+  const int ranks = m.dp->size();
+  const BatchShape shape{tc.micro_batch, tc.grad_accum, tc.dims.seq_len, ranks, m.dp->rank()};
   const std::size_t bt = m.rows_tokens();
   const int A = tc.grad_accum;
 
@@ -251,12 +191,8 @@ Result<StepStats> Trainer::train_step(const TokenDataset& data) {
     return Status::OK();
   };
 
-  STRATA_RETURN_IF_ERROR(dev.fill(m.grads.view(gc.grad_dtype), 0.0f, s));
+  STRATA_RETURN_IF_ERROR(m.dp->begin_step(s));
   STRATA_RETURN_IF_ERROR(dev.fill(*m.loss.view(DType::kF32, 0, 1), 0.0f, s));
-  if (m.buckets != nullptr) {
-    m.users.reset();
-    m.buckets->begin();
-  }
   const DeviceRange tok = *m.tokens.range(0, bt * 4);
   const DeviceRange tgt = *m.tokens.range(bt * 4, bt * 4);
   for (int a = 0; a < A; ++a) {
@@ -265,18 +201,19 @@ Result<StepStats> Trainer::train_step(const TokenDataset& data) {
     STRATA_RETURN_IF_ERROR(dev.copy_to_device(*m.tokens.range(0, 2 * bt * 4),
                                               {reinterpret_cast<const std::byte*>(host), 2 * bt * 4}, s));
     m.last_micro = a == A - 1;
+    STRATA_RETURN_IF_ERROR(m.dp->begin_micro(a, m.last_micro, s));
     auto tf = Clock::now();
     STRATA_RETURN_IF_ERROR(m.model->forward(tok, tgt, *m.loss.view(DType::kF32, 0, 1), 1.0f / static_cast<float>(A), s));
     STRATA_RETURN_IF_ERROR(phase(&st.forward_s, tf));
     auto tb = Clock::now();
     // With dp ranks the gradients are summed over them: each carries 1/dp of the mean.
-    STRATA_RETURN_IF_ERROR(m.model->backward(static_cast<float>(m.scaler.scale() / A / m.dp_size), s));
+    STRATA_RETURN_IF_ERROR(m.model->backward(static_cast<float>(m.scaler.scale() / A / ranks), s));
+    STRATA_RETURN_IF_ERROR(m.dp->end_micro(s));
     STRATA_RETURN_IF_ERROR(phase(&st.backward_s, tb));
   }
-  if (m.buckets != nullptr) {
-    STRATA_RETURN_IF_ERROR(m.buckets->finish(s));
+  if (m.group != nullptr) {
     const CommBuffer loss{m.loss.range(), CommType::kF32, 1};
-    STRATA_RETURN_IF_ERROR(m.dp->all_reduce(loss, loss, ReduceOp::kSum, s));
+    STRATA_RETURN_IF_ERROR(m.group->all_reduce(loss, loss, ReduceOp::kSum, s));
   }
   STRATA_RETURN_IF_ERROR(dev.copy_to_host({reinterpret_cast<std::byte*>(m.host_loss()), sizeof(float)}, m.loss.range(), s));
   auto to = Clock::now();
@@ -289,7 +226,7 @@ Result<StepStats> Trainer::train_step(const TokenDataset& data) {
   if (m.options.phase_timing) st.optimizer_s = seconds_since(to);
   st.seconds = seconds_since(t0);
 
-  st.loss = static_cast<double>(*m.host_loss()) / m.dp_size;  // the mean over the ranks' rows
+  st.loss = static_cast<double>(*m.host_loss()) / ranks;  // the mean over the ranks' rows
   st.grad_norm = r.grad_norm;
   st.skipped = !r.applied;
   st.tokens_per_s = st.seconds > 0 ? static_cast<double>(st.tokens) / st.seconds : 0.0;

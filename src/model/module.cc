@@ -23,11 +23,11 @@ Status Parameter::bind(DeviceView value, DeviceView grad) {
     return invalid_argument("parameter " + name_ + " " + shape_string() + ": value view has " +
                             std::to_string(value.count()) + " elements; expected " + std::to_string(numel_));
   }
-  if (grad.count() != numel_) {
+  if (!grad.empty() && grad.count() != numel_) {
     return invalid_argument("parameter " + name_ + " " + shape_string() + ": gradient view has " +
                             std::to_string(grad.count()) + " elements; expected " + std::to_string(numel_));
   }
-  if (value.dtype() != dtype_ || grad.dtype() != grad_dtype_) {
+  if (value.dtype() != dtype_ || (!grad.empty() && grad.dtype() != grad_dtype_)) {
     return invalid_argument("parameter " + name_ + ": views are " + std::string(dtype_name(value.dtype())) + " (value) and " +
                             std::string(dtype_name(grad.dtype())) + " (gradient); expected " +
                             std::string(dtype_name(dtype_)) + " and " + std::string(dtype_name(grad_dtype_)));
@@ -35,6 +35,11 @@ Status Parameter::bind(DeviceView value, DeviceView grad) {
   value_ = value;
   grad_ = grad;
   return Status::OK();
+}
+
+Status Parameter::bind_grad(DeviceView grad) {
+  if (!bound()) return failed_precondition("parameter " + name_ + ": bind a value before a gradient");
+  return bind(value_, grad);
 }
 
 void Parameter::unbind() {

@@ -1,0 +1,181 @@
+// The parameter storage and data-parallel reduction of engine/data_parallel.h.
+#include "engine/data_parallel.h"
+
+#include <algorithm>
+
+namespace strata::engine {
+
+Result<std::unique_ptr<DataParallel>> DataParallel::create(const Profile& profile, Module& model, DType value_dtype,
+                                                           DType grad_dtype, Device& device, Communicator* dp) {
+  std::unique_ptr<DataParallel> d(new DataParallel());
+  d->dp_ = dp != nullptr && dp->size() > 1 ? dp : nullptr;
+  d->stage_ = d->dp_ != nullptr ? profile.zero.stage : 0;
+  if (d->stage_ > 2) {
+    return unavailable("zero.stage = " + std::to_string(d->stage_) + " is not available yet (stages 0, 1 and 2 are)");
+  }
+  d->value_dtype_ = value_dtype;
+  d->grad_dtype_ = grad_dtype;
+  d->params_ = model.parameters();
+  std::vector<zero::FlatTensor> tensors;
+  for (Parameter* p : d->params_) {
+    d->index_[p] = tensors.size();
+    tensors.push_back(zero::FlatTensor{p->name(), p->numel()});
+  }
+  // Every value and gradient starts on a device-alignment boundary.
+  const std::uint64_t align = kDeviceAlignment / std::min(dtype_size(value_dtype), dtype_size(grad_dtype));
+  const bool sharded = d->stage_ >= 1;
+  const std::uint64_t shards = sharded ? static_cast<std::uint64_t>(d->size()) : 1;
+  const std::uint64_t bucket = sharded ? std::max<std::uint64_t>(1, profile.zero.reduce_bucket_size / dtype_size(grad_dtype)) : 0;
+  auto layout = zero::FlatLayout::create(std::move(tensors), align, shards, bucket);
+  if (!layout.ok()) return layout.status().with_context("trainer");
+  d->layout_ = std::move(*layout);
+  auto values = device.allocate(std::max<std::uint64_t>(1, d->layout_.total() * dtype_size(value_dtype)));
+  if (!values.ok()) {
+    return values.status().with_context("trainer: " + std::to_string(d->layout_.used()) + " parameters in " +
+                                        std::string(dtype_name(value_dtype)));
+  }
+  d->values_ = std::move(*values);
+  STRATA_RETURN_IF_ERROR(d->make_reducers(profile, device));
+  STRATA_RETURN_IF_ERROR(d->bind_storage(device));
+  d->users_ = model::ParamUsers(model);
+  return d;
+}
+
+Status DataParallel::make_reducers(const Profile& profile, Device& device) {
+  const std::uint64_t gs = dtype_size(grad_dtype_);
+  const bool overlap = profile.zero.overlap_comm;
+  if (stage_ >= 1) {
+    STRATA_ASSIGN_OR_RETURN(sharded_, zero::ShardedGrads::create(*dp_, device, layout_, grad_dtype_, stage_, overlap));
+    return Status::OK();
+  }
+  auto grads = device.allocate(std::max<std::uint64_t>(1, layout_.total() * gs));
+  if (!grads.ok()) return grads.status().with_context("trainer: parameter gradients");
+  grads_ = std::move(*grads);
+  if (dp_ == nullptr) return Status::OK();
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> tensor_bytes;
+  for (std::size_t i = 0; i < layout_.tensor_count(); ++i) {
+    tensor_bytes.emplace_back(layout_.offset(i) * gs, (layout_.offset(i) + layout_.tensor(i).numel) * gs);
+  }
+  zero::ByteBuckets cut = zero::cut_byte_buckets(grads_.size(), tensor_bytes, profile.zero.reduce_bucket_size, gs);
+  const CommType type = comm_type_of(grad_dtype_);
+  auto reduce = [this, ranges = cut.buckets, type, gs](std::size_t b, Stream& comm) -> Status {
+    STRATA_ASSIGN_OR_RETURN(DeviceRange r, grads_.range(ranges[b].first, ranges[b].second));
+    const CommBuffer buf{r, type, ranges[b].second / gs};
+    return dp_->all_reduce(buf, buf, ReduceOp::kSum, comm);
+  };
+  STRATA_ASSIGN_OR_RETURN(all_reduce_, zero::GradBuckets::create(device, cut.buckets.size(), std::move(cut.of_tensor),
+                                                                 overlap, std::move(reduce)));
+  return Status::OK();
+}
+
+Status DataParallel::bind_storage(Device& device) {
+  const std::uint64_t vs = dtype_size(value_dtype_), gs = dtype_size(grad_dtype_);
+  // The padding between tensors is gathered with them: it stays zero.
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Stream> stream, device.create_stream("parameter storage"));
+  STRATA_RETURN_IF_ERROR(device.fill(values_.view(value_dtype_), 0.0f, *stream));
+  STRATA_RETURN_IF_ERROR(stream->synchronize());
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    Parameter* p = params_[i];
+    STRATA_ASSIGN_OR_RETURN(DeviceView v, values_.view(value_dtype_, layout_.offset(i) * vs, p->numel()));
+    DeviceView g;  // stage 2: bound while its bucket is open (before_backward)
+    if (stage_ == 0) {
+      STRATA_ASSIGN_OR_RETURN(g, grads_.view(grad_dtype_, layout_.offset(i) * gs, p->numel()));
+    } else if (stage_ == 1) {
+      STRATA_ASSIGN_OR_RETURN(g, sharded_->tensor_grad(i, *stream));
+    }
+    STRATA_RETURN_IF_ERROR(p->bind(v, g));
+  }
+  if (stage_ == 0) {
+    // Stage 0: the optimizer owns every parameter whole, its gradient final once all-reduced.
+    if (dp_ != nullptr) {
+      for (Parameter* p : params_) shard_.pieces.push_back(ParamPiece{p, 0, p->grad()});
+    }
+    return Status::OK();
+  }
+  gather_ = std::make_unique<zero::ParamGather>(*dp_, layout_, values_, value_dtype_);
+  // This rank's optimizer owns its slice of every bucket.
+  shard_.group = dp_;
+  const auto r = static_cast<std::uint64_t>(rank());
+  for (std::size_t b = 0; b < layout_.bucket_count(); ++b) {
+    const zero::FlatRange slice = layout_.slice(b, r);
+    for (const zero::FlatSegment& s : layout_.segments(slice)) {
+      STRATA_ASSIGN_OR_RETURN(DeviceView g, sharded_->shard_grad(b).slice(s.flat_first - slice.first, s.count));
+      shard_.pieces.push_back(ParamPiece{params_[s.tensor], s.tensor_first, g});
+    }
+  }
+  return Status::OK();
+}
+
+std::uint64_t DataParallel::device_bytes() const {
+  return values_.size() + grads_.size() + (sharded_ != nullptr ? sharded_->device_bytes() : 0);
+}
+
+Result<std::size_t> DataParallel::index_of(const Parameter& p) const {
+  auto it = index_.find(&p);
+  if (it == index_.end()) return internal_error("trainer: parameter '" + p.name() + "' has no storage");
+  return it->second;
+}
+
+template <typename Fn>
+Status DataParallel::for_used(Module& module, Fn fn) {
+  for (const auto* list : {&module.own_parameters(), &module.tied_parameters()}) {
+    for (Parameter* p : *list) {
+      STRATA_ASSIGN_OR_RETURN(std::size_t i, index_of(*p));
+      STRATA_RETURN_IF_ERROR(fn(p, i));
+    }
+  }
+  return Status::OK();
+}
+
+Status DataParallel::begin_step(Stream& stream) {
+  if (!grads_.empty()) STRATA_RETURN_IF_ERROR(stream.device().fill(grads_.view(grad_dtype_), 0.0f, stream));
+  // The previous step updated every rank's slices (or, skipped, left them equal: gathering
+  // them again is harmless); so did anything since that set master weights.
+  if (gather_ != nullptr) gather_->mark_all();
+  return Status::OK();
+}
+
+Status DataParallel::begin_micro(int micro, bool last, Stream& stream) {
+  last_micro_ = last;
+  users_.reset();
+  if (sharded_ != nullptr) return sharded_->begin_micro(micro, last, stream);
+  if (all_reduce_ != nullptr && last) all_reduce_->begin();
+  return Status::OK();
+}
+
+Status DataParallel::before_forward(Module& module, StepOptimizer& optimizer, Stream& stream) {
+  STRATA_RETURN_IF_ERROR(optimizer.before_forward(module));
+  if (gather_ == nullptr) return Status::OK();
+  return for_used(module, [&](Parameter*, std::size_t i) -> Status {
+    const std::size_t b = layout_.bucket_of(i);
+    if (!gather_->pending(b)) return Status::OK();
+    const auto [lo, hi] = layout_.bucket_tensors(b);
+    STRATA_RETURN_IF_ERROR(optimizer.wait_for_update({params_.data() + lo, hi - lo}));
+    return gather_->gather(b, stream);
+  });
+}
+
+Status DataParallel::before_backward(Module& module, Stream& stream) {
+  if (stage_ != 2) return Status::OK();
+  return for_used(module, [&](Parameter* p, std::size_t i) -> Status {
+    STRATA_ASSIGN_OR_RETURN(DeviceView g, sharded_->tensor_grad(i, stream));
+    return p->bind_grad(g);
+  });
+}
+
+Status DataParallel::after_backward(Module& module, Stream& stream) {
+  return for_used(module, [&](Parameter* p, std::size_t i) -> Status {
+    if (!users_.finish_use(*p)) return Status::OK();
+    if (sharded_ != nullptr) return sharded_->tensor_final(i, stream);
+    if (all_reduce_ != nullptr && last_micro_) return all_reduce_->tensor_final(i, stream);
+    return Status::OK();
+  });
+}
+
+Status DataParallel::end_micro(Stream& stream) {
+  if (sharded_ != nullptr) return sharded_->end_micro(stream);
+  if (all_reduce_ != nullptr && last_micro_) return all_reduce_->finish(stream);
+  return Status::OK();
+}
+
+}  // namespace strata::engine

@@ -1,0 +1,93 @@
+// src/engine/data_parallel.h — where a Trainer's parameters and gradients live on its device and
+// how they are reduced across its data-parallel group: the adapter between the model's module
+// hooks and src/zero, which knows tensors by index only.
+//
+// Storage. The parameters are laid out in zero/flat_layout.h's flat space, each on a 256-byte
+// boundary of both its value and its gradient; the values (the compute dtype) are one buffer.
+//   - One rank, or ZeRO stage 0: the gradients are one buffer of the same layout, all-reduced
+//     in byte buckets of zero.reduce_bucket_size as backward finishes them (zero/grad_buckets.h)
+//     in the step's last micro-step; every rank then holds the whole mean gradient.
+//   - Stages 1 and 2: the layout is cut into buckets of whole tensors of at most
+//     zero.reduce_bucket_size bytes of gradients, each sharded over the ranks; the gradients are
+//     reduce-scattered per bucket (zero/sharded_grads.h: stage 1 from a full gradient buffer at
+//     the accumulation boundary, stage 2 from bucket slots every micro-step), and the optimizer
+//     owns only this rank's slices (shard()). Every step's forward first all-gathers each
+//     bucket of the updated values (zero/param_gather.h), just before the first module using
+//     it runs and once the optimizer's update of this rank's slice of it is on the device.
+//     zero.allgather_bucket_size is stage 3's: here a gather moves one reduce bucket.
+// With one rank, stages 1 and 2 are stage 0: the one shard is the whole model.
+//
+// The loss is scaled by 1/dp in backward, so the sums are the global batch's mean gradient.
+//
+// Thread-safety: one thread at a time (the trainer's).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "model/param_users.h"
+#include "strata/communicator.h"
+#include "strata/model.h"
+#include "strata/profile.h"
+#include "strata/trainer.h"
+#include "zero/flat_layout.h"
+#include "zero/grad_buckets.h"
+#include "zero/param_gather.h"
+#include "zero/sharded_grads.h"
+
+namespace strata::engine {
+
+class DataParallel {
+ public:
+  // Binds every parameter of `model` to storage on `device`, as one rank of `dp` (null: one
+  // rank). Device memory that does not fit is an out-of-memory Status naming what needed it.
+  // REQUIRES: model, device and dp outlive this object.
+  static Result<std::unique_ptr<DataParallel>> create(const Profile& profile, Module& model, DType value_dtype,
+                                                      DType grad_dtype, Device& device, Communicator* dp);
+
+  int size() const { return dp_ == nullptr ? 1 : dp_->size(); }
+  int rank() const { return dp_ == nullptr ? 0 : dp_->rank(); }
+  // The ZeRO stage that runs: profile's zero.stage with more than one rank, else 0.
+  int stage() const { return stage_; }
+  // What this rank's optimizer owns (empty: everything).
+  const OptimizerShard& shard() const { return shard_; }
+  // Device bytes of the parameters' values and gradients (with stage 2's bucket slots).
+  std::uint64_t device_bytes() const;
+
+  // The step's hooks, in the order the trainer calls them.
+  Status begin_step(Stream& stream);
+  Status begin_micro(int micro, bool last, Stream& stream);
+  Status before_forward(Module& module, StepOptimizer& optimizer, Stream& stream);
+  Status before_backward(Module& module, Stream& stream);
+  Status after_backward(Module& module, Stream& stream);
+  // After each micro-step's backward; in the last, `stream` then waits for every reduction.
+  Status end_micro(Stream& stream);
+
+ private:
+  DataParallel() = default;
+  Status bind_storage(Device& device);
+  Status make_reducers(const Profile& profile, Device& device);
+  Result<std::size_t> index_of(const Parameter& p) const;
+  // Runs fn(parameter, index) over the parameters `module` uses (own, then tied).
+  template <typename Fn>
+  Status for_used(Module& module, Fn fn);
+
+  Communicator* dp_ = nullptr;
+  int stage_ = 0;
+  bool last_micro_ = false;
+  DType value_dtype_ = DType::kF32, grad_dtype_ = DType::kF32;
+  std::vector<Parameter*> params_;
+  std::unordered_map<const Parameter*, std::size_t> index_;
+  zero::FlatLayout layout_;
+  DeviceBuffer values_;
+  DeviceBuffer grads_;  // one rank and stage 0
+  model::ParamUsers users_;
+  std::unique_ptr<zero::GradBuckets> all_reduce_;  // stage 0 with dp ranks
+  std::unique_ptr<zero::ShardedGrads> sharded_;    // stages 1 and 2
+  std::unique_ptr<zero::ParamGather> gather_;      // stages 1 and 2
+  OptimizerShard shard_;
+};
+
+}  // namespace strata::engine

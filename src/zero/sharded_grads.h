@@ -1,0 +1,96 @@
+// src/zero/sharded_grads.h — ZeRO stages 1 and 2: each data-parallel rank ends a step with only
+// its slice of every bucket's reduced gradient (zero/flat_layout.h: the buckets of whole tensors,
+// each cut into one slice per rank), reduced with a real reduce-scatter per bucket.
+//
+// Stage 1 keeps every tensor's gradient in one full buffer in the flat layout; the micro-steps
+// accumulate into it, and in the last one each bucket is reduce-scattered in place (into this
+// rank's slice of it) as soon as its tensors are final. Per step a rank sends Ψ(N−1)/N gradient
+// elements, whatever grad_accum is. Memory: the full gradients.
+//
+// Stage 2 keeps only the reduced shard (Ψ/N elements) and the open buckets: a tensor's gradient
+// lives in a bucket slot from the first use of its bucket in a micro-step's backward (the slot
+// zeroed, behind the slot's previous reduction on the communication stream) until the bucket's
+// tensors are all final; then the slot is reduce-scattered and freed. Slots are allocated as
+// backward first needs them and reused afterwards (backward opens the same buckets in the same
+// order every step), so their number is the most buckets open at once plus those still being
+// reduced: the tied embedding's bucket stays open through the whole backward (lm_head uses it
+// first, the embeddings last). With grad_accum > 1 every micro-step is reduce-scattered (the
+// first into the shard, the later ones in place and added to it on the communication stream):
+// DeepSpeed's choice, least memory, grad_accum x Ψ(N−1)/N elements sent per step. Accumulating
+// locally instead would need stage 1's full buffer.
+//
+// It knows tensors by index in the layout, not Modules: the engine binds each parameter's
+// gradient to the view tensor_grad() gives it and says when a tensor is final.
+//
+// Thread-safety: one thread at a time (the thread that runs backward).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "strata/communicator.h"
+#include "strata/device.h"
+#include "zero/flat_layout.h"
+#include "zero/grad_buckets.h"
+
+namespace strata::zero {
+
+class ShardedGrads {
+ public:
+  // `layout` has dp.size() shards. stage: 1 or 2.
+  // REQUIRES: dp, device and layout outlive this object.
+  static Result<std::unique_ptr<ShardedGrads>> create(Communicator& dp, Device& device, const FlatLayout& layout,
+                                                      DType grad_dtype, int stage, bool overlap);
+  ~ShardedGrads();
+
+  int stage() const { return stage_; }
+
+  // Starts micro-step `micro` (0-based) of a step; `last` in the step's last one. Stage 1 zeroes
+  // the gradients at micro-step 0.
+  Status begin_micro(int micro, bool last, Stream& stream);
+  // The view tensor i's gradient accumulates into. Stage 1: its place in the full buffer, the
+  // same every step. Stage 2: its place in its bucket's slot, opening the bucket when it is the
+  // first of its tensors used in this micro-step; valid until the bucket is final.
+  Result<DeviceView> tensor_grad(std::size_t i, Stream& stream);
+  // Tensor i's gradient is final in this micro-step (stage 1: counted in the last one only).
+  Status tensor_final(std::size_t i, Stream& stream);
+  // Ends the micro-step's backward: launches the buckets not launched yet; in the last one,
+  // makes `stream` wait for every reduction.
+  Status end_micro(Stream& stream);
+
+  // This rank's reduced gradient of bucket b: slice_size(b) elements of the gradient dtype.
+  // Fixed views, valid once end_micro of the last micro-step has run on the stream.
+  const DeviceView& shard_grad(std::size_t b) const { return shard_grads_[b]; }
+  // Device bytes held: the full gradients (stage 1) or the shard and the slots (stage 2).
+  std::uint64_t device_bytes() const;
+  std::size_t slot_count() const { return slots_.size(); }
+
+ private:
+  struct Slot {
+    DeviceBuffer buffer;
+    std::unique_ptr<Event> free;  // recorded behind the last reduction that read it
+    bool recorded = false;
+    int bucket = -1;  // the open bucket it holds, or -1
+  };
+  ShardedGrads() = default;
+  Status reduce(std::size_t b, Stream& comm);
+  Status open_bucket(std::size_t b, Stream& stream);
+
+  Communicator* dp_ = nullptr;
+  Device* device_ = nullptr;
+  const FlatLayout* layout_ = nullptr;
+  DType dtype_ = DType::kF32;
+  int stage_ = 1;
+  int micro_ = 0;
+  bool last_ = false;
+  std::unique_ptr<GradBuckets> buckets_;
+  DeviceBuffer full_;   // stage 1: every gradient in the flat layout
+  DeviceBuffer shard_;  // stage 2: this rank's slices, in bucket order
+  std::vector<DeviceView> shard_grads_;
+  std::vector<Slot> slots_;              // stage 2
+  std::vector<int> slot_of_;             // stage 2: per bucket, its slot this micro-step or -1
+  std::uint64_t slot_bytes_ = 0;
+};
+
+}  // namespace strata::zero
