@@ -244,8 +244,25 @@ class Trainer {
   // One training step on `data` (checked against the model's vocabulary and seq_len).
   Result<StepStats> train_step(const TokenDataset& data);
 
+  // The data-parallel group this trainer is one rank of, and the ZeRO stage that runs
+  // (zero.stage with more than one rank; 0 for one rank, whose one shard is the whole model).
+  int dp_rank() const;
+  int dp_size() const;
+  int zero_stage() const;
+  // Device bytes of the parameters' values and gradients (with ZeRO stage 2's bucket slots).
+  std::uint64_t parameter_bytes() const;
+
+  // Optimizer tensor `which` of elements [first, first + out.size()) of p, in fp32, wherever
+  // and on whichever rank it lives. With ZeRO stages 1 and 2 a collective of the data-parallel
+  // group: every rank calls it with the same arguments.
+  Status read_state(const Parameter& p, OptimizerState which, std::uint64_t first, std::span<float> out);
+  // Writes the elements of the given ones that this rank holds (every rank is given them all);
+  // writing kMaster also refreshes the device values, on every rank by the next step.
+  Status write_state(const Parameter& p, OptimizerState which, std::uint64_t first, std::span<const float> values);
+
   // Weights as safetensors with Hugging Face GPT-2 names, from the fp32 master weights,
-  // written as F32, BF16 or F16.
+  // written as F32, BF16 or F16. With ZeRO stages 1 and 2 a collective: every rank calls it and
+  // global rank 0 of the group writes the file.
   Status export_weights(const std::string& path, DType dtype = DType::kF32);
   // Replaces the master weights (and device values) with a safetensors file's; the file must
   // match the model (see model/safetensors.h). The optimizer moments are left as they are.

@@ -2,6 +2,7 @@
 #include "engine/data_parallel.h"
 
 #include <algorithm>
+#include <span>
 
 namespace strata::engine {
 
@@ -176,6 +177,45 @@ Status DataParallel::end_micro(Stream& stream) {
   if (sharded_ != nullptr) return sharded_->end_micro(stream);
   if (all_reduce_ != nullptr && last_micro_) return all_reduce_->finish(stream);
   return Status::OK();
+}
+
+std::pair<std::uint64_t, std::uint64_t> DataParallel::owned(std::size_t i, std::uint64_t first, std::uint64_t n,
+                                                            int r) const {
+  const zero::FlatRange s = layout_.slice(layout_.bucket_of(i), static_cast<std::uint64_t>(r));
+  const std::uint64_t at = layout_.offset(i);
+  const std::uint64_t lo = std::max(at + first, s.first), hi = std::min(at + first + n, s.end());
+  return lo < hi ? std::pair{lo - at, hi - at} : std::pair{first, first};
+}
+
+Status DataParallel::read_state(StepOptimizer& optimizer, const Parameter& p, OptimizerState which, std::uint64_t first,
+                                std::span<float> out, Stream& stream) {
+  if (stage_ == 0) return optimizer.read_state(p, which, first, out);
+  STRATA_ASSIGN_OR_RETURN(std::size_t i, index_of(p));
+  Device& device = stream.device();
+  auto staging = device.allocate(std::max<std::size_t>(1, out.size_bytes()));
+  if (!staging.ok()) return staging.status().with_context("trainer: gathering " + p.name());
+  for (int r = 0; r < size(); ++r) {
+    const auto [lo, hi] = owned(i, first, out.size(), r);
+    if (lo == hi) continue;
+    const std::span<float> part = out.subspan(lo - first, hi - lo);
+    STRATA_ASSIGN_OR_RETURN(DeviceRange range, staging->range((lo - first) * sizeof(float), part.size_bytes()));
+    if (r == rank()) {
+      STRATA_RETURN_IF_ERROR(optimizer.read_state(p, which, lo, part));
+      STRATA_RETURN_IF_ERROR(device.copy_to_device(range, std::as_bytes(part), stream));
+    }
+    STRATA_RETURN_IF_ERROR(dp_->broadcast({range, CommType::kF32, part.size()}, r, stream));
+  }
+  STRATA_RETURN_IF_ERROR(device.copy_to_host(std::as_writable_bytes(out), staging->range(0, out.size_bytes()).value(), stream));
+  return stream.synchronize();
+}
+
+Status DataParallel::write_state(StepOptimizer& optimizer, const Parameter& p, OptimizerState which, std::uint64_t first,
+                                 std::span<const float> values) {
+  if (stage_ == 0) return optimizer.write_state(p, which, first, values);
+  STRATA_ASSIGN_OR_RETURN(std::size_t i, index_of(p));
+  const auto [lo, hi] = owned(i, first, values.size(), rank());
+  if (lo == hi) return Status::OK();
+  return optimizer.write_state(p, which, lo, values.subspan(lo - first, hi - lo));
 }
 
 }  // namespace strata::engine

@@ -65,11 +65,22 @@ class DataParallel {
   // After each micro-step's backward; in the last, `stream` then waits for every reduction.
   Status end_micro(Stream& stream);
 
+  // Optimizer tensor `which` of elements [first, first + out.size()) of p, whichever ranks own
+  // them: with stages 1 and 2 a collective (each owner broadcasts its part), which every rank
+  // of the group must call with the same arguments.
+  Status read_state(StepOptimizer& optimizer, const Parameter& p, OptimizerState which, std::uint64_t first,
+                    std::span<float> out, Stream& stream);
+  // Writes the elements this rank owns of the given ones (every rank is given all of them).
+  Status write_state(StepOptimizer& optimizer, const Parameter& p, OptimizerState which, std::uint64_t first,
+                     std::span<const float> values);
+
  private:
   DataParallel() = default;
   Status bind_storage(Device& device);
   Status make_reducers(const Profile& profile, Device& device);
   Result<std::size_t> index_of(const Parameter& p) const;
+  // The elements [first, second) of tensor i, within [first, first + n), that rank r owns.
+  std::pair<std::uint64_t, std::uint64_t> owned(std::size_t i, std::uint64_t first, std::uint64_t n, int r) const;
   // Runs fn(parameter, index) over the parameters `module` uses (own, then tied).
   template <typename Fn>
   Status for_used(Module& module, Fn fn);

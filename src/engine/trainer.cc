@@ -132,7 +132,7 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Profile& profile, Device&
       const std::size_t n = std::min<std::uint64_t>(kInitChunk, p->numel() - first);
       chunk.resize(n);
       init_parameter_values(*p, tc.seed, first, chunk);
-      STRATA_RETURN_IF_ERROR(m.opt->set_master(*p, first, chunk));
+      STRATA_RETURN_IF_ERROR(m.dp->write_state(*m.opt, *p, OptimizerState::kMaster, first, chunk));
       first += n;
     }
   }
@@ -239,17 +239,56 @@ Result<StepStats> Trainer::train_step(const TokenDataset& data) {
   return st;
 }
 
+int Trainer::dp_rank() const { return impl_->dp->rank(); }
+int Trainer::dp_size() const { return impl_->dp->size(); }
+int Trainer::zero_stage() const { return impl_->dp->stage(); }
+std::uint64_t Trainer::parameter_bytes() const { return impl_->dp->device_bytes(); }
+
+Status Trainer::read_state(const Parameter& p, OptimizerState which, std::uint64_t first, std::span<float> out) {
+  Impl& m = *impl_;
+  STRATA_RETURN_IF_ERROR(m.opt->synchronize());
+  return m.dp->read_state(*m.opt, p, which, first, out, *m.stream);
+}
+
+Status Trainer::write_state(const Parameter& p, OptimizerState which, std::uint64_t first, std::span<const float> values) {
+  Impl& m = *impl_;
+  return m.dp->write_state(*m.opt, p, which, first, values);
+}
+
 Status Trainer::export_weights(const std::string& path, DType dtype) {
   Impl& m = *impl_;
+  if (m.dp->stage() == 0) {
+    return safetensors::export_gpt(path, *m.model, dtype, [&](const Parameter& p, std::uint64_t first, std::span<float> out) {
+      return m.opt->get_master(p, first, out);
+    });
+  }
+  // Sharded: the ranks gather one parameter at a time, in model order, and rank 0 writes it.
+  std::vector<float> whole;
+  const Parameter* cached = nullptr;
+  auto gather = [&](const Parameter& p) -> Status {
+    whole.resize(p.numel());
+    for (std::uint64_t first = 0; first < p.numel(); first += kInitChunk) {
+      const std::size_t n = std::min<std::uint64_t>(kInitChunk, p.numel() - first);
+      STRATA_RETURN_IF_ERROR(read_state(p, OptimizerState::kMaster, first, {whole.data() + first, n}));
+    }
+    cached = &p;
+    return Status::OK();
+  };
+  if (m.dp->rank() != 0) {
+    for (const Parameter* p : m.model->parameters()) STRATA_RETURN_IF_ERROR(gather(*p));
+    return Status::OK();
+  }
   return safetensors::export_gpt(path, *m.model, dtype, [&](const Parameter& p, std::uint64_t first, std::span<float> out) {
-    return m.opt->get_master(p, first, out);
+    if (cached != &p) STRATA_RETURN_IF_ERROR(gather(p));
+    std::copy_n(whole.data() + first, out.size(), out.data());
+    return Status::OK();
   });
 }
 
 Status Trainer::import_weights(const std::string& path) {
   Impl& m = *impl_;
   return safetensors::import_gpt(path, *m.model, [&](const Parameter& p, std::uint64_t first, std::span<const float> v) {
-    return m.opt->set_master(p, first, v);
+    return write_state(p, OptimizerState::kMaster, first, v);
   });
 }
 

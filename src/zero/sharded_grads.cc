@@ -35,7 +35,6 @@ Result<std::unique_ptr<ShardedGrads>> ShardedGrads::create(Communicator& dp, Dev
     const std::uint64_t at = stage == 1 ? s.first : layout.shard_offset(b);
     STRATA_ASSIGN_OR_RETURN(DeviceView v, home.view(grad_dtype, at * gs, s.count));
     g->shard_grads_.push_back(v);
-    g->slot_bytes_ = std::max(g->slot_bytes_, layout.bucket(b).count * gs);
   }
   g->slot_of_.assign(buckets, -1);
   std::vector<std::vector<std::size_t>> of_tensor(layout.tensor_count());
@@ -91,14 +90,20 @@ Status ShardedGrads::end_micro(Stream& stream) {
 }
 
 Status ShardedGrads::open_bucket(std::size_t b, Stream& stream) {
-  std::size_t s = 0;
-  while (s < slots_.size() && slots_[s].bucket >= 0) ++s;
+  // The smallest free slot that holds the bucket, else a new one of its size: backward opens
+  // the same buckets in the same order every step, so the slots made in the first step serve.
+  const std::uint64_t bytes = layout_->bucket(b).count * dtype_size(dtype_);
+  std::size_t s = slots_.size();
+  for (std::size_t k = 0; k < slots_.size(); ++k) {
+    const Slot& c = slots_[k];
+    if (c.bucket < 0 && c.buffer.size() >= bytes && (s == slots_.size() || c.buffer.size() < slots_[s].buffer.size())) s = k;
+  }
   if (s == slots_.size()) {
     Slot fresh;
-    auto buffer = device_->allocate(slot_bytes_);
+    auto buffer = device_->allocate(bytes);
     if (!buffer.ok()) {
-      return buffer.status().with_context("ZeRO stage 2: gradient bucket slot " + std::to_string(s + 1) + " (" +
-                                          std::to_string(s) + " held by open buckets)");
+      return buffer.status().with_context("ZeRO stage 2: a gradient bucket slot (" + std::to_string(slots_.size()) +
+                                          " made so far)");
     }
     fresh.buffer = std::move(*buffer);
     STRATA_ASSIGN_OR_RETURN(fresh.free, device_->create_event());

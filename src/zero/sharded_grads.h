@@ -11,10 +11,11 @@
 // lives in a bucket slot from the first use of its bucket in a micro-step's backward (the slot
 // zeroed, behind the slot's previous reduction on the communication stream) until the bucket's
 // tensors are all final; then the slot is reduce-scattered and freed. Slots are allocated as
-// backward first needs them and reused afterwards (backward opens the same buckets in the same
-// order every step), so their number is the most buckets open at once plus those still being
-// reduced: the tied embedding's bucket stays open through the whole backward (lm_head uses it
-// first, the embeddings last). With grad_accum > 1 every micro-step is reduce-scattered (the
+// backward first needs them (each the size of the bucket it is made for; a free slot is reused
+// for a bucket it holds) and kept, since backward opens the same buckets in the same order every
+// step: they hold the buckets open at once plus those still being reduced. The tied
+// embedding's bucket stays open through the whole backward (lm_head uses it first, the
+// embeddings last), as its gradient does in any engine. With grad_accum > 1 every micro-step is reduce-scattered (the
 // first into the shard, the later ones in place and added to it on the communication stream):
 // DeepSpeed's choice, least memory, grad_accum x Ψ(N−1)/N elements sent per step. Accumulating
 // locally instead would need stage 1's full buffer.
@@ -90,7 +91,6 @@ class ShardedGrads {
   std::vector<DeviceView> shard_grads_;
   std::vector<Slot> slots_;              // stage 2
   std::vector<int> slot_of_;             // stage 2: per bucket, its slot this micro-step or -1
-  std::uint64_t slot_bytes_ = 0;
 };
 
 }  // namespace strata::zero

@@ -1,0 +1,149 @@
+// src/engine/dp_test_util.h — data-parallel trainers against the one-rank run, for the tests of
+// ZeRO stages 0, 1 and 2: the profile (the tiny GPT, two micro-steps), trainers on LocalComm
+// ranks as threads, and the comparison with its stated tolerance (see expect_matches_one_rank).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "strata/communicator.h"
+#include "strata/trainer.h"
+
+namespace strata::dp_test {
+
+inline constexpr int kSteps = 20;
+inline constexpr int kRowsPerRank = 2;
+
+inline Profile profile(int dp, int micro_batch, std::uint64_t bucket_bytes, bool overlap) {
+  auto p = Profile::from_toml_string("", "dp test");
+  EXPECT_TRUE(p.ok()) << p.status();
+  Profile out = *p;
+  out.train.model = "tiny";
+  EXPECT_TRUE(model_preset("tiny", &out.train.dims));
+  out.train.micro_batch = micro_batch;
+  out.train.grad_accum = 2;
+  out.train.seed = 7;
+  out.optimizer.lr = 1e-3;
+  out.parallel.dp = dp;
+  out.zero.reduce_bucket_size = bucket_bytes;
+  out.zero.overlap_comm = overlap;
+  return out;
+}
+
+inline std::unique_ptr<Device> host() {
+  DeviceOptions o;
+  o.capacity = 256ULL << 20;
+  o.compute_threads = 1;
+  return std::move(*create_device("host", o));
+}
+
+inline const TokenDataset& text() {
+  static const TokenDataset d = *TokenDataset::default_text();
+  return d;
+}
+
+struct RankRun {
+  std::vector<double> losses;
+  std::vector<float> masters;  // every parameter's fp32 master, in parameter order
+};
+
+inline RankRun train(Trainer& t) {
+  RankRun r;
+  for (int s = 0; s < kSteps; ++s) {
+    auto st = t.train_step(text());
+    EXPECT_TRUE(st.ok()) << st.status();
+    if (!st.ok()) return r;
+    r.losses.push_back(st->loss);
+  }
+  for (const Parameter* p : t.model().parameters()) {
+    std::vector<float> v(p->numel());
+    EXPECT_TRUE(t.read_state(*p, OptimizerState::kMaster, 0, v).ok());
+    r.masters.insert(r.masters.end(), v.begin(), v.end());
+  }
+  return r;
+}
+
+inline RankRun one_rank(int dp) {
+  auto dev = host();
+  auto t = Trainer::create(profile(1, dp * kRowsPerRank, 25ULL << 20, true), *dev);
+  EXPECT_TRUE(t.ok()) << t.status();
+  return train(**t);
+}
+
+// One trainer per communicator, each on a thread with its own device, made from `p` with
+// parallel.dp = the number of ranks and `optimizer(rank)` (null: the device Adam); `body` runs
+// on each. A one-rank group trains without a communicator.
+inline void on_ranks(const std::vector<Communicator*>& comms, Profile p, const std::function<void(int, Trainer&)>& body,
+              const std::function<std::unique_ptr<StepOptimizer>(int)>& optimizer = {}) {
+  p.parallel.dp = static_cast<int>(comms.size());
+  std::vector<std::thread> ranks;
+  for (std::size_t r = 0; r < comms.size(); ++r) {
+    ranks.emplace_back([&, r] {
+      auto dev = host();
+      TrainerOptions o;
+      o.dp = comms.size() > 1 ? comms[r] : nullptr;
+      auto t = Trainer::create(p, *dev, optimizer ? optimizer(static_cast<int>(r)) : nullptr, o);
+      ASSERT_TRUE(t.ok()) << t.status();
+      body(static_cast<int>(r), **t);
+    });
+  }
+  for (auto& t : ranks) t.join();
+}
+
+// `n` LocalComm ranks, owned, and their plain pointers.
+struct LocalRanks {
+  std::vector<std::unique_ptr<Communicator>> owned;
+  std::vector<Communicator*> comms;
+  explicit LocalRanks(int n) {
+    auto c = make_local_comms(n);
+    EXPECT_TRUE(c.ok()) << c.status();
+    owned = std::move(*c);
+    for (auto& x : owned) comms.push_back(x.get());
+  }
+};
+
+inline std::vector<RankRun> data_parallel_on(const std::vector<Communicator*>& comms, std::uint64_t bucket_bytes, bool overlap) {
+  std::vector<RankRun> runs(comms.size());
+  on_ranks(comms, profile(1, kRowsPerRank, bucket_bytes, overlap),
+           [&](int r, Trainer& t) { runs[static_cast<std::size_t>(r)] = train(t); });
+  return runs;
+}
+
+inline std::vector<RankRun> data_parallel(int dp, std::uint64_t bucket_bytes, bool overlap) {
+  LocalRanks ranks(dp);
+  return data_parallel_on(ranks.comms, bucket_bytes, overlap);
+}
+
+inline void expect_matches_one_rank(const std::vector<RankRun>& runs, const RankRun& ref, const std::string& what) {
+  ASSERT_EQ(runs[0].losses.size(), ref.losses.size()) << what;
+  for (std::size_t s = 0; s < ref.losses.size(); ++s) {
+    EXPECT_NEAR(runs[0].losses[s], ref.losses[s], 1e-6 * std::abs(ref.losses[s])) << what << " step " << s + 1;
+  }
+  ASSERT_EQ(runs[0].masters.size(), ref.masters.size()) << what;
+  double worst = 0;
+  std::size_t at = 0;
+  int over = 0;
+  for (std::size_t i = 0; i < ref.masters.size(); ++i) {
+    const double d = std::abs(double(runs[0].masters[i]) - ref.masters[i]);
+    if (d > 1e-6) ++over;
+    if (d > worst) { worst = d; at = i; }
+  }
+  // Adam divides by the root of the second moment, so where a gradient is near zero the
+  // rounding of the ranks' sums (another order than one rank's GEMMs) moves its update by up to
+  // a tenth of the step: at most 1 element in 1000 beyond 1e-6, none beyond lr / 10.
+  EXPECT_LE(over, static_cast<int>(ref.masters.size() / 1000)) << what << ": master weights beyond 1e-6";
+  EXPECT_LE(worst, 1e-4) << what << ": largest master weight difference at " << at << " (" << runs[0].masters[at]
+                         << " vs " << ref.masters[at] << "), " << over << " of " << ref.masters.size() << " beyond 1e-6";
+  for (std::size_t r = 1; r < runs.size(); ++r) {
+    EXPECT_EQ(runs[r].losses, runs[0].losses) << what << ": rank " << r << " reports another loss";
+    EXPECT_TRUE(runs[r].masters == runs[0].masters) << what << ": rank " << r << " holds other weights";
+  }
+}
+
+}  // namespace strata::dp_test
