@@ -1,4 +1,4 @@
-// strata/checkpoint.h — crash-safe checkpoints of a one-rank training run (strata/trainer.h):
+// strata/checkpoint.h — crash-safe checkpoints of a training run (strata/trainer.h), one rank or many:
 // the full state, wherever the optimizer keeps it (device, pinned host memory or NVMe swap).
 //
 // A checkpoint is a directory DIR/step-NNNNNNNN holding
@@ -41,6 +41,12 @@ struct CheckpointOptions {
 
 // Saves `trainer`'s state as DIR/step-<steps_done>; returns that path. DIR is created if
 // needed. Errors (full disk, permissions) name the file; the previous checkpoints stay intact.
+// With ZeRO stage 1 or 2 (Trainer::zero_stage) the save is a collective of the data-parallel
+// group, every rank calling it: each rank writes its own shard at its global offsets and
+// fsyncs, and rank 0 writes the manifest and renames the directory into place only after every
+// rank's part is complete (src/engine/checkpoint_sharded.cc); DIR must be reachable by every
+// rank. Otherwise every rank holds the whole state and one rank (global rank 0) saves.
+// Loading is per rank, whatever the world size that saved: each rank takes its own elements.
 Result<std::string> save_checkpoint(Trainer& trainer, const std::string& dir, const CheckpointOptions& options = {});
 
 // Restores `trainer` from `path`: a checkpoint directory (holding manifest.json) or a directory

@@ -251,6 +251,10 @@ class Trainer {
   int zero_stage() const;
   // Device bytes of the parameters' values and gradients (with ZeRO stage 2's bucket slots).
   std::uint64_t parameter_bytes() const;
+  // The data-parallel group (null for one rank), and the elements [first, second) of p whose
+  // optimizer state this rank holds (all of them unless ZeRO stage 1 or 2 shards it).
+  Communicator* dp_group() const;
+  std::pair<std::uint64_t, std::uint64_t> owned_elements(const Parameter& p) const;
 
   // Optimizer tensor `which` of elements [first, first + out.size()) of p, in fp32, wherever
   // and on whichever rank it lives. With ZeRO stages 1 and 2 a collective of the data-parallel

@@ -128,13 +128,15 @@ struct TrainRun {
 };
 
 // One rank of the run: its device and trainer. Only global rank 0 prints, logs, saves
-// checkpoints and exports (ZeRO stage 0 keeps the whole state on every rank).
+// checkpoints and exports; with ZeRO stage 1 or 2 every rank takes part in the last two (each
+// holds only its shard of the state), while rank 0 writes the files.
 struct Rank {
   TrainRun& run;
   Device& device;
   Trainer& t;
   Communicator* comm;  // null for a one-rank run
   bool prints;
+  bool saves() const { return prints || t.zero_stage() >= 1; }
 };
 
 // What the loop measured, for the summary line.
@@ -213,7 +215,7 @@ int prepare_weights(Rank& r) {
     if (Status st = t.import_weights(args["import"].as<std::string>()); !st.ok()) return fail(kExitUsage, st, "--import");
     if (r.prints) std::cout << "weights  " << args["import"].as<std::string>() << "\n";
   }
-  if (args.count("export-init") && r.prints) {
+  if (args.count("export-init") && r.saves()) {
     if (Status st = t.export_weights(args["export-init"].as<std::string>(), r.run.export_dtype); !st.ok()) {
       return fail(kExitFailed, st, "--export-init");
     }
@@ -246,8 +248,7 @@ void print_progress(const TrainRun& run, const StepStats& s, const RunTotals& to
 int after_step(Rank& r, const StepStats& s, bool last) {
   TrainRun& run = r.run;
   Trainer& t = r.t;
-  if (!r.prints) return kExitOk;
-  if (run.log.is_open()) {
+  if (r.prints && run.log.is_open()) {
     const auto tiers = t.optimizer().tier_stats();
     run.log << json_line(s, tiers.has_value() ? tiers->to_json() : std::string()) << "\n";
     run.log.flush();
@@ -257,13 +258,13 @@ int after_step(Rank& r, const StepStats& s, bool last) {
     }
   }
   const TrainConfig& tc = run.profile.train;
-  if (!tc.checkpoint_dir.empty() && checkpoint_due(tc, t.steps_done(), last)) {
+  if (r.saves() && !tc.checkpoint_dir.empty() && checkpoint_due(tc, t.steps_done(), last)) {
     auto saved = save_checkpoint(t, tc.checkpoint_dir);
     if (!saved.ok()) {
-      if (run.tty) std::cout << "\n";
+      if (run.tty && r.prints) std::cout << "\n";
       return fail(kExitFailed, saved.status(), "checkpoint after step " + std::to_string(t.steps_done()));
     }
-    if (!run.tty) std::cout << "checkpoint " << *saved << "\n";
+    if (!run.tty && r.prints) std::cout << "checkpoint " << *saved << "\n";
   }
   return kExitOk;
 }
@@ -301,6 +302,9 @@ int run_steps(Rank& r, RunTotals& totals) {
 int finish_run(Rank& r, const RunTotals& totals, int code) {
   TrainRun& run = r.run;
   Trainer& t = r.t;
+  if (code == kExitOk && run.args.count("export") && r.saves() && !r.prints) {
+    return t.export_weights(run.args["export"].as<std::string>(), run.export_dtype).ok() ? code : kExitFailed;
+  }
   if (!r.prints) return code;
   const std::int64_t done = t.steps_done() - totals.start;
   if (done > 0 && code == kExitOk) {

@@ -247,6 +247,58 @@ TEST(TrainCmd, RanksMustMatchTheGridAndDataParallelRanksTrainTheGlobalBatch) {
   EXPECT_EQ(logged_losses(logm), l2);
 }
 
+// ZeRO stage 2 with the optimizer state in NVMe swap, as 2 threads and as 2 MPI processes: the
+// losses of one rank with the global batch, the same initial weights exported, a sharded
+// checkpoint (every rank writes its part) that one rank resumes.
+TEST(TrainCmd, ZeroStageTwoWithNvmeStateTrainsChecksAndResumesAcrossWorldSizes) {
+  const auto d = dir();
+  const std::string swap = (d / "swap").string();
+  std::filesystem::create_directories(swap);
+  const std::string common = "[memory]\ndevice_budget = \"256MiB\"\n[train]\nmodel = \"tiny\"\nsteps = 4\n";
+  const std::string offload = "[offload.optimizer]\ndevice = \"nvme\"\nnvme_path = [\"" + swap +
+                              "\"]\nbuffer_size = \"64KiB\"\n[nvme]\nengine = \"posix\"\ndirect = false\n"
+                              "registered_buffers = false\nblock_size = \"64KiB\"\n";
+  const auto z2 = d / "z2.toml", one = d / "z1.toml";
+  std::ofstream(z2) << common << "micro_batch = 2\ncheckpoint_every = 2\n[parallel]\ndp = 2\n[zero]\nstage = 2\n" << offload;
+  std::ofstream(one) << common << "micro_batch = 4\n" << offload;
+  const std::string ck2 = (d / "ck-z2").string(), log2 = (d / "z2.jsonl").string(), log1 = (d / "z1.jsonl").string();
+  CliRun a = run("train --profile " + z2.string() + " --ranks 2 --checkpoint-dir " + ck2 + " --log-json " + log2 +
+                 " --export-init " + (d / "init2.safetensors").string() + " --export " + (d / "end2.safetensors").string());
+  ASSERT_EQ(a.exit_code, 0) << a.out;
+  EXPECT_NE(a.out.find("checkpoint " + ck2 + "/step-00000004"), std::string::npos) << a.out;
+  CliRun b = run("train --profile " + one.string() + " --log-json " + log1 + " --export-init " +
+                 (d / "init1.safetensors").string());
+  ASSERT_EQ(b.exit_code, 0) << b.out;
+  const std::vector<double> l2 = logged_losses(log2), l1 = logged_losses(log1);
+  ASSERT_EQ(l2.size(), 4u);
+  ASSERT_EQ(l1.size(), 4u);
+  for (std::size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l2[i], l1[i], 1e-6 * l1[i]) << "step " << i + 1;
+  auto bytes = [](const std::filesystem::path& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  EXPECT_EQ(bytes(d / "init2.safetensors"), bytes(d / "init1.safetensors")) << "the gathered initial weights differ";
+  EXPECT_EQ(bytes(d / "end2.safetensors").size(), bytes(d / "init1.safetensors").size());
+
+  // One rank resumes the two ranks' checkpoint of step 2 and trains steps 3 and 4 as they did.
+  const std::string log_r = (d / "resumed.jsonl").string();
+  CliRun r = run("train --profile " + one.string() + " --resume " + ck2 + "/step-00000002 --log-json " + log_r);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const std::vector<double> lr = logged_losses(log_r);
+  ASSERT_EQ(lr.size(), 2u) << r.out;
+  for (std::size_t i = 0; i < 2; ++i) EXPECT_NEAR(lr[i], l2[2 + i], 1e-6 * l2[2 + i]) << "step " << 3 + i;
+
+  if (run_shell("command -v mpirun").exit_code != 0) return;
+  const std::string logm = (d / "z2-mpi.jsonl").string();
+  CliRun m = run_shell("mpirun --allow-run-as-root --oversubscribe -x ASAN_OPTIONS=detect_leaks=0 -n 2 " +
+                       std::string(STRATA_CLI_PATH) + " train --profile " + z2.string() + " --checkpoint-dir " +
+                       (d / "ck-mpi").string() + " --log-json " + logm);
+  ASSERT_EQ(m.exit_code, 0) << m.out;
+  const std::vector<double> lm = logged_losses(logm);
+  ASSERT_EQ(lm.size(), 4u);
+  for (std::size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(lm[i], l2[i], 1e-6 * l2[i]) << "mpi step " << i + 1;
+}
+
 TEST(TrainCmd, UnderMpirunTheGridIsCheckedAndOnlyRankZeroReports) {
   if (run_shell("command -v mpirun").exit_code != 0) GTEST_SKIP() << "mpirun is not installed";
   CliRun r = run_shell("mpirun --allow-run-as-root --oversubscribe -n 2 " + std::string(STRATA_CLI_PATH) +

@@ -14,40 +14,15 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "engine/checkpoint_io.h"
 #include "nvme/crc32c.h"
 #include "strata/log.h"
 
 namespace strata {
 
-namespace {
+namespace ckpt {
 
 namespace fs = std::filesystem;
-using nlohmann::json;
-
-constexpr const char* kFormat = "strata-checkpoint";
-constexpr int kVersion = 1;
-constexpr const char* kManifest = "manifest.json";
-constexpr std::size_t kSlice = std::size_t{1} << 20;  // elements per read_state/write_state call
-constexpr OptimizerState kTensors[] = {OptimizerState::kMaster, OptimizerState::kExpAvg, OptimizerState::kExpAvgSq};
-
-std::string file_of(OptimizerState which) { return std::string(optimizer_state_name(which)) + ".f32"; }
-
-std::string step_name(std::int64_t step) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "step-%08lld", static_cast<long long>(step));
-  return buf;
-}
-
-// A file descriptor closed on destruction.
-struct Fd {
-  int fd = -1;
-  explicit Fd(int f) : fd(f) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
 
 Status write_all(int fd, const void* data, std::size_t n, const std::string& path) {
   const auto* p = static_cast<const char*>(data);
@@ -118,6 +93,36 @@ class FileWriter {
   std::uint64_t bytes_ = 0;
 };
 
+Status remove_tree(const std::string& path) {
+  std::error_code ec;
+  fs::remove_all(path, ec);
+  if (ec) return io_error("checkpoint: removing " + path + ": " + ec.message());
+  return Status::OK();
+}
+
+Status pwrite_all(int fd, const void* data, std::size_t n, std::uint64_t offset, const std::string& path) {
+  const auto* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(offset));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return STRATA_ERRNO(errno, "write", path);
+    }
+    p += w;
+    offset += static_cast<std::uint64_t>(w);
+    n -= static_cast<std::size_t>(w);
+  }
+  return Status::OK();
+}
+
+}  // namespace ckpt
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using namespace ckpt;
+
 json dims_json(const ModelDims& d) {
   return json{{"n_layer", d.n_layer}, {"n_head", d.n_head}, {"n_embd", d.n_embd}, {"vocab", d.vocab}, {"seq_len", d.seq_len}};
 }
@@ -139,28 +144,13 @@ std::vector<std::string> list_checkpoints(const std::string& dir) {
   return out;
 }
 
-Status remove_tree(const std::string& path) {
-  std::error_code ec;
-  fs::remove_all(path, ec);
-  if (ec) return io_error("checkpoint: removing " + path + ": " + ec.message());
-  return Status::OK();
-}
-
 Status write_checkpoint(Trainer& trainer, const std::string& tmp) {
   StepOptimizer& opt = trainer.optimizer();
   // Any update still running ends first, and its weights reach the device: with the delayed
   // update the step after a checkpoint then sees the same weights in the saving run as in a run
   // resumed from it (set_master puts the masters on the device).
   STRATA_RETURN_IF_ERROR(opt.synchronize().with_context("checkpoint: finishing the running update"));
-  const Profile& prof = trainer.profile();
-  const GptConfig& gc = trainer.model().config();
   json files = json::array();
-  json params = json::array();
-  std::uint64_t offset = 0;
-  for (const Parameter* p : trainer.model().parameters()) {
-    params.push_back(json{{"name", p->name()}, {"numel", p->numel()}, {"offset", offset}});
-    offset += p->numel();
-  }
   std::vector<float> buf;
   for (OptimizerState which : kTensors) {
     const std::string name = file_of(which);
@@ -178,30 +168,7 @@ Status write_checkpoint(Trainer& trainer, const std::string& tmp) {
     STRATA_RETURN_IF_ERROR(w->finish());
     files.push_back(json{{"name", name}, {"bytes", w->bytes()}, {"crc32c", w->crc()}});
   }
-  const LossScaleState ls = trainer.loss_scale_state();
-  json m;
-  m["format"] = kFormat;
-  m["version"] = kVersion;
-  m["step"] = trainer.steps_done();
-  m["optimizer_updates"] = opt.updates();
-  m["optimizer"] = {{"type", prof.optimizer.type}, {"backend", opt.name()}};
-  m["loss_scale"] = {{"scale", ls.scale}, {"clean_steps", ls.clean_steps}, {"tolerance_left", ls.tolerance_left}};
-  m["data"] = {{"next_step", trainer.steps_done()},
-               {"micro_batch", prof.train.micro_batch},
-               {"grad_accum", prof.train.grad_accum},
-               {"sampling", "strata/data.h sequential: offset (((s*A + a)*B + r)*T) mod (N - T - 1)"}};
-  m["rng"] = {{"seed", prof.train.seed}, {"kind", "counter-based (seed, name, index); no other random state"}};
-  m["model"] = {{"dims", dims_json(gc.dims)},
-                {"dtype", std::string(dtype_name(gc.dtype))},
-                {"grad_dtype", std::string(dtype_name(gc.grad_dtype))}};
-  m["parameters"] = params;
-  m["files"] = files;
-  const std::string text = m.dump(1);
-  const std::string mpath = tmp + "/" + kManifest;
-  STRATA_ASSIGN_OR_RETURN(auto w, FileWriter::open(mpath));
-  STRATA_RETURN_IF_ERROR(w->append(text.data(), text.size()));
-  STRATA_RETURN_IF_ERROR(w->finish());
-  return fsync_path(tmp, /*directory=*/true);
+  return write_manifest(trainer, files, tmp);
 }
 
 // Reads and checks the manifest; verifies every file's size and checksum.
@@ -332,20 +299,45 @@ Status check_match(const json& m, Trainer& trainer, const std::string& dir) {
 
 }  // namespace
 
-bool checkpoint_due(const TrainConfig& train, std::int64_t steps_done, bool last) {
-  if (train.checkpoint_dir.empty() || steps_done <= 0) return false;
-  if (last) return true;
-  return train.checkpoint_every > 0 && steps_done % train.checkpoint_every == 0;
+namespace ckpt {
+
+Status write_manifest(Trainer& trainer, const json& files, const std::string& tmp) {
+  const Profile& prof = trainer.profile();
+  const GptConfig& gc = trainer.model().config();
+  StepOptimizer& opt = trainer.optimizer();
+  json params = json::array();
+  std::uint64_t offset = 0;
+  for (const Parameter* p : trainer.model().parameters()) {
+    params.push_back(json{{"name", p->name()}, {"numel", p->numel()}, {"offset", offset}});
+    offset += p->numel();
+  }
+  const LossScaleState ls = trainer.loss_scale_state();
+  json m;
+  m["format"] = kFormat;
+  m["version"] = kVersion;
+  m["step"] = trainer.steps_done();
+  m["optimizer_updates"] = opt.updates();
+  m["optimizer"] = {{"type", prof.optimizer.type}, {"backend", opt.name()}};
+  m["loss_scale"] = {{"scale", ls.scale}, {"clean_steps", ls.clean_steps}, {"tolerance_left", ls.tolerance_left}};
+  m["data"] = {{"next_step", trainer.steps_done()},
+               {"micro_batch", prof.train.micro_batch},
+               {"grad_accum", prof.train.grad_accum},
+               {"sampling", "strata/data.h sequential: offset (((s*A + a)*B + r)*T) mod (N - T - 1)"}};
+  m["rng"] = {{"seed", prof.train.seed}, {"kind", "counter-based (seed, name, index); no other random state"}};
+  m["model"] = {{"dims", dims_json(gc.dims)},
+                {"dtype", std::string(dtype_name(gc.dtype))},
+                {"grad_dtype", std::string(dtype_name(gc.grad_dtype))}};
+  m["parameters"] = params;
+  m["files"] = files;
+  const std::string text = m.dump(1);
+  const std::string mpath = tmp + "/" + kManifest;
+  STRATA_ASSIGN_OR_RETURN(auto w, FileWriter::open(mpath));
+  STRATA_RETURN_IF_ERROR(w->append(text.data(), text.size()));
+  STRATA_RETURN_IF_ERROR(w->finish());
+  return fsync_path(tmp, /*directory=*/true);
 }
 
-Result<std::string> latest_checkpoint(const std::string& dir) {
-  const auto all = list_checkpoints(dir);
-  if (all.empty()) return not_found("no checkpoint (step-NNNNNNNN directory) in " + dir);
-  return dir + "/" + all.back();
-}
-
-Result<std::string> save_checkpoint(Trainer& trainer, const std::string& dir, const CheckpointOptions& options) {
-  if (dir.empty()) return invalid_argument("checkpoint: the directory is empty");
+Status prepare_dir(const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return io_error("checkpoint: creating " + dir + ": " + ec.message());
@@ -354,12 +346,19 @@ Result<std::string> save_checkpoint(Trainer& trainer, const std::string& dir, co
     const std::string n = e.path().filename().string();
     if (n.rfind(".step-", 0) == 0 && n.find(".tmp-") != std::string::npos) STRATA_RETURN_IF_ERROR(remove_tree(e.path().string()));
   }
+  return Status::OK();
+}
+
+std::string tmp_path(const std::string& dir, std::int64_t step, long pid) {
+  return dir + "/." + step_name(step) + ".tmp-" + std::to_string(pid);
+}
+
+Result<std::string> publish(Trainer& trainer, const std::string& dir, const std::string& tmp, const CheckpointOptions& options) {
+  std::error_code ec;
   const std::string name = step_name(trainer.steps_done());
   const std::string final_path = dir + "/" + name;
-  const std::string tmp = dir + "/." + name + ".tmp-" + std::to_string(::getpid());
-  if (::mkdir(tmp.c_str(), 0700) != 0) return STRATA_ERRNO(errno, "mkdir", tmp);
-  Status s = write_checkpoint(trainer, tmp);
-  if (s.ok() && fs::exists(final_path, ec)) s = remove_tree(final_path);  // the same step saved again
+  Status s;
+  if (fs::exists(final_path, ec)) s = remove_tree(final_path);  // the same step saved again
   if (s.ok() && ::rename(tmp.c_str(), final_path.c_str()) != 0) s = STRATA_ERRNO(errno, "rename", tmp + " -> " + final_path);
   if (s.ok()) s = fsync_path(dir, /*directory=*/true);
   if (!s.ok()) {
@@ -374,6 +373,34 @@ Result<std::string> save_checkpoint(Trainer& trainer, const std::string& dir, co
   }
   STRATA_LOG(kInfo) << "checkpoint: step " << trainer.steps_done() << " saved in " << final_path;
   return final_path;
+}
+
+}  // namespace ckpt
+
+bool checkpoint_due(const TrainConfig& train, std::int64_t steps_done, bool last) {
+  if (train.checkpoint_dir.empty() || steps_done <= 0) return false;
+  if (last) return true;
+  return train.checkpoint_every > 0 && steps_done % train.checkpoint_every == 0;
+}
+
+Result<std::string> latest_checkpoint(const std::string& dir) {
+  const auto all = list_checkpoints(dir);
+  if (all.empty()) return not_found("no checkpoint (step-NNNNNNNN directory) in " + dir);
+  return dir + "/" + all.back();
+}
+
+Result<std::string> save_checkpoint(Trainer& trainer, const std::string& dir, const CheckpointOptions& options) {
+  if (dir.empty()) return invalid_argument("checkpoint: the directory is empty");
+  if (trainer.zero_stage() >= 1) return save_sharded(trainer, dir, options);
+  STRATA_RETURN_IF_ERROR(prepare_dir(dir));
+  const std::string tmp = tmp_path(dir, trainer.steps_done(), static_cast<long>(::getpid()));
+  if (::mkdir(tmp.c_str(), 0700) != 0) return STRATA_ERRNO(errno, "mkdir", tmp);
+  if (Status s = write_checkpoint(trainer, tmp); !s.ok()) {
+    remove_tree(tmp).ignore();
+    return s.with_context("checkpoint of step " + std::to_string(trainer.steps_done()) + " in " + dir +
+                          " not written (earlier checkpoints are intact)");
+  }
+  return publish(trainer, dir, tmp, options);
 }
 
 Result<std::string> load_checkpoint(Trainer& trainer, const std::string& path) {
@@ -398,7 +425,7 @@ Result<std::string> load_checkpoint(Trainer& trainer, const std::string& path) {
         const std::size_t n = std::min<std::uint64_t>(kSlice, p->numel() - first);
         buf.resize(n);
         STRATA_RETURN_IF_ERROR(read_all(f.fd, buf.data(), n * sizeof(float), fpath));
-        STRATA_RETURN_IF_ERROR(opt.write_state(*p, which, first, buf).with_context("checkpoint: restoring " + p->name()));
+        STRATA_RETURN_IF_ERROR(trainer.write_state(*p, which, first, buf).with_context("checkpoint: restoring " + p->name()));
         first += n;
       }
     }

@@ -187,6 +187,12 @@ std::pair<std::uint64_t, std::uint64_t> DataParallel::owned(std::size_t i, std::
   return lo < hi ? std::pair{lo - at, hi - at} : std::pair{first, first};
 }
 
+std::pair<std::uint64_t, std::uint64_t> DataParallel::owned_elements(const Parameter& p) const {
+  auto i = index_of(p);
+  if (stage_ == 0 || !i.ok()) return {0, p.numel()};
+  return owned(*i, 0, p.numel(), rank());
+}
+
 Status DataParallel::read_state(StepOptimizer& optimizer, const Parameter& p, OptimizerState which, std::uint64_t first,
                                 std::span<float> out, Stream& stream) {
   if (stage_ == 0) return optimizer.read_state(p, which, first, out);

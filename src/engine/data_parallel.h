@@ -70,6 +70,8 @@ class DataParallel {
   // of the group must call with the same arguments.
   Status read_state(StepOptimizer& optimizer, const Parameter& p, OptimizerState which, std::uint64_t first,
                     std::span<float> out, Stream& stream);
+  // The elements [first, second) of p this rank's optimizer holds: all of them, or its slice.
+  std::pair<std::uint64_t, std::uint64_t> owned_elements(const Parameter& p) const;
   // Writes the elements this rank owns of the given ones (every rank is given all of them).
   Status write_state(StepOptimizer& optimizer, const Parameter& p, OptimizerState which, std::uint64_t first,
                      std::span<const float> values);

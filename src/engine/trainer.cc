@@ -243,6 +243,10 @@ int Trainer::dp_rank() const { return impl_->dp->rank(); }
 int Trainer::dp_size() const { return impl_->dp->size(); }
 int Trainer::zero_stage() const { return impl_->dp->stage(); }
 std::uint64_t Trainer::parameter_bytes() const { return impl_->dp->device_bytes(); }
+Communicator* Trainer::dp_group() const { return impl_->group; }
+std::pair<std::uint64_t, std::uint64_t> Trainer::owned_elements(const Parameter& p) const {
+  return impl_->dp->owned_elements(p);
+}
 
 Status Trainer::read_state(const Parameter& p, OptimizerState which, std::uint64_t first, std::span<float> out) {
   Impl& m = *impl_;

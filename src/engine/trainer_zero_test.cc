@@ -12,6 +12,7 @@
 #include "engine/dp_test_util.h"
 #include "offload/offload_test_util.h"
 #include "parallel/faulty_comm.h"
+#include "strata/checkpoint.h"
 #include "strata/units.h"
 
 namespace strata {
@@ -171,6 +172,118 @@ TEST(TrainerZero, StageTwoKeepsOnlyTheShardAndTheOpenBuckets) {
   EXPECT_LE(static_cast<double>(stage2_grads), 1.05 * static_cast<double>(grads / 2 + wte + 4 * kBucket))
       << "stage 1 " << used[1] << " B, stage 2 " << used[2] << " B";
   EXPECT_LT(used[2], used[1]);
+}
+
+std::vector<double> steps(Trainer& t, int n) {
+  std::vector<double> losses;
+  for (int s = 0; s < n; ++s) {
+    auto st = t.train_step(text());
+    EXPECT_TRUE(st.ok()) << st.status();
+    if (st.ok()) losses.push_back(st->loss);
+  }
+  return losses;
+}
+
+// `dp` ranks of `rows` each running `body` on a trainer of profile `p`.
+void on_zero_ranks(int dp, int rows, Profile p, const std::function<void(int, Trainer&)>& body) {
+  LocalRanks ranks(dp);
+  p.train.micro_batch = rows;
+  on_ranks(ranks.comms, p, body);
+}
+
+// A sharded checkpoint (every rank writes its shard) saved by 2 ranks of stage 1 and of stage 2
+// with the optimizer in NVMe resumes on 1 rank and on 4 (the same global batch of 4 rows), and
+// the next 3 losses are the uninterrupted run's within 1e-6 relative.
+TEST(TrainerZero, AShardedCheckpointOfTwoRanksResumesOnOneAndOnFour) {
+  offload::testing::ScratchDir swap, ckpt;
+  for (int stage : {1, 2}) {
+    const std::string dir = ckpt.path() + "/stage" + std::to_string(stage);
+    const Profile p = zero_profile(stage, OffloadTarget::kNvme, swap.path());
+    std::vector<double> whole, tail1, tail4;
+    on_zero_ranks(2, 2, p, [&](int rank, Trainer& t) {
+      const std::vector<double> first = steps(t, 3);
+      auto saved = save_checkpoint(t, dir);  // every rank: the save is a collective
+      ASSERT_TRUE(saved.ok()) << saved.status();
+      EXPECT_EQ(*saved, dir + "/step-00000003");
+      const std::vector<double> rest = steps(t, 3);
+      if (rank == 0) {
+        whole = first;
+        whole.insert(whole.end(), rest.begin(), rest.end());
+      }
+    });
+    on_zero_ranks(1, 4, p, [&](int, Trainer& t) {
+      ASSERT_TRUE(load_checkpoint(t, dir).ok());
+      tail1 = steps(t, 3);
+    });
+    on_zero_ranks(4, 1, p, [&](int rank, Trainer& t) {
+      auto loaded = load_checkpoint(t, dir);
+      ASSERT_TRUE(loaded.ok()) << loaded.status();
+      const std::vector<double> l = steps(t, 3);
+      if (rank == 0) tail4 = l;
+    });
+    ASSERT_EQ(whole.size(), 6u);
+    ASSERT_EQ(tail1.size(), 3u);
+    ASSERT_EQ(tail4.size(), 3u);
+    for (std::size_t i = 0; i < 3; ++i) {
+      EXPECT_NEAR(tail1[i], whole[3 + i], 1e-6 * whole[3 + i]) << "stage " << stage << ", dp 1, step " << 4 + i;
+      EXPECT_NEAR(tail4[i], whole[3 + i], 1e-6 * whole[3 + i]) << "stage " << stage << ", dp 4, step " << 4 + i;
+    }
+  }
+}
+
+// The device Adam, whose state reads fail once `fail` is set (a rank whose disk or memory
+// gives out in the middle of a save).
+class FailingReads final : public StepOptimizer {
+ public:
+  explicit FailingReads(std::unique_ptr<StepOptimizer> inner) : inner_(std::move(inner)) {}
+  bool fail = false;
+  std::string name() const override { return inner_->name(); }
+  Status attach(Module& m, Device& d, Stream& s, const OptimizerShard& shard) override { return inner_->attach(m, d, s, shard); }
+  Status set_master(const Parameter& p, std::uint64_t f, std::span<const float> v) override { return inner_->set_master(p, f, v); }
+  Status get_master(const Parameter& p, std::uint64_t f, std::span<float> o) override { return inner_->get_master(p, f, o); }
+  Status read_state(const Parameter& p, OptimizerState w, std::uint64_t f, std::span<float> o) override {
+    if (fail) return io_error("reading " + p.name() + ": injected failure");
+    return inner_->read_state(p, w, f, o);
+  }
+  Status write_state(const Parameter& p, OptimizerState w, std::uint64_t f, std::span<const float> v) override {
+    return inner_->write_state(p, w, f, v);
+  }
+  Result<UpdateResult> step(const UpdateRequest& r) override { return inner_->step(r); }
+  std::int64_t updates() const override { return inner_->updates(); }
+  Status set_updates(std::int64_t n) override { return inner_->set_updates(n); }
+  std::uint64_t device_bytes() const override { return inner_->device_bytes(); }
+
+ private:
+  std::unique_ptr<StepOptimizer> inner_;
+};
+
+// A rank that cannot write its shard fails the save on every rank, naming it, and leaves the
+// previous checkpoint the newest complete one.
+TEST(TrainerZero, ARankThatCannotWriteFailsTheSaveEverywhere) {
+  offload::testing::ScratchDir swap, ckpt;
+  Profile p = zero_profile(1, OffloadTarget::kNone, swap.path());
+  p.train.micro_batch = 2;
+  std::vector<Status> second(2);
+  std::vector<FailingReads*> opts(2);
+  LocalRanks ranks(2);
+  auto optimizer = [&](int r) -> std::unique_ptr<StepOptimizer> {
+    auto o = std::make_unique<FailingReads>(std::move(*make_device_adam(p.optimizer)));
+    opts[static_cast<std::size_t>(r)] = o.get();
+    return o;
+  };
+  on_ranks(ranks.comms, p, [&](int rank, Trainer& t) {
+    ASSERT_TRUE(t.train_step(text()).ok());
+    ASSERT_TRUE(save_checkpoint(t, ckpt.path()).ok());
+    ASSERT_TRUE(t.train_step(text()).ok());
+    opts[static_cast<std::size_t>(rank)]->fail = rank == 1;  // rank 1's part of the save fails
+    second[static_cast<std::size_t>(rank)] = save_checkpoint(t, ckpt.path()).status();
+  }, optimizer);
+  EXPECT_FALSE(second[1].ok());
+  ASSERT_FALSE(second[0].ok());
+  EXPECT_NE(second[0].message().find("failed on rank 1"), std::string::npos) << second[0];
+  auto latest = latest_checkpoint(ckpt.path());
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  EXPECT_EQ(*latest, ckpt.path() + "/step-00000001");
 }
 
 // With every collective of every rank delayed (differently per rank), stages 1 and 2 give the
