@@ -1,10 +1,16 @@
-// `strata bench dp`: data-parallel training (ZeRO stage 0), each figure against its ceiling:
-//   bytes: what each rank sent per step (the communicator's counters) over the formula
-//     2 S (N - 1) / N for S bytes of gradients (the parameters in their aligned slots) and loss;
-//   state: the device bytes of the model state per rank over ZeRO's stage-0 count (weights,
-//     gradients, fp32 master and moments: every rank holds all of it);
-//   hidden: with every gradient all-reduce delayed by --delay-ms (FaultyComm), the share of the delay
-//     that backward hides: 1 - (step growth) / (delay added), ceiling 1;
+// `strata bench dp`: data-parallel training (ZeRO stage 0, 1 or 2: --stage), each figure against
+// its ceiling:
+//   bytes: what each rank sent per step (the communicator's counters) over ZeRO's formula for Ψ
+//     parameters of g gradient and v weight bytes: stage 0 the all-reduce 2 Ψ g (N-1)/N; stage 1
+//     the reduce-scatter Ψ g (N-1)/N and the all-gather Ψ v (N-1)/N; stage 2 the reduce-scatter
+//     once per micro-step (grad_accum x Ψ g (N-1)/N) and the all-gather; plus the scalar
+//     all-reduces (loss; squared norm with stages 1, 2). Above 1 by the layout's padding only;
+//   state: the model-state bytes per rank (device bytes in use less activations, plus the
+//     optimizer state homed in host memory with --optimizer cpu) over ZeRO's per-parameter count
+//     for the run's dtypes (bf16 weights, fp32 state: stage 0 2 + 2 + 12, stage 1 2 + 2 + 12/N,
+//     stage 2 2 + (2 + 12)/N), with stage 2's gradient bucket slots as the declared buffers;
+//   hidden: with every gradient collective delayed by --delay-ms (FaultyComm), the share of the
+//     delay that backward hides: 1 - (step growth) / (delay added), ceiling 1;
 //   scaling (under `mpirun -n N`, one thread per process): tokens/s of the N-process run over
 //     one process alone with the same per-rank batch, ceiling N.
 // Without mpirun the ranks are LocalComm threads (--ranks N) and there is no scaling figure.
@@ -29,7 +35,7 @@ namespace {
 using bench::Json;
 
 struct DpOptions {
-  Profile profile;  // of one rank; parallel.dp set per run
+  Profile profile;  // of one rank; parallel.dp set per run; zero.stage, precision and offload as asked
   int ranks = 2;
   int steps = 3;
   int rounds = 3;
@@ -37,10 +43,14 @@ struct DpOptions {
 };
 
 struct RankResult {
-  double step_s = 0;          // median step time
-  std::uint64_t sent = 0;     // bytes sent per step
-  std::uint64_t grad_bytes = 0, state_bytes = 0, activation_bytes = 0, params = 0;
+  double step_s = 0;               // median step time
+  std::uint64_t sent = 0;          // bytes sent per step
+  std::uint64_t grad_collectives = 0;  // gradient reductions per step (the delayed ones)
+  std::uint64_t state_bytes = 0, host_state_bytes = 0, bucket_bytes = 0, activation_bytes = 0, params = 0;
 };
+
+// The collective that reduces gradients at `stage`.
+CommKind grad_kind(int stage) { return stage == 0 ? CommKind::kAllReduce : CommKind::kReduceScatter; }
 
 std::unique_ptr<Device> bench_device(const Profile& p) {
   DeviceOptions o = device_options(p.memory);
@@ -59,20 +69,27 @@ Result<RankResult> run_rank(const DpOptions& o, Communicator* dp) {
   STRATA_ASSIGN_OR_RETURN(TokenDataset data, TokenDataset::default_text());
   STRATA_RETURN_IF_ERROR(t->train_step(data).status());
   RankResult r;
-  const std::uint64_t before = dp == nullptr ? 0 : dp->stats().bytes_sent();
+  const CommStats before = dp == nullptr ? CommStats{} : dp->stats();
   std::vector<double> times;
   for (int i = 0; i < o.steps; ++i) {
     STRATA_ASSIGN_OR_RETURN(StepStats st, t->train_step(data));
     times.push_back(st.seconds);
   }
   r.step_s = bench::median(times);
-  if (dp != nullptr) r.sent = (dp->stats().bytes_sent() - before) / static_cast<std::uint64_t>(o.steps);
-  for (const Parameter* q : t->model().parameters()) {
-    r.grad_bytes += (q->numel() * dtype_size(p.precision.grad_dtype) + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment;
-    r.params += q->numel();
+  const auto steps = static_cast<std::uint64_t>(o.steps);
+  if (dp != nullptr) {
+    const CommStats after = dp->stats();
+    r.sent = (after.bytes_sent() - before.bytes_sent()) / steps;
+    const CommKind k = grad_kind(t->zero_stage());
+    r.grad_collectives = (after.of(k).ops - before.of(k).ops) / steps - (t->zero_stage() == 0 ? 1 : 0);  // less the loss
   }
+  for (const Parameter* q : t->model().parameters()) r.params += q->numel();
   r.activation_bytes = Gpt::activation_bytes(t->model().config(), p.train.micro_batch);
   r.state_bytes = dev->stats().used - r.activation_bytes;
+  r.bucket_bytes = t->parameter_bytes().buckets;
+  if (auto tiers = t->optimizer().tier_stats(); tiers.has_value()) {
+    r.host_state_bytes = tiers->tiers[static_cast<int>(Tier::kHost)].home_bytes;
+  }
   return r;
 }
 
@@ -82,8 +99,10 @@ Result<std::vector<RankResult>> run_threads(const DpOptions& o, int n, double de
   std::vector<std::unique_ptr<parallel::FaultyComm>> wrapped;
   for (auto& c : comms) {
     wrapped.push_back(std::make_unique<parallel::FaultyComm>(std::move(c)));
-    // Gradient buckets only: the loss (4 bytes) is not a gradient collective.
-    if (delay_ms > 0) wrapped.back()->delay(CommKind::kAllReduce, std::chrono::milliseconds(static_cast<int>(delay_ms)), 1024);
+    // Gradient buckets only: the loss and norm (4 bytes each) are not gradient collectives.
+    if (delay_ms > 0) {
+      wrapped.back()->delay(grad_kind(o.profile.zero.stage), std::chrono::milliseconds(static_cast<int>(delay_ms)), 1024);
+    }
   }
   std::vector<Result<RankResult>> out(static_cast<std::size_t>(n), internal_error("not run"));
   std::vector<std::thread> threads;
@@ -102,37 +121,46 @@ Result<std::vector<RankResult>> run_threads(const DpOptions& o, int n, double de
   return res;
 }
 
-// Buckets per step: the gradient bytes cut by zero.reduce_bucket_size.
-std::uint64_t buckets(const RankResult& r, const Profile& p) {
-  return (r.grad_bytes + p.zero.reduce_bucket_size - 1) / p.zero.reduce_bucket_size;
-}
-
-Json counters_row(const RankResult& r, int n) {
-  const auto N = static_cast<std::uint64_t>(n);
-  const double formula = static_cast<double>(2 * (r.grad_bytes + 4) * (N - 1) / N);
+Json counters_row(const RankResult& r, int n, const Profile& p) {
+  const auto N = static_cast<double>(n);
+  const double psi = static_cast<double>(r.params);
+  const double g = static_cast<double>(dtype_size(p.precision.grad_dtype)), v = static_cast<double>(dtype_size(p.precision.dtype));
+  const int stage = p.zero.stage;
+  const double scalars = stage == 0 ? 4 : 8;  // the loss; with a shard also the squared norm
+  const double grads = stage == 0 ? 2 * psi * g : stage == 1 ? psi * g : p.train.grad_accum * psi * g;
+  const double gather = stage == 0 ? 0 : psi * v;
+  const double formula = (grads + gather + 2 * scalars) * (N - 1) / N;
   return {{"measure", "bytes_per_step"},
+          {"stage", stage},
           {"ranks", n},
           {"bytes_sent", r.sent},
           {"formula_bytes", formula},
           {"ratio", static_cast<double>(r.sent) / formula},
-          {"ceiling", "bytes sent per step over 2 S (N-1)/N (S: gradient slots and loss)"}};
+          {"ceiling", "bytes sent per step over ZeRO's formula for the stage (padding makes it exceed 1)"}};
 }
 
-Json state_row(const RankResult& r, const Profile& p) {
-  // Stage 0: every rank holds weights, gradients, both fp32 moments and an fp32 master (which,
-  // for fp32 weights, is the weights themselves).
-  const std::size_t master = p.precision.dtype == DType::kF32 ? 0 : 4;
-  const double per_param =
-      static_cast<double>(dtype_size(p.precision.dtype) + dtype_size(p.precision.grad_dtype) + 8 + master);
+Json state_row(const RankResult& r, int n, const Profile& p) {
+  // Weights, gradients, fp32 moments and an fp32 master (which, for fp32 weights, is the
+  // weights themselves, so not sharded); stage 1 shards the optimizer state, stage 2 the
+  // gradients too.
+  const double N = static_cast<double>(n);
+  const double v = static_cast<double>(dtype_size(p.precision.dtype)), g = static_cast<double>(dtype_size(p.precision.grad_dtype));
+  const double optim = 8 + (p.precision.dtype == DType::kF32 ? 0 : 4);
+  const int stage = p.zero.stage;
+  const double per_param = v + (stage == 2 ? g / N : g) + (stage == 0 ? optim : optim / N);
   const double formula = per_param * static_cast<double>(r.params);
+  const double measured = static_cast<double>(r.state_bytes + r.host_state_bytes);
   return {{"measure", "model_state_bytes"},
+          {"stage", stage},
           {"device_bytes_model_state", r.state_bytes},
+          {"host_bytes_optimizer_state", r.host_state_bytes},
           {"device_bytes_activations", r.activation_bytes},
+          {"declared_buffer_bytes", r.bucket_bytes},
+          {"formula_bytes_per_parameter", per_param},
           {"formula_bytes", formula},
-          {"ratio", static_cast<double>(r.state_bytes) / formula},
-          {"ceiling", "device bytes in use less activations over ZeRO stage 0's per-parameter count (weights, "
-                      "gradients, fp32 moments, an fp32 master unless the weights are fp32; slots padded to 256 "
-                      "bytes)"}};
+          {"ratio", (measured - static_cast<double>(r.bucket_bytes)) / formula},
+          {"ceiling", "model-state bytes per rank (device less activations, plus host-homed optimizer state) less "
+                      "the gradient bucket slots, over ZeRO's per-parameter count for the stage and dtypes"}};
 }
 
 void print_row(const Json& row) {
@@ -154,7 +182,7 @@ Result<Json> mpi_figures(const DpOptions& o, bench::JsonLines& out, bool json) {
   STRATA_RETURN_IF_ERROR(alone.status());
   if (world->rank() != 0) return Json();
   const double scaling = static_cast<double>(n) * alone->step_s / slowest[0];
-  const Json rows[] = {counters_row(*together, n), state_row(*together, o.profile),
+  const Json rows[] = {counters_row(*together, n, o.profile), state_row(*together, n, o.profile),
                        Json{{"measure", "weak_scaling"},
                             {"processes", n},
                             {"step_s", slowest[0]},
@@ -178,21 +206,22 @@ Result<Json> local_figures(const DpOptions& o, bench::JsonLines& out, bool json)
     STRATA_ASSIGN_OR_RETURN(auto plain, run_threads(o, o.ranks, 0));
     STRATA_ASSIGN_OR_RETURN(auto slow, run_threads(o, o.ranks, o.delay_ms));
     if (round == 0) first = plain[0];
-    added = static_cast<double>(buckets(plain[0], o.profile)) * o.delay_ms / 1e3;
+    added = static_cast<double>(plain[0].grad_collectives) * o.delay_ms / 1e3;
     plain_s.push_back(plain[0].step_s);
     slow_s.push_back(slow[0].step_s);
     hidden.push_back(1.0 - (slow[0].step_s - plain[0].step_s) / added);
   }
   // Below 0 the delayed run grew by more than the delay (noise on a loaded machine): none hidden.
   const double share = std::max(0.0, bench::median(hidden));
-  const Json rows[] = {counters_row(first, o.ranks), state_row(first, o.profile),
+  const Json rows[] = {counters_row(first, o.ranks, o.profile), state_row(first, o.ranks, o.profile),
                        Json{{"measure", "hidden_communication"},
                             {"step_s", bench::median(plain_s)},
                             {"delayed_step_s", bench::median(slow_s)},
                             {"delay_added_s", added},
                             {"ratio_per_round", hidden},
                             {"ratio", share},
-                            {"ceiling", "share of the delay added to every gradient all-reduce that backward hides "
+                            {"gradient_collectives_per_step", first.grad_collectives},
+                            {"ceiling", "share of the delay added to every gradient collective that backward hides "
                                         "(1 = all; median of rounds)"}}};
   for (const Json& r : rows) json ? out.result(r) : print_row(r);
   return Json{{"bytes_ratio", rows[0]["ratio"]}, {"state_ratio", rows[1]["ratio"]}, {"speedup", nullptr},
@@ -211,7 +240,9 @@ int run_dp_bench(const DpOptions& o, bool json) {
                                   : Json(o.ranks)},
                     {"ranks_are", mpi ? "MPI processes" : "LocalComm threads"},
                     {"reduce_bucket_size", o.profile.zero.reduce_bucket_size},
-                    {"stage", 0}};
+                    {"stage", o.profile.zero.stage},
+                    {"dtype", std::string(dtype_name(o.profile.precision.dtype))},
+                    {"optimizer", std::string(offload_target_name(o.profile.offload_optimizer.device))}};
   if (rank0) json ? out.env(env) : (void)(std::cout << "strata bench dp " << env.dump() << "\n");
   auto summary = mpi ? mpi_figures(o, out, json && rank0) : local_figures(o, out, json);
   if (!summary.ok()) {
@@ -223,13 +254,18 @@ int run_dp_bench(const DpOptions& o, bool json) {
 }
 
 int bench_dp(int argc, char** argv) {
-  cxxopts::Options opts("strata bench dp", "data-parallel training (ZeRO stage 0) against its ceilings");
+  cxxopts::Options opts("strata bench dp", "data-parallel training (ZeRO stage 0, 1 or 2) against its ceilings");
   opts.add_options()("model", "model preset", cxxopts::value<std::string>()->default_value("default"))(
       "micro-batch", "sequences per micro-batch and rank", cxxopts::value<int>()->default_value("8"))(
       "ranks", "LocalComm ranks (threads) when not under mpirun", cxxopts::value<int>()->default_value("2"))(
       "steps", "timed steps per run", cxxopts::value<int>()->default_value("3"))(
       "rounds", "alternating rounds of the plain and the delayed run", cxxopts::value<int>()->default_value("3"))(
       "bucket-size", "zero.reduce_bucket_size", cxxopts::value<std::string>()->default_value("4MiB"))(
+      "stage", "ZeRO stage: 0, 1 or 2", cxxopts::value<int>()->default_value("0"))(
+      "dtype", "weights' dtype: fp32 or bf16 (gradients alike; optimizer state fp32)",
+      cxxopts::value<std::string>()->default_value("fp32"))(
+      "optimizer", "optimizer state: device or cpu (pinned host memory, CPU Adam)",
+      cxxopts::value<std::string>()->default_value("device"))(
       "delay-ms", "delay added to every all-reduce for the hidden-communication figure",
       cxxopts::value<double>()->default_value("20"))(
       "json", "print JSON Lines instead of tables; see 'strata help bench'")("h,help", "this help");
@@ -255,6 +291,18 @@ int bench_dp(int argc, char** argv) {
   o.profile.train.model = a["model"].as<std::string>();
   o.profile.train.micro_batch = a["micro-batch"].as<int>();
   o.profile.zero.reduce_bucket_size = *bucket;
+  o.profile.zero.stage = a["stage"].as<int>();
+  const std::string dtype = a["dtype"].as<std::string>(), optimizer = a["optimizer"].as<std::string>();
+  if (o.profile.zero.stage < 0 || o.profile.zero.stage > 2 || (dtype != "fp32" && dtype != "bf16") ||
+      (optimizer != "device" && optimizer != "cpu")) {
+    std::cerr << "strata bench dp: --stage is 0, 1 or 2; --dtype fp32 or bf16; --optimizer device or cpu\n";
+    return kExitUsage;
+  }
+  o.profile.precision.dtype = o.profile.precision.grad_dtype = dtype == "bf16" ? DType::kBF16 : DType::kF32;
+  if (optimizer == "cpu") {
+    o.profile.offload_optimizer.device = OffloadTarget::kCpu;
+    o.profile.memory.host_budget = 16ULL << 30;
+  }
   o.profile.memory.device_budget = 4ULL << 30;
   o.ranks = a["ranks"].as<int>();
   o.steps = std::max(1, a["steps"].as<int>());

@@ -249,8 +249,14 @@ class Trainer {
   int dp_rank() const;
   int dp_size() const;
   int zero_stage() const;
-  // Device bytes of the parameters' values and gradients (with ZeRO stage 2's bucket slots).
-  std::uint64_t parameter_bytes() const;
+  // Device bytes of the parameters' values and gradients.
+  struct ParameterBytes {
+    std::uint64_t values = 0;     // every parameter, in the compute dtype
+    std::uint64_t gradients = 0;  // every gradient, or (ZeRO stage 2) this rank's shard of them
+    std::uint64_t buckets = 0;    // ZeRO stage 2: the slots of the gradient buckets open in backward
+    std::uint64_t total() const { return values + gradients + buckets; }
+  };
+  ParameterBytes parameter_bytes() const;
   // The data-parallel group (null for one rank), and the elements [first, second) of p whose
   // optimizer state this rank holds (all of them unless ZeRO stage 1 or 2 shards it).
   Communicator* dp_group() const;

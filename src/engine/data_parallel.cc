@@ -17,10 +17,13 @@ Result<std::unique_ptr<DataParallel>> DataParallel::create(const Profile& profil
   d->value_dtype_ = value_dtype;
   d->grad_dtype_ = grad_dtype;
   d->params_ = model.parameters();
+  d->users_ = model::ParamUsers(model);
   std::vector<zero::FlatTensor> tensors;
   for (Parameter* p : d->params_) {
     d->index_[p] = tensors.size();
-    tensors.push_back(zero::FlatTensor{p->name(), p->numel()});
+    // A tied parameter (wte: lm_head uses it first in backward, the embeddings last) is final
+    // only at the end of backward: alone in its bucket, it keeps no other gradient waiting.
+    tensors.push_back(zero::FlatTensor{p->name(), p->numel(), d->users_.users(*p) > 1});
   }
   // Every value and gradient starts on a device-alignment boundary.
   const std::uint64_t align = kDeviceAlignment / std::min(dtype_size(value_dtype), dtype_size(grad_dtype));
@@ -38,7 +41,6 @@ Result<std::unique_ptr<DataParallel>> DataParallel::create(const Profile& profil
   d->values_ = std::move(*values);
   STRATA_RETURN_IF_ERROR(d->make_reducers(profile, device));
   STRATA_RETURN_IF_ERROR(d->bind_storage(device));
-  d->users_ = model::ParamUsers(model);
   return d;
 }
 
@@ -107,8 +109,12 @@ Status DataParallel::bind_storage(Device& device) {
   return Status::OK();
 }
 
-std::uint64_t DataParallel::device_bytes() const {
-  return values_.size() + grads_.size() + (sharded_ != nullptr ? sharded_->device_bytes() : 0);
+Trainer::ParameterBytes DataParallel::device_bytes() const {
+  Trainer::ParameterBytes b;
+  b.values = values_.size();
+  b.gradients = grads_.size() + (sharded_ != nullptr ? sharded_->gradient_bytes() : 0);
+  b.buckets = sharded_ != nullptr ? sharded_->slot_bytes() : 0;
+  return b;
 }
 
 Result<std::size_t> DataParallel::index_of(const Parameter& p) const {

@@ -54,7 +54,7 @@ class DataParallel {
   // What this rank's optimizer owns (empty: everything).
   const OptimizerShard& shard() const { return shard_; }
   // Device bytes of the parameters' values and gradients (with stage 2's bucket slots).
-  std::uint64_t device_bytes() const;
+  Trainer::ParameterBytes device_bytes() const;
 
   // The step's hooks, in the order the trainer calls them.
   Status begin_step(Stream& stream);

@@ -138,7 +138,7 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Profile& profile, Device&
   }
   STRATA_RETURN_IF_ERROR(m.stream->synchronize());
   STRATA_LOG(kDebug) << "trainer: " << gc.dims.parameter_count() << " parameters, ZeRO stage " << m.dp->stage() << ", "
-                     << m.dp->device_bytes() << " B values and gradients, " << Gpt::activation_bytes(gc, tc.micro_batch)
+                     << m.dp->device_bytes().total() << " B values and gradients, " << Gpt::activation_bytes(gc, tc.micro_batch)
                      << " B activations, optimizer " << m.opt->name() << " " << m.opt->device_bytes() << " B on "
                      << device.info().name;
   return std::unique_ptr<Trainer>(new Trainer(std::move(impl)));
@@ -242,7 +242,7 @@ Result<StepStats> Trainer::train_step(const TokenDataset& data) {
 int Trainer::dp_rank() const { return impl_->dp->rank(); }
 int Trainer::dp_size() const { return impl_->dp->size(); }
 int Trainer::zero_stage() const { return impl_->dp->stage(); }
-std::uint64_t Trainer::parameter_bytes() const { return impl_->dp->device_bytes(); }
+Trainer::ParameterBytes Trainer::parameter_bytes() const { return impl_->dp->device_bytes(); }
 Communicator* Trainer::dp_group() const { return impl_->group; }
 std::pair<std::uint64_t, std::uint64_t> Trainer::owned_elements(const Parameter& p) const {
   return impl_->dp->owned_elements(p);

@@ -149,8 +149,8 @@ Status ShardedGrads::reduce(std::size_t b, Stream& comm) {
   return Status::OK();
 }
 
-std::uint64_t ShardedGrads::device_bytes() const {
-  std::uint64_t bytes = full_.size() + shard_.size();
+std::uint64_t ShardedGrads::slot_bytes() const {
+  std::uint64_t bytes = 0;
   for (const Slot& s : slots_) bytes += s.buffer.size();
   return bytes;
 }

@@ -63,8 +63,9 @@ class ShardedGrads {
   // This rank's reduced gradient of bucket b: slice_size(b) elements of the gradient dtype.
   // Fixed views, valid once end_micro of the last micro-step has run on the stream.
   const DeviceView& shard_grad(std::size_t b) const { return shard_grads_[b]; }
-  // Device bytes held: the full gradients (stage 1) or the shard and the slots (stage 2).
-  std::uint64_t device_bytes() const;
+  // Device bytes held: the full gradients (stage 1) or the shard (stage 2), and stage 2's slots.
+  std::uint64_t gradient_bytes() const { return full_.size() + shard_.size(); }
+  std::uint64_t slot_bytes() const;
   std::size_t slot_count() const { return slots_.size(); }
 
  private:
