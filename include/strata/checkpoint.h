@@ -53,6 +53,9 @@ Result<std::string> save_checkpoint(Trainer& trainer, const std::string& dir, co
 // of them (the newest complete one is used). Returns the checkpoint's path.
 Result<std::string> load_checkpoint(Trainer& trainer, const std::string& path);
 
+// "step-NNNNNNNN": the name of the checkpoint of `step` inside its directory.
+std::string checkpoint_name(std::int64_t step);
+
 // The newest complete checkpoint in DIR; not_found when there is none.
 Result<std::string> latest_checkpoint(const std::string& dir);
 

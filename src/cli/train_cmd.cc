@@ -19,6 +19,7 @@
 #include "strata/checkpoint.h"
 #include "strata/data.h"
 #include "strata/device.h"
+#include "strata/engine.h"
 #include "strata/log.h"
 #include "strata/profile.h"
 #include "strata/trainer.h"
@@ -127,16 +128,15 @@ struct TrainRun {
   bool tty = false;
 };
 
-// One rank of the run: its device and trainer. Only global rank 0 prints, logs, saves
-// checkpoints and exports; with ZeRO stage 1 or 2 every rank takes part in the last two (each
-// holds only its shard of the state), while rank 0 writes the files.
+// One rank of the run: its engine (device and trainer). Only global rank 0 prints and logs;
+// every rank takes part in checkpoints, imports and exports (the Engine's collectives), whose
+// files one rank writes (with ZeRO stage 1 or 2 each rank its shard of a checkpoint).
 struct Rank {
   TrainRun& run;
+  Engine& engine;
   Device& device;
   Trainer& t;
-  Communicator* comm;  // null for a one-rank run
   bool prints;
-  bool saves() const { return prints || t.zero_stage() >= 1; }
 };
 
 // What the loop measured, for the summary line.
@@ -212,16 +212,16 @@ int prepare_weights(Rank& r) {
   const auto& args = r.run.args;
   Trainer& t = r.t;
   if (args.count("import")) {
-    if (Status st = t.import_weights(args["import"].as<std::string>()); !st.ok()) return fail(kExitUsage, st, "--import");
+    if (Status st = r.engine.import_weights(args["import"].as<std::string>()); !st.ok()) return fail(kExitUsage, st, "--import");
     if (r.prints) std::cout << "weights  " << args["import"].as<std::string>() << "\n";
   }
-  if (args.count("export-init") && r.saves()) {
-    if (Status st = t.export_weights(args["export-init"].as<std::string>(), r.run.export_dtype); !st.ok()) {
+  if (args.count("export-init")) {
+    if (Status st = r.engine.export_weights(args["export-init"].as<std::string>(), r.run.export_dtype); !st.ok()) {
       return fail(kExitFailed, st, "--export-init");
     }
   }
   if (args.count("resume")) {
-    auto from = load_checkpoint(t, args["resume"].as<std::string>());
+    auto from = r.engine.load_checkpoint(args["resume"].as<std::string>());
     if (!from.ok()) return fail(kExitUsage, from.status(), "--resume");
     if (r.prints) std::cout << "resumed  " << *from << " at step " << t.steps_done() << "\n";
   }
@@ -258,8 +258,8 @@ int after_step(Rank& r, const StepStats& s, bool last) {
     }
   }
   const TrainConfig& tc = run.profile.train;
-  if (r.saves() && !tc.checkpoint_dir.empty() && checkpoint_due(tc, t.steps_done(), last)) {
-    auto saved = save_checkpoint(t, tc.checkpoint_dir);
+  if (!tc.checkpoint_dir.empty() && checkpoint_due(tc, t.steps_done(), last)) {
+    auto saved = r.engine.save_checkpoint(tc.checkpoint_dir);
     if (!saved.ok()) {
       if (run.tty && r.prints) std::cout << "\n";
       return fail(kExitFailed, saved.status(), "checkpoint after step " + std::to_string(t.steps_done()));
@@ -302,8 +302,8 @@ int run_steps(Rank& r, RunTotals& totals) {
 int finish_run(Rank& r, const RunTotals& totals, int code) {
   TrainRun& run = r.run;
   Trainer& t = r.t;
-  if (code == kExitOk && run.args.count("export") && r.saves() && !r.prints) {
-    return t.export_weights(run.args["export"].as<std::string>(), run.export_dtype).ok() ? code : kExitFailed;
+  if (code == kExitOk && run.args.count("export") && !r.prints) {
+    return r.engine.export_weights(run.args["export"].as<std::string>(), run.export_dtype).ok() ? code : kExitFailed;
   }
   if (!r.prints) return code;
   const std::int64_t done = t.steps_done() - totals.start;
@@ -315,7 +315,7 @@ int finish_run(Rank& r, const RunTotals& totals, int code) {
   }
   if (auto tiers = t.optimizer().tier_stats(); tiers.has_value()) std::cout << "tiers    " << tiers->to_json() << "\n";
   if (code == kExitOk && run.args.count("export")) {
-    if (Status st = t.export_weights(run.args["export"].as<std::string>(), run.export_dtype); !st.ok()) {
+    if (Status st = r.engine.export_weights(run.args["export"].as<std::string>(), run.export_dtype); !st.ok()) {
       return fail(kExitFailed, st, "--export");
     }
     std::cout << "exported " << run.args["export"].as<std::string>() << "\n";
@@ -333,21 +333,14 @@ int run_rank(TrainRun& run, std::size_t i) {
     if (group) comm->abort(st);
     return code;
   };
-  auto device = create_device(run.args["device"].as<std::string>(), device_options(run.profile.memory));
-  if (!device.ok()) {
-    const int code = fail(device.status().code() == StatusCode::kInvalidArgument ? kExitUsage : kExitFailed, device.status());
-    return fail_rank(code, device.status());
-  }
-  TrainerOptions options;
-  options.dp = comm;
-  auto trainer = Trainer::create(run.profile, **device, nullptr, options);
-  if (!trainer.ok()) {
-    const StatusCode c = trainer.status().code();
+  auto engine = Engine::create(run.profile, group ? comm : nullptr, run.args["device"].as<std::string>());
+  if (!engine.ok()) {
+    const StatusCode c = engine.status().code();
     const int code = fail(c == StatusCode::kOutOfMemory || c == StatusCode::kInternal ? kExitFailed : kExitUsage,
-                          trainer.status());
-    return fail_rank(code, trainer.status());
+                          engine.status());
+    return fail_rank(code, engine.status());
   }
-  Rank r{run, **device, **trainer, group ? comm : nullptr, comm->rank() == 0};
+  Rank r{run, **engine, (*engine)->device(), (*engine)->trainer(), comm->rank() == 0};
   if (r.prints) print_header(r);
   if (int code = prepare_weights(r); code != kExitOk) {
     return fail_rank(code, invalid_argument("its --import, --export-init or --resume failed (its message says why)"));

@@ -377,6 +377,8 @@ Result<std::string> publish(Trainer& trainer, const std::string& dir, const std:
 
 }  // namespace ckpt
 
+std::string checkpoint_name(std::int64_t step) { return step_name(step); }
+
 bool checkpoint_due(const TrainConfig& train, std::int64_t steps_done, bool last) {
   if (train.checkpoint_dir.empty() || steps_done <= 0) return false;
   if (last) return true;

@@ -1,0 +1,72 @@
+// The Engine of strata/engine.h: a rank's device and trainer, with saving and exporting made
+// collectives that every rank returns the same outcome from.
+#include "strata/engine.h"
+
+#include <vector>
+
+namespace strata {
+
+Result<std::unique_ptr<Engine>> Engine::create(const Profile& profile, Communicator* comm, std::string_view device) {
+  std::unique_ptr<Engine> e(new Engine());
+  e->comm_ = comm != nullptr && comm->size() > 1 ? comm : nullptr;
+  STRATA_ASSIGN_OR_RETURN(e->device_, create_device(device, device_options(profile.memory)));
+  TrainerOptions options;
+  options.dp = e->comm_;
+  STRATA_ASSIGN_OR_RETURN(e->trainer_, Trainer::create(profile, *e->device_, nullptr, options));
+  return e;
+}
+
+Engine::~Engine() {
+  trainer_.reset();  // before the device it lives on
+}
+
+int Engine::rank() const { return comm_ == nullptr ? 0 : comm_->rank(); }
+int Engine::ranks() const { return comm_ == nullptr ? 1 : comm_->size(); }
+Trainer& Engine::trainer() { return *trainer_; }
+Device& Engine::device() { return *device_; }
+
+Result<StepStats> Engine::train_step(const TokenDataset& data) { return trainer_->train_step(data); }
+Status Engine::synchronize() { return trainer_->optimizer().synchronize(); }
+
+Status Engine::agree(const Status& mine, const std::string& what) {
+  if (comm_ == nullptr) return mine;
+  std::vector<double> failed(static_cast<std::size_t>(comm_->size()), 0.0);
+  failed[static_cast<std::size_t>(comm_->rank())] = mine.ok() ? 0.0 : 1.0;
+  STRATA_RETURN_IF_ERROR(comm_->all_reduce_host(failed, ReduceOp::kSum));
+  for (std::size_t r = 0; r < failed.size(); ++r) {
+    if (failed[r] == 0) continue;
+    if (!mine.ok()) return mine;
+    return unavailable(what + " failed on rank " + std::to_string(r) + " (its message says why)");
+  }
+  return Status::OK();
+}
+
+Result<std::string> Engine::save_checkpoint(const std::string& dir, const CheckpointOptions& options) {
+  // Sharded state: every rank writes its part (the save agrees by itself). Otherwise rank 0
+  // holds everything and writes alone.
+  if (trainer_->zero_stage() >= 1) return strata::save_checkpoint(*trainer_, dir, options);
+  Result<std::string> saved = std::string();
+  if (rank() == 0) saved = strata::save_checkpoint(*trainer_, dir, options);
+  STRATA_RETURN_IF_ERROR(agree(saved.status(), "the checkpoint"));
+  if (comm_ == nullptr) return saved;
+  // The path is rank 0's: every rank computes the same name.
+  return rank() == 0 ? saved : Result<std::string>(dir + "/" + checkpoint_name(trainer_->steps_done()));
+}
+
+Result<std::string> Engine::load_checkpoint(const std::string& path) {
+  Result<std::string> loaded = strata::load_checkpoint(*trainer_, path);
+  STRATA_RETURN_IF_ERROR(agree(loaded.status(), "resuming from " + path));
+  return loaded;
+}
+
+Status Engine::export_weights(const std::string& path, DType dtype) {
+  Status mine;
+  if (trainer_->zero_stage() >= 1 || rank() == 0) mine = trainer_->export_weights(path, dtype);
+  return agree(mine, "exporting " + path);
+}
+
+Status Engine::import_weights(const std::string& path) {
+  return agree(trainer_->import_weights(path), "importing " + path);
+}
+
+}  // namespace strata
