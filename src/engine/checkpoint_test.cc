@@ -30,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include "strata/communicator.h"
 #include "strata/units.h"
 
 extern char** environ;
@@ -40,6 +41,7 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr const char* kChildEnv = "STRATA_CHECKPOINT_CHILD_DIR";
+constexpr const char* kChildRanksEnv = "STRATA_CHECKPOINT_CHILD_RANKS";  // ranks of the child's run
 
 std::string& namespace_problem() {
   static std::string problem = "not attempted";
@@ -385,30 +387,52 @@ TEST(FullDisk, CheckpointFailsCleanlyAndThePreviousOneStaysLoadable) {
 
 // ---- the kill test ----
 
-// Run as a child process: resume from the newest checkpoint if any, then alternate a step and
-// a save for ever, reporting "S <step>" before and "D <step> <microseconds>" after each save.
-TEST(CheckpointKill, Child) {
-  const char* dir = std::getenv(kChildEnv);
-  if (dir == nullptr) GTEST_SKIP() << "runs only as the child of CheckpointKill.SaveKilledAtRandomPoints";
+// One rank of the child's run: resume from the newest checkpoint if any, then alternate a step
+// and a save for ever; rank 0 reports "S <step>" before and "D <step> <microseconds>" after
+// each save. With more than one rank: ZeRO stage 2, every rank writing its shard.
+void child_rank(const std::string& dir, Communicator* comm) {
   auto dev = host();
-  fs::create_directories(std::string(dir) + "/swap");
-  auto t = Trainer::create(tiny_profile(OffloadTarget::kNvme, std::string(dir) + "/swap"), *dev);
+  Profile p = tiny_profile(OffloadTarget::kNvme, dir + "/swap");
+  TrainerOptions o;
+  if (comm != nullptr) {
+    o.dp = comm;
+    p.parallel.dp = comm->size();
+    p.zero.stage = 2;
+    p.train.micro_batch = 4 / comm->size();
+  }
+  auto t = Trainer::create(p, *dev, nullptr, o);
   ASSERT_TRUE(t.ok()) << t.status();
-  const std::string ck = std::string(dir) + "/ckpt";
+  const bool reports = comm == nullptr || comm->rank() == 0;
+  const std::string ck = dir + "/ckpt";
   if (latest_checkpoint(ck).ok()) {
     ASSERT_TRUE(load_checkpoint(**t, ck).ok());
   }
   for (;;) {
     ASSERT_TRUE((*t)->train_step(licenses()).ok());
-    std::printf("S %lld\n", static_cast<long long>((*t)->steps_done()));
+    if (reports) std::printf("S %lld\n", static_cast<long long>((*t)->steps_done()));
     std::fflush(stdout);
     const auto t0 = std::chrono::steady_clock::now();
     auto r = save_checkpoint(**t, ck);
     ASSERT_TRUE(r.ok()) << r.status();
     const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("D %lld %lld\n", static_cast<long long>((*t)->steps_done()), static_cast<long long>(us));
+    if (reports) std::printf("D %lld %lld\n", static_cast<long long>((*t)->steps_done()), static_cast<long long>(us));
     std::fflush(stdout);
   }
+}
+
+// Run as a child process (see child_rank), one rank or several as LocalComm threads.
+TEST(CheckpointKill, Child) {
+  const char* dir = std::getenv(kChildEnv);
+  if (dir == nullptr) GTEST_SKIP() << "runs only as the child of CheckpointKill.SaveKilledAtRandomPoints";
+  fs::create_directories(std::string(dir) + "/swap");
+  const char* ranks_env = std::getenv(kChildRanksEnv);
+  const int ranks = ranks_env != nullptr ? std::atoi(ranks_env) : 1;
+  if (ranks <= 1) return child_rank(dir, nullptr);
+  auto comms = make_local_comms(ranks);
+  ASSERT_TRUE(comms.ok()) << comms.status();
+  std::vector<std::thread> threads;
+  for (auto& c : *comms) threads.emplace_back([&, comm = c.get()] { child_rank(dir, comm); });
+  for (auto& t : threads) t.join();
 }
 
 struct ChildProcess {
@@ -423,7 +447,7 @@ struct ChildProcess {
   }
 };
 
-bool spawn_child(const std::string& dir, ChildProcess* c) {
+bool spawn_child(const std::string& dir, int ranks, ChildProcess* c) {
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) return false;
   posix_spawn_file_actions_t fa;
@@ -432,6 +456,7 @@ bool spawn_child(const std::string& dir, ChildProcess* c) {
   std::vector<std::string> env_s;
   for (char** e = environ; *e != nullptr; ++e) env_s.emplace_back(*e);
   env_s.push_back(std::string(kChildEnv) + "=" + dir);
+  env_s.push_back(std::string(kChildRanksEnv) + "=" + std::to_string(ranks));
   std::vector<char*> envp;
   for (auto& e : env_s) envp.push_back(e.data());
   envp.push_back(nullptr);
@@ -467,8 +492,9 @@ bool save_in_progress(const std::string& ckpt, pid_t pid) {
 // (SIGSTOP, and waitpid until it is), the directory is looked at while nothing in the child can
 // move, and only then is it killed. Rounds go on until at least kMinInSave kills have been seen
 // inside a save, with kMinRounds rounds at least (as many random points as before) and a cap.
-TEST(CheckpointKill, SaveKilledAtRandomPointsLeavesThePreviousCheckpointLoadable) {
-  if (std::getenv(kChildEnv) != nullptr) GTEST_SKIP() << "this is the child";
+// With `ranks` > 1 the child's ranks save with ZeRO stage 2 (each writing its shard), and one
+// rank resumes what they left.
+void kill_saves_at_random_points(int ranks) {
   Scratch s;
   ASSERT_FALSE(s.path.empty());
   constexpr int kMinRounds = 10;
@@ -481,7 +507,7 @@ TEST(CheckpointKill, SaveKilledAtRandomPointsLeavesThePreviousCheckpointLoadable
   int round = 0;
   for (; round < kMaxRounds && (round < kMinRounds || kills_during_save < kMinInSave); ++round) {
     ChildProcess c;
-    ASSERT_TRUE(spawn_child(s.path, &c)) << std::strerror(errno);
+    ASSERT_TRUE(spawn_child(s.path, ranks, &c)) << std::strerror(errno);
     // Let one save finish (the first round needs a checkpoint to protect), then stop the
     // child at a random moment of the next save.
     char line[256];
@@ -526,6 +552,16 @@ TEST(CheckpointKill, SaveKilledAtRandomPointsLeavesThePreviousCheckpointLoadable
                                             << " kills landed between the mkdir and the rename of a save (saves took about "
                                             << save_us << " us)";
   std::printf("kills inside a save: %d of %d\n", kills_during_save, round);
+}
+
+TEST(CheckpointKill, SaveKilledAtRandomPointsLeavesThePreviousCheckpointLoadable) {
+  if (std::getenv(kChildEnv) != nullptr) GTEST_SKIP() << "this is the child";
+  kill_saves_at_random_points(1);
+}
+
+TEST(CheckpointKill, ShardedSaveOfTwoRanksKilledAtRandomPointsLeavesThePreviousCheckpointLoadable) {
+  if (std::getenv(kChildEnv) != nullptr) GTEST_SKIP() << "this is the child";
+  kill_saves_at_random_points(2);
 }
 
 }  // namespace

@@ -178,41 +178,46 @@ class OverflowOnce final : public StepOptimizer {
   Stream* stream_ = nullptr;
 };
 
-// fp16 with an overflow on one rank only: the reduction carries it to every rank, so every rank
-// skips that step and halves its loss scale, and they stay identical.
+// fp16 with an overflow on one rank only, with ZeRO stage 0, 1 and 2: the reduction (of the
+// gradients, or of the shards' squared norms) carries it to every rank, so every rank skips
+// that step and halves its loss scale, and they stay identical.
 TEST(TrainerDataParallel, AnOverflowOnOneRankSkipsTheStepOnEveryRank) {
   struct Seen {
     std::vector<bool> skipped;
     std::vector<double> scales;
     std::vector<double> losses;
   };
-  std::vector<Seen> seen(2);
-  Profile p = profile(1, kRowsPerRank, 16 << 10, true);
-  p.precision.dtype = DType::kF16;
-  p.precision.initial_scale_power = 8;
-  p.precision.hysteresis = 1;
-  auto optimizer = [&](int r) -> std::unique_ptr<StepOptimizer> {
-    auto adam = make_device_adam(p.optimizer);
-    EXPECT_TRUE(adam.ok());
-    if (r == 1) return std::make_unique<OverflowOnce>(std::move(*adam), 2);
-    return std::move(*adam);
-  };
-  LocalRanks ranks(2);
-  on_ranks(ranks.comms, p, [&](int r, Trainer& t) {
-    for (int s = 0; s < 4; ++s) {
-      auto st = t.train_step(text());
-      ASSERT_TRUE(st.ok()) << st.status();
-      seen[static_cast<std::size_t>(r)].skipped.push_back(st->skipped);
-      seen[static_cast<std::size_t>(r)].scales.push_back(t.loss_scale());
-      seen[static_cast<std::size_t>(r)].losses.push_back(st->loss);
+  for (int stage : {0, 1, 2}) {
+    SCOPED_TRACE("stage " + std::to_string(stage));
+    std::vector<Seen> seen(2);
+    Profile p = profile(1, kRowsPerRank, 16 << 10, true);
+    p.precision.dtype = DType::kF16;
+    p.precision.initial_scale_power = 8;
+    p.precision.hysteresis = 1;
+    p.zero.stage = stage;
+    auto optimizer = [&](int r) -> std::unique_ptr<StepOptimizer> {
+      auto adam = make_device_adam(p.optimizer);
+      EXPECT_TRUE(adam.ok());
+      if (r == 1) return std::make_unique<OverflowOnce>(std::move(*adam), 2);
+      return std::move(*adam);
+    };
+    LocalRanks ranks(2);
+    on_ranks(ranks.comms, p, [&](int r, Trainer& t) {
+      for (int s = 0; s < 4; ++s) {
+        auto st = t.train_step(text());
+        ASSERT_TRUE(st.ok()) << st.status();
+        seen[static_cast<std::size_t>(r)].skipped.push_back(st->skipped);
+        seen[static_cast<std::size_t>(r)].scales.push_back(t.loss_scale());
+        seen[static_cast<std::size_t>(r)].losses.push_back(st->loss);
+      }
+    }, optimizer);
+    for (const Seen& s : seen) {
+      EXPECT_EQ(s.skipped, (std::vector<bool>{false, true, false, false}));
+      EXPECT_EQ(s.scales[1], s.scales[0] / 2) << "the scale halves after the overflow";
     }
-  }, optimizer);
-  for (const Seen& s : seen) {
-    EXPECT_EQ(s.skipped, (std::vector<bool>{false, true, false, false}));
-    EXPECT_EQ(s.scales[1], s.scales[0] / 2) << "the scale halves after the overflow";
+    EXPECT_EQ(seen[0].scales, seen[1].scales);
+    EXPECT_EQ(seen[0].losses, seen[1].losses);
   }
-  EXPECT_EQ(seen[0].scales, seen[1].scales);
-  EXPECT_EQ(seen[0].losses, seen[1].losses);
 }
 
 TEST(TrainerDataParallel, TheGroupMustHaveParallelDpRanks) {
