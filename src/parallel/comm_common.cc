@@ -1,5 +1,6 @@
 // Names, argument checks, accounting and the fixed-order reduction shared by the backends.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 #include <type_traits>
@@ -313,21 +314,34 @@ void reduce_fixed_order(CommType type, ReduceOp op, std::span<void* const> dsts,
   }
 }
 
-void copy_bulk(void* dst, const void* src, std::size_t bytes) {
-  const bool stream = bytes >= (std::size_t{1} << 20);
-  const auto misalign = reinterpret_cast<std::uintptr_t>(dst) % 16;
-  if (!stream || misalign != reinterpret_cast<std::uintptr_t>(src) % 16) {
-    std::memcpy(dst, src, bytes);
+void copy_to_all(std::span<void* const> dsts, const void* src, std::size_t bytes) {
+  const auto at = [](const void* p, std::size_t off) { return static_cast<const std::byte*>(p) + off; };
+  const auto to = [](void* p, std::size_t off) { return static_cast<std::byte*>(p) + off; };
+  const auto misalign = reinterpret_cast<std::uintptr_t>(src) % 16;
+  const char* env = std::getenv("STRATA_COPY_STREAM_MIN");
+  bool stream = bytes >= (env ? std::strtoull(env, nullptr, 10) : (std::size_t{1} << 20));
+  for (void* d : dsts) stream = stream && reinterpret_cast<std::uintptr_t>(d) % 16 == misalign;
+  if (!stream) {
+    for (void* d : dsts) std::memcpy(d, src, bytes);
     return;
   }
-  // Copy up to the first 16-byte boundary, then whole 16-byte lines streamed, then the rest.
+  // Up to the first 16-byte boundary, then whole 16-byte lines streamed in chunks that stay in
+  // L2 while every destination takes them (the source is read once), then the rest.
+  constexpr std::size_t kChunk = 64 << 10;
   const std::size_t head = misalign == 0 ? 0 : 16 - misalign;
-  std::memcpy(dst, src, head);
   const std::size_t body = (bytes - head) / 16 * 16;
-  store_block(static_cast<std::byte*>(dst) + head, static_cast<const std::byte*>(src) + head, body, true);
-  std::memcpy(static_cast<std::byte*>(dst) + head + body, static_cast<const std::byte*>(src) + head + body,
-              bytes - head - body);
+  for (void* d : dsts) std::memcpy(d, src, head);
+  for (std::size_t off = head; off < head + body; off += kChunk) {
+    const std::size_t len = std::min(kChunk, head + body - off);
+    for (void* d : dsts) store_block(to(d, off), at(src, off), len, true);
+  }
+  for (void* d : dsts) std::memcpy(to(d, head + body), at(src, head + body), bytes - head - body);
   _mm_sfence();
+}
+
+void copy_bulk(void* dst, const void* src, std::size_t bytes) {
+  void* const one[] = {dst};
+  copy_to_all(one, src, bytes);
 }
 
 Status enqueue_step(Stream& stream, std::function<void()> post, std::shared_ptr<HostSignal> done) {

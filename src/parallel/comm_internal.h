@@ -73,6 +73,8 @@ void reduce_fixed_order(CommType type, ReduceOp op, std::span<void* const> dsts,
 // memcpy, with non-temporal stores for a large copy (into a peer's buffer, not read again soon
 // by this thread): no read for ownership of the lines it overwrites.
 void copy_bulk(void* dst, const void* src, std::size_t bytes);
+// copy_bulk into every destination, reading the source once.
+void copy_to_all(std::span<void* const> dsts, const void* src, std::size_t bytes);
 
 // Enqueues on `stream`: `post` (on the device's host-callback thread, when the stream reaches
 // it; it must only hand the operation to a progress engine, never wait), then a wait for

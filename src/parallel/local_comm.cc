@@ -280,12 +280,14 @@ void LocalComm::share(const Arrival& a) {
       return;
     }
     case CommKind::kAllGather: {
+      // Each rank pushes its part into every rank's receive buffer, reading it once.
       const std::size_t per = a.send.count;
+      std::vector<void*> dsts;
       for (int r = 0; r < n; ++r) {
-        std::byte* dst = byte_at(a.recv, per * static_cast<std::size_t>(r), elem);
-        const void* src = group_->arrival(r).send.range.address();
-        if (dst != src) copy_bulk(dst, src, per * elem);
+        std::byte* dst = byte_at(group_->arrival(r).recv, per * static_cast<std::size_t>(rank_), elem);
+        if (dst != a.send.range.address()) dsts.push_back(dst);
       }
+      copy_to_all(dsts, a.send.range.address(), per * elem);
       return;
     }
     case CommKind::kBroadcast: {
