@@ -45,6 +45,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -283,6 +284,17 @@ class Stream {
   // the CUDA device waits in a host function, which occupies the runtime's callback thread
   // (GPU collectives go through NCCL on the stream itself instead).
   virtual Status wait_host(std::shared_ptr<HostSignal> signal) = 0;
+
+  // Where the stream's queue stands, for a backend that counts it (the host device): a number
+  // unique to this stream and the operations enqueued on it so far. Two equal positions mean
+  // that nothing was enqueued in between (a communicator then knows that its next collective
+  // depends only on its previous one). Empty where the backend does not count.
+  struct Position {
+    std::uint64_t stream = 0;
+    std::uint64_t enqueued = 0;
+    bool operator==(const Position&) const = default;
+  };
+  virtual std::optional<Position> position() const { return std::nullopt; }
 
  protected:
   Stream(Device& device, std::string name) : device_(&device), name_(std::move(name)) {}

@@ -77,6 +77,7 @@ struct Op {
 
 struct StreamState {
   std::string name;
+  std::uint64_t id = 0;      // unique among the process's streams (Stream::position)
   std::deque<Op> ops;
   bool dispatched = false;   // the head is on an engine
   bool parked = false;       // the head is a wait registered with its event
@@ -165,6 +166,7 @@ class HostStream final : public Stream {
   Result<bool> query() override;
   Status launch_host_func(std::function<void()> fn) override;
   Status wait_host(std::shared_ptr<HostSignal> signal) override;
+  std::optional<Position> position() const override;
   StreamState& state() { return *state_; }
 
  private:
@@ -206,6 +208,7 @@ class HostDevice final : public Device {
   Status enqueue_signal_wait(StreamState& s, std::shared_ptr<HostSignal> signal);
   Status sync_stream(StreamState& s);
   bool stream_done(StreamState& s);
+  std::uint64_t stream_enqueued(const StreamState& s);
   Status sync_event(EventState& ev);
   Result<bool> event_done(EventState& ev);
 
@@ -292,7 +295,9 @@ class HostDevice final : public Device {
 
 HostStream::HostStream(HostDevice& dev, std::string name)
     : Stream(dev, name), dev_(dev), state_(std::make_shared<StreamState>()) {
+  static std::atomic<std::uint64_t> next_id{1};
   state_->name = std::move(name);
+  state_->id = next_id.fetch_add(1);
   dev_.register_stream(state_.get());
 }
 
@@ -334,6 +339,8 @@ Status HostStream::wait_host(std::shared_ptr<HostSignal> signal) {
   if (signal == nullptr) return invalid_argument("wait_host: the signal is null");
   return dev_.enqueue_signal_wait(*state_, std::move(signal));
 }
+
+std::optional<Stream::Position> HostStream::position() const { return Position{state_->id, dev_.stream_enqueued(*state_)}; }
 
 HostEvent::HostEvent(HostDevice& dev) : Event(dev), dev_(dev) {}
 Result<bool> HostEvent::query() { return dev_.event_done(*state_); }
@@ -637,6 +644,11 @@ Status HostDevice::sync_stream(StreamState& s) {
     if (--s.host_waiters == 0) s.wake_at = UINT64_MAX;
   }
   return std::exchange(s.error, Status::OK());
+}
+
+std::uint64_t HostDevice::stream_enqueued(const StreamState& s) {
+  std::lock_guard lk(mu_);
+  return s.enqueued;
 }
 
 bool HostDevice::stream_done(StreamState& s) {

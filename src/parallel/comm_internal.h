@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <mutex>
 #include <span>
+#include <optional>
 #include <string>
 
 #include "strata/communicator.h"
@@ -69,6 +70,22 @@ class CommCounters {
 // destination may alias a source element for element.
 void reduce_fixed_order(CommType type, ReduceOp op, std::span<void* const> dsts, std::span<const void* const> src,
                         std::size_t begin, std::size_t end, std::span<const int> group_sizes = {});
+
+// Whether a collective enqueued now on a stream follows the previous one noted, with nothing
+// enqueued on that stream in between (strata/device.h's Stream::position): it then depends on
+// the stream's work only through that collective. Used by one enqueueing thread at a time.
+class StreamChain {
+ public:
+  bool follows(const Stream& stream) const {
+    const auto at = stream.position();
+    return at.has_value() && last_.has_value() && *at == *last_;
+  }
+  // After enqueueing a collective (its last step) on `stream`.
+  void note(const Stream& stream) { last_ = stream.position(); }
+
+ private:
+  std::optional<Stream::Position> last_;
+};
 
 // memcpy, with non-temporal stores for a large copy (into a peer's buffer, not read again soon
 // by this thread): no read for ownership of the lines it overwrites.

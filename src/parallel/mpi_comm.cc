@@ -156,11 +156,16 @@ class MpiComm final : public Communicator {
     STRATA_RETURN_IF_ERROR(host_addressable(op->send));
     STRATA_RETURN_IF_ERROR(host_addressable(op->recv));
     // The progress thread waits for `reached` itself, so back-to-back collectives pass from one
-    // to the next without a hop through the device's threads.
-    STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Event> reached, stream.device().create_event());
-    op->reached = std::move(reached);
-    STRATA_RETURN_IF_ERROR(stream.record(*op->reached));
+    // to the next without a hop through the device's threads; when nothing was enqueued on the
+    // stream since this communicator's previous collective, there is nothing to wait for but
+    // that collective, which the progress thread runs first.
+    if (!chain_.follows(stream)) {
+      STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Event> reached, stream.device().create_event());
+      op->reached = std::move(reached);
+      STRATA_RETURN_IF_ERROR(stream.record(*op->reached));
+    }
     STRATA_RETURN_IF_ERROR(stream.wait_host(op->done));
+    chain_.note(stream);
     post_collective(op);
     return Status::OK();
   }
@@ -221,6 +226,7 @@ class MpiComm final : public Communicator {
   const CommOptions options_;
   int rank_ = 0, size_ = 1, node_ = 0, node_count_ = 1;
   CommCounters counters_;
+  StreamChain chain_;  // collectives enqueued back to back on one stream
 
   std::mutex mu_;
   std::condition_variable cv_;
