@@ -147,6 +147,29 @@ bool finished(Stream& s) {
 // A throttled copy ends no earlier than its deadline (bytes over bandwidth after the copy
 // began, sleep_until on a steady clock), so the lower bounds hold on any machine; how much
 // later it ends is scheduling, which is not asserted.
+// A stream's position moves with every operation enqueued on it, and only then; two streams
+// never share one.
+TEST(HostDevice, StreamPositionCountsWhatIsEnqueued) {
+  auto dev = host_device();
+  auto a = dev->create_stream("a");
+  auto b = dev->create_stream("b");
+  ASSERT_TRUE(a.ok() && b.ok());
+  const auto p0 = (*a)->position();
+  ASSERT_TRUE(p0.has_value());
+  EXPECT_EQ((*a)->position(), p0) << "nothing was enqueued";
+  EXPECT_NE((*b)->position()->stream, p0->stream);
+  auto buf = dev->allocate(1024);
+  ASSERT_TRUE(buf.ok());
+  ASSERT_TRUE(dev->fill(buf->view(DType::kF32), 1.0f, **a).ok());
+  const auto p1 = (*a)->position();
+  EXPECT_EQ(p1->enqueued, p0->enqueued + 1);
+  ASSERT_TRUE(dev->fill(buf->view(DType::kF32), 2.0f, **b).ok());
+  EXPECT_EQ((*a)->position(), p1) << "work on another stream does not move it";
+  ASSERT_TRUE((*a)->synchronize().ok());
+  EXPECT_EQ((*a)->position(), p1) << "completing work does not move it";
+  ASSERT_TRUE((*b)->synchronize().ok());
+}
+
 TEST(HostDevice, ThrottledCopyTakesBytesOverBandwidth) {
   constexpr std::uint64_t kBandwidth = 100'000'000;  // 100 MB/s
   constexpr std::size_t kBytes = 8'000'000;          // ideal: 0.08 s

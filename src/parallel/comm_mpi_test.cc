@@ -95,6 +95,28 @@ TEST(MpiComm, EveryOperationMatchesTheReference) {
   }
 }
 
+// A collective after device work on the stream sees that work, and one right after another
+// collective (which waits for nothing but it) sees the first one's result.
+TEST(MpiComm, CollectivesFollowTheStreamsWorkAndEachOther) {
+  Env env;
+  const int n = world->size();
+  auto buf = env.rank.alloc(CommType::kF32, 1024);
+  const DeviceView v = env.rank.view(buf);
+  ASSERT_TRUE(env.device->fill(v, 3.0f, *env.stream).ok());
+  ASSERT_TRUE(world->all_reduce(buf, buf, ReduceOp::kSum, *env.stream).ok());   // 3n
+  ASSERT_TRUE(world->all_reduce(buf, buf, ReduceOp::kSum, *env.stream).ok());   // 3n^2, chained
+  auto twice = env.rank.download(buf);
+  float got;
+  std::memcpy(&got, twice.data() + 4 * 1023, 4);
+  EXPECT_EQ(got, 3.0f * n * n);
+  ASSERT_TRUE(world->all_reduce(buf, buf, ReduceOp::kSum, *env.stream).ok());
+  ASSERT_TRUE(env.device->fill(v, 1.0f, *env.stream).ok());                      // after the first
+  ASSERT_TRUE(world->all_reduce(buf, buf, ReduceOp::kSum, *env.stream).ok());   // n, not 1
+  auto after = env.rank.download(buf);
+  std::memcpy(&got, after.data(), 4);
+  EXPECT_EQ(got, static_cast<float>(n));
+}
+
 TEST(MpiComm, TransfersInFlightTogetherNeverCross) {
   if (world->size() < 2) GTEST_SKIP() << "needs two ranks (run under mpirun -n 2)";
   Env env;
