@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <iostream>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -50,10 +51,14 @@ int main(int argc, char** argv) {
     if (!stats) return fail(stats.status());
     if ((*engine)->rank() == 0) std::cout << "step " << stats->step << " loss " << stats->loss << "\n";
   }
+  // Every rank saves into the same directory: one named after rank 0's process.
+  std::vector<double> owner = {(*engine)->rank() == 0 ? static_cast<double>(::getpid()) : 0.0};
+  if (auto st = (*comm)->all_reduce_host(owner, strata::ReduceOp::kMax); !st.ok()) return fail(st);
   const char* tmp = std::getenv("TMPDIR");
   const std::filesystem::path dir =
       argc > 2 ? std::filesystem::path(argv[2])
-               : std::filesystem::path(tmp != nullptr ? tmp : "/tmp") / ("strata-consumer-" + std::to_string(::getpid()));
+               : std::filesystem::path(tmp != nullptr ? tmp : "/tmp") /
+                     ("strata-consumer-" + std::to_string(static_cast<long>(owner[0])));
   auto saved = (*engine)->save_checkpoint(dir.string());
   if (!saved) return fail(saved.status());
   if ((*engine)->rank() == 0) std::cout << "strata " << strata::version() << ": checkpoint " << *saved << "\n";

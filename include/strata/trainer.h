@@ -229,6 +229,7 @@ class Trainer {
 
   Gpt& model();
   StepOptimizer& optimizer();
+  Device& device();
   const Profile& profile() const;
   // Steps completed; the next train_step() is step steps_done() + 1 and samples data step
   // steps_done() (0-based, strata/data.h).
@@ -269,6 +270,11 @@ class Trainer {
   // Writes the elements of the given ones that this rank holds (every rank is given them all);
   // writing kMaster also refreshes the device values, on every rank by the next step.
   Status write_state(const Parameter& p, OptimizerState which, std::uint64_t first, std::span<const float> values);
+
+  // Makes every parameter's device value the updated one on every rank (ZeRO stages 1 and 2
+  // all-gather the slices the other ranks updated, which the next step's forward would do
+  // anyway); a collective. Nothing to do otherwise.
+  Status gather_parameters();
 
   // Weights as safetensors with Hugging Face GPT-2 names, from the fp32 master weights,
   // written as F32, BF16 or F16. With ZeRO stages 1 and 2 a collective: every rank calls it and

@@ -96,6 +96,10 @@ Status DataParallel::bind_storage(Device& device) {
     return Status::OK();
   }
   gather_ = std::make_unique<zero::ParamGather>(*dp_, layout_, values_, value_dtype_);
+  // Gathered reads of the sharded state (checkpoints, exports) pass through this.
+  auto staging = device.allocate(kGatherStagingBytes);
+  if (!staging.ok()) return staging.status().with_context("trainer: the staging buffer of gathered state reads");
+  gather_staging_ = std::move(*staging);
   // This rank's optimizer owns its slice of every bucket.
   shard_.group = dp_;
   const auto r = static_cast<std::uint64_t>(rank());
@@ -204,20 +208,37 @@ Status DataParallel::read_state(StepOptimizer& optimizer, const Parameter& p, Op
   if (stage_ == 0) return optimizer.read_state(p, which, first, out);
   STRATA_ASSIGN_OR_RETURN(std::size_t i, index_of(p));
   Device& device = stream.device();
-  auto staging = device.allocate(std::max<std::size_t>(1, out.size_bytes()));
-  if (!staging.ok()) return staging.status().with_context("trainer: gathering " + p.name());
+  // Every owner broadcasts its part through the staging buffer, piece by piece. A rank whose
+  // own read fails still sends (zeros) and receives every piece, so that the ranks' collectives
+  // stay in step, and returns its error at the end.
+  Status failed;
+  const std::size_t piece = gather_staging_.size() / sizeof(float);
   for (int r = 0; r < size(); ++r) {
     const auto [lo, hi] = owned(i, first, out.size(), r);
-    if (lo == hi) continue;
-    const std::span<float> part = out.subspan(lo - first, hi - lo);
-    STRATA_ASSIGN_OR_RETURN(DeviceRange range, staging->range((lo - first) * sizeof(float), part.size_bytes()));
-    if (r == rank()) {
-      STRATA_RETURN_IF_ERROR(optimizer.read_state(p, which, lo, part));
-      STRATA_RETURN_IF_ERROR(device.copy_to_device(range, std::as_bytes(part), stream));
+    for (std::uint64_t at = lo; at < hi; at += piece) {
+      const std::span<float> part = out.subspan(at - first, std::min<std::uint64_t>(piece, hi - at));
+      STRATA_ASSIGN_OR_RETURN(DeviceRange range, gather_staging_.range(0, part.size_bytes()));
+      if (r == rank()) {
+        Status st = optimizer.read_state(p, which, at, part);
+        if (!st.ok()) {
+          if (failed.ok()) failed = st.with_context("trainer: reading " + p.name() + " for the other ranks");
+          std::fill(part.begin(), part.end(), 0.0f);
+        }
+        STRATA_RETURN_IF_ERROR(device.copy_to_device(range, std::as_bytes(part), stream));
+      }
+      STRATA_RETURN_IF_ERROR(dp_->broadcast({range, CommType::kF32, part.size()}, r, stream));
+      STRATA_RETURN_IF_ERROR(device.copy_to_host(std::as_writable_bytes(part), range, stream));
+      STRATA_RETURN_IF_ERROR(stream.synchronize());
     }
-    STRATA_RETURN_IF_ERROR(dp_->broadcast({range, CommType::kF32, part.size()}, r, stream));
   }
-  STRATA_RETURN_IF_ERROR(device.copy_to_host(std::as_writable_bytes(out), staging->range(0, out.size_bytes()).value(), stream));
+  return failed;
+}
+
+Status DataParallel::gather_parameters(StepOptimizer& optimizer, Stream& stream) {
+  if (gather_ == nullptr) return Status::OK();
+  STRATA_RETURN_IF_ERROR(optimizer.synchronize());
+  gather_->mark_all();
+  STRATA_RETURN_IF_ERROR(gather_->gather_all(stream));
   return stream.synchronize();
 }
 

@@ -72,6 +72,9 @@ class DataParallel {
                     std::span<float> out, Stream& stream);
   // The elements [first, second) of p this rank's optimizer holds: all of them, or its slice.
   std::pair<std::uint64_t, std::uint64_t> owned_elements(const Parameter& p) const;
+  // Stages 1 and 2: every bucket of the values all-gathered now, once the optimizer's update
+  // is done (a collective); nothing for stage 0.
+  Status gather_parameters(StepOptimizer& optimizer, Stream& stream);
   // Writes the elements this rank owns of the given ones (every rank is given all of them).
   Status write_state(StepOptimizer& optimizer, const Parameter& p, OptimizerState which, std::uint64_t first,
                      std::span<const float> values);
@@ -101,6 +104,8 @@ class DataParallel {
   std::unique_ptr<zero::ShardedGrads> sharded_;    // stages 1 and 2
   std::unique_ptr<zero::ParamGather> gather_;      // stages 1 and 2
   OptimizerShard shard_;
+  static constexpr std::size_t kGatherStagingBytes = 1 << 20;
+  DeviceBuffer gather_staging_;  // stages 1 and 2: read_state's broadcasts
 };
 
 }  // namespace strata::engine

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -51,6 +52,7 @@ inline const TokenDataset& text() {
 struct RankRun {
   std::vector<double> losses;
   std::vector<float> masters;  // every parameter's fp32 master, in parameter order
+  std::vector<float> values;   // every parameter's device value once gathered (fp32 runs)
 };
 
 inline RankRun train(Trainer& t) {
@@ -65,6 +67,17 @@ inline RankRun train(Trainer& t) {
     std::vector<float> v(p->numel());
     EXPECT_TRUE(t.read_state(*p, OptimizerState::kMaster, 0, v).ok());
     r.masters.insert(r.masters.end(), v.begin(), v.end());
+  }
+  // The device values every rank computes with, made whole (ZeRO 1 and 2 gather them).
+  EXPECT_TRUE(t.gather_parameters().ok());
+  auto stream = t.device().create_stream("test read-back");
+  EXPECT_TRUE(stream.ok());
+  for (const Parameter* p : t.model().parameters()) {
+    if (p->value().dtype() != DType::kF32 || !stream.ok()) break;
+    std::vector<float> v(p->numel());
+    EXPECT_TRUE(t.device().copy_to_host(std::as_writable_bytes(std::span<float>(v)), p->value().range(), **stream).ok());
+    EXPECT_TRUE((*stream)->synchronize().ok());
+    r.values.insert(r.values.end(), v.begin(), v.end());
   }
   return r;
 }
@@ -143,6 +156,12 @@ inline void expect_matches_one_rank(const std::vector<RankRun>& runs, const Rank
   for (std::size_t r = 1; r < runs.size(); ++r) {
     EXPECT_EQ(runs[r].losses, runs[0].losses) << what << ": rank " << r << " reports another loss";
     EXPECT_TRUE(runs[r].masters == runs[0].masters) << what << ": rank " << r << " holds other weights";
+  }
+  // What each rank computes with: its device values, which for fp32 are the master weights
+  // themselves, on every rank (a bucket gathered wrongly, or not at all, shows here).
+  for (std::size_t r = 0; r < runs.size(); ++r) {
+    if (runs[r].values.empty()) continue;
+    EXPECT_TRUE(runs[r].values == runs[0].masters) << what << ": rank " << r << "'s device values are not the weights";
   }
 }
 

@@ -9,10 +9,21 @@ namespace strata {
 Result<std::unique_ptr<Engine>> Engine::create(const Profile& profile, Communicator* comm, std::string_view device) {
   std::unique_ptr<Engine> e(new Engine());
   e->comm_ = comm != nullptr && comm->size() > 1 ? comm : nullptr;
-  STRATA_ASSIGN_OR_RETURN(e->device_, create_device(device, device_options(profile.memory)));
-  TrainerOptions options;
-  options.dp = e->comm_;
-  STRATA_ASSIGN_OR_RETURN(e->trainer_, Trainer::create(profile, *e->device_, nullptr, options));
+  // Every rank learns whether every rank could start, so that none waits for a rank that
+  // never arrives at the first collective.
+  Status made;
+  auto dev = create_device(device, device_options(profile.memory));
+  if (dev.ok()) {
+    e->device_ = std::move(*dev);
+    TrainerOptions options;
+    options.dp = e->comm_;
+    auto trainer = Trainer::create(profile, *e->device_, nullptr, options);
+    if (trainer.ok()) e->trainer_ = std::move(*trainer);
+    made = trainer.status();
+  } else {
+    made = dev.status();
+  }
+  STRATA_RETURN_IF_ERROR(e->agree(made, "starting"));
   return e;
 }
 
@@ -45,6 +56,9 @@ Result<std::string> Engine::save_checkpoint(const std::string& dir, const Checkp
   // Sharded state: every rank writes its part (the save agrees by itself). Otherwise rank 0
   // holds everything and writes alone.
   if (trainer_->zero_stage() >= 1) return strata::save_checkpoint(*trainer_, dir, options);
+  // Every rank ends its running update first: with the delayed update that also puts its
+  // weights on the device, on every rank alike, not on the saving rank alone.
+  STRATA_RETURN_IF_ERROR(agree(synchronize(), "finishing the running update for the checkpoint"));
   Result<std::string> saved = std::string();
   if (rank() == 0) saved = strata::save_checkpoint(*trainer_, dir, options);
   STRATA_RETURN_IF_ERROR(agree(saved.status(), "the checkpoint"));

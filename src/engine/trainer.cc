@@ -146,6 +146,7 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Profile& profile, Device&
 
 Gpt& Trainer::model() { return *impl_->model; }
 StepOptimizer& Trainer::optimizer() { return *impl_->opt; }
+Device& Trainer::device() { return *impl_->device; }
 const Profile& Trainer::profile() const { return impl_->profile; }
 std::int64_t Trainer::steps_done() const { return impl_->steps_done; }
 double Trainer::loss_scale() const { return impl_->scaler.scale(); }
@@ -278,15 +279,28 @@ Status Trainer::export_weights(const std::string& path, DType dtype) {
     cached = &p;
     return Status::OK();
   };
+  const std::vector<Parameter*> params = m.model->parameters();
   if (m.dp->rank() != 0) {
-    for (const Parameter* p : m.model->parameters()) STRATA_RETURN_IF_ERROR(gather(*p));
-    return Status::OK();
+    Status failed;
+    for (const Parameter* p : params) {
+      if (Status st = gather(*p); !st.ok() && failed.ok()) failed = st;
+    }
+    return failed;
   }
-  return safetensors::export_gpt(path, *m.model, dtype, [&](const Parameter& p, std::uint64_t first, std::span<float> out) {
+  Status written = safetensors::export_gpt(path, *m.model, dtype, [&](const Parameter& p, std::uint64_t first, std::span<float> out) {
     if (cached != &p) STRATA_RETURN_IF_ERROR(gather(p));
     std::copy_n(whole.data() + first, out.size(), out.data());
     return Status::OK();
   });
+  // A write that failed part of the way: the other ranks still gather every parameter.
+  auto next = cached == nullptr ? params.begin() : std::find(params.begin(), params.end(), cached) + 1;
+  for (; !written.ok() && next != params.end(); ++next) gather(**next).ignore();
+  return written;
+}
+
+Status Trainer::gather_parameters() {
+  Impl& m = *impl_;
+  return m.dp->gather_parameters(*m.opt, *m.stream);
 }
 
 Status Trainer::import_weights(const std::string& path) {

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <filesystem>
 #include <cstdio>
 #include <optional>
 
@@ -14,6 +15,7 @@
 #include "offload/offload_test_util.h"
 #include "parallel/faulty_comm.h"
 #include "strata/checkpoint.h"
+#include "strata/engine.h"
 #include "strata/units.h"
 
 namespace strata {
@@ -161,7 +163,7 @@ TEST(TrainerZero, EachRankSendsZerosVolume) {
       p.parallel.dp = dp;
       on_ranks(ranks.comms, p, [&](int r, Trainer& t) {
         Communicator& c = *ranks.comms[static_cast<std::size_t>(r)];
-        ASSERT_TRUE(t.train_step(text()).ok());  // the first step's forward gathers nothing new
+        ASSERT_TRUE(t.train_step(text()).ok());  // every step's forward gathers every bucket
         before[static_cast<std::size_t>(r)] = c.stats();
         ASSERT_TRUE(t.train_step(text()).ok());
         after[static_cast<std::size_t>(r)] = c.stats();
@@ -333,6 +335,42 @@ TEST(TrainerZero, ARankThatCannotWriteFailsTheSaveEverywhere) {
   auto latest = latest_checkpoint(ckpt.path());
   ASSERT_TRUE(latest.ok()) << latest.status();
   EXPECT_EQ(*latest, ckpt.path() + "/step-00000001");
+}
+
+// Engines on two ranks: saving and exporting are collectives with one outcome on every rank,
+// for stage 0 (rank 0 writes) and stage 1 (each rank its shard); an export that cannot be
+// written fails on every rank, naming the rank, without leaving the others waiting.
+TEST(TrainerZero, EnginesAgreeOnSavesAndExports) {
+  offload::testing::ScratchDir swap, out;
+  for (int stage : {0, 1}) {
+    Profile p = zero_profile(stage, OffloadTarget::kNone, swap.path());
+    p.parallel.dp = 2;
+    p.memory.device_budget = 256ULL << 20;
+    LocalRanks ranks(2);
+    std::vector<Result<std::string>> saved(2, std::string());
+    std::vector<Status> bad(2), good(2);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < 2; ++r) {
+      threads.emplace_back([&, r] {
+        auto e = Engine::create(p, ranks.comms[static_cast<std::size_t>(r)]);
+        ASSERT_TRUE(e.ok()) << e.status();
+        ASSERT_TRUE((*e)->train_step(text()).ok());
+        const std::string base = out.path() + "/stage" + std::to_string(stage);
+        saved[static_cast<std::size_t>(r)] = (*e)->save_checkpoint(base + "/ckpt");
+        bad[static_cast<std::size_t>(r)] = (*e)->export_weights(base + "/missing/dir/w.safetensors");
+        good[static_cast<std::size_t>(r)] = (*e)->export_weights(base + "-w.safetensors");
+      });
+    }
+    for (auto& t : threads) t.join();
+    const std::string what = "stage " + std::to_string(stage);
+    ASSERT_TRUE(saved[0].ok() && saved[1].ok()) << what << ": " << saved[0].status() << " / " << saved[1].status();
+    EXPECT_EQ(*saved[0], *saved[1]) << what;
+    EXPECT_FALSE(bad[0].ok()) << what;
+    ASSERT_FALSE(bad[1].ok()) << what;
+    EXPECT_NE(bad[1].message().find("failed on rank 0"), std::string::npos) << what << ": " << bad[1];
+    EXPECT_TRUE(good[0].ok() && good[1].ok()) << what << ": " << good[0] << " / " << good[1];
+    EXPECT_TRUE(std::filesystem::exists(out.path() + "/stage" + std::to_string(stage) + "-w.safetensors")) << what;
+  }
 }
 
 // With every collective of every rank delayed (differently per rank), stages 1 and 2 give the

@@ -1,8 +1,9 @@
 // src/zero/param_gather.h — ZeRO stages 1 and 2: once every rank has updated its slice of each
 // bucket (zero/flat_layout.h) in the replicated low-precision parameters, the buckets are
-// all-gathered in place, one collective per bucket, each when the engine first needs it (just
-// before the forward of the first module using it, so that gathering runs under forward and
-// under an optimizer pass still updating later buckets). Every rank gathers the same buckets
+// all-gathered in place, one collective per bucket, each when the engine first needs it: it is
+// enqueued on the training stream just before the forward of the first module using it, so
+// an offloaded optimizer pass still updating later buckets goes on meanwhile (the gather
+// itself runs between forward's kernels, not under them). Every rank gathers the same buckets
 // in the same order: the model's forward order.
 //
 // Thread-safety: one thread at a time.

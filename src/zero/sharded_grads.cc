@@ -58,6 +58,10 @@ Status ShardedGrads::begin_micro(int micro, bool last, Stream& stream) {
     return Status::OK();
   }
   buckets_->begin();
+  // Every bucket was reduced at the end of the previous micro-step; after a step that failed
+  // part of the way, none is left open either (a reused slot waits for its free event).
+  slot_of_.assign(slot_of_.size(), -1);
+  for (Slot& slot : slots_) slot.bucket = -1;
   return Status::OK();
 }
 
