@@ -14,7 +14,9 @@
 //
 // Gradients. When a parameter's gradient is final (after_backward of the last micro-step has
 // been called for every module that owns or ties it, as model/param_users.h counts) its device
-// gradient is copied into a pinned host buffer in the flat layout on a copy stream of its own,
+// gradient is copied into a pinned host buffer in the flat layout (like the weight buffer, a
+// lease of the same tier manager as the state, so one host budget covers the rank's pinned
+// memory) on a copy stream of its own,
 // while backward goes on. The global norm and the inf/nan check run on the device over the
 // device gradients with the device Adam's code (engine/grad_norm.h), so the clip coefficient
 // is the same to the bit whatever the optimizer's home. With a shard a gradient is final only
@@ -120,6 +122,8 @@ class OffloadAdam final : public StepOptimizer {
     if (copy_stream_) copy_stream_->synchronize().ignore();
     if (upload_stream_) upload_stream_->synchronize().ignore();
     if (stream_) stream_->synchronize().ignore();
+    for (offload::HostLease& g : grads_host_) g.release();  // leases of the tier manager, before it
+    values_host_.release();
     tiers_.reset();  // before the swap store and the engine it reads from
     if (store_) store_->close().ignore();
   }
@@ -164,15 +168,6 @@ class OffloadAdam final : public StepOptimizer {
                            (home_ == Tier::kNvme ? "; raise the budget or lower offload.optimizer.buffer_size"
                                                  : "; raise the budget or use offload.optimizer.device = \"nvme\""));
     }
-    for (std::uint64_t i = 0; i < grad_buffers; ++i) {
-      auto g = device.allocate_pinned(std::max<std::uint64_t>(grad_bytes, 1));
-      if (!g.ok()) return g.status().with_context(name() + ": pinned gradient buffer");
-      grads_host_[i] = std::move(*g);
-      std::memset(grads_host_[i].data(), 0, grads_host_[i].size());
-    }
-    auto v = device.allocate_pinned(std::max<std::uint64_t>(value_bytes, 1));
-    if (!v.ok()) return v.status().with_context(name() + ": pinned weight buffer");
-    values_host_ = std::move(*v);
     STRATA_ASSIGN_OR_RETURN(copy_stream_, device.create_stream("optimizer-grads"));
     STRATA_ASSIGN_OR_RETURN(upload_stream_, device.create_stream("optimizer-weights"));
     STRATA_ASSIGN_OR_RETURN(grad_ready_, device.create_event());
@@ -186,7 +181,9 @@ class OffloadAdam final : public StepOptimizer {
     // buffer (for NVMe <-> device, unused here) also sets the swap slot size of a block.
     to.staging_buffers = 1;
     to.staging_buffer_size = std::min<std::uint64_t>(round_up(max_block, 4096), kSlotBytes);
-    to.host_budget = round_up(cached, 4096) + to.staging_buffer_size;
+    // The gradient and weight staging are leases of the same manager: one host budget for all.
+    to.host_budget = round_up(cached, 4096) + to.staging_buffer_size + grad_buffers * round_up(std::max<std::uint64_t>(grad_bytes, 1), 4096) +
+                     round_up(std::max<std::uint64_t>(value_bytes, 1), 4096);
     // Eviction and read-ahead. Without overlap, passes alternate direction and least-recently-
     // used eviction writes back the chunk updated longest ago. With overlap every pass runs in
     // flat order, a cycle on which LRU misses every chunk; the manager's trace of the pass then
@@ -208,6 +205,11 @@ class OffloadAdam final : public StepOptimizer {
       store_ = std::move(*store);
     }
     STRATA_ASSIGN_OR_RETURN(tiers_, offload::TierManager::create(device, store_.get(), to));
+    for (std::uint64_t i = 0; i < grad_buffers; ++i) {
+      STRATA_ASSIGN_OR_RETURN(grads_host_[i], tiers_->lease_host(name() + " gradients", grad_bytes));
+      std::memset(grads_host_[i].data(), 0, grads_host_[i].size());
+    }
+    STRATA_ASSIGN_OR_RETURN(values_host_, tiers_->lease_host(name() + " weights on their way to the device", value_bytes));
     for (std::size_t k = 0; k < chunks_.size(); ++k) {
       offload::BlockSpec spec;
       spec.name = "optimizer.chunk." + std::to_string(k);
@@ -679,9 +681,9 @@ class OffloadAdam final : public StepOptimizer {
   ParamUsers users_;
   std::vector<Chunk> chunks_;
   std::uint64_t chunk_elems_ = 0;
-  PinnedBuffer grads_host_[2];  // flat, grad dtype; the second only with the delayed update
+  offload::HostLease grads_host_[2];  // flat, grad dtype; the second only with the delayed update
   std::size_t grad_slot_ = 0;   // the buffer the next backward's gradients go to
-  PinnedBuffer values_host_;  // flat, value dtype: the weights on their way to the device
+  offload::HostLease values_host_;  // flat, value dtype: the weights on their way to the device
   std::unique_ptr<Stream> copy_stream_;
   std::unique_ptr<Stream> upload_stream_;  // the worker's weight copies
   std::unique_ptr<Event> grad_ready_;

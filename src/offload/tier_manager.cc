@@ -410,13 +410,66 @@ std::size_t TierManager::next_use(const Block& b, Tier t) const {
 
 std::uint64_t TierManager::unevictable_bytes(Tier t, const Block* except) const {
   std::uint64_t bytes = stats_.tiers[static_cast<std::size_t>(ti(t))].home_bytes;
-  if (t == Tier::kHost) bytes += staging_.total_bytes();
+  if (t == Tier::kHost) bytes += staging_.total_bytes() + leased_host_;
   for (const Block* b : live_) {
     if (b == except || b->home == t) continue;
     const Copy& c = b->copy(t);
     if (c.state != CopyState::kAbsent && c.pins > 0) bytes += b->charge;
   }
   return bytes;
+}
+
+Result<HostLease> TierManager::lease_host(std::string_view what, std::uint64_t bytes) {
+  const std::uint64_t rounded = (std::max<std::uint64_t>(bytes, 1) + 4095) / 4096 * 4096;
+  {
+    std::lock_guard lk(mu_);
+    const std::uint64_t used = stats_.tiers[ti(Tier::kHost)].used;
+    if (used + rounded > budget(Tier::kHost)) {
+      return out_of_memory("tier manager: " + std::string(what) + " needs " + human(rounded) + " of pinned host memory but " +
+                           human(used) + " of the " + human(budget(Tier::kHost)) +
+                           " host budget (memory.host_budget) are taken; raise the budget");
+    }
+    charge_locked(Tier::kHost, rounded);
+  }
+  auto buffer = device_.allocate_pinned(bytes);
+  if (!buffer.ok()) {
+    end_lease(rounded);
+    return buffer.status().with_context("tier manager: " + std::string(what));
+  }
+  HostLease lease;
+  lease.manager_ = this;
+  lease.charge_ = rounded;
+  lease.buffer_ = std::move(*buffer);
+  return lease;
+}
+
+void TierManager::charge_locked(Tier t, std::uint64_t bytes) {
+  charge(t, bytes);
+  if (t == Tier::kHost) leased_host_ += bytes;
+}
+
+void TierManager::end_lease(std::uint64_t bytes) {
+  std::lock_guard lk(mu_);
+  uncharge(Tier::kHost, bytes);
+  leased_host_ -= bytes;
+  process_pending();  // the room may let a queued copy in
+}
+
+HostLease& HostLease::operator=(HostLease&& other) noexcept {
+  if (this == &other) return *this;
+  release();
+  manager_ = std::exchange(other.manager_, nullptr);
+  charge_ = std::exchange(other.charge_, 0);
+  buffer_ = std::move(other.buffer_);
+  return *this;
+}
+
+void HostLease::release() {
+  if (manager_ == nullptr) return;
+  buffer_ = PinnedBuffer();
+  manager_->end_lease(charge_);
+  manager_ = nullptr;
+  charge_ = 0;
 }
 
 std::uint64_t TierManager::releasing_bytes(Tier t) const {

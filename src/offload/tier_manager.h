@@ -30,6 +30,9 @@
 //     under max_live_bytes — and evict the copy whose next use is furthest away (Belady).
 //     Without a trace (the first step, or tracing off) eviction is least-recently-used. When
 //     the order changes the trace is dropped and re-recorded, and an info line says so.
+//   * Host leases: pinned host buffers that are not blocks (an offloaded optimizer's gradient
+//     and weight staging), charged to the host budget beside them and never evicted, so one
+//     budget and one set of statistics cover everything a rank pins.
 //   * A failed transfer surfaces as the Status of Pin::wait() (a load) or of the request that
 //     needed the room (a write-back); the block's other copies and every other block stay
 //     intact, and a dirty copy whose write-back failed stays dirty where it was.
@@ -162,6 +165,30 @@ class Pin {
   std::shared_ptr<detail::PinState> state_;
 };
 
+// A lease of pinned host memory from a TierManager (TierManager::lease_host): charged to the
+// host budget until released (destruction). Move-only.
+// REQUIRES: released before the manager is destroyed.
+class HostLease {
+ public:
+  HostLease() = default;
+  HostLease(HostLease&& other) noexcept { *this = std::move(other); }
+  HostLease& operator=(HostLease&& other) noexcept;
+  HostLease(const HostLease&) = delete;
+  HostLease& operator=(const HostLease&) = delete;
+  ~HostLease() { release(); }
+
+  std::byte* data() const { return buffer_.data(); }
+  std::size_t size() const { return buffer_.size(); }
+  std::span<std::byte> bytes() const { return buffer_.bytes(); }
+  void release();
+
+ private:
+  friend class TierManager;
+  TierManager* manager_ = nullptr;
+  std::uint64_t charge_ = 0;
+  PinnedBuffer buffer_;
+};
+
 class TierManager {
  public:
   // `swap` is the NVMe tier (nullptr: no NVMe homes). REQUIRES: `device` and `swap` outlive
@@ -203,6 +230,12 @@ class TierManager {
   // recorded as the first step (call it after initialisation, whose accesses do not repeat).
   void restart_trace();
 
+  // Pinned host memory for `what`, charged to the host budget (rounded up to 4 KiB) until the
+  // lease is released. Fails with out_of_memory, naming `what`, the bytes and the budget, when
+  // the budget's free room (not counting cached copies that could be evicted) is too small:
+  // take leases before caching blocks. Allocates on the calling thread, without the lock.
+  Result<HostLease> lease_host(std::string_view what, std::uint64_t bytes);
+
   TierStats stats() const;
   Result<BlockInfo> info(BlockId id) const;
   const TierOptions& options() const { return options_; }
@@ -210,6 +243,9 @@ class TierManager {
 
  private:
   friend class Pin;
+  friend class HostLease;
+  void end_lease(std::uint64_t bytes);
+  void charge_locked(Tier t, std::uint64_t bytes);  // a lease's charge; REQUIRES mu_
   struct Block;
   struct Copy;
   struct Xfer;
@@ -302,6 +338,7 @@ class TierManager {
   std::vector<std::unique_ptr<Xfer>> xfers_;       // in flight; guarded by mu_
   std::deque<std::pair<BlockId, Tier>> pending_;   // copies waiting for room, FIFO; guarded by mu_
   StagingPool staging_;                            // guarded by mu_
+  std::uint64_t leased_host_ = 0;                  // HostLease bytes; guarded by mu_
   std::deque<Xfer*> staging_waiters_;              // guarded by mu_
   AccessTrace trace_;                              // guarded by mu_
   std::uint64_t tick_ = 0;                         // LRU clock; guarded by mu_

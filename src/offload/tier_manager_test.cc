@@ -5,6 +5,8 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+
+#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "offload/offload_test_util.h"
@@ -85,6 +87,31 @@ TEST(TierManager, NewBlocksReadAsZerosInEveryTier) {
   EXPECT_EQ(moved(s, Tier::kHost, Tier::kDevice), 10000u + 70000u);
 }
 
+
+// A host lease is charged to the host budget beside the blocks while it lives: it leaves less
+// room for them, a lease beyond the room is refused with the numbers, and releasing it gives
+// the room back.
+TEST(TierManager, HostLeasesShareTheHostBudgetWithTheBlocks) {
+  auto rig = Rig::make(small_rig());  // 1 MiB host budget, 64 KiB of it the staging pool
+  ASSERT_NE(rig, nullptr);
+  TierManager& tm = *rig->tiers;
+  const std::uint64_t before = tm.stats().tiers[static_cast<int>(Tier::kHost)].used;
+  auto lease = tm.lease_host("gradients", 600 * KB + 1);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_EQ(lease->size(), 600 * KB + 1);
+  std::memset(lease->data(), 7, lease->size());
+  EXPECT_EQ(tm.stats().tiers[static_cast<int>(Tier::kHost)].used, before + 604 * KB) << "rounded up to 4 KiB";
+  auto more = tm.lease_host("weights", 400 * KB);
+  ASSERT_FALSE(more.ok());
+  EXPECT_EQ(more.status().code(), StatusCode::kOutOfMemory);
+  EXPECT_NE(more.status().message().find("weights"), std::string::npos) << more.status();
+  // A host-homed block that would fit the budget alone does not fit beside the lease.
+  auto big = tm.register_block({"state", 400 * KB, Tier::kHost, Tier::kHost});
+  EXPECT_FALSE(big.ok());
+  lease->release();
+  EXPECT_EQ(tm.stats().tiers[static_cast<int>(Tier::kHost)].used, before);
+  EXPECT_TRUE(tm.register_block({"state", 400 * KB, Tier::kHost, Tier::kHost}).ok());
+}
 
 TEST(TierManager, BytesSurviveEveryRouteBetweenTiers) {
   auto rig = Rig::make(small_rig());
