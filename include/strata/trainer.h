@@ -1,14 +1,17 @@
 // strata/trainer.h — training of the GPT-2 model on one rank or as one rank of a data-parallel
-// group (TrainerOptions::dp): a Trainer runs the step (forward,
-// backward, optimizer) on a Device, and a StepOptimizer seam owns the optimizer state, so that
-// where master weights and Adam moments live (device memory here; host RAM or NVMe with
-// offload) is a choice of backend, not of the training loop.
+// group (TrainerOptions::dp; strata/engine.h wraps a Trainer with its device for users): a
+// Trainer runs the step (forward, backward, optimizer) on a Device, and a StepOptimizer seam
+// owns the optimizer state, so that where master weights and Adam moments live (device memory
+// here; host RAM or NVMe with offload) is a choice of backend, not of the training loop. With
+// dp ranks, zero.stage says what each keeps (src/engine/data_parallel.h): everything (0), its
+// shard of the optimizer state (1), and of the gradients too (2).
 //
 // A training step (Trainer::train_step), all on one device stream:
 //   1. zero the parameter gradients;
 //   2. for each of grad_accum micro-batches: copy the tokens in (strata/data.h's sampling),
 //      forward (loss += mean cross-entropy / grad_accum), backward with dloss =
-//      loss_scale / grad_accum — gradients accumulate in the parameters' gradient views;
+//      loss_scale / (grad_accum x dp) — gradients accumulate in the parameters' gradient views
+//      and are reduced over the ranks as backward finishes them;
 //   3. StepOptimizer::step(): global gradient norm and inf/nan check, clip coefficient
 //      min(1, grad_clip / (norm + 1e-6)) as torch.nn.utils.clip_grad_norm_, then AdamW with
 //      grad_scale = clip / loss_scale, skipping the update when the gradients are not finite;
