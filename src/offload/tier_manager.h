@@ -249,10 +249,12 @@ class TierManager {
   struct Block;
   struct Copy;
   struct Xfer;
+  struct PrefetchPass;
   enum class Route : std::uint8_t;
 
   TierManager(Device& device, nvme::SwapStore* swap, const TierOptions& options);
   Status init();
+  Status init_nvme();  // the NVMe budget and the staging pool
 
   // --- pins (called by Pin) ---
   Status wait_pin(detail::PinState& pin);
@@ -262,9 +264,17 @@ class TierManager {
   Status mark_dirty(detail::PinState& pin);
   void release_pin(detail::PinState& pin);
 
+  // --- registration (called by register_block without mu_ unless they say otherwise) ---
+  Status check_spec(const BlockSpec& spec, std::uint64_t charge_bytes) const;
+  Status reserve_home(std::unique_lock<std::mutex>& lk, const BlockSpec& spec, std::uint64_t charge_bytes);  // lk holds mu_
+  Status allocate_slots(Block& b);
+  Status allocate_home_copy(Block& b);  // takes mu_ to post the allocation
+
   // --- everything below REQUIRES mu_ held unless it says otherwise ---
   Block* lookup(BlockId id) const;
   Status check_tier(const Block& b, Tier tier, std::string_view op) const;
+  BlockId insert_block(std::unique_ptr<Block> b);
+  void count_acquire(const Block& b, Tier t, Access access, bool current);  // statistics
   std::uint64_t budget(Tier t) const { return budgets_[static_cast<int>(t)]; }
   void charge(Tier t, std::uint64_t bytes);
   void uncharge(Tier t, std::uint64_t bytes);
@@ -275,6 +285,11 @@ class TierManager {
   bool needs_write_back(const Block& b, Tier t) const;
   std::size_t next_use(const Block& b, Tier t) const;
 
+  // Pins.
+  Status check_pin_conflict(const Block& b, Access access) const;  // the readers-writer rule
+  std::shared_ptr<detail::PinState> add_pin(Block& b, Tier t, Access access);
+  void uncount_pin(Block& b, detail::PinState& pin);
+
   // Space.
   std::uint64_t unevictable_bytes(Tier t, const Block* except) const;
   std::uint64_t releasing_bytes(Tier t) const;
@@ -284,23 +299,40 @@ class TierManager {
     bool progress = false;  // room will appear without a pin being released
   };
   Reserve try_reserve(Tier t, std::uint64_t bytes, std::size_t victim_min_distance, bool all_or_nothing);
+  std::vector<Block*> eviction_candidates(Tier t, std::size_t victim_min_distance) const;  // in eviction order
+  Block* allocation_victim(const Block& b, Tier t) const;  // the oldest clean evictable copy, or nullptr
   void evict(Block& b, Tier t);
   void free_copy(Block& b, Tier t);
   Status budget_error(Tier t, const Block& b, std::string_view what) const;
+  bool pinned_requests_queued(Tier t) const;
+  void reserve_for_pin(Block& b, Tier t, Access access, bool queue_behind);  // room, or a place in pending_
   void process_pending();
+  bool retry_queued_request(Block& b, Tier t);   // true: it stays queued
+  bool retry_queued_prefetch(Block& b, Tier t);  // true: it stays queued
+  void fail_queued(Tier t, const Status& cause);
   void fail_waiters(Block& b, Tier t, const Status& status);
 
   // Transfers.
   bool start_load(Block& b, Tier t, bool prefetch, bool content);
+  void choose_load_source(Xfer& x) const;
   void start_write_back(Block& b, Tier from, bool evicting);
   void launch(std::unique_ptr<Xfer> x);
   void run_xfer(Xfer* x);                      // dispatcher thread, no lock
+  bool allocate_destination(Xfer* x);          // dispatcher thread, takes mu_; false: retried or completed
+  bool capture_memory(Xfer* x);                // dispatcher thread, takes mu_; false: completed
+  void run_route(Xfer* x);                     // dispatcher thread, no lock
   void run_chunks(Xfer* x, bool resumed);      // dispatcher thread, no lock
+  void run_direct_chunks(Xfer* x);             // dispatcher thread, no lock
   void run_staged_chunk(Xfer* x, std::size_t k, int buffer);  // dispatcher thread, no lock
+  void stage_in_chunk(Xfer* x, std::size_t k, std::uint64_t off, std::span<std::byte> stage, int buffer);   // ditto
+  void stage_out_chunk(Xfer* x, std::size_t k, std::uint64_t off, std::span<std::byte> stage, int buffer);  // ditto
   void chunk_done(Xfer* x, const Status& status, int buffer);  // any thread, no lock
   void finish_chunk(Xfer& x, const Status& status, int buffer);
   void maybe_complete(Xfer& x);
   void complete(Xfer& x);
+  std::string describe(const Xfer& x) const;
+  void complete_copy(Xfer& x, const std::string& what);
+  void complete_write_back(Xfer& x, const std::string& what);
   void update_waiters(Block& b);
   void make_ready(Block& b, Tier t, detail::PinState& pin);
   void drop_stale_copies(Block& b, Tier keep);
@@ -308,6 +340,8 @@ class TierManager {
 
   // Prefetch along the trace.
   void issue_prefetches();
+  void prefetch_ahead(PrefetchPass& pass, Block& b, Tier t, std::size_t ahead);
+  std::uint64_t& live_bytes(PrefetchPass& pass, Tier t) const;
   void observe(Block& b, Tier t, Access access);
 
   // The dispatcher: the only thread that allocates, frees, enqueues copies and submits I/O.
