@@ -8,7 +8,8 @@
 //   state: the model-state bytes per rank (device bytes in use less activations, plus the
 //     optimizer state homed in host memory with --optimizer cpu) over ZeRO's per-parameter count
 //     for the run's dtypes (bf16 weights, fp32 state: stage 0 2 + 2 + 12, stage 1 2 + 2 + 12/N,
-//     stage 2 2 + (2 + 12)/N), with stage 2's gradient bucket slots as the declared buffers;
+//     stage 2 2 + (2 + 12)/N), with stage 2's gradient bucket slots and the 1 MiB staging of
+//     gathered state reads as the declared buffers;
 //   hidden: with every gradient collective delayed by --delay-ms (FaultyComm), the share of the
 //     delay that backward hides: 1 - (step growth) / (delay added), ceiling 1;
 //   scaling (under `mpirun -n N`, one thread per process): tokens/s of the N-process run over
@@ -86,7 +87,8 @@ Result<RankResult> run_rank(const DpOptions& o, Communicator* dp) {
   for (const Parameter* q : t->model().parameters()) r.params += q->numel();
   r.activation_bytes = Gpt::activation_bytes(t->model().config(), p.train.micro_batch);
   r.state_bytes = dev->stats().used - r.activation_bytes;
-  r.bucket_bytes = t->parameter_bytes().buckets;
+  const Trainer::ParameterBytes pb = t->parameter_bytes();
+  r.bucket_bytes = pb.buckets + pb.staging;
   if (auto tiers = t->optimizer().tier_stats(); tiers.has_value()) {
     r.host_state_bytes = tiers->tiers[static_cast<int>(Tier::kHost)].home_bytes;
   }
@@ -160,7 +162,8 @@ Json state_row(const RankResult& r, int n, const Profile& p) {
           {"formula_bytes", formula},
           {"ratio", (measured - static_cast<double>(r.bucket_bytes)) / formula},
           {"ceiling", "model-state bytes per rank (device less activations, plus host-homed optimizer state) less "
-                      "the gradient bucket slots, over ZeRO's per-parameter count for the stage and dtypes"}};
+                      "the declared buffers (gradient bucket slots, gathered-read staging), over ZeRO's per-parameter "
+                      "count for the stage and dtypes"}};
 }
 
 void print_row(const Json& row) {

@@ -258,7 +258,8 @@ class Trainer {
     std::uint64_t values = 0;     // every parameter, in the compute dtype
     std::uint64_t gradients = 0;  // every gradient, or (ZeRO stage 2) this rank's shard of them
     std::uint64_t buckets = 0;    // ZeRO stage 2: the slots of the gradient buckets open in backward
-    std::uint64_t total() const { return values + gradients + buckets; }
+    std::uint64_t staging = 0;    // ZeRO stages 1 and 2: the buffer gathered state reads pass through
+    std::uint64_t total() const { return values + gradients + buckets + staging; }
   };
   ParameterBytes parameter_bytes() const;
   // The data-parallel group (null for one rank), and the elements [first, second) of p whose

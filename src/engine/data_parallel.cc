@@ -118,6 +118,7 @@ Trainer::ParameterBytes DataParallel::device_bytes() const {
   b.values = values_.size();
   b.gradients = grads_.size() + (sharded_ != nullptr ? sharded_->gradient_bytes() : 0);
   b.buckets = sharded_ != nullptr ? sharded_->slot_bytes() : 0;
+  b.staging = gather_staging_.size();
   return b;
 }
 
