@@ -259,11 +259,11 @@ int run_dp_bench(const DpOptions& o, bool json) {
 int bench_dp(int argc, char** argv) {
   cxxopts::Options opts("strata bench dp", "data-parallel training (ZeRO stage 0, 1 or 2) against its ceilings");
   opts.add_options()("model", "model preset", cxxopts::value<std::string>()->default_value("default"))(
-      "micro-batch", "sequences per micro-batch and rank", cxxopts::value<int>()->default_value("8"))(
+      "micro-batch", "sequences per micro-batch and rank", cxxopts::value<int>()->default_value("16"))(
       "ranks", "LocalComm ranks (threads) when not under mpirun", cxxopts::value<int>()->default_value("2"))(
       "steps", "timed steps per run", cxxopts::value<int>()->default_value("3"))(
       "rounds", "alternating rounds of the plain and the delayed run", cxxopts::value<int>()->default_value("3"))(
-      "bucket-size", "zero.reduce_bucket_size", cxxopts::value<std::string>()->default_value("4MiB"))(
+      "bucket-size", "zero.reduce_bucket_size", cxxopts::value<std::string>()->default_value("2MiB"))(
       "stage", "ZeRO stage: 0, 1 or 2", cxxopts::value<int>()->default_value("0"))(
       "dtype", "weights' dtype: fp32 or bf16 (gradients alike; optimizer state fp32)",
       cxxopts::value<std::string>()->default_value("fp32"))(

@@ -21,9 +21,7 @@ Result<std::unique_ptr<DataParallel>> DataParallel::create(const Profile& profil
   std::vector<zero::FlatTensor> tensors;
   for (Parameter* p : d->params_) {
     d->index_[p] = tensors.size();
-    // A tied parameter (wte: lm_head uses it first in backward, the embeddings last) is final
-    // only at the end of backward: alone in its bucket, it keeps no other gradient waiting.
-    tensors.push_back(zero::FlatTensor{p->name(), p->numel(), d->users_.users(*p) > 1});
+    tensors.push_back(zero::FlatTensor{p->name(), p->numel()});
   }
   // Every value and gradient starts on a device-alignment boundary.
   const std::uint64_t align = kDeviceAlignment / std::min(dtype_size(value_dtype), dtype_size(grad_dtype));

@@ -38,7 +38,6 @@ Result<FlatLayout> FlatLayout::create(std::vector<FlatTensor> tensors, std::uint
   l.offsets_.reserve(tensors.size());
   std::uint64_t at = 0;        // the next tensor's offset
   std::uint64_t in_bucket = 0; // elements of the open bucket so far
-  bool after_own = false;      // the open bucket holds a tensor that wants it alone
   // Pads the open bucket to a multiple of shards x alignment and closes it.
   auto close_bucket = [&](std::size_t tensor_end) -> Status {
     Bucket& b = l.buckets_.back();
@@ -56,8 +55,7 @@ Result<FlatLayout> FlatLayout::create(std::vector<FlatTensor> tensors, std::uint
     const FlatTensor& t = tensors[i];
     std::uint64_t slot = 0;
     const bool fits = round_up(t.numel, alignment, slot);
-    const bool alone = bucket_elements > 0 && in_bucket > 0 && (t.own_bucket || after_own);
-    if (l.buckets_.empty() || alone ||
+    if (l.buckets_.empty() ||
         (bucket_elements > 0 && in_bucket > 0 && slot > bucket_elements - std::min(bucket_elements, in_bucket))) {
       if (!l.buckets_.empty()) STRATA_RETURN_IF_ERROR(close_bucket(i));
       l.buckets_.push_back(Bucket{FlatRange{at, 0}, i, i});
@@ -72,7 +70,6 @@ Result<FlatLayout> FlatLayout::create(std::vector<FlatTensor> tensors, std::uint
     at += slot;
     in_bucket += slot;
     l.used_ += slot;
-    after_own = t.own_bucket;
   }
   if (!l.buckets_.empty()) STRATA_RETURN_IF_ERROR(close_bucket(tensors.size()));
   l.total_ = at;

@@ -29,9 +29,6 @@ namespace strata::zero {
 struct FlatTensor {
   std::string name;  // for messages
   std::uint64_t numel = 0;
-  // Bucketed layouts: the tensor gets a bucket of its own (a tied weight, whose gradient is
-  // final only at the end of backward, would otherwise hold its neighbours' bucket open).
-  bool own_bucket = false;
 };
 
 // Flat elements [first, first + count).

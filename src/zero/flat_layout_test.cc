@@ -176,20 +176,6 @@ TEST(FlatLayout, BucketsHoldWholeTensorsAndCutIntoSlices) {
   EXPECT_EQ(seen, (std::vector<std::uint64_t>{5, 17, 33, 16, 65}));
 }
 
-// A tensor that asks for a bucket of its own gets one, whatever room its neighbours leave.
-TEST(FlatLayout, ATensorCanHaveABucketOfItsOwn) {
-  auto l = FlatLayout::create({{"a", 4}, {"tied", 4, true}, {"b", 4}, {"c", 4}}, 4, 2, 64);
-  ASSERT_TRUE(l.ok()) << l.status();
-  ASSERT_EQ(l->bucket_count(), 3u);
-  EXPECT_EQ(l->bucket_tensors(0), (std::pair<std::size_t, std::size_t>{0, 1}));
-  EXPECT_EQ(l->bucket_tensors(1), (std::pair<std::size_t, std::size_t>{1, 2}));
-  EXPECT_EQ(l->bucket_tensors(2), (std::pair<std::size_t, std::size_t>{2, 4}));
-  // Without buckets the flag changes nothing.
-  auto one = FlatLayout::create({{"a", 4}, {"tied", 4, true}, {"b", 4}}, 4, 2);
-  ASSERT_TRUE(one.ok());
-  EXPECT_EQ(one->bucket_count(), 1u);
-}
-
 TEST(FlatLayout, EmptyLayout) {
   const FlatLayout l = make({}, 16, 3);
   EXPECT_EQ(l.tensor_count(), 0u);
