@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "strata/checkpoint.h"
 #include "strata/communicator.h"
 #include "strata/trainer.h"
 
@@ -80,6 +81,17 @@ inline RankRun train(Trainer& t) {
     r.values.insert(r.values.end(), v.begin(), v.end());
   }
   return r;
+}
+
+// `n` steps' losses.
+inline std::vector<double> steps(Trainer& t, int n) {
+  std::vector<double> losses;
+  for (int s = 0; s < n; ++s) {
+    auto st = t.train_step(text());
+    EXPECT_TRUE(st.ok()) << st.status();
+    if (st.ok()) losses.push_back(st->loss);
+  }
+  return losses;
 }
 
 inline RankRun one_rank(int dp) {
@@ -162,6 +174,48 @@ inline void expect_matches_one_rank(const std::vector<RankRun>& runs, const Rank
   for (std::size_t r = 0; r < runs.size(); ++r) {
     if (runs[r].values.empty()) continue;
     EXPECT_TRUE(runs[r].values == runs[0].masters) << what << ": rank " << r << "'s device values are not the weights";
+  }
+}
+
+// Trains `p` on `dp` LocalComm ranks of `rows` each, running `body` on every rank's trainer.
+inline void on_local_ranks(int dp, int rows, Profile p, const std::function<void(int rank, Trainer&)>& body) {
+  LocalRanks ranks(dp);
+  p.train.micro_batch = rows;
+  on_ranks(ranks.comms, p, body);
+}
+
+// A checkpoint in `dir` saved after 3 steps by 2 ranks of 2 rows (every rank saving with ZeRO
+// 1 and 2, rank 0 alone otherwise) resumes on 1 rank of 4 rows and on 4 of 1 (the same global
+// batch), and the next 3 losses are the uninterrupted run's within 1e-6 relative.
+inline void expect_resumes_on_one_and_four(const Profile& p, const std::string& dir, const std::string& what) {
+  std::vector<double> whole, tail1, tail4;
+  on_local_ranks(2, 2, p, [&](int rank, Trainer& t) {
+    const std::vector<double> first = steps(t, 3);
+    if (rank == 0 || t.zero_stage() >= 1) {
+      auto saved = save_checkpoint(t, dir);
+      ASSERT_TRUE(saved.ok()) << saved.status();
+      EXPECT_EQ(*saved, dir + "/step-00000003");
+    }
+    const std::vector<double> rest = steps(t, 3);  // a rank not saving waits for the saver at the first collective
+    if (rank == 0) {
+      whole = first;
+      whole.insert(whole.end(), rest.begin(), rest.end());
+    }
+  });
+  for (int dp : {1, 4}) {
+    on_local_ranks(dp, 4 / dp, p, [&](int rank, Trainer& t) {
+      auto loaded = load_checkpoint(t, dir);
+      ASSERT_TRUE(loaded.ok()) << loaded.status();
+      const std::vector<double> l = steps(t, 3);
+      if (rank == 0) (dp == 1 ? tail1 : tail4) = l;
+    });
+  }
+  ASSERT_EQ(whole.size(), 6u) << what;
+  ASSERT_EQ(tail1.size(), 3u) << what;
+  ASSERT_EQ(tail4.size(), 3u) << what;
+  for (std::size_t i = 0; i < 3; ++i) {
+    EXPECT_NEAR(tail1[i], whole[3 + i], 1e-6 * whole[3 + i]) << what << ", dp 1, step " << 4 + i;
+    EXPECT_NEAR(tail4[i], whole[3 + i], 1e-6 * whole[3 + i]) << what << ", dp 4, step " << 4 + i;
   }
 }
 

@@ -39,22 +39,6 @@ TEST(TrainerDataParallel, StageZeroEqualsTheOneRankRunWithTheGlobalBatch) {
   }
 }
 
-// `dp` LocalComm ranks of micro_batch `rows`; `body` runs on each rank's trainer.
-void on_local_ranks(int dp, int rows, const std::function<void(int rank, Trainer&)>& body) {
-  LocalRanks ranks(dp);
-  on_ranks(ranks.comms, profile(1, rows, 25ULL << 20, true), body);
-}
-
-std::vector<double> steps(Trainer& t, int n) {
-  std::vector<double> losses;
-  for (int s = 0; s < n; ++s) {
-    auto st = t.train_step(text());
-    EXPECT_TRUE(st.ok()) << st.status();
-    if (st.ok()) losses.push_back(st->loss);
-  }
-  return losses;
-}
-
 // A checkpoint saved by 2 ranks resumes on 1 and on 4 (the same global batch of 4 rows), and
 // the next steps' losses are the uninterrupted run's within 1e-6: stage 0 keeps the whole state
 // on every rank and the checkpoint format is world-size independent.
@@ -63,35 +47,7 @@ TEST(TrainerDataParallel, ACheckpointOfTwoRanksResumesOnOneAndOnFour) {
   const auto dir = std::filesystem::path(base ? base : "/tmp") / ("trainer_dp_test." + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   remove_at_exit(dir);
-  std::vector<double> whole, tail1, tail4;
-  on_local_ranks(2, 2, [&](int rank, Trainer& t) {
-    const std::vector<double> first = steps(t, 3);
-    if (rank == 0) {
-      auto saved = save_checkpoint(t, dir.string());
-      ASSERT_TRUE(saved.ok()) << saved.status();
-    }
-    const std::vector<double> rest = steps(t, 3);  // rank 1 waits at the first all-reduce for the save
-    if (rank == 0) {
-      whole = first;
-      whole.insert(whole.end(), rest.begin(), rest.end());
-    }
-  });
-  on_local_ranks(1, 4, [&](int, Trainer& t) {
-    ASSERT_TRUE(load_checkpoint(t, dir.string()).ok());
-    tail1 = steps(t, 3);
-  });
-  on_local_ranks(4, 1, [&](int rank, Trainer& t) {
-    ASSERT_TRUE(load_checkpoint(t, dir.string()).ok());
-    const std::vector<double> l = steps(t, 3);
-    if (rank == 0) tail4 = l;
-  });
-  ASSERT_EQ(whole.size(), 6u);
-  ASSERT_EQ(tail1.size(), 3u);
-  ASSERT_EQ(tail4.size(), 3u);
-  for (std::size_t i = 0; i < 3; ++i) {
-    EXPECT_NEAR(tail1[i], whole[3 + i], 1e-6 * whole[3 + i]) << "dp 1, step " << 4 + i;
-    EXPECT_NEAR(tail4[i], whole[3 + i], 1e-6 * whole[3 + i]) << "dp 4, step " << 4 + i;
-  }
+  expect_resumes_on_one_and_four(profile(1, kRowsPerRank, 25ULL << 20, true), dir.string(), "stage 0");
 }
 
 // The bytes each rank sends per step are the ring all-reduce of the gradient buffer (the
@@ -115,25 +71,6 @@ TEST(TrainerDataParallel, EachRankSendsTheRingVolumeOfItsGradients) {
     for (std::uint64_t s : sent) {
       EXPECT_NEAR(static_cast<double>(s), static_cast<double>(2 * (grad_bytes + 4) * (N - 1) / N), 64.0) << "dp " << dp;
     }
-  }
-}
-
-// With every collective of every rank delayed (a different delay per rank), the results are
-// the undelayed run's bit for bit: the stream order, not the timing, decides what is reduced.
-TEST(TrainerDataParallel, DelayedCollectivesLeaveTheResultsUnchanged) {
-  const std::vector<RankRun> plain = data_parallel(2, 16 << 10, true);
-  LocalRanks ranks(2);
-  std::vector<std::unique_ptr<parallel::FaultyComm>> slow;
-  std::vector<Communicator*> comms;
-  for (int r = 0; r < 2; ++r) {
-    slow.push_back(std::make_unique<parallel::FaultyComm>(std::move(ranks.owned[static_cast<std::size_t>(r)])));
-    slow.back()->delay(std::nullopt, std::chrono::milliseconds(1 + 2 * r));
-    comms.push_back(slow.back().get());
-  }
-  const std::vector<RankRun> delayed = data_parallel_on(comms, 16 << 10, true);
-  for (std::size_t r = 0; r < 2; ++r) {
-    EXPECT_EQ(delayed[r].losses, plain[r].losses) << "rank " << r;
-    EXPECT_TRUE(delayed[r].masters == plain[r].masters) << "rank " << r;
   }
 }
 

@@ -52,6 +52,14 @@ std::vector<RankRun> run_zero(int dp, const Profile& p) {
   return run_ranks(ranks.comms, p);
 }
 
+// The one-rank counterpart of a dp-rank profile: the global batch, no sharding.
+Profile one_rank_of(Profile p, int dp) {
+  p.zero.stage = 0;
+  p.parallel.dp = 1;
+  p.train.micro_batch = dp * kRowsPerRank;
+  return p;
+}
+
 const char* target_name(OffloadTarget t) { return t == OffloadTarget::kNone ? "device" : t == OffloadTarget::kCpu ? "cpu" : "nvme"; }
 
 TEST(TrainerZero, StagesOneAndTwoEqualTheOneRankRunWithEveryOptimizerHome) {
@@ -83,14 +91,10 @@ TEST(TrainerZero, LowPrecisionCheckpointingAndAccumulationEqualTheOneRankRun) {
         p.precision.dtype = p.precision.grad_dtype = dtype;
         p.activation.checkpointing = true;
         p.train.grad_accum = 3;
-        Profile one = p;
-        one.zero.stage = 0;
-        one.train.micro_batch = 2 * kRowsPerRank;
         auto dev = host();
-        auto t = Trainer::create(one, *dev);
+        auto t = Trainer::create(one_rank_of(p, 2), *dev);
         ASSERT_TRUE(t.ok()) << t.status();
-        std::vector<double> ref;
-        for (int s = 0; s < 8; ++s) ref.push_back((*t)->train_step(text())->loss);
+        const std::vector<double> ref = steps(**t, 8);
         std::vector<std::vector<double>> got(2);
         LocalRanks ranks(2);
         on_ranks(ranks.comms, p, [&](int r, Trainer& tr) {
@@ -135,11 +139,8 @@ TEST(TrainerZero, OverlapVariantsEqualTheirOneRankCounterparts) {
     Profile p = zero_profile(stage, OffloadTarget::kNvme, swap.path());
     p.offload_optimizer.delayed_update = true;
     p.offload_optimizer.delayed_update_warmup = 3;
-    Profile one = p;
-    one.zero.stage = 0;
-    one.train.micro_batch = 2 * kRowsPerRank;
     auto dev = host();
-    auto t = Trainer::create(one, *dev);
+    auto t = Trainer::create(one_rank_of(p, 2), *dev);
     ASSERT_TRUE(t.ok()) << t.status();
     const RankRun ref = train(**t);
     expect_matches_one_rank(run_zero(2, p), ref, "delayed, stage " + std::to_string(stage));
@@ -225,60 +226,14 @@ TEST(TrainerZero, StageTwoKeepsOnlyTheShardAndTheOpenBuckets) {
   EXPECT_LT(used[2], used[1]);
 }
 
-std::vector<double> steps(Trainer& t, int n) {
-  std::vector<double> losses;
-  for (int s = 0; s < n; ++s) {
-    auto st = t.train_step(text());
-    EXPECT_TRUE(st.ok()) << st.status();
-    if (st.ok()) losses.push_back(st->loss);
-  }
-  return losses;
-}
-
-// `dp` ranks of `rows` each running `body` on a trainer of profile `p`.
-void on_zero_ranks(int dp, int rows, Profile p, const std::function<void(int, Trainer&)>& body) {
-  LocalRanks ranks(dp);
-  p.train.micro_batch = rows;
-  on_ranks(ranks.comms, p, body);
-}
-
 // A sharded checkpoint (every rank writes its shard) saved by 2 ranks of stage 1 and of stage 2
 // with the optimizer in NVMe resumes on 1 rank and on 4 (the same global batch of 4 rows), and
 // the next 3 losses are the uninterrupted run's within 1e-6 relative.
 TEST(TrainerZero, AShardedCheckpointOfTwoRanksResumesOnOneAndOnFour) {
   offload::testing::ScratchDir swap, ckpt;
   for (int stage : {1, 2}) {
-    const std::string dir = ckpt.path() + "/stage" + std::to_string(stage);
-    const Profile p = zero_profile(stage, OffloadTarget::kNvme, swap.path());
-    std::vector<double> whole, tail1, tail4;
-    on_zero_ranks(2, 2, p, [&](int rank, Trainer& t) {
-      const std::vector<double> first = steps(t, 3);
-      auto saved = save_checkpoint(t, dir);  // every rank: the save is a collective
-      ASSERT_TRUE(saved.ok()) << saved.status();
-      EXPECT_EQ(*saved, dir + "/step-00000003");
-      const std::vector<double> rest = steps(t, 3);
-      if (rank == 0) {
-        whole = first;
-        whole.insert(whole.end(), rest.begin(), rest.end());
-      }
-    });
-    on_zero_ranks(1, 4, p, [&](int, Trainer& t) {
-      ASSERT_TRUE(load_checkpoint(t, dir).ok());
-      tail1 = steps(t, 3);
-    });
-    on_zero_ranks(4, 1, p, [&](int rank, Trainer& t) {
-      auto loaded = load_checkpoint(t, dir);
-      ASSERT_TRUE(loaded.ok()) << loaded.status();
-      const std::vector<double> l = steps(t, 3);
-      if (rank == 0) tail4 = l;
-    });
-    ASSERT_EQ(whole.size(), 6u);
-    ASSERT_EQ(tail1.size(), 3u);
-    ASSERT_EQ(tail4.size(), 3u);
-    for (std::size_t i = 0; i < 3; ++i) {
-      EXPECT_NEAR(tail1[i], whole[3 + i], 1e-6 * whole[3 + i]) << "stage " << stage << ", dp 1, step " << 4 + i;
-      EXPECT_NEAR(tail4[i], whole[3 + i], 1e-6 * whole[3 + i]) << "stage " << stage << ", dp 4, step " << 4 + i;
-    }
+    expect_resumes_on_one_and_four(zero_profile(stage, OffloadTarget::kNvme, swap.path()),
+                                   ckpt.path() + "/stage" + std::to_string(stage), "stage " + std::to_string(stage));
   }
 }
 
@@ -373,12 +328,12 @@ TEST(TrainerZero, EnginesAgreeOnSavesAndExports) {
   }
 }
 
-// With every collective of every rank delayed (differently per rank), stages 1 and 2 give the
-// undelayed results bit for bit.
+// With every collective of every rank delayed (differently per rank), every stage gives the
+// undelayed results bit for bit: the stream order, not the timing, decides what is reduced.
 TEST(TrainerZero, DelayedCollectivesLeaveTheResultsUnchanged) {
   offload::testing::ScratchDir swap;
-  for (int stage : {1, 2}) {
-    const Profile p = zero_profile(stage, OffloadTarget::kCpu, swap.path());
+  for (int stage : {0, 1, 2}) {
+    const Profile p = zero_profile(stage, stage == 0 ? OffloadTarget::kNone : OffloadTarget::kCpu, swap.path());
     const std::vector<RankRun> plain = run_zero(2, p);
     LocalRanks ranks(2);
     std::vector<std::unique_ptr<parallel::FaultyComm>> slow;
