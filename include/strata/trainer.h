@@ -190,8 +190,9 @@ struct TrainerOptions {
   bool phase_timing = false;
   // The data-parallel group this trainer is one rank of (null: one rank). Its size must be
   // parallel.dp. Each rank reads its rows of the global batch (strata/data.h), the gradients are
-  // all-reduced in buckets as backward proceeds (ZeRO stage 0: zero.reduce_bucket_size,
-  // zero.overlap_comm) and every rank applies the same update; the loss is the global mean.
+  // reduced in buckets of zero.reduce_bucket_size as backward proceeds (zero.overlap_comm:
+  // all-reduced with stage 0, reduce-scattered to their owners with stages 1 and 2), and the
+  // ranks' updates agree; the loss is the global mean (src/engine/data_parallel.h).
   // REQUIRES: outlives the trainer.
   Communicator* dp = nullptr;
 };
