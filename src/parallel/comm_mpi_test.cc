@@ -5,9 +5,11 @@
 // reduction order is its own: 1e-6 relative for fp32, half an ulp per addition for bf16/fp16).
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "parallel/comm_test_util.h"
 #include "parallel/hierarchical_allreduce.h"
@@ -235,15 +237,28 @@ int abort_mode(strata::Communicator& world, int victim) {
   return 1;
 }
 
+// `--stall-rank R`: rank R stays away from a barrier the others wait at; the watchdog must end
+// the job within the (2 s) timeout, naming the barrier (a CTest entry checks the output).
+int stall_mode(strata::Communicator& world, int stalled) {
+  if (world.rank() == stalled) {
+    std::this_thread::sleep_for(std::chrono::seconds(60));
+    return 1;
+  }
+  strata::Status st = world.barrier();
+  std::fprintf(stderr, "comm_mpi_test: rank %d: barrier returned: %s\n", world.rank(), st.to_string().c_str());
+  return 1;
+}
+
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
-  int victim = -1;
+  int victim = -1, stalled = -1;
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::string(argv[i]) == "--abort-rank") victim = std::atoi(argv[i + 1]);
+    if (std::string(argv[i]) == "--stall-rank") stalled = std::atoi(argv[i + 1]);
   }
   strata::CommOptions o;
   o.check_collectives = true;
-  o.timeout_s = 120;
+  o.timeout_s = stalled >= 0 ? 2 : 120;
   auto comm = strata::make_mpi_world(o);
   if (!comm.ok() && comm.status().code() == strata::StatusCode::kUnavailable && !strata::launched_by_mpi()) {
     std::printf("comm_mpi_test: skipped: %s\n", comm.status().to_string().c_str());
@@ -255,6 +270,7 @@ int main(int argc, char** argv) {
   }
   strata::world = comm->get();
   if (victim >= 0) return abort_mode(*strata::world, victim);
+  if (stalled >= 0) return stall_mode(*strata::world, stalled);
   int failed = RUN_ALL_TESTS();
   std::vector<double> any{static_cast<double>(failed)};
   if (!strata::world->all_reduce_host(any, strata::ReduceOp::kMax).ok()) return 1;

@@ -50,6 +50,10 @@ class MpiComm final : public Communicator {
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
     find_node();
+    watch_ = mpi_.add_slot([this] {
+      std::lock_guard wl(watched_mu_);
+      return "rank " + std::to_string(mpi_.world_rank()) + ": " + describe(watched_fp_);
+    });
     collectives_ = std::thread([this] { run_collectives(); });
     transfers_ = std::thread([this] { run_transfers(); });
   }
@@ -62,6 +66,7 @@ class MpiComm final : public Communicator {
     cv_.notify_all();
     collectives_.join();
     transfers_.join();
+    mpi_.remove_slot(watch_);
     MPI_Comm_free(&comm_);
   }
 
@@ -227,6 +232,10 @@ class MpiComm final : public Communicator {
   int rank_ = 0, size_ = 1, node_ = 0, node_count_ = 1;
   CommCounters counters_;
   StreamChain chain_;  // collectives enqueued back to back on one stream
+  // The watchdog's view of the collective in flight (armed around each one).
+  MpiRuntime::Slot* watch_ = nullptr;
+  std::mutex watched_mu_;
+  Fingerprint watched_fp_;  // guarded by watched_mu_
 
   std::mutex mu_;
   std::condition_variable cv_;
@@ -264,11 +273,13 @@ void MpiComm::run_collectives() {
     // It runs even when the stream's earlier work failed: a rank that stayed away would hang
     // its peers (the failure reaches the stream's owner).
     if (op->reached) op->reached->synchronize().ignore();
-    const std::uint64_t watch = mpi_.watch(
-        [rank = mpi_.world_rank(), fp = op->fp] { return "rank " + std::to_string(rank) + ": " + describe(fp); },
-        options_.timeout_s);
+    {
+      std::lock_guard wl(watched_mu_);
+      watched_fp_ = op->fp;
+    }
+    watch_->arm(options_.timeout_s);
     Status st = run_collective(*op);
-    mpi_.unwatch(watch);
+    watch_->disarm();
     if (st.ok()) count(*op);
     op->done->set(st);
     lk.lock();

@@ -117,12 +117,36 @@ MpiRuntime::~MpiRuntime() {
   if (owns_init_ && !finalized) MPI_Finalize();
 }
 
+void MpiRuntime::Slot::arm(double timeout_s) {
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
+  deadline_ns_.store(std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.time_since_epoch()).count(),
+                     std::memory_order_release);
+}
+
+MpiRuntime::Slot* MpiRuntime::add_slot(std::function<std::string()> describe) {
+  std::lock_guard lk(mu_);
+  slots_.push_back(std::unique_ptr<Slot>(new Slot(std::move(describe))));
+  return slots_.back().get();
+}
+
+void MpiRuntime::remove_slot(Slot* slot) {
+  std::lock_guard lk(mu_);
+  std::erase_if(slots_, [&](const std::unique_ptr<Slot>& s) { return s.get() == slot; });
+}
+
 void MpiRuntime::watchdog() {
+  const auto overdue = " did not complete within the communicator's timeout";
   std::unique_lock lk(mu_);
   while (!stop_) {
     cv_.wait_for(lk, std::chrono::milliseconds(200));
+    const auto now = Clock::now();
     for (const auto& [id, w] : watched_) {
-      if (Clock::now() > w.deadline) abort_job(w.describe() + " did not complete within the communicator's timeout");
+      if (now > w.deadline) abort_job(w.describe() + overdue);
+    }
+    const std::int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
+    for (const auto& slot : slots_) {
+      const std::int64_t deadline = slot->deadline_ns_.load(std::memory_order_acquire);
+      if (deadline != 0 && now_ns > deadline) abort_job(slot->describe_() + overdue);
     }
   }
 }

@@ -9,12 +9,15 @@
 
 #include <mpi.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "parallel/comm_internal.h"
 
@@ -33,9 +36,28 @@ class MpiRuntime {
   MPI_Op op(CommType t, ReduceOp op) const;
 
   // Watches an operation in flight; the returned id ends the watch. `describe` names it, and
-  // runs only when the operation overstays (the watch is on every operation's path).
+  // runs only when the operation overstays.
   std::uint64_t watch(std::function<std::string()> describe, double timeout_s);
   void unwatch(std::uint64_t id);
+
+  // A watch for a thread that runs one operation at a time (a communicator's collectives): made
+  // once, then armed and disarmed around each operation without a lock or an allocation.
+  // `describe` names the operation in flight; it runs only when one overstays, on the
+  // watchdog's thread, so it must guard what it reads.
+  class Slot {
+   public:
+    void arm(double timeout_s);
+    void disarm() { deadline_ns_.store(0, std::memory_order_release); }
+
+   private:
+    friend class MpiRuntime;
+    explicit Slot(std::function<std::string()> describe) : describe_(std::move(describe)) {}
+    std::function<std::string()> describe_;
+    std::atomic<std::int64_t> deadline_ns_{0};  // steady-clock nanoseconds; 0: idle
+  };
+  // REQUIRES: remove_slot() before the owner goes away.
+  Slot* add_slot(std::function<std::string()> describe);
+  void remove_slot(Slot* slot);
 
   [[noreturn]] void abort_job(const std::string& why);
 
@@ -56,6 +78,7 @@ class MpiRuntime {
   std::mutex mu_;
   std::condition_variable cv_;
   std::map<std::uint64_t, Watch> watched_;
+  std::vector<std::unique_ptr<Slot>> slots_;
   std::uint64_t next_watch_ = 0;
   bool stop_ = false;
   std::thread watchdog_;
