@@ -19,9 +19,11 @@ Result<std::unique_ptr<DataParallel>> DataParallel::create(const Profile& profil
   d->params_ = model.parameters();
   d->users_ = model::ParamUsers(model);
   std::vector<zero::FlatTensor> tensors;
+  std::uint64_t count = 0;
   for (Parameter* p : d->params_) {
     d->index_[p] = tensors.size();
     tensors.push_back(zero::FlatTensor{p->name(), p->numel()});
+    count += p->numel();
   }
   // Every value and gradient starts on a device-alignment boundary.
   const std::uint64_t align = kDeviceAlignment / std::min(dtype_size(value_dtype), dtype_size(grad_dtype));
@@ -33,7 +35,7 @@ Result<std::unique_ptr<DataParallel>> DataParallel::create(const Profile& profil
   d->layout_ = std::move(*layout);
   auto values = device.allocate(std::max<std::uint64_t>(1, d->layout_.total() * dtype_size(value_dtype)));
   if (!values.ok()) {
-    return values.status().with_context("trainer: " + std::to_string(d->layout_.used()) + " parameters in " +
+    return values.status().with_context("trainer: " + std::to_string(count) + " parameters in " +
                                         std::string(dtype_name(value_dtype)));
   }
   d->values_ = std::move(*values);
