@@ -215,7 +215,8 @@ class Gpt final : public Module {
   // (B, T) of the cross-entropy of predicting targets from tokens.
   // tokens, targets: (B, T) int32 in device memory, ids < vocab. They and the parameters must
   // stay unchanged until backward() has been enqueued and has run.
-  // REQUIRES: prepared, every parameter bound.
+  // REQUIRES: prepared; every parameter bound, or hooks installed that bind each module's
+  // parameters in its before_forward and before_backward hooks.
   Status forward(DeviceRange tokens, DeviceRange targets, DeviceView loss_sum, float loss_weight, Stream& stream);
 
   // Enqueues the backward pass of the latest forward(): every parameter gradient +=

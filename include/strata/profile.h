@@ -77,6 +77,7 @@ struct ZeroConfig {
   std::uint64_t prefetch_bucket_size = 50ULL << 20;   // bytes fetched ahead of use
   std::uint64_t max_live_parameters = 1000000000;     // parameters resident at once (elements)
   std::uint64_t param_persistence_threshold = 100000; // parameters smaller than this stay resident (elements)
+  std::uint64_t max_reuse_distance = 1000000000;      // kept gathered when used again within this (elements)
   bool overlap_comm = true;
   bool operator==(const ZeroConfig&) const = default;
 };

@@ -63,12 +63,33 @@ struct UpdateResult {
   bool applied = false;    // false: the update was skipped because the gradients were not finite
 };
 
+// What ZeRO stage 3 gathered (src/zero/param_fetch.h), in elements of the flat layout (each
+// bucket's padding included).
+struct GatherStats {
+  std::uint64_t max_live = 0;       // zero.max_live_parameters
+  std::uint64_t held = 0;           // elements of gathered buffers now (resident, retiring, spare)
+  std::uint64_t peak_held = 0;      // the most held at once
+  std::uint64_t persistent = 0;     // elements of the buckets that stay whole (not in `held`)
+  std::uint64_t gathers = 0;        // all-gathers issued, persistent ones included
+  std::uint64_t gathered = 0;       // their elements
+  std::uint64_t prefetched = 0;     // gathers issued ahead of need
+  std::uint64_t on_demand = 0;      // gathers a module had to issue and wait for itself
+  std::uint64_t reused = 0;         // uses served by a bucket kept gathered (max_reuse_distance)
+  std::uint64_t order_changes = 0;  // steps whose module order departed from the recorded one
+};
+
 // A piece of one parameter that a rank's optimizer updates: elements [first, first +
-// grad.count()) of `param`, whose reduced gradient `grad` holds.
+// grad.count()) of `param`, whose reduced gradient `grad` holds, and whose device values (the
+// compute copy the optimizer keeps in step with its masters) are `value`; an empty `value`
+// means that slice of the parameter's bound value. ZeRO stage 3 binds a parameter only while
+// it is gathered, so it names the shard's own storage here.
 struct ParamPiece {
   Parameter* param = nullptr;
   std::uint64_t first = 0;
   DeviceView grad;
+  DeviceView value;
+  // `value`, or the slice of the bound value; fails when neither holds the piece.
+  Result<DeviceView> device_value() const;
 };
 
 // The part of the model a rank's optimizer owns. Empty (the default): every parameter whole,
@@ -259,10 +280,13 @@ class Trainer {
     std::uint64_t values = 0;     // every parameter, in the compute dtype
     std::uint64_t gradients = 0;  // every gradient, or (ZeRO stage 2) this rank's shard of them
     std::uint64_t buckets = 0;    // ZeRO stage 2: the slots of the gradient buckets open in backward
-    std::uint64_t staging = 0;    // ZeRO stages 1 and 2: the buffer gathered state reads pass through
-    std::uint64_t total() const { return values + gradients + buckets + staging; }
+    std::uint64_t staging = 0;    // ZeRO stages 1-3: the buffer gathered state reads pass through
+    std::uint64_t gathered = 0;   // ZeRO stage 3: the most bytes of gathered parameters held at once
+    std::uint64_t total() const { return values + gradients + buckets + staging + gathered; }
   };
   ParameterBytes parameter_bytes() const;
+  // ZeRO stage 3's parameter gathers since the trainer was made (all zero for other stages).
+  GatherStats gather_stats() const;
   // The data-parallel group (null for one rank), and the elements [first, second) of p whose
   // optimizer state this rank holds (all of them unless ZeRO stage 1 or 2 shards it).
   Communicator* dp_group() const;

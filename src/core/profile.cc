@@ -263,6 +263,7 @@ std::string Profile::to_toml() const {
     << "prefetch_bucket_size = " << toml_bytes(zero.prefetch_bucket_size) << "\n"
     << "max_live_parameters = " << zero.max_live_parameters << "\n"
     << "param_persistence_threshold = " << zero.param_persistence_threshold << "\n"
+    << "max_reuse_distance = " << zero.max_reuse_distance << "\n"
     << "overlap_comm = " << toml_bool(zero.overlap_comm) << "\n\n";
   o << "[parallel]\n"
     << "dp = " << parallel.dp << "\n"
@@ -346,6 +347,7 @@ std::string Profile::to_json() const {
                {"prefetch_bucket_size", format_bytes(zero.prefetch_bucket_size)},
                {"max_live_parameters", zero.max_live_parameters},
                {"param_persistence_threshold", zero.param_persistence_threshold},
+               {"max_reuse_distance", zero.max_reuse_distance},
                {"overlap_comm", zero.overlap_comm}};
   j["parallel"] = {{"dp", parallel.dp},
                    {"tp", parallel.tp},
@@ -457,11 +459,13 @@ checksums = false
 stage = 0
 reduce_bucket_size = "25MiB"
 allgather_bucket_size = "25MiB"
-# Bytes of parameters fetched ahead of use, and parameters (elements) resident at once.
+# Stage 3: bytes of parameters gathered ahead of use, and gathered parameters (elements) held
+# at once; a module's parameters with at most this many elements stay gathered; parameters
+# used again within this many gathered elements are kept instead of released.
 prefetch_bucket_size = "50MiB"
 max_live_parameters = 1000000000
-# Parameters with fewer elements than this stay resident (never released).
 param_persistence_threshold = 100000
+max_reuse_distance = 1000000000
 # Overlap gradient reduction with backward.
 overlap_comm = true
 

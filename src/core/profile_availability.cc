@@ -21,8 +21,7 @@ struct PendingKey {
 #define STRATA_PENDING_KEY(key, member, default_text, why) \
   PendingKey { key, default_text, why, [](const Profile& p) { return p.member == Profile{}.member; } }
 
-constexpr const char* kParamOffload = "parameter offload arrives with ZeRO-3";
-constexpr const char* kParamGather = "parameter gathering arrives with ZeRO-3";
+constexpr const char* kParamOffload = "ZeRO-3 keeps the parameter shards on the device; their offload is not built yet";
 constexpr const char* kPipeline = "pipeline parallelism is not built yet";
 
 const std::vector<PendingKey>& pending_keys() {
@@ -34,13 +33,6 @@ const std::vector<PendingKey>& pending_keys() {
       STRATA_PENDING_KEY("offload.param.max_in_cpu", offload_param.max_in_cpu, "\"1GiB\"", kParamOffload),
       STRATA_PENDING_KEY("offload.param.buffer_count", offload_param.buffer_count, "5", kParamOffload),
       STRATA_PENDING_KEY("offload.param.buffer_size", offload_param.buffer_size, "\"64MiB\"", kParamOffload),
-      STRATA_PENDING_KEY("zero.allgather_bucket_size", zero.allgather_bucket_size, "\"25MiB\"",
-                         "ZeRO stages 1 and 2 all-gather one reduce bucket per collective; the gather bucket size "
-                         "arrives with ZeRO-3"),
-      STRATA_PENDING_KEY("zero.prefetch_bucket_size", zero.prefetch_bucket_size, "\"50MiB\"", kParamGather),
-      STRATA_PENDING_KEY("zero.max_live_parameters", zero.max_live_parameters, "1000000000", kParamGather),
-      STRATA_PENDING_KEY("zero.param_persistence_threshold", zero.param_persistence_threshold, "100000",
-                         kParamGather),
       STRATA_PENDING_KEY("parallel.tp", parallel.tp, "1", "tensor parallelism is not built yet"),
       STRATA_PENDING_KEY("parallel.pp", parallel.pp, "1", kPipeline),
       STRATA_PENDING_KEY("parallel.schedule", parallel.schedule, "\"1f1b\"", kPipeline),
@@ -70,10 +62,6 @@ Status Profile::check_available() const {
     if (k.is_default(*this)) continue;
     refused += std::string(refused.empty() ? "" : "; ") + k.key + " is not available yet (" + k.why +
                "): remove it or set it to its default " + k.default_text;
-  }
-  if (zero.stage == 3) {
-    refused += std::string(refused.empty() ? "" : "; ") +
-               "zero.stage = 3 is not available yet (ZeRO-3 parameter sharding is not built yet): use stage 0, 1 or 2";
   }
   if (refused.empty()) return Status::OK();
   return unavailable(refused);

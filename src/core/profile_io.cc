@@ -488,6 +488,7 @@ Status read_profile(const Node& root, Profile* p) {
     STRATA_RETURN_IF_ERROR(s.bytes("prefetch_bucket_size", &p->zero.prefetch_bucket_size));
     STRATA_RETURN_IF_ERROR(s.integer("max_live_parameters", &p->zero.max_live_parameters, 1, std::numeric_limits<std::int64_t>::max()));
     STRATA_RETURN_IF_ERROR(s.integer("param_persistence_threshold", &p->zero.param_persistence_threshold, 0, std::numeric_limits<std::int64_t>::max()));
+    STRATA_RETURN_IF_ERROR(s.integer("max_reuse_distance", &p->zero.max_reuse_distance, 0, std::numeric_limits<std::int64_t>::max()));
     STRATA_RETURN_IF_ERROR(s.boolean("overlap_comm", &p->zero.overlap_comm));
     STRATA_RETURN_IF_ERROR(s.finish());
   }

@@ -86,6 +86,11 @@ const std::map<std::string, Reader>& honoured_keys() {
       {"zero.stage", {"src/engine/data_parallel.cc", "profile.zero.stage"}},
       {"zero.reduce_bucket_size", {"src/engine/data_parallel.cc", "profile.zero.reduce_bucket_size"}},
       {"zero.overlap_comm", {"src/engine/data_parallel.cc", "profile.zero.overlap_comm"}},
+      {"zero.allgather_bucket_size", {"src/engine/data_parallel.cc", "profile.zero.allgather_bucket_size"}},
+      {"zero.prefetch_bucket_size", {"src/engine/data_parallel.cc", "z.prefetch_bucket_size"}},
+      {"zero.max_live_parameters", {"src/engine/data_parallel.cc", "z.max_live_parameters"}},
+      {"zero.param_persistence_threshold", {"src/engine/data_parallel.cc", "z.param_persistence_threshold"}},
+      {"zero.max_reuse_distance", {"src/engine/data_parallel.cc", "z.max_reuse_distance"}},
       {"parallel.check_collectives", {"src/cli/train_ranks.cc", "parallel.check_collectives"}},
       {"parallel.comm_timeout", {"src/cli/train_ranks.cc", "parallel.comm_timeout"}},
       {"activation.checkpointing", {"src/model/gpt.cc", "profile.activation.checkpointing"}},
@@ -116,10 +121,6 @@ const std::map<std::string, std::string>& non_default_settings() {
       {"offload.param.max_in_cpu", "[offload.param]\nmax_in_cpu = \"2GiB\"\n"},
       {"offload.param.buffer_count", "[offload.param]\nbuffer_count = 4\n"},
       {"offload.param.buffer_size", "[offload.param]\nbuffer_size = \"32MiB\"\n"},
-      {"zero.allgather_bucket_size", "[zero]\nallgather_bucket_size = \"8MiB\"\n"},
-      {"zero.prefetch_bucket_size", "[zero]\nprefetch_bucket_size = \"8MiB\"\n"},
-      {"zero.max_live_parameters", "[zero]\nmax_live_parameters = 1000\n"},
-      {"zero.param_persistence_threshold", "[zero]\nparam_persistence_threshold = 10\n"},
       {"parallel.tp", "[parallel]\ntp = 2\n"},
       {"parallel.pp", "[parallel]\npp = 2\n"},
       {"parallel.schedule", "[parallel]\nschedule = \"gpipe\"\n"},
@@ -176,18 +177,16 @@ TEST(ProfileKeys, ANonDefaultValueOfAnUnavailableKeyIsRefusedNamingIt) {
   }
 }
 
-// zero.stage is read for 0, 1 and 2; stage 3 is refused until ZeRO-3 lands.
-TEST(ProfileKeys, ZeroStageThreeIsRefusedAndOneAndTwoAreNot) {
+// Every ZeRO stage and its stage-3 keys are read.
+TEST(ProfileKeys, EveryZeroStageAndItsGatherKeysAreAvailable) {
   for (int stage : {1, 2, 3}) {
-    auto p = Profile::from_toml_string("[zero]\nstage = " + std::to_string(stage) + "\n", "stage");
+    auto p = Profile::from_toml_string("[zero]\nstage = " + std::to_string(stage) +
+                                           "\nprefetch_bucket_size = \"8MiB\"\nmax_live_parameters = 1000\n"
+                                           "param_persistence_threshold = 10\nmax_reuse_distance = 5\n",
+                                       "stage");
     ASSERT_TRUE(p.ok()) << p.status();
-    const Status st = p->check_available();
-    if (stage < 3) {
-      EXPECT_TRUE(st.ok()) << st;
-      continue;
-    }
-    EXPECT_EQ(st.code(), StatusCode::kUnavailable) << st;
-    EXPECT_NE(st.message().find("zero.stage = 3 is not available yet"), std::string::npos) << st;
+    EXPECT_EQ(p->zero.max_reuse_distance, 5u);
+    EXPECT_TRUE(p->check_available().ok()) << p->check_available();
   }
 }
 

@@ -393,7 +393,8 @@ Result<std::string> latest_checkpoint(const std::string& dir) {
 
 Result<std::string> save_checkpoint(Trainer& trainer, const std::string& dir, const CheckpointOptions& options) {
   if (dir.empty()) return invalid_argument("checkpoint: the directory is empty");
-  if (trainer.zero_stage() >= 1) return save_sharded(trainer, dir, options);
+  // One rank holds everything, whatever its ZeRO stage.
+  if (trainer.zero_stage() >= 1 && trainer.dp_group() != nullptr) return save_sharded(trainer, dir, options);
   STRATA_RETURN_IF_ERROR(prepare_dir(dir));
   const std::string tmp = tmp_path(dir, trainer.steps_done(), static_cast<long>(::getpid()));
   if (::mkdir(tmp.c_str(), 0700) != 0) return STRATA_ERRNO(errno, "mkdir", tmp);

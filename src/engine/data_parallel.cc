@@ -10,45 +10,127 @@ Result<std::unique_ptr<DataParallel>> DataParallel::create(const Profile& profil
                                                            DType grad_dtype, Device& device, Communicator* dp) {
   std::unique_ptr<DataParallel> d(new DataParallel());
   d->dp_ = dp != nullptr && dp->size() > 1 ? dp : nullptr;
-  d->stage_ = d->dp_ != nullptr ? profile.zero.stage : 0;
-  if (d->stage_ > 2) {
-    return unavailable("zero.stage = " + std::to_string(d->stage_) + " is not available yet (stages 0, 1 and 2 are)");
+  d->stage_ = d->dp_ != nullptr || profile.zero.stage == 3 ? profile.zero.stage : 0;
+  if (d->stage_ == 3 && d->dp_ == nullptr) {
+    STRATA_ASSIGN_OR_RETURN(auto one, make_local_comms(1));
+    d->one_rank_ = std::move(one[0]);
+    d->dp_ = d->one_rank_.get();
   }
   d->value_dtype_ = value_dtype;
   d->grad_dtype_ = grad_dtype;
   d->params_ = model.parameters();
   d->users_ = model::ParamUsers(model);
-  std::vector<zero::FlatTensor> tensors;
-  std::uint64_t count = 0;
-  for (Parameter* p : d->params_) {
-    d->index_[p] = tensors.size();
-    tensors.push_back(zero::FlatTensor{p->name(), p->numel()});
-    count += p->numel();
+  STRATA_RETURN_IF_ERROR(d->lay_out(profile, model));
+  if (d->stage_ == 3) {
+    STRATA_RETURN_IF_ERROR(d->make_fetch(profile, model, device));
+  } else {
+    auto values = device.allocate(std::max<std::uint64_t>(1, d->layout_.total() * dtype_size(value_dtype)));
+    if (!values.ok()) {
+      std::uint64_t count = 0;
+      for (const Parameter* p : d->params_) count += p->numel();
+      return values.status().with_context("trainer: " + std::to_string(count) + " parameters in " +
+                                          std::string(dtype_name(value_dtype)));
+    }
+    d->values_ = std::move(*values);
   }
-  // Every value and gradient starts on a device-alignment boundary.
-  const std::uint64_t align = kDeviceAlignment / std::min(dtype_size(value_dtype), dtype_size(grad_dtype));
-  const bool sharded = d->stage_ >= 1;
-  const std::uint64_t shards = sharded ? static_cast<std::uint64_t>(d->size()) : 1;
-  const std::uint64_t bucket = sharded ? std::max<std::uint64_t>(1, profile.zero.reduce_bucket_size / dtype_size(grad_dtype)) : 0;
-  auto layout = zero::FlatLayout::create(std::move(tensors), align, shards, bucket);
-  if (!layout.ok()) return layout.status().with_context("trainer");
-  d->layout_ = std::move(*layout);
-  auto values = device.allocate(std::max<std::uint64_t>(1, d->layout_.total() * dtype_size(value_dtype)));
-  if (!values.ok()) {
-    return values.status().with_context("trainer: " + std::to_string(count) + " parameters in " +
-                                        std::string(dtype_name(value_dtype)));
-  }
-  d->values_ = std::move(*values);
   STRATA_RETURN_IF_ERROR(d->make_reducers(profile, device));
   STRATA_RETURN_IF_ERROR(d->bind_storage(device));
   return d;
 }
 
+Status DataParallel::lay_out(const Profile& profile, Module& model) {
+  std::vector<zero::FlatTensor> tensors;
+  for (Parameter* p : params_) {
+    index_[p] = tensors.size();
+    tensors.push_back(zero::FlatTensor{p->name(), p->numel()});
+  }
+  // Stage 3 gathers whole modules: each module's parameters open a bucket.
+  std::vector<bool> opens;
+  if (stage_ == 3) {
+    opens.assign(tensors.size(), false);
+    std::vector<const Module*> stack{&model};
+    while (!stack.empty()) {
+      const Module* m = stack.back();
+      stack.pop_back();
+      if (!m->own_parameters().empty()) opens[index_.at(m->own_parameters().front())] = true;
+      for (const Module* c : m->children()) stack.push_back(c);
+    }
+  }
+  // Every value and gradient starts on a device-alignment boundary.
+  const std::uint64_t align = kDeviceAlignment / std::min(dtype_size(value_dtype_), dtype_size(grad_dtype_));
+  const bool sharded = stage_ >= 1;
+  const std::uint64_t shards = sharded ? static_cast<std::uint64_t>(size()) : 1;
+  std::uint64_t bucket = 0;
+  if (stage_ == 3) {
+    bucket = std::max<std::uint64_t>(1, profile.zero.allgather_bucket_size / dtype_size(value_dtype_));
+  } else if (sharded) {
+    bucket = std::max<std::uint64_t>(1, profile.zero.reduce_bucket_size / dtype_size(grad_dtype_));
+  }
+  auto layout = zero::FlatLayout::create(std::move(tensors), align, shards, bucket, opens);
+  if (!layout.ok()) return layout.status().with_context("trainer");
+  layout_ = std::move(*layout);
+  return Status::OK();
+}
+
+Status DataParallel::make_fetch(const Profile& profile, Module& model, Device& device) {
+  const ZeroConfig& z = profile.zero;
+  zero::FetchOptions o;
+  o.max_live = z.max_live_parameters;
+  o.prefetch = z.prefetch_bucket_size / dtype_size(value_dtype_);
+  o.reuse_distance = z.max_reuse_distance;
+  o.persistence_threshold = z.param_persistence_threshold;
+  // The largest module's gathered buckets must fit in the window at once.
+  std::string largest = "(none)";
+  std::vector<Module*> stack{&model};
+  while (!stack.empty()) {
+    Module* m = stack.back();
+    stack.pop_back();
+    for (Module* c : m->children()) stack.push_back(c);
+    STRATA_ASSIGN_OR_RETURN(std::vector<std::size_t> buckets, buckets_of(*m));
+    std::uint64_t use = 0;
+    for (std::size_t b : buckets) {
+      if (layout_.bucket(b).count > o.persistence_threshold) use += layout_.bucket(b).count;
+    }
+    if (use > o.largest_use) {
+      o.largest_use = use;
+      largest = m->name();
+    }
+  }
+  if (o.largest_use > o.max_live) {
+    return invalid_argument("ZeRO stage 3: module " + largest + " gathers " + std::to_string(o.largest_use) +
+                            " parameters (its buckets, padded over " + std::to_string(size()) +
+                            " ranks) at once, more than zero.max_live_parameters = " + std::to_string(o.max_live) +
+                            ": raise zero.max_live_parameters to at least " + std::to_string(o.largest_use));
+  }
+  auto before = [this](std::size_t b) -> Status {
+    if (optimizer_ == nullptr) return Status::OK();
+    const auto [lo, hi] = layout_.bucket_tensors(b);
+    return optimizer_->wait_for_update({params_.data() + lo, hi - lo});
+  };
+  STRATA_ASSIGN_OR_RETURN(fetch_, zero::ParamFetch::create(*dp_, device, layout_, value_dtype_, o, before));
+  return Status::OK();
+}
+
+Status DataParallel::reserve_gather_window() const {
+  if (fetch_ == nullptr) return Status::OK();
+  Status st = fetch_->reserve(fetch_->largest_use());
+  if (st.ok()) return st;
+  const std::uint64_t bytes = fetch_->largest_use() * dtype_size(value_dtype_);
+  return st.with_context("ZeRO stage 3: the largest module's gathered parameters (" + std::to_string(fetch_->largest_use()) +
+                         " elements, " + std::to_string(bytes) +
+                         " B) do not fit on the device beside the shard, gradients and activations: raise "
+                         "memory.device_budget, or shard over more ranks");
+}
+
+GatherStats DataParallel::gather_stats() const { return fetch_ != nullptr ? fetch_->stats() : GatherStats{}; }
+
 Status DataParallel::make_reducers(const Profile& profile, Device& device) {
   const std::uint64_t gs = dtype_size(grad_dtype_);
   const bool overlap = profile.zero.overlap_comm;
   if (stage_ >= 1) {
-    STRATA_ASSIGN_OR_RETURN(sharded_, zero::ShardedGrads::create(*dp_, device, layout_, grad_dtype_, stage_, overlap));
+    // Stage 3's gradients are stage 2's.
+    const int grads_stage = std::min(stage_, 2);
+    STRATA_ASSIGN_OR_RETURN(sharded_, zero::ShardedGrads::create(*dp_, device, layout_, grad_dtype_, grads_stage, overlap));
     return Status::OK();
   }
   auto grads = device.allocate(std::max<std::uint64_t>(1, layout_.total() * gs));
@@ -72,6 +154,7 @@ Status DataParallel::make_reducers(const Profile& profile, Device& device) {
 }
 
 Status DataParallel::bind_storage(Device& device) {
+  if (stage_ == 3) return add_pieces(device);  // bound only while gathered
   const std::uint64_t vs = dtype_size(value_dtype_), gs = dtype_size(grad_dtype_);
   // The padding between tensors is gathered with them: it stays zero.
   STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Stream> stream, device.create_stream("parameter storage"));
@@ -91,11 +174,15 @@ Status DataParallel::bind_storage(Device& device) {
   if (stage_ == 0) {
     // Stage 0: the optimizer owns every parameter whole, its gradient final once all-reduced.
     if (dp_ != nullptr) {
-      for (Parameter* p : params_) shard_.pieces.push_back(ParamPiece{p, 0, p->grad()});
+      for (Parameter* p : params_) shard_.pieces.push_back(ParamPiece{p, 0, p->grad(), {}});
     }
     return Status::OK();
   }
   gather_ = std::make_unique<zero::ParamGather>(*dp_, layout_, values_, value_dtype_);
+  return add_pieces(device);
+}
+
+Status DataParallel::add_pieces(Device& device) {
   // Gathered reads of the sharded state (checkpoints, exports) pass through this.
   auto staging = device.allocate(kGatherStagingBytes);
   if (!staging.ok()) return staging.status().with_context("trainer: the staging buffer of gathered state reads");
@@ -107,7 +194,12 @@ Status DataParallel::bind_storage(Device& device) {
     const zero::FlatRange slice = layout_.slice(b, r);
     for (const zero::FlatSegment& s : layout_.segments(slice)) {
       STRATA_ASSIGN_OR_RETURN(DeviceView g, sharded_->shard_grad(b).slice(s.flat_first - slice.first, s.count));
-      shard_.pieces.push_back(ParamPiece{params_[s.tensor], s.tensor_first, g});
+      DeviceView v;  // stage 3: the home of this rank's slice, not the gathered parameter
+      if (fetch_ != nullptr) {
+        STRATA_ASSIGN_OR_RETURN(DeviceView home, fetch_->home_slice(b));
+        STRATA_ASSIGN_OR_RETURN(v, home.slice(s.flat_first - slice.first, s.count));
+      }
+      shard_.pieces.push_back(ParamPiece{params_[s.tensor], s.tensor_first, g, v});
     }
   }
   return Status::OK();
@@ -119,6 +211,10 @@ Trainer::ParameterBytes DataParallel::device_bytes() const {
   b.gradients = grads_.size() + (sharded_ != nullptr ? sharded_->gradient_bytes() : 0);
   b.buckets = sharded_ != nullptr ? sharded_->slot_bytes() : 0;
   b.staging = gather_staging_.size();
+  if (fetch_ != nullptr) {
+    b.values = fetch_->home_bytes();
+    b.gathered = fetch_->stats().peak_held * dtype_size(value_dtype_);
+  }
   return b;
 }
 
@@ -139,11 +235,48 @@ Status DataParallel::for_used(Module& module, Fn fn) {
   return Status::OK();
 }
 
-Status DataParallel::begin_step(Stream& stream) {
+Result<std::vector<std::size_t>> DataParallel::buckets_of(Module& module) {
+  std::vector<std::size_t> buckets;
+  STRATA_RETURN_IF_ERROR(for_used(module, [&](Parameter*, std::size_t i) -> Status {
+    const std::size_t b = layout_.bucket_of(i);
+    if (std::find(buckets.begin(), buckets.end(), b) == buckets.end()) buckets.push_back(b);
+    return Status::OK();
+  }));
+  return buckets;
+}
+
+Status DataParallel::acquire(Module& module, bool with_grads, Stream& stream) {
+  STRATA_ASSIGN_OR_RETURN(std::vector<std::size_t> buckets, buckets_of(module));
+  if (buckets.empty()) return Status::OK();
+  STRATA_RETURN_IF_ERROR(fetch_->acquire(buckets, stream));
+  return for_used(module, [&](Parameter* p, std::size_t i) -> Status {
+    STRATA_ASSIGN_OR_RETURN(DeviceView v, fetch_->tensor_view(i));
+    DeviceView g;
+    if (with_grads) {
+      STRATA_ASSIGN_OR_RETURN(g, sharded_->tensor_grad(i, stream));
+    }
+    return p->bind(v, g);
+  });
+}
+
+Status DataParallel::release(Module& module, Stream& stream) {
+  STRATA_ASSIGN_OR_RETURN(std::vector<std::size_t> buckets, buckets_of(module));
+  if (buckets.empty()) return Status::OK();
+  STRATA_ASSIGN_OR_RETURN(std::vector<bool> resident, fetch_->release(buckets, stream));
+  return for_used(module, [&](Parameter* p, std::size_t i) -> Status {
+    const auto at = std::find(buckets.begin(), buckets.end(), layout_.bucket_of(i)) - buckets.begin();
+    if (!resident[static_cast<std::size_t>(at)]) p->unbind();
+    return Status::OK();
+  });
+}
+
+Status DataParallel::begin_step(StepOptimizer& optimizer, Stream& stream) {
   if (!grads_.empty()) STRATA_RETURN_IF_ERROR(stream.device().fill(grads_.view(grad_dtype_), 0.0f, stream));
   // The previous step updated every rank's slices (or, skipped, left them equal: gathering
   // them again is harmless); so did anything since that set master weights.
   if (gather_ != nullptr) gather_->mark_all();
+  optimizer_ = &optimizer;
+  if (fetch_ != nullptr) return fetch_->begin_step(stream);
   return Status::OK();
 }
 
@@ -157,6 +290,7 @@ Status DataParallel::begin_micro(int micro, bool last, Stream& stream) {
 
 Status DataParallel::before_forward(Module& module, StepOptimizer& optimizer, Stream& stream) {
   STRATA_RETURN_IF_ERROR(optimizer.before_forward(module));
+  if (fetch_ != nullptr) return acquire(module, false, stream);
   if (gather_ == nullptr) return Status::OK();
   return for_used(module, [&](Parameter*, std::size_t i) -> Status {
     const std::size_t b = layout_.bucket_of(i);
@@ -167,7 +301,12 @@ Status DataParallel::before_forward(Module& module, StepOptimizer& optimizer, St
   });
 }
 
+Status DataParallel::after_forward(Module& module, Stream& stream) {
+  return fetch_ != nullptr ? release(module, stream) : Status::OK();
+}
+
 Status DataParallel::before_backward(Module& module, Stream& stream) {
+  if (fetch_ != nullptr) return acquire(module, true, stream);
   if (stage_ != 2) return Status::OK();
   return for_used(module, [&](Parameter* p, std::size_t i) -> Status {
     STRATA_ASSIGN_OR_RETURN(DeviceView g, sharded_->tensor_grad(i, stream));
@@ -176,15 +315,17 @@ Status DataParallel::before_backward(Module& module, Stream& stream) {
 }
 
 Status DataParallel::after_backward(Module& module, Stream& stream) {
-  return for_used(module, [&](Parameter* p, std::size_t i) -> Status {
+  STRATA_RETURN_IF_ERROR(for_used(module, [&](Parameter* p, std::size_t i) -> Status {
     if (!users_.finish_use(*p)) return Status::OK();
     if (sharded_ != nullptr) return sharded_->tensor_final(i, stream);
     if (all_reduce_ != nullptr && last_micro_) return all_reduce_->tensor_final(i, stream);
     return Status::OK();
-  });
+  }));
+  return fetch_ != nullptr ? release(module, stream) : Status::OK();
 }
 
 Status DataParallel::end_micro(Stream& stream) {
+  if (fetch_ != nullptr && last_micro_) fetch_->end_step();
   if (sharded_ != nullptr) return sharded_->end_micro(stream);
   if (all_reduce_ != nullptr && last_micro_) return all_reduce_->finish(stream);
   return Status::OK();
@@ -236,6 +377,12 @@ Status DataParallel::read_state(StepOptimizer& optimizer, const Parameter& p, Op
 }
 
 Status DataParallel::gather_parameters(StepOptimizer& optimizer, Stream& stream) {
+  if (fetch_ != nullptr) {
+    // Stage 3 gathers on use: what is gathered now is stale.
+    STRATA_RETURN_IF_ERROR(optimizer.synchronize());
+    STRATA_RETURN_IF_ERROR(fetch_->invalidate(stream));
+    return stream.synchronize();
+  }
   if (gather_ == nullptr) return Status::OK();
   STRATA_RETURN_IF_ERROR(optimizer.synchronize());
   gather_->mark_all();

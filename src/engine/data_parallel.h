@@ -15,6 +15,15 @@
 //     bucket of the updated values (zero/param_gather.h), just before the first module using
 //     it runs and once the optimizer's update of this rank's slice of it is on the device.
 //     zero.allgather_bucket_size is stage 3's: here a gather moves one reduce bucket.
+//   - Stage 3: the buckets are cut at every module's parameters (and at
+//     zero.allgather_bucket_size bytes of values), and each rank keeps only its slice of the
+//     values (zero/param_fetch.h): a module's buckets are gathered before its forward and
+//     before its backward and released after them, so a parameter is bound to device storage
+//     only between its module's hooks. The gradients are stage 2's, on the same buckets
+//     (zero.reduce_bucket_size is not used). With activation checkpointing the recompute of a
+//     block gathers its buckets again, unless they are still kept from its recompute for its
+//     backward (max_reuse_distance). It runs with one rank too (a one-rank communicator): then
+//     the gather is a copy, and the window is what bounds the device's parameter memory.
 // With one rank, stages 1 and 2 are stage 0: the one shard is the whole model.
 //
 // The loss is scaled by 1/dp in backward, so the sums are the global batch's mean gradient.
@@ -34,6 +43,7 @@
 #include "strata/trainer.h"
 #include "zero/flat_layout.h"
 #include "zero/grad_buckets.h"
+#include "zero/param_fetch.h"
 #include "zero/param_gather.h"
 #include "zero/sharded_grads.h"
 
@@ -56,10 +66,16 @@ class DataParallel {
   // Device bytes of the parameters' values and gradients (with stage 2's bucket slots).
   Trainer::ParameterBytes device_bytes() const;
 
+  // Stage 3: checks that the largest module's gathered buckets fit on the device beside
+  // everything allocated so far (the trainer calls it last in its set-up); OK otherwise.
+  Status reserve_gather_window() const;
+  GatherStats gather_stats() const;
+
   // The step's hooks, in the order the trainer calls them.
-  Status begin_step(Stream& stream);
+  Status begin_step(StepOptimizer& optimizer, Stream& stream);
   Status begin_micro(int micro, bool last, Stream& stream);
   Status before_forward(Module& module, StepOptimizer& optimizer, Stream& stream);
+  Status after_forward(Module& module, Stream& stream);
   Status before_backward(Module& module, Stream& stream);
   Status after_backward(Module& module, Stream& stream);
   // After each micro-step's backward; in the last, `stream` then waits for every reduction.
@@ -81,8 +97,15 @@ class DataParallel {
 
  private:
   DataParallel() = default;
+  Status lay_out(const Profile& profile, Module& model);
   Status bind_storage(Device& device);
   Status make_reducers(const Profile& profile, Device& device);
+  Status make_fetch(const Profile& profile, Module& model, Device& device);
+  Status add_pieces(Device& device);
+  // Stage 3: the buckets `module` uses, in order, once each.
+  Result<std::vector<std::size_t>> buckets_of(Module& module);
+  Status acquire(Module& module, bool with_grads, Stream& stream);
+  Status release(Module& module, Stream& stream);
   Result<std::size_t> index_of(const Parameter& p) const;
   // The elements [first, second) of tensor i, within [first, first + n), that rank r owns.
   std::pair<std::uint64_t, std::uint64_t> owned(std::size_t i, std::uint64_t first, std::uint64_t n, int r) const;
@@ -91,6 +114,8 @@ class DataParallel {
   Status for_used(Module& module, Fn fn);
 
   Communicator* dp_ = nullptr;
+  std::unique_ptr<Communicator> one_rank_;  // stage 3 without a group
+  StepOptimizer* optimizer_ = nullptr;      // stage 3: the latest step's, for its updates
   int stage_ = 0;
   bool last_micro_ = false;
   DType value_dtype_ = DType::kF32, grad_dtype_ = DType::kF32;
@@ -103,9 +128,10 @@ class DataParallel {
   std::unique_ptr<zero::GradBuckets> all_reduce_;  // stage 0 with dp ranks
   std::unique_ptr<zero::ShardedGrads> sharded_;    // stages 1 and 2
   std::unique_ptr<zero::ParamGather> gather_;      // stages 1 and 2
+  std::unique_ptr<zero::ParamFetch> fetch_;        // stage 3
   OptimizerShard shard_;
   static constexpr std::size_t kGatherStagingBytes = 1 << 20;
-  DeviceBuffer gather_staging_;  // stages 1 and 2: read_state's broadcasts
+  DeviceBuffer gather_staging_;  // stages 1-3: read_state's broadcasts
 };
 
 }  // namespace strata::engine

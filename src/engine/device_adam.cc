@@ -40,20 +40,21 @@ class DeviceAdam final : public StepOptimizer {
     pieces_.clear();
     std::vector<ParamPiece> pieces = shard.pieces;
     if (!shard.sharded()) {
-      for (Parameter* p : model.parameters()) pieces.push_back(ParamPiece{p, 0, p->grad()});
+      for (Parameter* p : model.parameters()) pieces.push_back(ParamPiece{p, 0, p->grad(), {}});
     }
     std::size_t master_bytes = 0, moment_bytes = 0;
     auto round_up = [](std::size_t b) { return (b + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment; };
     for (const ParamPiece& pc : pieces) {
       const Parameter* p = pc.param;
-      if (!p->bound()) return failed_precondition("device adam: parameter " + p->name() + " has no device storage");
-      if (p->value().device() != &device) {
-        return invalid_argument("device adam: parameter " + p->name() + " lives on another device");
-      }
       if (pc.first > p->numel() || pc.grad.count() > p->numel() - pc.first) {
         return invalid_argument("device adam: a piece of " + p->name() + " lies outside it");
       }
-      if (p->value().dtype() != DType::kF32) master_bytes += round_up(pc.grad.count() * 4);
+      auto value = pc.device_value();
+      if (!value.ok()) return value.status().with_context("device adam");
+      if (value->device() != &device) {
+        return invalid_argument("device adam: parameter " + p->name() + " lives on another device");
+      }
+      if (value->dtype() != DType::kF32) master_bytes += round_up(pc.grad.count() * 4);
       moment_bytes += round_up(pc.grad.count() * 4);
     }
     auto alloc = [&](std::size_t bytes, const char* what) -> Result<DeviceBuffer> {
@@ -76,7 +77,7 @@ class DeviceAdam final : public StepOptimizer {
       st.param = pc.param;
       st.first = pc.first;
       st.grad = pc.grad;
-      STRATA_ASSIGN_OR_RETURN(st.value, pc.param->value().slice(pc.first, n));
+      STRATA_ASSIGN_OR_RETURN(st.value, pc.device_value());
       if (st.value.dtype() == DType::kF32) {
         st.master = st.value;
       } else {

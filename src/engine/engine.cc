@@ -55,7 +55,7 @@ Status Engine::agree(const Status& mine, const std::string& what) {
 Result<std::string> Engine::save_checkpoint(const std::string& dir, const CheckpointOptions& options) {
   // Sharded state: every rank writes its part (the save agrees by itself). Otherwise rank 0
   // holds everything and writes alone.
-  if (trainer_->zero_stage() >= 1) return strata::save_checkpoint(*trainer_, dir, options);
+  if (trainer_->zero_stage() >= 1 && trainer_->dp_group() != nullptr) return strata::save_checkpoint(*trainer_, dir, options);
   // Every rank ends its running update first: with the delayed update that also puts its
   // weights on the device, on every rank alike, not on the saving rank alone.
   STRATA_RETURN_IF_ERROR(agree(synchronize(), "finishing the running update for the checkpoint"));

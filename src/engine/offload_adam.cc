@@ -419,27 +419,26 @@ class OffloadAdam final : public StepOptimizer {
   Status lay_out(Module& model, Device& device, const OptimizerShard& shard) {
     std::vector<ParamPiece> pieces = shard.pieces;
     if (!shard.sharded()) {
-      for (Parameter* p : model.parameters()) pieces.push_back(ParamPiece{p, 0, p->grad()});
+      for (Parameter* p : model.parameters()) pieces.push_back(ParamPiece{p, 0, p->grad(), {}});
     }
     std::vector<zero::FlatTensor> tensors;
     for (const ParamPiece& pc : pieces) {
       Parameter* p = pc.param;
-      if (!p->bound()) return failed_precondition(name() + ": parameter " + p->name() + " has no device storage");
-      if (p->value().device() != &device) {
+      auto value = pc.device_value();
+      if (!value.ok()) return value.status().with_context(name() + ": a piece of " + p->name());
+      if (value->device() != &device) {
         return invalid_argument(name() + ": parameter " + p->name() + " lives on another device");
       }
       if (pieces_.empty()) {
-        value_dtype_ = p->value().dtype();
+        value_dtype_ = value->dtype();
         grad_dtype_ = pc.grad.dtype();
-      } else if (p->value().dtype() != value_dtype_ || pc.grad.dtype() != grad_dtype_) {
+      } else if (value->dtype() != value_dtype_ || pc.grad.dtype() != grad_dtype_) {
         return invalid_argument(name() + ": parameter " + p->name() + " has dtypes other than the first parameter's");
       }
       PieceState st;
       st.param = p;
       st.first = pc.first;
       st.grad = pc.grad;
-      auto value = p->value().slice(pc.first, pc.grad.count());
-      if (!value.ok()) return value.status().with_context(name() + ": a piece of " + p->name());
       st.value = *value;
       index_[p].push_back(pieces_.size());
       pieces_.push_back(st);

@@ -37,6 +37,7 @@ struct Trainer::Impl final : ModuleHooks {
   }
 
   Status before_forward(Module& m, bool) override { return dp->before_forward(m, *opt, *stream); }
+  Status after_forward(Module& m, bool) override { return dp->after_forward(m, *stream); }
   Status before_backward(Module& m) override { return dp->before_backward(m, *stream); }
   Status after_backward(Module& m) override {
     STRATA_RETURN_IF_ERROR(opt->after_backward(m, last_micro));
@@ -81,6 +82,18 @@ struct Trainer::Impl final : ModuleHooks {
   }
 };
 
+Result<DeviceView> ParamPiece::device_value() const {
+  if (!value.empty()) {
+    if (value.count() != grad.count() || value.dtype() != param->dtype()) {
+      return invalid_argument("optimizer: the device values given for a piece of " + param->name() +
+                              " do not match its gradient");
+    }
+    return value;
+  }
+  if (!param->bound()) return failed_precondition("optimizer: parameter " + param->name() + " has no device storage");
+  return param->value().slice(first, grad.count());
+}
+
 Trainer::Trainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Trainer::~Trainer() = default;
 
@@ -124,6 +137,7 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Profile& profile, Device&
   m.opt = std::move(optimizer);
   STRATA_RETURN_IF_ERROR(m.opt->attach(*m.model, device, *m.stream, m.dp->shard()));
   m.model->set_hooks(&m);
+  STRATA_RETURN_IF_ERROR(m.dp->reserve_gather_window());
 
   // Initial weights from the counter-based generator, chunk by chunk.
   std::vector<float> chunk;
@@ -192,7 +206,7 @@ Result<StepStats> Trainer::train_step(const TokenDataset& data) {
     return Status::OK();
   };
 
-  STRATA_RETURN_IF_ERROR(m.dp->begin_step(s));
+  STRATA_RETURN_IF_ERROR(m.dp->begin_step(*m.opt, s));
   STRATA_RETURN_IF_ERROR(dev.fill(*m.loss.view(DType::kF32, 0, 1), 0.0f, s));
   const DeviceRange tok = *m.tokens.range(0, bt * 4);
   const DeviceRange tgt = *m.tokens.range(bt * 4, bt * 4);
@@ -244,6 +258,7 @@ int Trainer::dp_rank() const { return impl_->dp->rank(); }
 int Trainer::dp_size() const { return impl_->dp->size(); }
 int Trainer::zero_stage() const { return impl_->dp->stage(); }
 Trainer::ParameterBytes Trainer::parameter_bytes() const { return impl_->dp->device_bytes(); }
+GatherStats Trainer::gather_stats() const { return impl_->dp->gather_stats(); }
 Communicator* Trainer::dp_group() const { return impl_->group; }
 std::pair<std::uint64_t, std::uint64_t> Trainer::owned_elements(const Parameter& p) const {
   return impl_->dp->owned_elements(p);

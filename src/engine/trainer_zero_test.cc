@@ -23,45 +23,6 @@ namespace {
 
 using namespace dp_test;
 
-// The test profile with `stage` and the optimizer homed at `target` (swap files in `swap`).
-Profile zero_profile(int stage, OffloadTarget target, const std::string& swap, std::uint64_t bucket_bytes = 16 << 10) {
-  Profile p = profile(1, kRowsPerRank, bucket_bytes, true);
-  p.zero.stage = stage;
-  p.offload_optimizer.device = target;
-  if (target == OffloadTarget::kNvme) p.offload_optimizer.nvme_path = {swap};
-  p.offload_optimizer.buffer_size = 64 * KiB;  // several chunks per rank's shard: the pipeline runs
-  p.memory.host_budget = 256 * MiB;
-  p.nvme.engine = "posix";
-  p.nvme.direct = false;
-  p.nvme.registered_buffers = false;
-  p.nvme.block_size = 64 * KiB;
-  return p;
-}
-
-std::vector<RankRun> run_ranks(const std::vector<Communicator*>& comms, const Profile& p) {
-  std::vector<RankRun> runs(comms.size());
-  on_ranks(comms, p, [&](int r, Trainer& t) {
-    EXPECT_EQ(t.zero_stage(), p.zero.stage);
-    runs[static_cast<std::size_t>(r)] = train(t);
-  });
-  return runs;
-}
-
-std::vector<RankRun> run_zero(int dp, const Profile& p) {
-  LocalRanks ranks(dp);
-  return run_ranks(ranks.comms, p);
-}
-
-// The one-rank counterpart of a dp-rank profile: the global batch, no sharding.
-Profile one_rank_of(Profile p, int dp) {
-  p.zero.stage = 0;
-  p.parallel.dp = 1;
-  p.train.micro_batch = dp * kRowsPerRank;
-  return p;
-}
-
-const char* target_name(OffloadTarget t) { return t == OffloadTarget::kNone ? "device" : t == OffloadTarget::kCpu ? "cpu" : "nvme"; }
-
 TEST(TrainerZero, StagesOneAndTwoEqualTheOneRankRunWithEveryOptimizerHome) {
   offload::testing::ScratchDir swap;
   for (int dp : {2, 3, 4}) {

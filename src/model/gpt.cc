@@ -218,7 +218,8 @@ Status check_bound(const Module& m) {
 Status Gpt::forward(DeviceRange tokens, DeviceRange targets, DeviceView loss_sum, float loss_weight, Stream& stream) {
   Impl& m = *impl_;
   if (!prepared()) return failed_precondition("gpt forward: call prepare() first");
-  STRATA_RETURN_IF_ERROR(check_bound(*this));
+  // Hooks may bind each module's parameters only around its own forward (ZeRO stage 3).
+  if (hooks() == nullptr) STRATA_RETURN_IF_ERROR(check_bound(*this));
   const std::int64_t B = m.B, T = config_.dims.seq_len, N = B * T;
   if (tokens.bytes() != static_cast<std::size_t>(N) * 4 || targets.bytes() != static_cast<std::size_t>(N) * 4) {
     return invalid_argument("gpt forward: tokens and targets must be (B, T) = (" + std::to_string(B) + ", " +

@@ -25,12 +25,17 @@ bool round_up(std::uint64_t x, std::uint64_t q, std::uint64_t& out) {
 }  // namespace
 
 Result<FlatLayout> FlatLayout::create(std::vector<FlatTensor> tensors, std::uint64_t alignment,
-                                      std::uint64_t shards, std::uint64_t bucket_elements) {
+                                      std::uint64_t shards, std::uint64_t bucket_elements,
+                                      const std::vector<bool>& opens_bucket) {
   if (alignment == 0) return invalid_argument("flat layout: the alignment must be at least 1 element");
   if (shards == 0) return invalid_argument("flat layout: the shard count must be at least 1");
   if (alignment > kMax / shards) {
     return invalid_argument("flat layout: " + std::to_string(shards) + " shards x " + std::to_string(alignment) +
                             " elements of alignment do not fit in 64 bits");
+  }
+  if (!opens_bucket.empty() && opens_bucket.size() != tensors.size()) {
+    return invalid_argument("flat layout: " + std::to_string(opens_bucket.size()) + " bucket cuts for " +
+                            std::to_string(tensors.size()) + " tensors");
   }
   FlatLayout l;
   l.alignment_ = alignment;
@@ -55,8 +60,9 @@ Result<FlatLayout> FlatLayout::create(std::vector<FlatTensor> tensors, std::uint
     const FlatTensor& t = tensors[i];
     std::uint64_t slot = 0;
     const bool fits = round_up(t.numel, alignment, slot);
-    if (l.buckets_.empty() ||
-        (bucket_elements > 0 && in_bucket > 0 && slot > bucket_elements - std::min(bucket_elements, in_bucket))) {
+    const bool full = bucket_elements > 0 && slot > bucket_elements - std::min(bucket_elements, in_bucket);
+    const bool cut = !opens_bucket.empty() && opens_bucket[i];
+    if (l.buckets_.empty() || (in_bucket > 0 && (full || cut))) {
       if (!l.buckets_.empty()) STRATA_RETURN_IF_ERROR(close_bucket(i));
       l.buckets_.push_back(Bucket{FlatRange{at, 0}, i, i});
       in_bucket = 0;

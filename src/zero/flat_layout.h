@@ -54,11 +54,14 @@ class FlatLayout {
   FlatLayout() = default;  // no tensors, total() == 0
 
   // Lays `tensors` out in order. A bucket takes tensors while their aligned slots fit in
-  // bucket_elements (a larger tensor gets a bucket of its own; 0 = one bucket for all). Fails
-  // when alignment or shards is 0, or when the padded total does not fit in 64 bits (naming the
-  // tensor where it stops fitting).
+  // bucket_elements (a larger tensor gets a bucket of its own; 0 = one bucket for all), and a
+  // tensor i with opens_bucket[i] starts a new one (ZeRO-3 cuts at modules; empty: no such
+  // cuts). Fails when alignment or shards is 0, when opens_bucket is neither empty nor one flag
+  // per tensor, or when the padded total does not fit in 64 bits (naming the tensor where it
+  // stops fitting).
   static Result<FlatLayout> create(std::vector<FlatTensor> tensors, std::uint64_t alignment,
-                                   std::uint64_t shards = 1, std::uint64_t bucket_elements = 0);
+                                   std::uint64_t shards = 1, std::uint64_t bucket_elements = 0,
+                                   const std::vector<bool>& opens_bucket = {});
 
   std::size_t tensor_count() const { return tensors_.size(); }
   // REQUIRES: i < tensor_count().

@@ -176,6 +176,21 @@ TEST(FlatLayout, BucketsHoldWholeTensorsAndCutIntoSlices) {
   EXPECT_EQ(seen, (std::vector<std::uint64_t>{5, 17, 33, 16, 65}));
 }
 
+TEST(FlatLayout, CutsOpenBucketsWhereAsked) {
+  // Slots 16, 16, 32, 16; t2 opens a bucket although {t0..t3} would fit in 128.
+  auto l = FlatLayout::create({{"a", 16}, {"b", 3}, {"c", 17}, {"d", 16}}, 16, 2, 128, {false, false, true, false});
+  ASSERT_TRUE(l.ok()) << l.status();
+  ASSERT_EQ(l->bucket_count(), 2u);
+  EXPECT_EQ(l->bucket_tensors(0), (std::pair<std::size_t, std::size_t>{0, 2}));
+  EXPECT_EQ(l->bucket_tensors(1), (std::pair<std::size_t, std::size_t>{2, 4}));
+  EXPECT_EQ(l->bucket(1), (FlatRange{32, 64}));
+  // A cut at the first tensor opens nothing extra; the size limit still cuts.
+  auto first = FlatLayout::create({{"a", 16}, {"b", 16}}, 16, 1, 16, {true, false});
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->bucket_count(), 2u);
+  EXPECT_FALSE(FlatLayout::create({{"a", 16}, {"b", 16}}, 16, 1, 0, {true}).ok());
+}
+
 TEST(FlatLayout, EmptyLayout) {
   const FlatLayout l = make({}, 16, 3);
   EXPECT_EQ(l.tensor_count(), 0u);
