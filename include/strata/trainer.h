@@ -82,13 +82,17 @@ struct GatherStats {
 // grad.count()) of `param`, whose reduced gradient `grad` holds, and whose device values (the
 // compute copy the optimizer keeps in step with its masters) are `value`; an empty `value`
 // means that slice of the parameter's bound value. ZeRO stage 3 binds a parameter only while
-// it is gathered, so it names the shard's own storage here.
+// it is gathered, so it names the shard's own storage here. With `host_home` (ZeRO-3's
+// parameter offload) the piece has no device values at all: the optimizer keeps them in host
+// memory only (host_values()), and the engine copies them to the device when it gathers.
 struct ParamPiece {
   Parameter* param = nullptr;
   std::uint64_t first = 0;
   DeviceView grad;
   DeviceView value;
-  // `value`, or the slice of the bound value; fails when neither holds the piece.
+  bool host_home = false;
+  // `value`, or the slice of the bound value, or empty with a host home; fails when none holds
+  // the piece.
   Result<DeviceView> device_value() const;
 };
 
@@ -148,6 +152,14 @@ class StepOptimizer {
   virtual Status wait_for_update(std::span<Parameter* const> params) {
     (void)params;
     return Status::OK();
+  }
+  // Where the compute-dtype values of shard piece `piece` (its index in attach()'s shard) live
+  // in host memory, valid while attached: the updated weights once wait_for_update() says so.
+  // Empty for an optimizer that keeps none there (the device Adam), which cannot serve pieces
+  // with a host home.
+  virtual std::span<const std::byte> host_values(std::size_t piece) const {
+    (void)piece;
+    return {};
   }
 
   // One update from the gradients in the parameters' gradient views (see the file comment).

@@ -102,7 +102,7 @@ std::vector<FieldError> validate_fields(const Profile& p) {
     fail("offload.param.device", "parameter offload needs ZeRO stage 3 (zero.stage = 3); found zero.stage = " +
                                      std::to_string(p.zero.stage));
   }
-  if (p.offload_param.device != OffloadTarget::kNone &&
+  if (p.offload_param.device == OffloadTarget::kNvme &&
       static_cast<std::uint64_t>(p.offload_param.buffer_count) * p.offload_param.buffer_size > p.memory.host_budget) {
     fail("offload.param.buffer_size",
          "offload.param.buffer_count x buffer_size = " +
@@ -110,7 +110,7 @@ std::vector<FieldError> validate_fields(const Profile& p) {
              " exceeds memory.host_budget = " + format_bytes(p.memory.host_budget) +
              "; lower buffer_count or buffer_size, or raise host_budget");
   }
-  if (p.offload_param.device != OffloadTarget::kNone && p.offload_param.buffer_size > p.memory.device_budget) {
+  if (p.offload_param.device == OffloadTarget::kNvme && p.offload_param.buffer_size > p.memory.device_budget) {
     fail("offload.param.buffer_size", "offload.param.buffer_size = " + format_bytes(p.offload_param.buffer_size) +
                                           " exceeds memory.device_budget = " + format_bytes(p.memory.device_budget));
   }

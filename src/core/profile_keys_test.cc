@@ -87,6 +87,7 @@ const std::map<std::string, Reader>& honoured_keys() {
       {"zero.reduce_bucket_size", {"src/engine/data_parallel.cc", "profile.zero.reduce_bucket_size"}},
       {"zero.overlap_comm", {"src/engine/data_parallel.cc", "profile.zero.overlap_comm"}},
       {"zero.allgather_bucket_size", {"src/engine/data_parallel.cc", "profile.zero.allgather_bucket_size"}},
+      {"offload.param.device", {"src/engine/data_parallel.cc", "profile.offload_param.device"}},
       {"zero.prefetch_bucket_size", {"src/engine/data_parallel.cc", "z.prefetch_bucket_size"}},
       {"zero.max_live_parameters", {"src/engine/data_parallel.cc", "z.max_live_parameters"}},
       {"zero.param_persistence_threshold", {"src/engine/data_parallel.cc", "z.param_persistence_threshold"}},
@@ -175,6 +176,19 @@ TEST(ProfileKeys, ANonDefaultValueOfAnUnavailableKeyIsRefusedNamingIt) {
     EXPECT_NE(st.message().find(key + " is not available yet"), std::string::npos) << st;
     EXPECT_NE(st.message().find("set it to its default"), std::string::npos) << st;
   }
+}
+
+// Parameters offload to the host; their NVMe tier is refused, naming the value that works.
+TEST(ProfileKeys, ParameterOffloadToTheHostIsAvailableAndToNvmeIsNot) {
+  auto cpu = Profile::from_toml_string("[zero]\nstage = 3\n[offload.optimizer]\ndevice = \"cpu\"\n[offload.param]\ndevice = \"cpu\"\n", "cpu");
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  EXPECT_TRUE(cpu->check_available().ok()) << cpu->check_available();
+  auto nvme = Profile::from_toml_string("[zero]\nstage = 3\n[offload.param]\ndevice = \"nvme\"\nnvme_path = \"/tmp/p\"\n", "nvme");
+  ASSERT_TRUE(nvme.ok()) << nvme.status();
+  const Status st = nvme->check_available();
+  EXPECT_EQ(st.code(), StatusCode::kUnavailable) << st;
+  EXPECT_NE(st.message().find("offload.param.device = \"nvme\" is not available yet"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("use \"cpu\""), std::string::npos) << st;
 }
 
 // Every ZeRO stage and its stage-3 keys are read.

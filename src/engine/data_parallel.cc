@@ -79,6 +79,7 @@ Status DataParallel::make_fetch(const Profile& profile, Module& model, Device& d
   o.prefetch = z.prefetch_bucket_size / dtype_size(value_dtype_);
   o.reuse_distance = z.max_reuse_distance;
   o.persistence_threshold = z.param_persistence_threshold;
+  o.host_home = profile.offload_param.device == OffloadTarget::kCpu;
   // The largest module's gathered buckets must fit in the window at once.
   std::string largest = "(none)";
   std::vector<Module*> stack{&model};
@@ -120,6 +121,25 @@ Status DataParallel::reserve_gather_window() const {
                          " elements, " + std::to_string(bytes) +
                          " B) do not fit on the device beside the shard, gradients and activations: raise "
                          "memory.device_budget, or shard over more ranks");
+}
+
+Status DataParallel::attach_optimizer(const StepOptimizer& optimizer) {
+  if (host_pieces_.empty()) return Status::OK();
+  std::vector<std::vector<zero::HostSegment>> segments(layout_.bucket_count());
+  for (const HostPiece& h : host_pieces_) {
+    const ParamPiece& piece = shard_.pieces[h.piece];
+    const std::span<const std::byte> bytes = optimizer.host_values(h.piece);
+    if (bytes.size() != piece.grad.count() * dtype_size(value_dtype_)) {
+      return invalid_argument("offload.param.device = \"cpu\" keeps the parameter shard in the optimizer's host "
+                              "weights, which " + optimizer.name() + " does not have: set offload.optimizer.device "
+                              "= \"cpu\" or \"nvme\"");
+    }
+    segments[h.bucket].push_back({h.at, bytes});
+  }
+  for (std::size_t b = 0; b < segments.size(); ++b) {
+    if (!segments[b].empty()) fetch_->set_host_slice(b, std::move(segments[b]));
+  }
+  return Status::OK();
 }
 
 GatherStats DataParallel::gather_stats() const { return fetch_ != nullptr ? fetch_->stats() : GatherStats{}; }
@@ -194,12 +214,16 @@ Status DataParallel::add_pieces(Device& device) {
     const zero::FlatRange slice = layout_.slice(b, r);
     for (const zero::FlatSegment& s : layout_.segments(slice)) {
       STRATA_ASSIGN_OR_RETURN(DeviceView g, sharded_->shard_grad(b).slice(s.flat_first - slice.first, s.count));
-      DeviceView v;  // stage 3: the home of this rank's slice, not the gathered parameter
-      if (fetch_ != nullptr) {
+      // Stage 3: the home of this rank's slice (not the gathered parameter), on the device or,
+      // with parameter offload, in the optimizer's host memory.
+      ParamPiece piece{params_[s.tensor], s.tensor_first, g, {}, fetch_ != nullptr && fetch_->host_slice(b)};
+      if (piece.host_home) {
+        host_pieces_.push_back({shard_.pieces.size(), b, s.flat_first - slice.first});
+      } else if (fetch_ != nullptr) {
         STRATA_ASSIGN_OR_RETURN(DeviceView home, fetch_->home_slice(b));
-        STRATA_ASSIGN_OR_RETURN(v, home.slice(s.flat_first - slice.first, s.count));
+        STRATA_ASSIGN_OR_RETURN(piece.value, home.slice(s.flat_first - slice.first, s.count));
       }
-      shard_.pieces.push_back(ParamPiece{params_[s.tensor], s.tensor_first, g, v});
+      shard_.pieces.push_back(piece);
     }
   }
   return Status::OK();
@@ -325,7 +349,7 @@ Status DataParallel::after_backward(Module& module, Stream& stream) {
 }
 
 Status DataParallel::end_micro(Stream& stream) {
-  if (fetch_ != nullptr && last_micro_) fetch_->end_step();
+  if (fetch_ != nullptr && last_micro_) STRATA_RETURN_IF_ERROR(fetch_->end_step(stream));
   if (sharded_ != nullptr) return sharded_->end_micro(stream);
   if (all_reduce_ != nullptr && last_micro_) return all_reduce_->finish(stream);
   return Status::OK();

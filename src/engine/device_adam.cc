@@ -49,6 +49,10 @@ class DeviceAdam final : public StepOptimizer {
       if (pc.first > p->numel() || pc.grad.count() > p->numel() - pc.first) {
         return invalid_argument("device adam: a piece of " + p->name() + " lies outside it");
       }
+      if (pc.host_home) {
+        return invalid_argument("device adam: " + p->name() + " has its values in host memory only (offload.param): "
+                                "the update must run there too; set offload.optimizer.device = \"cpu\" or \"nvme\"");
+      }
       auto value = pc.device_value();
       if (!value.ok()) return value.status().with_context("device adam");
       if (value->device() != &device) {

@@ -208,9 +208,10 @@ inline std::vector<RankRun> run_zero(int dp, const Profile& p) {
   return run_ranks(ranks.comms, p);
 }
 
-// The one-rank counterpart of a dp-rank profile: the global batch, no sharding.
+// The one-rank counterpart of a dp-rank profile: the global batch, no sharding, no parameter offload.
 inline Profile one_rank_of(Profile p, int dp) {
   p.zero.stage = 0;
+  p.offload_param.device = OffloadTarget::kNone;
   p.parallel.dp = 1;
   p.train.micro_batch = dp * kRowsPerRank;
   return p;

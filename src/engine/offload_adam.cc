@@ -254,6 +254,7 @@ class OffloadAdam final : public StepOptimizer {
       const std::uint64_t off = first + at - st.first;
       std::byte* dst = values_host_.data() + (layout_.offset(i) + off) * vs;
       to_value_dtype(values.data() + at, dst, len);
+      if (st.value.empty()) return Status::OK();  // a host home: the weight buffer is its home
       STRATA_ASSIGN_OR_RETURN(DeviceView dv, st.value.slice(off, len));
       return device_->copy_to_device(dv.range(), {dst, len * vs}, *stream_);
     };
@@ -290,6 +291,12 @@ class OffloadAdam final : public StepOptimizer {
     std::vector<Parameter*> used = module.own_parameters();
     used.insert(used.end(), module.tied_parameters().begin(), module.tied_parameters().end());
     return wait_for_update(used);
+  }
+
+  std::span<const std::byte> host_values(std::size_t piece) const override {
+    if (piece >= pieces_.size()) return {};
+    const std::size_t vs = dtype_size(value_dtype_);
+    return {values_host_.data() + layout_.offset(piece) * vs, pieces_[piece].grad.count() * vs};
   }
 
   Status wait_for_update(std::span<Parameter* const> params) override {
@@ -426,13 +433,18 @@ class OffloadAdam final : public StepOptimizer {
       Parameter* p = pc.param;
       auto value = pc.device_value();
       if (!value.ok()) return value.status().with_context(name() + ": a piece of " + p->name());
-      if (value->device() != &device) {
+      if (!pc.host_home && value->device() != &device) {
         return invalid_argument(name() + ": parameter " + p->name() + " lives on another device");
       }
+      if (pc.host_home && profile_.offload_optimizer.delayed_update) {
+        return invalid_argument(name() + ": offload.optimizer.delayed_update computes the next forward on the weights "
+                                "from before the update, but with offload.param the update overwrites the only copy of "
+                                "them: turn one of the two off");
+      }
       if (pieces_.empty()) {
-        value_dtype_ = value->dtype();
+        value_dtype_ = p->dtype();
         grad_dtype_ = pc.grad.dtype();
-      } else if (value->dtype() != value_dtype_ || pc.grad.dtype() != grad_dtype_) {
+      } else if (p->dtype() != value_dtype_ || pc.grad.dtype() != grad_dtype_) {
         return invalid_argument(name() + ": parameter " + p->name() + " has dtypes other than the first parameter's");
       }
       PieceState st;
@@ -472,7 +484,7 @@ class OffloadAdam final : public StepOptimizer {
     }
     chunk_elems_ = chunk;
     for (std::size_t i = 0; i < pieces_.size(); ++i) {
-      const std::uint64_t n = pieces_[i].value.count();
+      const std::uint64_t n = pieces_[i].grad.count();
       pieces_[i].last_chunk = static_cast<std::size_t>((layout_.offset(i) + std::max<std::uint64_t>(n, 1) - 1) / chunk);
     }
     return max_block;
@@ -535,7 +547,7 @@ class OffloadAdam final : public StepOptimizer {
     std::uint64_t covered = 0;
     for (std::size_t i : it->second) {
       const PieceState& st = pieces_[i];
-      const std::uint64_t lo = std::max(first, st.first), hi = std::min(first + n, st.first + st.value.count());
+      const std::uint64_t lo = std::max(first, st.first), hi = std::min(first + n, st.first + st.grad.count());
       if (lo >= hi) continue;
       STRATA_RETURN_IF_ERROR(fn(i, lo - first, hi - lo));
       covered += hi - lo;
@@ -589,6 +601,7 @@ class OffloadAdam final : public StepOptimizer {
     const std::size_t vs = dtype_size(value_dtype_);
     for (std::size_t i = 0; i < pieces_.size(); ++i) {
       const DeviceView& v = pieces_[i].value;
+      if (v.empty()) continue;  // a host home
       STRATA_RETURN_IF_ERROR(device_->copy_to_device(v.range(), {values_host_.data() + layout_.offset(i) * vs, v.count() * vs}, stream));
     }
     upload_pending_ = false;
@@ -648,6 +661,7 @@ class OffloadAdam final : public StepOptimizer {
       }
       if (mode == Pass::kDelayed) continue;
       for (const zero::FlatSegment& s : c.segments) {
+        if (pieces_[s.tensor].value.empty()) continue;  // a host home
         STRATA_ASSIGN_OR_RETURN(DeviceView dv, pieces_[s.tensor].value.slice(s.tensor_first, s.count));
         STRATA_RETURN_IF_ERROR(device_->copy_to_device(
             dv.range(), {values_host_.data() + s.flat_first * vs, s.count * vs}, upload));

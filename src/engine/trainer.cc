@@ -83,6 +83,7 @@ struct Trainer::Impl final : ModuleHooks {
 };
 
 Result<DeviceView> ParamPiece::device_value() const {
+  if (host_home) return DeviceView();
   if (!value.empty()) {
     if (value.count() != grad.count() || value.dtype() != param->dtype()) {
       return invalid_argument("optimizer: the device values given for a piece of " + param->name() +
@@ -136,6 +137,7 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Profile& profile, Device&
   }
   m.opt = std::move(optimizer);
   STRATA_RETURN_IF_ERROR(m.opt->attach(*m.model, device, *m.stream, m.dp->shard()));
+  STRATA_RETURN_IF_ERROR(m.dp->attach_optimizer(*m.opt));
   m.model->set_hooks(&m);
   STRATA_RETURN_IF_ERROR(m.dp->reserve_gather_window());
 

@@ -35,11 +35,12 @@ Result<std::unique_ptr<ParamFetch>> ParamFetch::create(Communicator& dp, Device&
     const bool whole = f->count(b) <= options.persistence_threshold;
     f->persistent_.push_back(whole);
     f->home_at_.push_back(at);
-    at += whole ? f->count(b) : f->count(b) / layout.shards();
+    if (whole || !options.host_home) at += whole ? f->count(b) : f->count(b) / layout.shards();
     if (whole) f->stats_.persistent += f->count(b);
     STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Event> e, device.create_event());
     f->ready_.push_back(std::move(e));
   }
+  f->host_.resize(buckets);
   f->stale_.assign(buckets, true);
   f->resident_.resize(buckets);
   f->in_use_.assign(buckets, false);
@@ -64,6 +65,7 @@ ParamFetch::~ParamFetch() {
 }
 
 Result<DeviceView> ParamFetch::home_slice(std::size_t b) const {
+  if (host_slice(b)) return failed_precondition("ZeRO stage 3: bucket " + std::to_string(b) + "'s slice lives in host memory");
   const std::uint64_t n = layout_->slice(b, 0).count;
   const std::uint64_t r = static_cast<std::uint64_t>(dp_->rank());
   const std::uint64_t at = home_at_[b] + (persistent_[b] ? r * n : 0);
@@ -91,7 +93,9 @@ Status ParamFetch::begin_step(Stream& stream) {
   return prefetch();
 }
 
-void ParamFetch::end_step() {
+Status ParamFetch::end_step(Stream& stream) {
+  STRATA_RETURN_IF_ERROR(fetch_->record(*step_start_));
+  STRATA_RETURN_IF_ERROR(stream.wait(*step_start_));
   if (following_ && at_ != recorded_.size()) {
     order_changed("the step ended after fetch " + std::to_string(at_) + " of " + std::to_string(recorded_.size()));
   }
@@ -108,6 +112,7 @@ void ParamFetch::end_step() {
     }
   }
   current_.clear();
+  return Status::OK();
 }
 
 Status ParamFetch::invalidate(Stream& stream) {
@@ -208,8 +213,8 @@ Status ParamFetch::gather(std::size_t b, bool ahead) {
   const std::uint64_t vs = dtype_size(dtype_), n = count(b), part = n / layout_->shards();
   const std::uint64_t r = static_cast<std::uint64_t>(dp_->rank());
   const CommType type = comm_type_of(dtype_);
-  STRATA_ASSIGN_OR_RETURN(DeviceView mine, home_slice(b));
   if (persistent_[b]) {
+    STRATA_ASSIGN_OR_RETURN(DeviceView mine, home_slice(b));
     STRATA_ASSIGN_OR_RETURN(DeviceRange whole, home_.range(home_at_[b] * vs, n * vs));
     STRATA_RETURN_IF_ERROR(dp_->all_gather(CommBuffer::of(mine), {whole, type, n}, *fetch_));
     stale_[b] = false;
@@ -221,7 +226,7 @@ Status ParamFetch::gather(std::size_t b, bool ahead) {
     STRATA_ASSIGN_OR_RETURN(Buffer buf, take_buffer(b));
     live_ += n;
     STRATA_ASSIGN_OR_RETURN(DeviceRange own, buf.memory.range(r * part * vs, part * vs));
-    STRATA_RETURN_IF_ERROR(device_->copy_on_device(own, mine.range(), *fetch_));
+    STRATA_RETURN_IF_ERROR(copy_slice(b, own));
     STRATA_ASSIGN_OR_RETURN(DeviceRange whole, buf.memory.range(0, n * vs));
     STRATA_RETURN_IF_ERROR(dp_->all_gather({own, type, part}, {whole, type, n}, *fetch_));
     resident_[b] = std::make_unique<Buffer>(std::move(buf));
@@ -237,9 +242,24 @@ Status ParamFetch::gather(std::size_t b, bool ahead) {
   return Status::OK();
 }
 
+Status ParamFetch::copy_slice(std::size_t b, DeviceRange own) {
+  if (!host_slice(b)) {
+    STRATA_ASSIGN_OR_RETURN(DeviceView mine, home_slice(b));
+    return device_->copy_on_device(own, mine.range(), *fetch_);
+  }
+  if (host_[b].empty()) return internal_error("ZeRO stage 3: bucket " + std::to_string(b) + " has no host slice");
+  for (const HostSegment& s : host_[b]) {
+    STRATA_ASSIGN_OR_RETURN(DeviceRange to, own.subrange(s.at * dtype_size(dtype_), s.bytes.size()));
+    STRATA_RETURN_IF_ERROR(device_->copy_to_device(to, s.bytes, *fetch_));
+  }
+  return Status::OK();
+}
+
 Result<ParamFetch::Buffer> ParamFetch::take_buffer(std::size_t b) {
   const std::uint64_t n = count(b);
   reclaim();
+  // A spare of the bucket's size (only that: a larger one would hold more than the window
+  // counts for the bucket): after the first step every gather finds one.
   for (std::size_t s = 0; s < spare_.size(); ++s) {
     if (spare_[s].elements != n) continue;
     Buffer buf = std::move(spare_[s]);
@@ -306,9 +326,11 @@ Result<bool> ParamFetch::fit(std::uint64_t need, bool on_demand, std::size_t pos
 Status ParamFetch::free_memory(std::uint64_t need) {
   reclaim();
   while (stats_.held + need > options_.max_live) {
-    if (!spare_.empty()) {
-      stats_.held -= spare_.back().elements;
-      spare_.pop_back();
+    if (!spare_.empty()) {  // the smallest first: large buffers are the hardest to allocate again
+      auto smallest = std::min_element(spare_.begin(), spare_.end(),
+                                       [](const Buffer& a, const Buffer& b) { return a.elements < b.elements; });
+      stats_.held -= smallest->elements;
+      spare_.erase(smallest);
       continue;
     }
     if (retiring_.empty()) return internal_error("ZeRO stage 3: the gather window is full of buckets in use");

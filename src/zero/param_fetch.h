@@ -5,7 +5,9 @@
 // Home. This rank's slice of every bucket, in bucket order (shard_offset()); a persistent
 // bucket — one with at most `persistence_threshold` elements, which the engine cuts per module
 // (a LayerNorm's weight and bias) — is kept whole instead, its slice inside it, and gathered in
-// place once per step on first use.
+// place once per step on first use. With `host_home` (parameter offload) the slices of the
+// other buckets are not on the device at all: they live in host memory (the offloaded
+// optimizer's pinned weight buffer, set_host_slice()) and each gather copies them up first.
 //
 // Gathered buffers. acquire() makes buckets resident: a bucket not resident is gathered on the
 // fetch stream (this rank's slice copied from home into its part of a buffer, then an in-place
@@ -46,6 +48,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "strata/communicator.h"
@@ -61,6 +64,13 @@ struct FetchOptions {
   std::uint64_t reuse_distance = 0;                // kept when used again within this many elements
   std::uint64_t persistence_threshold = 0;         // buckets this small stay whole
   std::uint64_t largest_use = 0;                   // the most elements one acquire needs
+  bool host_home = false;                          // non-persistent slices live in host memory
+};
+
+// Part of this rank's slice of a bucket in host memory: `bytes` hold its elements from `at`.
+struct HostSegment {
+  std::uint64_t at = 0;
+  std::span<const std::byte> bytes;
 };
 
 
@@ -77,16 +87,22 @@ class ParamFetch {
   ~ParamFetch();
 
   bool persistent(std::size_t b) const { return persistent_[b]; }
-  // This rank's slice of bucket b in its home: layout.slice(b, rank).count elements.
+  // This rank's slice of bucket b in its device home: layout.slice(b, rank).count elements;
+  // fails for a bucket whose slice lives in host memory.
   Result<DeviceView> home_slice(std::size_t b) const;
+  bool host_slice(std::size_t b) const { return options_.host_home && !persistent_[b]; }
+  // Where the host slice of bucket b lives; every element of its tensors must be covered
+  // before the first gather. REQUIRES: host_slice(b); the memory outlives this object.
+  void set_host_slice(std::size_t b, std::vector<HostSegment> segments) { host_[b] = std::move(segments); }
   std::uint64_t home_bytes() const { return home_.size(); }
   std::uint64_t largest_use() const { return options_.largest_use; }
 
   // A new step: the update of every bucket is now behind `stream`; persistent buckets are
   // stale, resident ones are dropped, and the step's first buckets are prefetched.
   Status begin_step(Stream& stream);
-  // Ends the step's acquires: records its order for the next step.
-  void end_step();
+  // Ends the step's acquires: `stream` waits for every gather issued (nothing reads a home
+  // after this), and the order is recorded for the next step.
+  Status end_step(Stream& stream);
   // Every gathered value is stale (master weights were set): drops what is resident.
   Status invalidate(Stream& stream);
 
@@ -113,6 +129,8 @@ class ParamFetch {
   ParamFetch() = default;
   std::uint64_t count(std::size_t b) const { return layout_->bucket(b).count; }
   Status gather(std::size_t b, bool ahead);
+  // Bucket b's slice from its home into `own`, this rank's part of its gathered buffer.
+  Status copy_slice(std::size_t b, DeviceRange own);
   // Whether `need` more resident elements fit beside the resident ones, evicting kept buckets
   // used again later than recorded `position` (farthest first); `on_demand`, any kept bucket
   // and then unused prefetched ones. Decided on what was acquired and released only, never on
@@ -142,6 +160,7 @@ class ParamFetch {
   DeviceBuffer home_;
   std::vector<std::uint64_t> home_at_;   // per bucket, its place in home_ (elements)
   std::vector<bool> persistent_;
+  std::vector<std::vector<HostSegment>> host_;  // per bucket with a host slice
   std::vector<bool> stale_;              // persistent buckets not gathered this step
   std::vector<std::unique_ptr<Event>> ready_;  // per bucket, behind its latest gather
   std::vector<std::unique_ptr<Buffer>> resident_;  // per bucket: its gathered buffer, or null

@@ -74,7 +74,7 @@ void run_step(Rank& r, const FlatLayout& layout, const Order& order, std::uint64
     }
     ASSERT_TRUE(r.fetch->release(module, *r.stream).ok());
   }
-  r.fetch->end_step();
+  ASSERT_TRUE(r.fetch->end_step(*r.stream).ok());
 }
 
 // Runs `steps` (one order each) on two ranks; returns each rank's statistics after every step.
