@@ -247,10 +247,11 @@ TEST(TrainCmd, RanksMustMatchTheGridAndDataParallelRanksTrainTheGlobalBatch) {
   EXPECT_EQ(logged_losses(logm), l2);
 }
 
-// ZeRO stage 2 with the optimizer state in NVMe swap, as 2 threads and as 2 MPI processes: the
-// losses of one rank with the global batch, the same initial weights exported, a sharded
-// checkpoint (every rank writes its part) that one rank resumes.
-TEST(TrainCmd, ZeroStageTwoWithNvmeStateTrainsChecksAndResumesAcrossWorldSizes) {
+// A ZeRO stage (with the `zero` lines of its profile) and the optimizer state in NVMe swap, as
+// 2 threads and as 2 MPI processes: the losses of one rank with the global batch, the same
+// initial weights exported, a sharded checkpoint (every rank writes its part) that one rank
+// resumes, and the processes' final weights equal to the threads'.
+void expect_zero_trains_checks_and_resumes(const std::string& zero) {
   const auto d = dir();
   const std::string swap = (d / "swap").string();
   std::filesystem::create_directories(swap);
@@ -259,7 +260,7 @@ TEST(TrainCmd, ZeroStageTwoWithNvmeStateTrainsChecksAndResumesAcrossWorldSizes) 
                               "\"]\nbuffer_size = \"64KiB\"\n[nvme]\nengine = \"posix\"\ndirect = false\n"
                               "registered_buffers = false\nblock_size = \"64KiB\"\n";
   const auto z2 = d / "z2.toml", one = d / "z1.toml";
-  std::ofstream(z2) << common << "micro_batch = 2\ncheckpoint_every = 2\n[parallel]\ndp = 2\n[zero]\nstage = 2\n" << offload;
+  std::ofstream(z2) << common << "micro_batch = 2\ncheckpoint_every = 2\n[parallel]\ndp = 2\n" << zero << offload;
   std::ofstream(one) << common << "micro_batch = 4\n" << offload;
   const std::string ck2 = (d / "ck-z2").string(), log2 = (d / "z2.jsonl").string(), log1 = (d / "z1.jsonl").string();
   CliRun a = run("train --profile " + z2.string() + " --ranks 2 --checkpoint-dir " + ck2 + " --log-json " + log2 +
@@ -298,6 +299,17 @@ TEST(TrainCmd, ZeroStageTwoWithNvmeStateTrainsChecksAndResumesAcrossWorldSizes) 
   for (std::size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(lm[i], l2[i], 1e-6 * l2[i]) << "mpi step " << i + 1;
   // A two-rank sum is exact in either order: the processes end with the threads' weights.
   EXPECT_EQ(bytes(d / "end-mpi.safetensors"), bytes(d / "end2.safetensors")) << "the gathered final weights differ";
+}
+
+TEST(TrainCmd, ZeroStageTwoWithNvmeStateTrainsChecksAndResumesAcrossWorldSizes) {
+  expect_zero_trains_checks_and_resumes("[zero]\nstage = 2\n");
+}
+
+// Stage 3 with the parameter shards in host memory: each Linear gathered per use.
+TEST(TrainCmd, ZeroStageThreeWithHostParametersTrainsChecksAndResumesAcrossWorldSizes) {
+  expect_zero_trains_checks_and_resumes(
+      "[zero]\nstage = 3\nparam_persistence_threshold = 256\nmax_live_parameters = 20000\n"
+      "[offload.param]\ndevice = \"cpu\"\n");
 }
 
 TEST(TrainCmd, UnderMpirunTheGridIsCheckedAndOnlyRankZeroReports) {
