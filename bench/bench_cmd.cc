@@ -14,8 +14,8 @@ namespace {
 constexpr const char* kJsonShape = R"(--json (every subcommand): JSON Lines on stdout, one object per line and nothing
 else there (tables are not printed; notes and warnings go to stderr). Each line starts
 with two keys, then the bench's own fields:
-  "bench"   the subcommand: "adam", "comm", "device", "dp", "nvme", "offload", "tiers" or
-            "train"
+  "bench"   the subcommand: "adam", "comm", "device", "dp", "nvme", "offload", "tiers",
+            "train" or "zero3"
   "record"  what the line is:
     "env"      the first line, once: "build" ("release", or what makes the figures
                unrepresentative), "cpu", "logical_cpus", "openmp_threads", "kernel",
@@ -42,6 +42,8 @@ headline ratios:
   offload  step time over max(compute, transfer)
   tiers    stall with prefetch over stall without (the worst home)
   train    model FLOP/s over the GEMM ceiling
+  zero3    alone: the share of the step the training stream waits for parameter gathers
+           on a link throttled to what forward needs; under mpirun: as dp
 )";
 
 void print_help(std::ostream& os) {

@@ -61,6 +61,9 @@ std::vector<Case> cases() {
       {"adam", "--params 64K --threads 1 --repeat 1", false, false},
       {"comm", "--ranks 2 --min-size 256KiB --max-size 1MiB --rounds 1 --min-time 0.002", false, false},
       {"dp", "--model tiny --micro-batch 1 --steps 1 --rounds 1 --bucket-size 16KiB --delay-ms 1", false, false},
+      {"zero3", "--model tiny --micro-batch 1 --steps 2 --rounds 1 --delay-ms 1 --persistence 256 --max-live 20000"
+                " --prefetch 64KiB --params cpu --optimizer cpu",
+       false, false},
       {"device", "--copy-size 1MiB --models tiny --dtypes fp32 --micro-batch 1 --min-time 0.01", false, false},
       {"nvme", "--path " + scratch("nvme").string() +
                    " --size 1MiB --engines posix --block-sizes 1MiB --queue-depths 1 --threads 1 --max-seconds 1 --buffered",
@@ -141,7 +144,7 @@ TEST(BenchJson, HelpBenchDocumentsTheShape) {
   }
   EXPECT_EQ(run("bench --help", true).out, h.out);
   // Every subcommand takes --json and points at that help.
-  for (const char* b : {"adam", "comm", "device", "dp", "nvme", "offload", "tiers", "train"}) {
+  for (const char* b : {"adam", "comm", "device", "dp", "nvme", "offload", "tiers", "train", "zero3"}) {
     const CliRun sub = run(std::string("help bench ") + b, true);
     EXPECT_EQ(sub.exit_code, 0) << b << "\n" << sub.out;
     std::string words;  // the help with its line wrapping undone

@@ -76,6 +76,9 @@ struct GatherStats {
   std::uint64_t on_demand = 0;      // gathers a module had to issue and wait for itself
   std::uint64_t reused = 0;         // uses served by a bucket kept gathered (max_reuse_distance)
   std::uint64_t order_changes = 0;  // steps whose module order departed from the recorded one
+  // With TrainerOptions::time_gather_stalls: seconds the training stream waited for gathers,
+  // from timestamps the stream itself takes around its waits.
+  double stall_s = 0;
 };
 
 // A piece of one parameter that a rank's optimizer updates: elements [first, first +
@@ -228,6 +231,9 @@ struct TrainerOptions {
   // ranks' updates agree; the loss is the global mean (src/engine/data_parallel.h).
   // REQUIRES: outlives the trainer.
   Communicator* dp = nullptr;
+  // ZeRO stage 3: time the training stream's waits for parameter gathers (GatherStats::stall_s;
+  // two host functions per module use).
+  bool time_gather_stalls = false;
 };
 
 // The loss scaler's state (engine/loss_scaler.h), saved in checkpoints.

@@ -7,7 +7,8 @@
 namespace strata::engine {
 
 Result<std::unique_ptr<DataParallel>> DataParallel::create(const Profile& profile, Module& model, DType value_dtype,
-                                                           DType grad_dtype, Device& device, Communicator* dp) {
+                                                           DType grad_dtype, Device& device, Communicator* dp,
+                                                           bool time_stalls) {
   std::unique_ptr<DataParallel> d(new DataParallel());
   d->dp_ = dp != nullptr && dp->size() > 1 ? dp : nullptr;
   d->stage_ = d->dp_ != nullptr || profile.zero.stage == 3 ? profile.zero.stage : 0;
@@ -22,7 +23,7 @@ Result<std::unique_ptr<DataParallel>> DataParallel::create(const Profile& profil
   d->users_ = model::ParamUsers(model);
   STRATA_RETURN_IF_ERROR(d->lay_out(profile, model));
   if (d->stage_ == 3) {
-    STRATA_RETURN_IF_ERROR(d->make_fetch(profile, model, device));
+    STRATA_RETURN_IF_ERROR(d->make_fetch(profile, model, device, time_stalls));
   } else {
     auto values = device.allocate(std::max<std::uint64_t>(1, d->layout_.total() * dtype_size(value_dtype)));
     if (!values.ok()) {
@@ -72,7 +73,7 @@ Status DataParallel::lay_out(const Profile& profile, Module& model) {
   return Status::OK();
 }
 
-Status DataParallel::make_fetch(const Profile& profile, Module& model, Device& device) {
+Status DataParallel::make_fetch(const Profile& profile, Module& model, Device& device, bool time_stalls) {
   const ZeroConfig& z = profile.zero;
   zero::FetchOptions o;
   o.max_live = z.max_live_parameters;
@@ -80,6 +81,7 @@ Status DataParallel::make_fetch(const Profile& profile, Module& model, Device& d
   o.reuse_distance = z.max_reuse_distance;
   o.persistence_threshold = z.param_persistence_threshold;
   o.host_home = profile.offload_param.device == OffloadTarget::kCpu;
+  o.time_stalls = time_stalls;
   // The largest module's gathered buckets must fit in the window at once.
   std::string largest = "(none)";
   std::vector<Module*> stack{&model};
@@ -113,7 +115,7 @@ Status DataParallel::make_fetch(const Profile& profile, Module& model, Device& d
 }
 
 Status DataParallel::reserve_gather_window() const {
-  if (fetch_ == nullptr) return Status::OK();
+  if (fetch_ == nullptr || fetch_->largest_use() == 0) return Status::OK();  // every bucket persistent
   Status st = fetch_->reserve(fetch_->largest_use());
   if (st.ok()) return st;
   const std::uint64_t bytes = fetch_->largest_use() * dtype_size(value_dtype_);

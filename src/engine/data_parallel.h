@@ -54,8 +54,10 @@ class DataParallel {
   // Binds every parameter of `model` to storage on `device`, as one rank of `dp` (null: one
   // rank). Device memory that does not fit is an out-of-memory Status naming what needed it.
   // REQUIRES: model, device and dp outlive this object.
+  // `time_stalls`: stage 3 times the training stream's waits for gathers.
   static Result<std::unique_ptr<DataParallel>> create(const Profile& profile, Module& model, DType value_dtype,
-                                                      DType grad_dtype, Device& device, Communicator* dp);
+                                                      DType grad_dtype, Device& device, Communicator* dp,
+                                                      bool time_stalls = false);
 
   int size() const { return dp_ == nullptr ? 1 : dp_->size(); }
   int rank() const { return dp_ == nullptr ? 0 : dp_->rank(); }
@@ -103,7 +105,7 @@ class DataParallel {
   Status lay_out(const Profile& profile, Module& model);
   Status bind_storage(Device& device);
   Status make_reducers(const Profile& profile, Device& device);
-  Status make_fetch(const Profile& profile, Module& model, Device& device);
+  Status make_fetch(const Profile& profile, Module& model, Device& device, bool time_stalls);
   Status add_pieces(Device& device);
   // Stage 3: the buckets `module` uses, in order, once each.
   Result<std::vector<std::size_t>> buckets_of(Module& module);

@@ -118,7 +118,8 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Profile& profile, Device&
 
   STRATA_RETURN_IF_ERROR(m.check_group(options.dp));
   m.group = options.dp != nullptr && options.dp->size() > 1 ? options.dp : nullptr;
-  STRATA_ASSIGN_OR_RETURN(m.dp, engine::DataParallel::create(profile, *m.model, gc.dtype, gc.grad_dtype, device, m.group));
+  STRATA_ASSIGN_OR_RETURN(m.dp, engine::DataParallel::create(profile, *m.model, gc.dtype, gc.grad_dtype, device, m.group,
+                                                                 options.time_gather_stalls));
   STRATA_RETURN_IF_ERROR(m.model->prepare(device, tc.micro_batch));
 
   const std::size_t bt = m.rows_tokens();

@@ -2,6 +2,7 @@
 #include "zero/param_fetch.h"
 
 #include <algorithm>
+#include <chrono>
 #include <limits>
 
 #include "strata/log.h"
@@ -10,6 +11,10 @@ namespace strata::zero {
 
 namespace {
 constexpr std::size_t kNone = std::numeric_limits<std::size_t>::max();
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 }  // namespace
 
 Result<std::unique_ptr<ParamFetch>> ParamFetch::create(Communicator& dp, Device& device, const FlatLayout& layout,
@@ -56,6 +61,12 @@ Result<std::unique_ptr<ParamFetch>> ParamFetch::create(Communicator& dp, Device&
   STRATA_ASSIGN_OR_RETURN(f->fetch_, device.create_stream("zero-3 gathers"));
   STRATA_ASSIGN_OR_RETURN(f->step_start_, device.create_event());
   return f;
+}
+
+GatherStats ParamFetch::stats() const {
+  GatherStats s = stats_;
+  s.stall_s = static_cast<double>(stalled_ns_.load()) * 1e-9;
+  return s;
 }
 
 ParamFetch::~ParamFetch() {
@@ -130,6 +141,8 @@ Status ParamFetch::invalidate(Stream& stream) {
 }
 
 Status ParamFetch::acquire(const std::vector<std::size_t>& buckets, Stream& stream) {
+  // The training stream's time in the waits below, bracketed by two host functions on it.
+  if (options_.time_stalls) STRATA_RETURN_IF_ERROR(stream.launch_host_func([this] { stall_from_ns_ = now_ns(); }));
   for (std::size_t b : buckets) {
     follow_order(b);
     if (persistent_[b]) {
@@ -143,6 +156,9 @@ Status ParamFetch::acquire(const std::vector<std::size_t>& buckets, Stream& stre
     }
     in_use_[b] = true;
     STRATA_RETURN_IF_ERROR(stream.wait(*ready_[b]));
+  }
+  if (options_.time_stalls) {
+    STRATA_RETURN_IF_ERROR(stream.launch_host_func([this] { stalled_ns_ += now_ns() - stall_from_ns_; }));
   }
   return prefetch();
 }

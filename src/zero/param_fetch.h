@@ -44,6 +44,7 @@
 // Thread-safety: one thread at a time (the trainer's).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -65,6 +66,7 @@ struct FetchOptions {
   std::uint64_t persistence_threshold = 0;         // buckets this small stay whole
   std::uint64_t largest_use = 0;                   // the most elements one acquire needs
   bool host_home = false;                          // non-persistent slices live in host memory
+  bool time_stalls = false;                        // measure the training stream's waits (stall_s)
 };
 
 // Part of this rank's slice of a bucket in host memory: `bytes` hold its elements from `at`.
@@ -118,7 +120,7 @@ class ParamFetch {
   // is still resident afterwards (persistent or kept for reuse).
   Result<std::vector<bool>> release(const std::vector<std::size_t>& buckets, Stream& stream);
 
-  const GatherStats& stats() const { return stats_; }
+  GatherStats stats() const;
 
  private:
   struct Buffer {
@@ -180,6 +182,9 @@ class ParamFetch {
   std::size_t at_ = 0;                          // position in recorded_ of the next acquire
   bool following_ = false;                      // this step has matched recorded_ so far
   GatherStats stats_;
+  // time_stalls: written by host functions on the training stream, one after another.
+  std::atomic<std::int64_t> stall_from_ns_{0};
+  std::atomic<std::int64_t> stalled_ns_{0};
 };
 
 }  // namespace strata::zero
