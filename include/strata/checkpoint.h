@@ -41,7 +41,7 @@ struct CheckpointOptions {
 
 // Saves `trainer`'s state as DIR/step-<steps_done>; returns that path. DIR is created if
 // needed. Errors (full disk, permissions) name the file; the previous checkpoints stay intact.
-// With ZeRO stage 1 or 2 (Trainer::zero_stage) the save is a collective of the data-parallel
+// With ZeRO stages 1 to 3 and more than one rank (Trainer::zero_stage) the save is a collective of the data-parallel
 // group, every rank calling it: each rank writes its own shard at its global offsets and
 // fsyncs, and rank 0 writes the manifest and renames the directory into place only after every
 // rank's part is complete (src/engine/checkpoint_sharded.cc); DIR must be reachable by every

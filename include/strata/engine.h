@@ -7,7 +7,7 @@
 // The Engine owns the rank's Device and its Trainer, the one training loop (`strata train`
 // runs through an Engine too). Every rank of the communicator calls every method, in the same
 // order: saving and exporting are collectives whatever the ZeRO stage (one rank writes the
-// files; with stages 1 and 2 each rank writes its own shard of a checkpoint, see
+// files; with stages 1 to 3 each rank writes its own shard of a checkpoint, see
 // strata/checkpoint.h), and every rank returns the same outcome.
 //
 //   auto profile = strata::Profile::load("offload.toml");

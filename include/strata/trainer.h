@@ -102,7 +102,7 @@ struct ParamPiece {
 // The part of the model a rank's optimizer owns. Empty (the default): every parameter whole,
 // with the gradient bound to it, final once its last user's backward is done. With pieces, the
 // gradients are final only when step() is called (a data-parallel engine reduces them after
-// backward): with ZeRO stage 0 every parameter whole, with stages 1 and 2 (src/zero) this rank's
+// backward): with ZeRO stage 0 every parameter whole, with stages 1 to 3 (src/zero) this rank's
 // pieces of them, and the data-parallel `group` whose ranks own the rest, over which the
 // gradient norm is summed. An optimizer keeps state only for its pieces; their master weights
 // and state may be read and written only there (set_master then updates the device values of
@@ -227,7 +227,7 @@ struct TrainerOptions {
   // The data-parallel group this trainer is one rank of (null: one rank). Its size must be
   // parallel.dp. Each rank reads its rows of the global batch (strata/data.h), the gradients are
   // reduced in buckets of zero.reduce_bucket_size as backward proceeds (zero.overlap_comm:
-  // all-reduced with stage 0, reduce-scattered to their owners with stages 1 and 2), and the
+  // all-reduced with stage 0, reduce-scattered to their owners with stages 1 to 3), and the
   // ranks' updates agree; the loss is the global mean (src/engine/data_parallel.h).
   // REQUIRES: outlives the trainer.
   Communicator* dp = nullptr;
@@ -306,12 +306,12 @@ class Trainer {
   // ZeRO stage 3's parameter gathers since the trainer was made (all zero for other stages).
   GatherStats gather_stats() const;
   // The data-parallel group (null for one rank), and the elements [first, second) of p whose
-  // optimizer state this rank holds (all of them unless ZeRO stage 1 or 2 shards it).
+  // optimizer state this rank holds (all of them unless ZeRO stages 1 to 3 shard it).
   Communicator* dp_group() const;
   std::pair<std::uint64_t, std::uint64_t> owned_elements(const Parameter& p) const;
 
   // Optimizer tensor `which` of elements [first, first + out.size()) of p, in fp32, wherever
-  // and on whichever rank it lives. With ZeRO stages 1 and 2 a collective of the data-parallel
+  // and on whichever rank it lives. With ZeRO stages 1 to 3 a collective of the data-parallel
   // group: every rank calls it with the same arguments.
   Status read_state(const Parameter& p, OptimizerState which, std::uint64_t first, std::span<float> out);
   // Writes the elements of the given ones that this rank holds (every rank is given them all);
@@ -320,11 +320,12 @@ class Trainer {
 
   // Makes every parameter's device value the updated one on every rank (ZeRO stages 1 and 2
   // all-gather the slices the other ranks updated, which the next step's forward would do
-  // anyway); a collective. Nothing to do otherwise.
+  // anyway; stage 3 drops what it holds gathered, since it gathers on use); a collective.
+  // Nothing to do otherwise.
   Status gather_parameters();
 
   // Weights as safetensors with Hugging Face GPT-2 names, from the fp32 master weights,
-  // written as F32, BF16 or F16. With ZeRO stages 1 and 2 a collective: every rank calls it and
+  // written as F32, BF16 or F16. With ZeRO stages 1 to 3 a collective: every rank calls it and
   // global rank 0 of the group writes the file.
   Status export_weights(const std::string& path, DType dtype = DType::kF32);
   // Replaces the master weights (and device values) with a safetensors file's; the file must

@@ -130,7 +130,7 @@ struct TrainRun {
 
 // One rank of the run: its engine (device and trainer). Only global rank 0 prints and logs;
 // every rank takes part in checkpoints, imports and exports (the Engine's collectives), whose
-// files one rank writes (with ZeRO stage 1 or 2 each rank its shard of a checkpoint).
+// files one rank writes (with ZeRO stages 1 to 3 each rank its shard of a checkpoint).
 struct Rank {
   TrainRun& run;
   Engine& engine;

@@ -61,7 +61,7 @@ Status write_manifest(Trainer& trainer, const json& files, const std::string& tm
 // options.keep checkpoints; on failure removes `tmp`. Returns the checkpoint's path.
 Result<std::string> publish(Trainer& trainer, const std::string& dir, const std::string& tmp, const CheckpointOptions& options);
 
-// The sharded save of ZeRO stages 1 and 2 (checkpoint_sharded.cc): a collective of the group.
+// The sharded save of ZeRO stages 1 to 3 (checkpoint_sharded.cc): a collective of the group.
 Result<std::string> save_sharded(Trainer& trainer, const std::string& dir, const CheckpointOptions& options);
 
 }  // namespace strata::ckpt

@@ -1,4 +1,4 @@
-// The sharded save of strata/checkpoint.h (ZeRO stages 1 and 2), a collective of the
+// The sharded save of strata/checkpoint.h (ZeRO stages 1 to 3), a collective of the
 // data-parallel group, in the same world-size-independent format as every other save:
 //   0. rank 0 makes the temporary directory and the three state files at their full size;
 //   1. every rank writes its own elements of each file at their global offsets and fsyncs;

@@ -87,7 +87,7 @@ class DataParallel {
   Status end_micro(Stream& stream);
 
   // Optimizer tensor `which` of elements [first, first + out.size()) of p, whichever ranks own
-  // them: with stages 1 and 2 a collective (each owner broadcasts its part), which every rank
+  // them: with stages 1 to 3 a collective (each owner broadcasts its part), which every rank
   // of the group must call with the same arguments.
   Status read_state(StepOptimizer& optimizer, const Parameter& p, OptimizerState which, std::uint64_t first,
                     std::span<float> out, Stream& stream);
@@ -131,7 +131,7 @@ class DataParallel {
   DeviceBuffer grads_;  // one rank and stage 0
   model::ParamUsers users_;
   std::unique_ptr<zero::GradBuckets> all_reduce_;  // stage 0 with dp ranks
-  std::unique_ptr<zero::ShardedGrads> sharded_;    // stages 1 and 2
+  std::unique_ptr<zero::ShardedGrads> sharded_;    // stages 1 to 3
   std::unique_ptr<zero::ParamGather> gather_;      // stages 1 and 2
   std::unique_ptr<zero::ParamFetch> fetch_;        // stage 3
   OptimizerShard shard_;

@@ -2,7 +2,7 @@
 // layout"): tensors laid end to end in one element space, each starting on a multiple of
 // `alignment` elements. The space is cut into buckets of whole consecutive tensors, each padded
 // to a multiple of shards x alignment so that it cuts into `shards` equal contiguous slices:
-// slice s of every bucket belongs to data-parallel shard s (ZeRO stages 1 and 2 reduce-scatter
+// slice s of every bucket belongs to data-parallel shard s (ZeRO stages 1 to 3 reduce-scatter
 // and all-gather one bucket per collective, so each rank's part of a bucket must be one
 // contiguous range of it; Megatron-LM's distributed optimizer shards its buckets the same
 // way). With bucket_elements = 0 the whole space is one bucket, and shard s is one contiguous

@@ -10,7 +10,7 @@
 // which is the same on every rank (the same model runs the same backward).
 //
 // What a reduction is belongs to the caller (`Reduce`): ZeRO stage 0 all-reduces byte ranges of
-// one gradient buffer (cut_byte_buckets below), stages 1 and 2 reduce-scatter the buckets of
+// one gradient buffer (cut_byte_buckets below), stages 1 to 3 reduce-scatter the buckets of
 // the flat layout (zero/sharded_grads.h). The sum is the mean gradient of the global batch
 // because the caller scales the loss by 1/dp.
 //

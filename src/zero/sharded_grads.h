@@ -1,6 +1,7 @@
-// src/zero/sharded_grads.h — ZeRO stages 1 and 2: each data-parallel rank ends a step with only
-// its slice of every bucket's reduced gradient (zero/flat_layout.h: the buckets of whole tensors,
-// each cut into one slice per rank), reduced with a real reduce-scatter per bucket.
+// src/zero/sharded_grads.h — ZeRO stages 1 and 2 (and 3, whose gradients are stage 2's): each
+// data-parallel rank ends a step with only its slice of every bucket's reduced gradient
+// (zero/flat_layout.h: the buckets of whole tensors, each cut into one slice per rank), reduced
+// with a real reduce-scatter per bucket.
 //
 // Stage 1 keeps every tensor's gradient in one full buffer in the flat layout; the micro-steps
 // accumulate into it, and in the last one each bucket is reduce-scattered in place (into this
