@@ -87,13 +87,20 @@ struct GatherStats {
 // means that slice of the parameter's bound value. ZeRO stage 3 binds a parameter only while
 // it is gathered, so it names the shard's own storage here. With `host_home` (ZeRO-3's
 // parameter offload) the piece has no device values at all: the optimizer keeps them in host
-// memory only (host_values()), and the engine copies them to the device when it gathers.
+// memory only (host_values()), and the engine copies them to the device when it gathers. With
+// `host_grad` (the same offload) it has no device gradient either: the engine writes the
+// reduced gradient into the optimizer's host gradients (host_grads()) as backward produces it,
+// `grad` is empty and `count` gives the piece's size.
 struct ParamPiece {
   Parameter* param = nullptr;
   std::uint64_t first = 0;
   DeviceView grad;
   DeviceView value;
   bool host_home = false;
+  bool host_grad = false;
+  std::uint64_t count = 0;
+  // The elements the piece covers.
+  std::uint64_t size() const { return host_grad ? count : grad.count(); }
   // `value`, or the slice of the bound value, or empty with a host home; fails when none holds
   // the piece.
   Result<DeviceView> device_value() const;
@@ -161,6 +168,13 @@ class StepOptimizer {
   // Empty for an optimizer that keeps none there (the device Adam), which cannot serve pieces
   // with a host home.
   virtual std::span<const std::byte> host_values(std::size_t piece) const {
+    (void)piece;
+    return {};
+  }
+  // Where the gradient of shard piece `piece` lives in host memory (its gradient dtype), for a
+  // piece with a host gradient: the engine writes it there before step(). Empty for an
+  // optimizer that keeps none (the device Adam).
+  virtual std::span<std::byte> host_grads(std::size_t piece) {
     (void)piece;
     return {};
   }

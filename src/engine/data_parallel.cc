@@ -125,21 +125,28 @@ Status DataParallel::reserve_gather_window() const {
                          "memory.device_budget, or shard over more ranks");
 }
 
-Status DataParallel::attach_optimizer(const StepOptimizer& optimizer) {
-  if (host_pieces_.empty()) return Status::OK();
-  std::vector<std::vector<zero::HostSegment>> segments(layout_.bucket_count());
+Status DataParallel::attach_optimizer(StepOptimizer& optimizer) {
+  const std::string needs = "offload.param.device = \"cpu\" keeps the parameter shard and its gradients in the "
+                            "optimizer's host memory, which " + optimizer.name() + " does not have: set "
+                            "offload.optimizer.device = \"cpu\" or \"nvme\"";
+  std::vector<std::vector<zero::HostSegment>> values(layout_.bucket_count());
+  std::vector<std::vector<zero::HostGradSegment>> grads(layout_.bucket_count());
   for (const HostPiece& h : host_pieces_) {
     const ParamPiece& piece = shard_.pieces[h.piece];
-    const std::span<const std::byte> bytes = optimizer.host_values(h.piece);
-    if (bytes.size() != piece.grad.count() * dtype_size(value_dtype_)) {
-      return invalid_argument("offload.param.device = \"cpu\" keeps the parameter shard in the optimizer's host "
-                              "weights, which " + optimizer.name() + " does not have: set offload.optimizer.device "
-                              "= \"cpu\" or \"nvme\"");
+    if (piece.host_home) {
+      const std::span<const std::byte> v = optimizer.host_values(h.piece);
+      if (v.size() != piece.size() * dtype_size(value_dtype_)) return invalid_argument(needs);
+      values[h.bucket].push_back({h.at, v});
     }
-    segments[h.bucket].push_back({h.at, bytes});
+    if (piece.host_grad) {
+      const std::span<std::byte> g = optimizer.host_grads(h.piece);
+      if (g.size() != piece.size() * dtype_size(grad_dtype_)) return invalid_argument(needs);
+      grads[h.bucket].push_back({h.at, g});
+    }
   }
-  for (std::size_t b = 0; b < segments.size(); ++b) {
-    if (!segments[b].empty()) fetch_->set_host_slice(b, std::move(segments[b]));
+  for (std::size_t b = 0; b < layout_.bucket_count(); ++b) {
+    if (!values[b].empty()) fetch_->set_host_slice(b, std::move(values[b]));
+    if (!grads[b].empty()) sharded_->set_host_slice(b, std::move(grads[b]));
   }
   return Status::OK();
 }
@@ -150,9 +157,10 @@ Status DataParallel::make_reducers(const Profile& profile, Device& device) {
   const std::uint64_t gs = dtype_size(grad_dtype_);
   const bool overlap = profile.zero.overlap_comm;
   if (stage_ >= 1) {
-    // Stage 3's gradients are stage 2's.
+    // Stage 3's gradients are stage 2's; with parameter offload they go to the host as reduced.
     const int grads_stage = std::min(stage_, 2);
-    STRATA_ASSIGN_OR_RETURN(sharded_, zero::ShardedGrads::create(*dp_, device, layout_, grad_dtype_, grads_stage, overlap));
+    const bool to_host = stage_ == 3 && profile.offload_param.device == OffloadTarget::kCpu;
+    STRATA_ASSIGN_OR_RETURN(sharded_, zero::ShardedGrads::create(*dp_, device, layout_, grad_dtype_, grads_stage, overlap, to_host));
     return Status::OK();
   }
   auto grads = device.allocate(std::max<std::uint64_t>(1, layout_.total() * gs));
@@ -215,13 +223,17 @@ Status DataParallel::add_pieces(Device& device) {
   for (std::size_t b = 0; b < layout_.bucket_count(); ++b) {
     const zero::FlatRange slice = layout_.slice(b, r);
     for (const zero::FlatSegment& s : layout_.segments(slice)) {
-      STRATA_ASSIGN_OR_RETURN(DeviceView g, sharded_->shard_grad(b).slice(s.flat_first - slice.first, s.count));
       // Stage 3: the home of this rank's slice (not the gathered parameter), on the device or,
-      // with parameter offload, in the optimizer's host memory.
-      ParamPiece piece{params_[s.tensor], s.tensor_first, g, {}, fetch_ != nullptr && fetch_->host_slice(b)};
-      if (piece.host_home) {
+      // with parameter offload, in the optimizer's host memory, as its gradient.
+      ParamPiece piece{params_[s.tensor], s.tensor_first, {}, {}, fetch_ != nullptr && fetch_->host_slice(b),
+                       sharded_->host_sink(), s.count};
+      if (!piece.host_grad) {
+        STRATA_ASSIGN_OR_RETURN(piece.grad, sharded_->shard_grad(b).slice(s.flat_first - slice.first, s.count));
+      }
+      if (piece.host_home || piece.host_grad) {
         host_pieces_.push_back({shard_.pieces.size(), b, s.flat_first - slice.first});
-      } else if (fetch_ != nullptr) {
+      }
+      if (!piece.host_home && fetch_ != nullptr) {
         STRATA_ASSIGN_OR_RETURN(DeviceView home, fetch_->home_slice(b));
         STRATA_ASSIGN_OR_RETURN(piece.value, home.slice(s.flat_first - slice.first, s.count));
       }

@@ -71,9 +71,10 @@ class DataParallel {
   // Stage 3: checks that the largest module's gathered buckets fit on the device beside
   // everything allocated so far (the trainer calls it last in its set-up); OK otherwise.
   Status reserve_gather_window() const;
-  // Stage 3 with parameter offload: the shard's host home is the optimizer's host weights,
-  // which exist once it is attached. OK without parameter offload.
-  Status attach_optimizer(const StepOptimizer& optimizer);
+  // Stage 3 with parameter offload: the shard's host home is the optimizer's host weights, and
+  // its gradients go to the optimizer's host gradients; both exist once it is attached. OK
+  // without parameter offload.
+  Status attach_optimizer(StepOptimizer& optimizer);
   GatherStats gather_stats() const;
 
   // The step's hooks, in the order the trainer calls them.
@@ -140,7 +141,7 @@ class DataParallel {
     std::size_t bucket = 0;
     std::uint64_t at = 0;    // within the bucket's slice
   };
-  std::vector<HostPiece> host_pieces_;  // stage 3 with parameter offload
+  std::vector<HostPiece> host_pieces_;  // stage 3 with parameter offload: pieces with a host home or gradient
   static constexpr std::size_t kGatherStagingBytes = 1 << 20;
   DeviceBuffer gather_staging_;  // stages 1-3: read_state's broadcasts
 };

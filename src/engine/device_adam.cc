@@ -49,7 +49,7 @@ class DeviceAdam final : public StepOptimizer {
       if (pc.first > p->numel() || pc.grad.count() > p->numel() - pc.first) {
         return invalid_argument("device adam: a piece of " + p->name() + " lies outside it");
       }
-      if (pc.host_home) {
+      if (pc.host_home || pc.host_grad) {
         return invalid_argument("device adam: " + p->name() + " has its values in host memory only (offload.param): "
                                 "the update must run there too; set offload.optimizer.device = \"cpu\" or \"nvme\"");
       }

@@ -3,6 +3,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
+
+#include "kernels/numeric.h"
 
 namespace strata::engine {
 
@@ -34,6 +37,26 @@ float GradSquaredNorm::value() const {
   float v;
   std::memcpy(&v, host_.data(), sizeof v);
   return v;
+}
+
+Result<double> host_sum_squares(std::span<const std::byte> grads, DType dtype, Communicator* group) {
+  const std::size_t n = grads.size() / dtype_size(dtype);
+  double sum = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    float x = 0;
+    if (dtype == DType::kF32) {
+      std::memcpy(&x, grads.data() + i * 4, 4);
+    } else {
+      std::uint16_t h;
+      std::memcpy(&h, grads.data() + i * 2, 2);
+      x = dtype == DType::kBF16 ? num::bf16_to_f32(h) : num::f16_to_f32(h);
+    }
+    sum += static_cast<double>(x) * x;
+  }
+  if (group == nullptr) return sum;
+  std::vector<double> all{sum};
+  STRATA_RETURN_IF_ERROR(group->all_reduce_host(all, ReduceOp::kSum));
+  return all[0];
 }
 
 GradNorm finish_grad_norm(double sum_squares, double loss_scale, double grad_clip) {

@@ -51,6 +51,12 @@ class GradSquaredNorm {
   PinnedBuffer host_;
 };
 
+// The sum of squares of `grads` (elements of `dtype`, in host memory), accumulated in double,
+// summed over `group` when one is given (Communicator::all_reduce_host): the squared norm of
+// gradients an engine delivered to host memory (ZeRO-3 with parameter offload). Not the device
+// sum's rounding, so the clip coefficient may differ from it in the last bits.
+Result<double> host_sum_squares(std::span<const std::byte> grads, DType dtype, Communicator* group = nullptr);
+
 struct GradNorm {
   double norm = 0.0;        // L2 norm of the true gradient, before clipping (inf or NaN when not finite)
   bool finite = true;       // every gradient element is finite

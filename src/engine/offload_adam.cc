@@ -270,6 +270,9 @@ class OffloadAdam final : public StepOptimizer {
   }
 
   Status after_backward(Module& module, bool last) override {
+    // Host gradients: the engine is about to write this step's into the buffer an overlapped
+    // pass of the previous step reads (it has normally ended: forward waited for every chunk).
+    if (host_grads_) return join();
     // With a shard the gradients are final only once reduced across the group: step() moves them.
     if (!last || grads_at_step_) return Status::OK();
     // An overlapped pass still reads the pinned gradients of the previous step (it has
@@ -296,7 +299,13 @@ class OffloadAdam final : public StepOptimizer {
   std::span<const std::byte> host_values(std::size_t piece) const override {
     if (piece >= pieces_.size()) return {};
     const std::size_t vs = dtype_size(value_dtype_);
-    return {values_host_.data() + layout_.offset(piece) * vs, pieces_[piece].grad.count() * vs};
+    return {values_host_.data() + layout_.offset(piece) * vs, pieces_[piece].count * vs};
+  }
+
+  std::span<std::byte> host_grads(std::size_t piece) override {
+    if (piece >= pieces_.size() || !host_grads_) return {};
+    const std::size_t gs = dtype_size(grad_dtype_);
+    return {grads_host_[grad_slot_].data() + layout_.offset(piece) * gs, pieces_[piece].count * gs};
   }
 
   Status wait_for_update(std::span<Parameter* const> params) override {
@@ -338,10 +347,13 @@ class OffloadAdam final : public StepOptimizer {
       accessed_ = false;
     }
     // The squared norm of all gradients on the device, as the device Adam computes it
-    // (engine/grad_norm.h), so the clip coefficient is the same to the bit.
-    std::vector<DeviceView> grads;
-    for (const PieceState& st : pieces_) grads.push_back(st.grad);
-    STRATA_RETURN_IF_ERROR(sumsq_.enqueue(grads, *stream_, group_));
+    // (engine/grad_norm.h), so the clip coefficient is the same to the bit; of the host
+    // gradients on the host where the engine delivered them there (after the stream's work).
+    if (!host_grads_) {
+      std::vector<DeviceView> grads;
+      for (const PieceState& st : pieces_) grads.push_back(st.grad);
+      STRATA_RETURN_IF_ERROR(sumsq_.enqueue(grads, *stream_, group_));
+    }
     // Gradients no hook has moved yet (a sharded run, a model run without hooks, a module skipped).
     for (std::size_t i = 0; i < pieces_.size(); ++i) {
       if (!pieces_[i].grad_offloaded) STRATA_RETURN_IF_ERROR(offload_grad(i));
@@ -349,7 +361,11 @@ class OffloadAdam final : public StepOptimizer {
     reset_users();
     STRATA_RETURN_IF_ERROR(stream_->synchronize());
     STRATA_RETURN_IF_ERROR(copy_stream_->synchronize());
-    const engine::GradNorm norm = engine::finish_grad_norm(sumsq_.value(), req.loss_scale, req.grad_clip);
+    double sum_squares = sumsq_.value();
+    if (host_grads_) {
+      STRATA_ASSIGN_OR_RETURN(sum_squares, engine::host_sum_squares(grads_host_[grad_slot_].bytes(), grad_dtype_, group_));
+    }
+    const engine::GradNorm norm = engine::finish_grad_norm(sum_squares, req.loss_scale, req.grad_clip);
     UpdateResult r;
     r.grad_norm = norm.norm;
     r.finite = norm.finite;
@@ -405,10 +421,11 @@ class OffloadAdam final : public StepOptimizer {
  private:
   using Access = strata::Access;
 
-  // Piece i of pieces_ is tensor i of layout_: elements [first, first + value.count()) of param.
+  // Piece i of pieces_ is tensor i of layout_: elements [first, first + count) of param.
   struct PieceState {
     Parameter* param = nullptr;
     std::uint64_t first = 0;
+    std::uint64_t count = 0;
     DeviceView grad, value;
     std::size_t last_chunk = 0;  // the chunk holding its last element
     bool grad_offloaded = false;
@@ -436,25 +453,30 @@ class OffloadAdam final : public StepOptimizer {
       if (!pc.host_home && value->device() != &device) {
         return invalid_argument(name() + ": parameter " + p->name() + " lives on another device");
       }
-      if (pc.host_home && profile_.offload_optimizer.delayed_update) {
+      if ((pc.host_home || pc.host_grad) && profile_.offload_optimizer.delayed_update) {
         return invalid_argument(name() + ": offload.optimizer.delayed_update computes the next forward on the weights "
                                 "from before the update, but with offload.param the update overwrites the only copy of "
                                 "them: turn one of the two off");
       }
+      const DType grad_dtype = pc.host_grad ? p->grad_dtype() : pc.grad.dtype();
       if (pieces_.empty()) {
         value_dtype_ = p->dtype();
-        grad_dtype_ = pc.grad.dtype();
-      } else if (p->dtype() != value_dtype_ || pc.grad.dtype() != grad_dtype_) {
+        grad_dtype_ = grad_dtype;
+        host_grads_ = pc.host_grad;
+      } else if (p->dtype() != value_dtype_ || grad_dtype != grad_dtype_) {
         return invalid_argument(name() + ": parameter " + p->name() + " has dtypes other than the first parameter's");
+      } else if (pc.host_grad != host_grads_) {
+        return invalid_argument(name() + ": either every piece's gradient is delivered to host memory or none");
       }
       PieceState st;
       st.param = p;
       st.first = pc.first;
+      st.count = pc.size();
       st.grad = pc.grad;
       st.value = *value;
       index_[p].push_back(pieces_.size());
       pieces_.push_back(st);
-      tensors.push_back(zero::FlatTensor{p->name(), pc.grad.count()});
+      tensors.push_back(zero::FlatTensor{p->name(), st.count});
     }
     if (pieces_.empty()) return invalid_argument(name() + ": the model has no parameters");
     // One space for this rank's elements: nothing is padded beyond each piece's alignment.
@@ -484,7 +506,7 @@ class OffloadAdam final : public StepOptimizer {
     }
     chunk_elems_ = chunk;
     for (std::size_t i = 0; i < pieces_.size(); ++i) {
-      const std::uint64_t n = pieces_[i].grad.count();
+      const std::uint64_t n = pieces_[i].count;
       pieces_[i].last_chunk = static_cast<std::size_t>((layout_.offset(i) + std::max<std::uint64_t>(n, 1) - 1) / chunk);
     }
     return max_block;
@@ -510,13 +532,17 @@ class OffloadAdam final : public StepOptimizer {
   // on the training stream (the backward that finished the gradient).
   Status offload_grad(std::size_t i) {
     PieceState& st = pieces_[i];
+    if (host_grads_) {  // the engine delivered it
+      st.grad_offloaded = true;
+      return Status::OK();
+    }
     if (pass_delayed_ && grad_slot_ == pass_slot_) {
       return internal_error(name() + ": the gradient buffer of " + st.param->name() + " is still read by the delayed update");
     }
     const std::size_t gs = dtype_size(grad_dtype_);
     STRATA_RETURN_IF_ERROR(stream_->record(*grad_ready_));
     STRATA_RETURN_IF_ERROR(copy_stream_->wait(*grad_ready_));
-    STRATA_RETURN_IF_ERROR(device_->copy_to_host({grads_host_[grad_slot_].data() + layout_.offset(i) * gs, st.grad.count() * gs},
+    STRATA_RETURN_IF_ERROR(device_->copy_to_host({grads_host_[grad_slot_].data() + layout_.offset(i) * gs, st.count * gs},
                                                  st.grad.range(), *copy_stream_));
     st.grad_offloaded = true;
     return Status::OK();
@@ -547,7 +573,7 @@ class OffloadAdam final : public StepOptimizer {
     std::uint64_t covered = 0;
     for (std::size_t i : it->second) {
       const PieceState& st = pieces_[i];
-      const std::uint64_t lo = std::max(first, st.first), hi = std::min(first + n, st.first + st.grad.count());
+      const std::uint64_t lo = std::max(first, st.first), hi = std::min(first + n, st.first + st.count);
       if (lo >= hi) continue;
       STRATA_RETURN_IF_ERROR(fn(i, lo - first, hi - lo));
       covered += hi - lo;
@@ -717,7 +743,8 @@ class OffloadAdam final : public StepOptimizer {
   std::size_t done_ = 0;
   bool pass_delayed_ = false;    // the running pass is a delayed one (caller thread only)
   std::size_t pass_slot_ = 0;    // the gradient buffer it reads
-  bool upload_pending_ = false;  // a delayed pass's weights are not on the device yet
+  bool upload_pending_ = false;
+  bool host_grads_ = false;  // the engine delivers every piece's gradient to grads_host_ (ZeRO-3 offload)  // a delayed pass's weights are not on the device yet
   Status worker_status_;
 };
 

@@ -85,14 +85,14 @@ struct Trainer::Impl final : ModuleHooks {
 Result<DeviceView> ParamPiece::device_value() const {
   if (host_home) return DeviceView();
   if (!value.empty()) {
-    if (value.count() != grad.count() || value.dtype() != param->dtype()) {
+    if (value.count() != size() || value.dtype() != param->dtype()) {
       return invalid_argument("optimizer: the device values given for a piece of " + param->name() +
                               " do not match its gradient");
     }
     return value;
   }
   if (!param->bound()) return failed_precondition("optimizer: parameter " + param->name() + " has no device storage");
-  return param->value().slice(first, grad.count());
+  return param->value().slice(first, size());
 }
 
 Trainer::Trainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -149,10 +149,11 @@ TEST(TrainerZeroThree, ADeviceTooSmallForTheWindowIsRefusedAtStartUpWithTheNumbe
 }
 
 // A wider model whose parameters dwarf its activations trains on devices too small for one
-// replica's values and gradients: at dp 4 with the shards on the device, and at dp 2 with the
-// parameters in host memory (the device then holds the gradient shard and the window; the
-// gradients do not leave the device yet, so one rank would still hold all of them).
-void expect_trains_below_a_replica(int dp, OffloadTarget params) {
+// replica's values and gradients: at dp 4 with the shards on the device, and at dp 2 and on one
+// rank with the parameters in host memory, where the gradients leave the device bucket by
+// bucket too: the device holds no parameter shard and no gradient shard, only the persistent
+// LayerNorms, the window and the open buckets.
+void expect_trains_below_a_replica(int dp, OffloadTarget params, double fraction) {
   offload::testing::ScratchDir swap;
   Profile p = zero3_profile(OffloadTarget::kCpu, swap.path(), params);
   p.train.dims.n_embd = 256;
@@ -168,7 +169,7 @@ void expect_trains_below_a_replica(int dp, OffloadTarget params) {
     replica = b.values + b.gradients;
   }
   DeviceOptions o;
-  o.capacity = replica * 19 / 20;
+  o.capacity = static_cast<std::uint64_t>(static_cast<double>(replica) * fraction);
   o.compute_threads = 1;
   LocalRanks ranks(dp);
   p.parallel.dp = dp;
@@ -183,6 +184,11 @@ void expect_trains_below_a_replica(int dp, OffloadTarget params) {
       ASSERT_TRUE(t.ok()) << t.status();
       losses[static_cast<std::size_t>(r)] = steps(**t, 3);
       EXPECT_LE(dev->stats().peak_used, o.capacity);
+      if (params == OffloadTarget::kCpu) {
+        const Trainer::ParameterBytes b = (*t)->parameter_bytes();
+        EXPECT_EQ(b.gradients, 0u) << "a gradient shard on the device";
+        EXPECT_EQ(b.values, (*t)->gather_stats().persistent * 4) << "parameters on the device beyond the persistent";
+      }
       if (r == 0) {
         std::printf("dp %d, parameters %s: device peak %llu B of %llu, a replica's values and gradients %llu B\n", dp,
                     target_name(params), static_cast<unsigned long long>(dev->stats().peak_used),
@@ -203,8 +209,9 @@ void expect_trains_below_a_replica(int dp, OffloadTarget params) {
 }
 
 TEST(TrainerZeroThree, TrainsOnADeviceTooSmallForAReplica) {
-  expect_trains_below_a_replica(4, OffloadTarget::kNone);
-  expect_trains_below_a_replica(2, OffloadTarget::kCpu);
+  expect_trains_below_a_replica(4, OffloadTarget::kNone, 0.95);
+  expect_trains_below_a_replica(2, OffloadTarget::kCpu, 0.6);
+  expect_trains_below_a_replica(1, OffloadTarget::kCpu, 0.6);
 }
 
 // Per step each rank reduce-scatters every bucket's gradient once per micro-step (Ψ of the

@@ -53,6 +53,7 @@ Result<std::unique_ptr<ParamFetch>> ParamFetch::create(Communicator& dp, Device&
   f->ahead_.assign(buckets, false);
   f->acquired_at_.assign(buckets, kNone);
   f->next_use_.assign(buckets, kNone);
+  f->home_elements_ = at;
   auto home = device.allocate(std::max<std::uint64_t>(1, at * dtype_size(dtype)));
   if (!home.ok()) return home.status().with_context("ZeRO stage 3: this rank's parameter shard");
   f->home_ = std::move(*home);
@@ -263,7 +264,6 @@ Status ParamFetch::copy_slice(std::size_t b, DeviceRange own) {
     STRATA_ASSIGN_OR_RETURN(DeviceView mine, home_slice(b));
     return device_->copy_on_device(own, mine.range(), *fetch_);
   }
-  if (host_[b].empty()) return internal_error("ZeRO stage 3: bucket " + std::to_string(b) + " has no host slice");
   for (const HostSegment& s : host_[b]) {
     STRATA_ASSIGN_OR_RETURN(DeviceRange to, own.subrange(s.at * dtype_size(dtype_), s.bytes.size()));
     STRATA_RETURN_IF_ERROR(device_->copy_to_device(to, s.bytes, *fetch_));

@@ -94,9 +94,11 @@ class ParamFetch {
   Result<DeviceView> home_slice(std::size_t b) const;
   bool host_slice(std::size_t b) const { return options_.host_home && !persistent_[b]; }
   // Where the host slice of bucket b lives; every element of its tensors must be covered
-  // before the first gather. REQUIRES: host_slice(b); the memory outlives this object.
+  // before the first gather (a slice of padding only has none). REQUIRES: host_slice(b); the
+  // memory outlives this object.
   void set_host_slice(std::size_t b, std::vector<HostSegment> segments) { host_[b] = std::move(segments); }
-  std::uint64_t home_bytes() const { return home_.size(); }
+  // Device bytes of the home (this rank's slices kept on the device, the persistent buckets).
+  std::uint64_t home_bytes() const { return home_elements_ * dtype_size(dtype_); }
   std::uint64_t largest_use() const { return options_.largest_use; }
 
   // A new step: the update of every bucket is now behind `stream`; persistent buckets are
@@ -160,6 +162,7 @@ class ParamFetch {
   std::unique_ptr<Stream> fetch_;        // the gathers' stream
   std::unique_ptr<Event> step_start_;    // the training stream at begin_step()
   DeviceBuffer home_;
+  std::uint64_t home_elements_ = 0;
   std::vector<std::uint64_t> home_at_;   // per bucket, its place in home_ (elements)
   std::vector<bool> persistent_;
   std::vector<std::vector<HostSegment>> host_;  // per bucket with a host slice

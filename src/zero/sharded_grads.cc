@@ -2,11 +2,14 @@
 
 #include <algorithm>
 
+#include "kernels/numeric.h"
+
 namespace strata::zero {
 
 Result<std::unique_ptr<ShardedGrads>> ShardedGrads::create(Communicator& dp, Device& device, const FlatLayout& layout,
-                                                           DType grad_dtype, int stage, bool overlap) {
+                                                           DType grad_dtype, int stage, bool overlap, bool host_sink) {
   if (stage != 1 && stage != 2) return invalid_argument("sharded gradients: stage " + std::to_string(stage) + " is not 1 or 2");
+  if (host_sink && stage != 2) return invalid_argument("sharded gradients: a host sink needs stage 2's bucket slots");
   if (layout.shards() != static_cast<std::uint64_t>(dp.size())) {
     return internal_error("sharded gradients: the layout has " + std::to_string(layout.shards()) + " shards for " +
                           std::to_string(dp.size()) + " ranks");
@@ -17,6 +20,7 @@ Result<std::unique_ptr<ShardedGrads>> ShardedGrads::create(Communicator& dp, Dev
   g->layout_ = &layout;
   g->dtype_ = grad_dtype;
   g->stage_ = stage;
+  g->host_sink_ = host_sink;
   const std::uint64_t gs = dtype_size(grad_dtype);
   const auto rank = static_cast<std::uint64_t>(dp.rank());
   const std::size_t buckets = layout.bucket_count();
@@ -24,18 +28,24 @@ Result<std::unique_ptr<ShardedGrads>> ShardedGrads::create(Communicator& dp, Dev
     auto full = device.allocate(std::max<std::uint64_t>(1, layout.total() * gs));
     if (!full.ok()) return full.status().with_context("ZeRO stage 1: the gradients of " + std::to_string(layout.used()) + " parameters");
     g->full_ = std::move(*full);
+  } else if (host_sink) {
+    std::uint64_t largest = 1;
+    for (std::size_t b = 0; b < buckets; ++b) largest = std::max(largest, layout.slice(b, 0).count * gs);
+    STRATA_ASSIGN_OR_RETURN(g->staging_, device.allocate_pinned(largest));
+    g->host_.resize(buckets);
   } else {
     auto shard = device.allocate(std::max<std::uint64_t>(1, layout.shard_size() * gs));
     if (!shard.ok()) return shard.status().with_context("ZeRO stage 2: this rank's gradient shard");
     g->shard_ = std::move(*shard);
   }
-  for (std::size_t b = 0; b < buckets; ++b) {
+  for (std::size_t b = 0; b < buckets && !host_sink; ++b) {
     const FlatRange s = layout.slice(b, rank);
     const DeviceBuffer& home = stage == 1 ? g->full_ : g->shard_;
     const std::uint64_t at = stage == 1 ? s.first : layout.shard_offset(b);
     STRATA_ASSIGN_OR_RETURN(DeviceView v, home.view(grad_dtype, at * gs, s.count));
     g->shard_grads_.push_back(v);
   }
+  g->shard_grads_.resize(buckets);  // empty views with a host sink
   g->slot_of_.assign(buckets, -1);
   std::vector<std::vector<std::size_t>> of_tensor(layout.tensor_count());
   for (std::size_t i = 0; i < layout.tensor_count(); ++i) of_tensor[i].push_back(layout.bucket_of(i));
@@ -137,7 +147,12 @@ Status ShardedGrads::reduce(std::size_t b, Stream& comm) {
   Slot& slot = slots_[static_cast<std::size_t>(s)];
   STRATA_ASSIGN_OR_RETURN(DeviceRange all, slot.buffer.range(0, bucket.count * gs));
   const CommBuffer send{all, type, bucket.count};
-  if (micro_ == 0) {
+  if (host_sink_) {
+    const std::uint64_t n = bucket.count / layout_->shards();
+    STRATA_ASSIGN_OR_RETURN(DeviceView part, slot.buffer.view(dtype_, static_cast<std::uint64_t>(dp_->rank()) * n * gs, n));
+    STRATA_RETURN_IF_ERROR(dp_->reduce_scatter(send, CommBuffer::of(part), ReduceOp::kSum, comm));
+    STRATA_RETURN_IF_ERROR(to_host(b, part, comm));
+  } else if (micro_ == 0) {
     STRATA_RETURN_IF_ERROR(dp_->reduce_scatter(send, CommBuffer::of(mine), ReduceOp::kSum, comm));
   } else {
     // In place into this rank's part of the slot, then added to the shard.
@@ -151,6 +166,40 @@ Status ShardedGrads::reduce(std::size_t b, Stream& comm) {
   slot.bucket = -1;
   slot_of_[b] = -1;
   return Status::OK();
+}
+
+Status ShardedGrads::to_host(std::size_t b, const DeviceView& part, Stream& comm) {
+  const std::uint64_t gs = dtype_size(dtype_);
+  if (micro_ == 0) {
+    for (const HostGradSegment& s : host_[b]) {
+      STRATA_ASSIGN_OR_RETURN(DeviceRange from, part.range().subrange(s.at * gs, s.bytes.size()));
+      STRATA_RETURN_IF_ERROR(device_->copy_to_host(s.bytes, from, comm));
+    }
+    return Status::OK();
+  }
+  STRATA_RETURN_IF_ERROR(device_->copy_to_host(staging_.bytes().first(part.bytes()), part.range(), comm));
+  return comm.launch_host_func([this, b] { add_staged(b); });
+}
+
+void ShardedGrads::add_staged(std::size_t b) {
+  const std::uint64_t gs = dtype_size(dtype_);
+  for (const HostGradSegment& s : host_[b]) {
+    const std::byte* from = staging_.data() + s.at * gs;
+    const std::size_t n = s.bytes.size() / gs;
+    if (dtype_ == DType::kF32) {
+      auto* to = reinterpret_cast<float*>(s.bytes.data());
+      const auto* add = reinterpret_cast<const float*>(from);
+      for (std::size_t i = 0; i < n; ++i) to[i] += add[i];
+      continue;
+    }
+    auto* to = reinterpret_cast<std::uint16_t*>(s.bytes.data());
+    const auto* add = reinterpret_cast<const std::uint16_t*>(from);
+    const bool bf16 = dtype_ == DType::kBF16;
+    for (std::size_t i = 0; i < n; ++i) {
+      const float sum = bf16 ? num::bf16_to_f32(to[i]) + num::bf16_to_f32(add[i]) : num::f16_to_f32(to[i]) + num::f16_to_f32(add[i]);
+      to[i] = bf16 ? num::f32_to_bf16(sum) : num::f32_to_f16(sum);
+    }
+  }
 }
 
 std::uint64_t ShardedGrads::slot_bytes() const {

@@ -21,6 +21,13 @@
 // DeepSpeed's choice, least memory, grad_accum x Ψ(N−1)/N elements sent per step. Accumulating
 // locally instead would need stage 1's full buffer.
 //
+// With a host sink (stage 3 with parameter offload) there is no device shard at all: a
+// bucket's reduce-scatter lands in this rank's part of its slot, which is copied behind it to
+// host memory (the offloaded optimizer's gradients, set_host_slice()) — the first micro-step's
+// straight into place, a later one's into a pinned staging buffer that a host function on the
+// communication stream then adds in — and the slot is free once that is done. The device then
+// holds only the open buckets' slots, never the whole gradient or its shard.
+//
 // It knows tensors by index in the layout, not Modules: the engine binds each parameter's
 // gradient to the view tensor_grad() gives it and says when a tensor is final.
 //
@@ -29,6 +36,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "strata/communicator.h"
@@ -38,12 +46,19 @@
 
 namespace strata::zero {
 
+// Part of this rank's slice of a bucket's gradient in host memory: `bytes` receive its
+// elements from `at` on.
+struct HostGradSegment {
+  std::uint64_t at = 0;
+  std::span<std::byte> bytes;
+};
+
 class ShardedGrads {
  public:
-  // `layout` has dp.size() shards. stage: 1 or 2.
+  // `layout` has dp.size() shards. stage: 1 or 2; `host_sink` only with 2.
   // REQUIRES: dp, device and layout outlive this object.
   static Result<std::unique_ptr<ShardedGrads>> create(Communicator& dp, Device& device, const FlatLayout& layout,
-                                                      DType grad_dtype, int stage, bool overlap);
+                                                      DType grad_dtype, int stage, bool overlap, bool host_sink = false);
   ~ShardedGrads();
 
   int stage() const { return stage_; }
@@ -62,8 +77,14 @@ class ShardedGrads {
   Status end_micro(Stream& stream);
 
   // This rank's reduced gradient of bucket b: slice_size(b) elements of the gradient dtype.
-  // Fixed views, valid once end_micro of the last micro-step has run on the stream.
+  // Fixed views, valid once end_micro of the last micro-step has run on the stream; empty with
+  // a host sink.
   const DeviceView& shard_grad(std::size_t b) const { return shard_grads_[b]; }
+  bool host_sink() const { return host_sink_; }
+  // With a host sink: where bucket b's reduced slice goes; the segments must cover every
+  // tensor element of it before the first reduction (a slice of padding only has none).
+  // REQUIRES: the memory outlives this object.
+  void set_host_slice(std::size_t b, std::vector<HostGradSegment> segments) { host_[b] = std::move(segments); }
   // Device bytes held: the full gradients (stage 1) or the shard (stage 2), and stage 2's slots.
   std::uint64_t gradient_bytes() const { return full_.size() + shard_.size(); }
   std::uint64_t slot_bytes() const;
@@ -78,6 +99,10 @@ class ShardedGrads {
   };
   ShardedGrads() = default;
   Status reduce(std::size_t b, Stream& comm);
+  // Host sink: this rank's reduced part of bucket b, in its slot, to host memory behind `comm`.
+  Status to_host(std::size_t b, const DeviceView& part, Stream& comm);
+  // Adds the staged part of bucket b into its host slice (a host function on `comm`).
+  void add_staged(std::size_t b);
   Status open_bucket(std::size_t b, Stream& stream);
 
   Communicator* dp_ = nullptr;
@@ -93,6 +118,9 @@ class ShardedGrads {
   std::vector<DeviceView> shard_grads_;
   std::vector<Slot> slots_;              // stage 2
   std::vector<int> slot_of_;             // stage 2: per bucket, its slot this micro-step or -1
+  bool host_sink_ = false;
+  std::vector<std::vector<HostGradSegment>> host_;  // host sink: per bucket
+  PinnedBuffer staging_;                 // host sink: a later micro-step's part on its way to be added
 };
 
 }  // namespace strata::zero
