@@ -12,7 +12,7 @@
 //     gathered state reads as the declared buffers;
 //   stage 3 replaces `state` by the device's model state: device bytes less activations less the
 //     declared buffers (gradient slots, staging, the persistent buckets and the peak of the gather
-//     window) over (v [unless --params cpu] + g + 12 or 8 [unless --optimizer cpu]) Ψ / N; and
+//     window) over (v + g [unless --params cpu] + 12 or 8 [unless --optimizer cpu]) Ψ / N; and
 //     adds `prefetch`: gathers issued on demand after the first step (ceiling 0), and the share
 //     of the step the training stream waited for gathers (from timestamps the stream takes
 //     around its waits), on the plain link and on a link throttled (--throttle) so that the
@@ -179,7 +179,8 @@ Json device_state_row(const RankResult& r, int n, const Profile& p) {
   const bool params_home = p.offload_param.device == OffloadTarget::kNone;
   const bool optim_home = p.offload_optimizer.device == OffloadTarget::kNone;
   const double optim = optim_home ? 8 + (p.precision.dtype == DType::kF32 ? 0 : 4) : 0;
-  const double per_param = ((params_home ? v : 0) + g + optim) / N;
+  // With the parameters offloaded their gradients leave the device too.
+  const double per_param = ((params_home ? v + g : 0) + optim) / N;
   const double formula = per_param * static_cast<double>(r.params);
   return {{"measure", "device_model_state_bytes"},
           {"stage", 3},
