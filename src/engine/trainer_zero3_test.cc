@@ -62,23 +62,17 @@ TEST(TrainerZeroThree, ParameterOffloadRefusesWhatCannotServeIt) {
   EXPECT_NE(t.status().message().find("delayed_update"), std::string::npos) << t.status();
 }
 
-// bf16 with activation checkpointing (the recompute gathers again), three micro-steps and the
-// parameters in host memory.
+// bf16 and fp16 with activation checkpointing (the recompute gathers again) and three
+// micro-steps (later ones added to the host gradients), with the parameters on the device and
+// in host memory (dp_test_util.h: the tolerances).
 TEST(TrainerZeroThree, LowPrecisionCheckpointingAndAccumulationEqualTheOneRankRun) {
   offload::testing::ScratchDir swap;
-  Profile p = zero3_profile(OffloadTarget::kCpu, swap.path(), OffloadTarget::kCpu);
-  p.precision.dtype = p.precision.grad_dtype = DType::kBF16;
-  p.activation.checkpointing = true;
-  p.train.grad_accum = 3;
-  auto dev = host();
-  auto t = Trainer::create(one_rank_of(p, 2), *dev);
-  ASSERT_TRUE(t.ok()) << t.status();
-  const std::vector<double> ref = steps(**t, 8);
-  std::vector<std::vector<double>> got(2);
-  on_local_ranks(2, kRowsPerRank, p, [&](int r, Trainer& tr) { got[static_cast<std::size_t>(r)] = steps(tr, 8); });
-  ASSERT_EQ(got[0].size(), ref.size());
-  for (std::size_t s = 0; s < ref.size(); ++s) EXPECT_NEAR(got[0][s], ref[s], 1e-3 * ref[s]) << "step " << s + 1;
-  EXPECT_EQ(got[0], got[1]);
+  for (DType dtype : {DType::kBF16, DType::kF16}) {
+    for (OffloadTarget params : {OffloadTarget::kNone, OffloadTarget::kCpu}) {
+      expect_low_precision_matches_one_rank(zero3_profile(OffloadTarget::kCpu, swap.path(), params), dtype,
+                                            std::string("stage 3, parameters ") + target_name(params));
+    }
+  }
 }
 
 // The statistics' peak covers every gather of the run: it never passes max_live, which is well
