@@ -10,9 +10,10 @@
 //     for the run's dtypes (bf16 weights, fp32 state: stage 0 2 + 2 + 12, stage 1 2 + 2 + 12/N,
 //     stage 2 2 + (2 + 12)/N), with stage 2's gradient bucket slots and the 1 MiB staging of
 //     gathered state reads as the declared buffers;
-//   stage 3 replaces `state` by the device's model state: device bytes less activations less the
-//     declared buffers (gradient slots, staging, the persistent buckets and the peak of the gather
-//     window) over (v + g [unless --params cpu] + 12 or 8 [unless --optimizer cpu]) Ψ / N; and
+//   stage 3 replaces `state` by the device's model state: device bytes less activations over
+//     (v + g [unless --params cpu] + 12 or 8 [unless --optimizer cpu]) Ψ / N plus the declared
+//     buffers (gradient slots, staging, the persistent buckets and the gather window's peak, the
+//     token and loss buffers), at most 1; and
 //     adds `prefetch`: gathers issued on demand after the first step (ceiling 0), and the share
 //     of the step the training stream waited for gathers (from timestamps the stream takes
 //     around its waits), on the plain link and on a link throttled (--throttle) so that the
@@ -117,6 +118,10 @@ Result<RankResult> run_rank(const DpOptions& o, Communicator* dp, std::uint64_t 
   const Trainer::ParameterBytes pb = t->parameter_bytes();
   r.bucket_bytes = pb.buckets + pb.staging + pb.gathered;
   if (p.zero.stage == 3) r.bucket_bytes += r.last.persistent * dtype_size(p.precision.dtype);
+  // The token and loss buffers; an offloaded optimizer's norm scalar.
+  const auto aligned = [](std::uint64_t b) { return (b + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment; };
+  r.bucket_bytes += aligned(2ULL * static_cast<std::uint64_t>(p.train.micro_batch * p.train.dims.seq_len) * 4) + aligned(4);
+  if (p.offload_optimizer.device != OffloadTarget::kNone) r.bucket_bytes += aligned(t->optimizer().device_bytes());
   if (auto tiers = t->optimizer().tier_stats(); tiers.has_value()) {
     r.host_state_bytes = tiers->tiers[static_cast<int>(Tier::kHost)].home_bytes;
   }
@@ -191,10 +196,10 @@ Json device_state_row(const RankResult& r, int n, const Profile& p) {
           {"max_live_parameters", r.last.max_live},
           {"formula_bytes_per_parameter", per_param},
           {"formula_bytes", formula},
-          {"ratio", (static_cast<double>(r.state_bytes) - static_cast<double>(r.bucket_bytes)) / formula},
-          {"ceiling", "device bytes less activations less the declared buffers (gradient slots, staging, persistent "
-                      "buckets, the gather window's peak), over ZeRO-3's device share per parameter for the homes "
-                      "in use, (v + g + optimizer) / N"}};
+          {"ratio", static_cast<double>(r.state_bytes) / (formula + static_cast<double>(r.bucket_bytes))},
+          {"ceiling", "device bytes less activations, over ZeRO-3's device share per parameter for the homes in use "
+                      "((v + g + optimizer) / N) plus the declared buffers (gradient slots, staging, persistent "
+                      "buckets, the gather window's peak, tokens and loss); at most 1"}};
 }
 
 Json prefetch_row(const RankResult& plain, const RankResult& throttled, std::uint64_t bandwidth, int steps) {
