@@ -1,7 +1,7 @@
 // src/offload/offload_test_util.h — helpers for the tier manager tests only: a host device, an
 // NVMe tier (I/O engine, optionally wrapped in a FaultyEngine, and a SwapStore in a scratch
 // directory) and a TierManager on top; deterministic block contents; a watchdog that turns a
-// hang into a failure.
+// hang into a failure; a recount of the manager's running totals from its records.
 //
 // Thread-safety: fill_pattern/check_pattern are reentrant; the rest is per test.
 #pragma once
@@ -19,7 +19,9 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <span>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -29,6 +31,7 @@
 #include "nvme/io_engine.h"
 #include "nvme/swap_store.h"
 #include "offload/tier_manager.h"
+#include "offload/tier_manager_internal.h"
 #include "strata/device.h"
 
 namespace strata::offload::testing {
@@ -214,3 +217,76 @@ inline std::span<std::byte> pinned_bytes_mut(const Pin& pin) {
 }
 
 }  // namespace strata::offload::testing
+
+namespace strata::offload {
+
+// Recounts, by walking every block under the manager's lock, what the manager keeps as running
+// totals (per-tier pinned, releasing, coming, live, queued and resident copies; charged and
+// home bytes; the block count), each from its definition rather than from the manager's
+// predicates, and says where they differ (empty: nowhere).
+struct TierManagerPeer {
+  using Block = TierManager::Block;
+
+  static std::string recount(const TierManager& tm) {
+    std::lock_guard lk(tm.mu_);
+    std::ostringstream diff;
+    auto expect = [&](const std::string& what, std::uint64_t kept, std::uint64_t counted) {
+      if (kept != counted) diff << what << ": kept " << kept << ", recounted " << counted << "; ";
+    };
+    for (Tier t : {Tier::kDevice, Tier::kHost}) {
+      const std::string tier(tier_name(t));
+      const TierManager::Totals::PerTier& kept = tm.totals_->tier(t);
+      TierManager::Totals::PerTier want;
+      std::set<const Block*> resident;
+      for (const Block* b : tm.live_) {
+        const TierManager::Copy& c = b->copy(t);
+        const bool pinned = c.pins() > 0;
+        want.pinned_copies += pinned ? 1 : 0;
+        if (c.home()) continue;
+        const CopyState s = c.state();
+        if (pinned && s != CopyState::kAbsent) want.pinned_bytes += b->charge;
+        if (!pinned && c.evicting()) want.releasing_bytes += b->charge;
+        if (!pinned && (s == CopyState::kLoading || c.readers() > 0 || c.evicting())) ++want.coming_copies;
+        if (pinned || s == CopyState::kLoading || s == CopyState::kQueued || c.prefetched_unused()) want.live_bytes += b->charge;
+        if (pinned && s == CopyState::kQueued) ++want.queued_pins;
+        if (s == CopyState::kValid) resident.insert(b);
+      }
+      expect(tier + " pinned copies", kept.pinned_copies, want.pinned_copies);
+      expect(tier + " pinned bytes", kept.pinned_bytes, want.pinned_bytes);
+      expect(tier + " releasing bytes", kept.releasing_bytes, want.releasing_bytes);
+      expect(tier + " coming copies", kept.coming_copies, want.coming_copies);
+      expect(tier + " live bytes", kept.live_bytes, want.live_bytes);
+      expect(tier + " queued pins", kept.queued_pins, want.queued_pins);
+      const std::set<const Block*> listed(kept.resident.begin(), kept.resident.end());
+      expect(tier + " resident copies", kept.resident.size(), resident.size());
+      if (listed != resident) diff << tier << " resident copies: the list holds other blocks than the recount; ";
+    }
+    for (Tier t : {Tier::kDevice, Tier::kHost, Tier::kNvme}) recount_bytes(tm, t, expect);
+    expect("blocks", tm.stats_.blocks, tm.live_.size());
+    for (std::size_t i = 0; i < tm.live_.size(); ++i) {
+      if (tm.live_[i]->live_index != i) diff << "block '" << tm.live_[i]->name << "' has a wrong place in the live list; ";
+    }
+    return diff.str();
+  }
+
+ private:
+  template <typename Expect>
+  static void recount_bytes(const TierManager& tm, Tier t, Expect& expect) {
+    const std::string tier(tier_name(t));
+    std::uint64_t home = 0;
+    std::uint64_t cached = 0;
+    auto add = [&](const Block& b) {
+      if (b.home == t) home += b.charge;
+      if (t != Tier::kNvme && !b.copy(t).home() && b.copy(t).charged) cached += b.charge;
+    };
+    for (const Block* b : tm.live_) add(*b);
+    for (const auto& z : tm.zombies_) add(*z);
+    const TierUsage& u = tm.stats_.tiers[static_cast<std::size_t>(t)];
+    const std::uint64_t leased = t == Tier::kHost ? tm.leased_host_ : t == Tier::kDevice ? tm.leased_device_ : 0;
+    const std::uint64_t pool = t == Tier::kHost ? tm.staging_.total_bytes() : 0;
+    expect(tier + " home bytes", u.home_bytes, home);
+    expect(tier + " used bytes", u.used, home + cached + leased + pool);
+  }
+};
+
+}  // namespace strata::offload

@@ -1,4 +1,5 @@
-// The tier manager's pins (src/offload/tier_manager.h): Pin and PinState — take, wait, mark dirty, release, ready, fail.
+// The tier manager's pins (src/offload/tier_manager.h): Pin and PinState — take, wait, mark
+// dirty, release, ready, fail. Their ordering with streams is in tier_pin_streams.cc.
 #include <algorithm>
 #include <chrono>
 #include <memory>
@@ -85,22 +86,22 @@ std::shared_ptr<PinState> TierManager::add_pin(Block& b, Tier tier, Access acces
   p->tier = tier;
   p->access = access;
   p->bytes = b.bytes;
-  ++c.pins;
+  totals_->add_pin(b, tier);
   if (access == Access::kRead) {
     ++b.read_pins;
   } else {
     ++b.write_pins;
   }
   c.last_use = ++tick_;
-  c.prefetched_unused = false;
-  c.evicting = false;  // a pin arriving during a write-back keeps the copy
+  totals_->set_prefetched_unused(b, tier, false);
+  totals_->set_evicting(b, tier, false);  // a pin arriving during a write-back keeps the copy
   c.waiters.push_back(p);
   return p;
 }
 
 void TierManager::uncount_pin(Block& b, PinState& p) {
   p.counted = false;
-  --b.copy(p.tier).pins;
+  totals_->remove_pin(b, p.tier);
   if (p.access == Access::kRead) {
     --b.read_pins;
   } else {
@@ -110,20 +111,27 @@ void TierManager::uncount_pin(Block& b, PinState& p) {
 
 void TierManager::release_pin(PinState& p) {
   std::lock_guard lk(mu_);
+  release_pin_locked(p);
+}
+
+void TierManager::release_pin_locked(PinState& p) {
   if (!p.counted) return;
   Block* b = lookup(p.id);
   if (b == nullptr) {  // cannot happen: drop() refuses pinned blocks
     p.counted = false;
     return;
   }
+  if (!p.ready) {
+    post_signals(p, failed_precondition("the pin on block '" + b->name + "' was released before its data was ready"));
+  }
   uncount_pin(*b, p);
   Copy& c = b->copy(p.tier);
   c.last_use = ++tick_;
   auto w = std::find_if(c.waiters.begin(), c.waiters.end(), [&](const auto& q) { return q.get() == &p; });
   if (w != c.waiters.end()) c.waiters.erase(w);
-  if (c.pins == 0) {
-    if (c.state == CopyState::kQueued) c.state = CopyState::kAbsent;  // nobody wants it any more
-    if (!c.home && c.state == CopyState::kValid && c.version != b->version && c.readers == 0 && !c.evicting) {
+  if (c.pins() == 0) {
+    if (c.state() == CopyState::kQueued) totals_->set_state(*b, p.tier, CopyState::kAbsent);  // nobody wants it any more
+    if (!c.home() && c.state() == CopyState::kValid && c.version != b->version && c.readers() == 0 && !c.evicting()) {
       free_copy(*b, p.tier);
     }
   }
@@ -188,8 +196,8 @@ void TierManager::drop_stale_copies(Block& b, Tier keep) {
   for (Tier o : {Tier::kDevice, Tier::kHost}) {
     if (o == keep) continue;
     Copy& oc = b.copy(o);
-    if (!oc.home && oc.state == CopyState::kValid && oc.version != b.version && oc.pins == 0 && oc.readers == 0 &&
-        !oc.evicting) {
+    if (!oc.home() && oc.state() == CopyState::kValid && oc.version != b.version && oc.pins() == 0 && oc.readers() == 0 &&
+        !oc.evicting()) {
       free_copy(b, o);
     }
   }
@@ -198,7 +206,7 @@ void TierManager::drop_stale_copies(Block& b, Tier keep) {
 void TierManager::update_waiters(Block& b) {
   for (Tier t : {Tier::kDevice, Tier::kHost}) {
     Copy& c = b.copy(t);
-    if (c.waiters.empty() || c.state != CopyState::kValid) continue;
+    if (c.waiters.empty() || c.state() != CopyState::kValid) continue;
     std::vector<std::shared_ptr<PinState>> still;
     std::vector<std::shared_ptr<PinState>> now;
     for (auto& p : c.waiters) {
@@ -225,6 +233,7 @@ void TierManager::make_ready(Block& b, Tier t, PinState& p) {
     drop_stale_copies(b, t);
   }
   p.ready = true;
+  post_signals(p, Status::OK());
   ready_cv_.notify_all();
 }
 
@@ -233,6 +242,7 @@ void TierManager::fail_waiters(Block& b, Tier t, const Status& status) {
   for (auto& p : c.waiters) {
     p->ready = true;
     p->error = status;
+    post_signals(*p, status);
     if (p->counted) uncount_pin(b, *p);
   }
   c.waiters.clear();

@@ -4,7 +4,9 @@
 //   * no tier's charged bytes ever exceed its budget (and the device's own allocator agrees);
 //   * refusals happen only as out-of-memory (budget) or failed-precondition (pin conflict)
 //     Statuses with the budget named, never as a hang;
-//   * with a working set exactly the size of the budget, nothing is refused and nothing hangs.
+//   * with a working set exactly the size of the budget, nothing is refused and nothing hangs;
+//   * the running totals the manager keeps (pinned, releasing, live, queued and resident copies
+//     per tier, charged and home bytes) equal a full recount after every operation.
 #include <algorithm>
 #include <map>
 #include <random>
@@ -31,6 +33,9 @@ using testing::RigOptions;
 using testing::Watchdog;
 
 constexpr std::uint64_t KB = 1024;
+
+// The running totals against a full recount (empty: they agree).
+std::string recount(const TierManager& tm) { return TierManagerPeer::recount(tm); }
 
 struct QuietLogs {
   QuietLogs() : level(log_level()) { set_log_level(LogLevel::kWarn); }
@@ -143,7 +148,38 @@ void random_run(std::uint64_t seed, int ops, int blocks, bool uring_direct = fal
   std::vector<std::size_t> pattern;  // a fixed access order, replayed for the trace
   for (int i = 0; i < 24; ++i) pattern.push_back(static_cast<std::size_t>(pick(0, model.size() - 1)));
 
+  auto stream_or = rig->device->create_stream("property");
+  ASSERT_TRUE(stream_or.ok()) << stream_or.status();
+  std::unique_ptr<Stream> stream = std::move(stream_or).value();
+  DeviceLease device_lease;
+  HostLease host_lease;
+  auto toggle_leases = [&] {
+    // Now and then a scratch lease on the device (it evicts to make room) or the host.
+    const auto l = pick(0, 49);
+    if (l == 0) {
+      if (device_lease.valid()) {
+        device_lease.release();
+      } else {
+        auto lease = tm.lease_device("scratch", pick(1, o.tiers.device_budget / 4));
+        if (lease.ok()) {
+          device_lease = std::move(*lease);
+        } else {
+          EXPECT_TRUE(is_budget_refusal(lease.status())) << lease.status();
+        }
+      }
+    } else if (l == 1) {
+      if (host_lease.data() != nullptr) {
+        host_lease.release();
+      } else {
+        auto lease = tm.lease_host("staging", pick(1, 64 * KB));
+        if (lease.ok()) host_lease = std::move(*lease);
+        else EXPECT_EQ(lease.status().code(), StatusCode::kOutOfMemory) << lease.status();
+      }
+    }
+  };
   for (int op = 0; op < ops; ++op) {
+    ASSERT_EQ(recount(tm), "") << "before op " << op;
+    toggle_leases();
     const auto kind = pick(0, 99);
     if (kind < 40 || (kind < 55 && held.size() < 4)) {
       // Acquire: read, write or overwrite.
@@ -189,6 +225,11 @@ void random_run(std::uint64_t seed, int ops, int blocks, bool uring_direct = fal
     } else if (kind < 65) {
       if (!held.empty()) {
         const std::size_t i = static_cast<std::size_t>(pick(0, held.size() - 1));
+        if (pick(0, 1) == 0) {  // in the order of a stream's work, which is done before the next op
+          ASSERT_TRUE(held[i].pin.release_after(*stream).ok());
+          EXPECT_FALSE(held[i].pin.valid());
+          ASSERT_TRUE(stream->synchronize().ok());
+        }
         held.erase(held.begin() + static_cast<std::ptrdiff_t>(i));
       }
     } else if (kind < 75) {
@@ -244,7 +285,11 @@ void random_run(std::uint64_t seed, int ops, int blocks, bool uring_direct = fal
     }
     if (op % 256 == 0) expect_budgets_hold(tm.stats(), o.tiers, "during the run");
   }
+  ASSERT_EQ(recount(tm), "") << "after the operations";
   held.clear();
+  device_lease.release();
+  host_lease.release();
+  ASSERT_EQ(recount(tm), "") << "after releasing everything";
   ASSERT_TRUE(tm.flush().ok());
   // Every block, read back from its fastest tier and from the host where allowed.
   for (const ModelBlock& m : model) {
@@ -268,8 +313,10 @@ void random_run(std::uint64_t seed, int ops, int blocks, bool uring_direct = fal
       EXPECT_TRUE(check_pattern(pinned_bytes(*pin), m.id.value, m.version)) << info->name << " in " << tier_name(t);
     }
   }
+  ASSERT_EQ(recount(tm), "") << "at the end";
   TierStats s = tm.stats();
   expect_budgets_hold(s, o.tiers, "at the end");
+  EXPECT_EQ(s.pinned_copies, 0u);
   // The device's allocator saw no more than the budget either.
   EXPECT_LE(rig->device->stats().peak_used, o.tiers.device_budget);
   EXPECT_GT(done, ops / 5) << "refused " << refused;
@@ -361,8 +408,10 @@ TEST(TierProperty, WorkingSetEqualToTheBudgetNeverStallsOrFails) {
         }
       }
       tm.end_step();
+      ASSERT_EQ(recount(tm), "") << "round " << round;
     }
   }
+  EXPECT_EQ(recount(tm), "");
   TierStats s = tm.stats();
   EXPECT_EQ(s.budget_refusals, 0u);
   EXPECT_EQ(s.tiers[0].peak, o.tiers.device_budget);  // the budget was really used to the byte
@@ -447,6 +496,10 @@ TEST(TierProperty, ConcurrentThreadsShareTheBudgets) {
           if (access == Access::kWrite && !pin->mark_dirty().ok()) fail("mark_dirty");
         }
         if (t == 0 && op % 50 == 49) tm.end_step();
+        if (op % 25 == 0) {
+          const std::string diff = recount(tm);
+          if (!diff.empty()) fail("totals: " + diff);
+        }
       }
     });
   }

@@ -1,4 +1,5 @@
-// The tier manager's space (src/offload/tier_manager.h): charges, reservation, eviction, budget errors, pending queue, host leases.
+// The tier manager's space (src/offload/tier_manager.h): charges, reservation, eviction,
+// budget errors and the queue of requests waiting for room.
 #include <algorithm>
 #include <array>
 #include <limits>
@@ -16,75 +17,72 @@ namespace strata::offload {
 // Charges and what can be evicted (mu_ held)
 
 void TierManager::charge(Tier t, std::uint64_t bytes) {
-  TierUsage& u = stats_.tiers[static_cast<std::size_t>(ti(t))];
+  TierUsage& u = stats_.tiers[tu(t)];
   u.used += bytes;
   u.peak = std::max(u.peak, u.used);
 }
 
-void TierManager::uncharge(Tier t, std::uint64_t bytes) { stats_.tiers[static_cast<std::size_t>(ti(t))].used -= bytes; }
+void TierManager::uncharge(Tier t, std::uint64_t bytes) { stats_.tiers[tu(t)].used -= bytes; }
 
 bool TierManager::needs_write_back(const Block& b, Tier t) const {
   const Copy& c = b.copy(t);
-  return !c.home && c.version == b.version && home_version(b) != b.version && !has_other_current(b, t);
+  return !c.home() && c.version == b.version && home_version(b) != b.version && !has_other_current(b, t);
 }
 
 bool TierManager::evictable(const Block& b, Tier t) const {
   const Copy& c = b.copy(t);
-  if (c.home || c.state != CopyState::kValid || c.pins > 0 || c.readers > 0 || c.evicting || b.dropped) return false;
+  if (c.home() || c.state() != CopyState::kValid || c.pins() > 0 || c.readers() > 0 || c.evicting() || b.dropped()) {
+    return false;
+  }
   if (needs_write_back(b, t)) {
     if (b.home == Tier::kNvme) return !b.nvme_busy;
-    return b.copy(b.home).state == CopyState::kValid;
+    return b.copy(b.home).state() == CopyState::kValid;
   }
   return true;
 }
 
-std::size_t TierManager::next_use(const Block& b, Tier t) const {
-  return trace_.distance_to_next_use(b.id.value, t);
+std::uint64_t TierManager::leased_bytes(Tier t) const {
+  return t == Tier::kHost ? leased_host_ : t == Tier::kDevice ? leased_device_ : 0;
 }
 
 std::uint64_t TierManager::unevictable_bytes(Tier t, const Block* except) const {
-  std::uint64_t bytes = stats_.tiers[static_cast<std::size_t>(ti(t))].home_bytes;
-  if (t == Tier::kHost) bytes += staging_.total_bytes() + leased_host_;
-  for (const Block* b : live_) {
-    if (b == except || b->home == t) continue;
-    const Copy& c = b->copy(t);
-    if (c.state != CopyState::kAbsent && c.pins > 0) bytes += b->charge;
-  }
+  std::uint64_t bytes = stats_.tiers[tu(t)].home_bytes + leased_bytes(t);
+  if (t == Tier::kHost) bytes += staging_.total_bytes();
+  if (t == Tier::kNvme) return bytes;
+  bytes += totals_->tier(t).pinned_bytes;
+  if (except != nullptr && (Totals::flags(*except, t) & Totals::kPinnedCached) != 0) bytes -= except->charge;
   return bytes;
 }
 
-std::uint64_t TierManager::releasing_bytes(Tier t) const {
-  std::uint64_t bytes = 0;
-  for (const Block* b : live_) {
-    const Copy& c = b->copy(t);
-    if (c.evicting && c.pins == 0) bytes += b->charge;
-  }
-  return bytes;
-}
+std::uint64_t TierManager::releasing_bytes(Tier t) const { return totals_->tier(t).releasing_bytes; }
 
 bool TierManager::space_coming(Tier t) const {
-  for (const Block* b : live_) {
-    const Copy& c = b->copy(t);
-    if (c.home || c.pins > 0) continue;
-    if (c.state == CopyState::kLoading || c.readers > 0 || c.evicting) return true;
-  }
+  if (totals_->tier(t).coming_copies > 0) return true;
   for (const auto& z : zombies_) {
-    if (z->home == t || z->copy(t).state != CopyState::kAbsent) return true;
+    if (z->home == t || z->copy(t).state() != CopyState::kAbsent) return true;
   }
   return false;
 }
 
 Status TierManager::budget_error(Tier t, const Block& b, std::string_view what) const {
-  const std::uint64_t home = stats_.tiers[static_cast<std::size_t>(ti(t))].home_bytes;
   const std::uint64_t fixed = unevictable_bytes(t, &b);
   std::ostringstream os;
   os << tier_name(t) << " budget " << human(budget(t)) << " (" << budget_key(t) << ") cannot hold block '" << b.name
-     << "' (" << human(b.charge) << ") " << what << ": " << human(fixed) << " are held by home blocks ("
-     << human(home) << ")";
-  if (t == Tier::kHost && staging_.count() > 0) os << ", the staging pool (" << human(staging_.total_bytes()) << ")";
-  os << " and pinned copies (" << human(fixed - home - (t == Tier::kHost ? staging_.total_bytes() : 0))
-     << "); release pins, use smaller blocks or raise " << budget_key(t);
+     << "' (" << human(b.charge) << ") " << what << ": " << budget_holders(t, fixed) << "; release pins"
+     << (leased_bytes(t) > 0 ? " or leases" : "") << ", use smaller blocks or raise " << budget_key(t);
   return out_of_memory(os.str());
+}
+
+std::string TierManager::budget_holders(Tier t, std::uint64_t fixed) const {
+  const std::uint64_t home = stats_.tiers[tu(t)].home_bytes;
+  const std::uint64_t pool = t == Tier::kHost ? staging_.total_bytes() : 0;
+  const std::uint64_t leased = leased_bytes(t);
+  std::ostringstream os;
+  os << human(fixed) << " are held by home blocks (" << human(home) << ")";
+  if (pool > 0) os << ", the staging pool (" << human(pool) << ")";
+  if (leased > 0) os << ", leases (" << human(leased) << ")";
+  os << " and pinned copies (" << human(fixed - home - pool - leased) << ")";
+  return os.str();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -94,7 +92,7 @@ TierManager::Reserve TierManager::try_reserve(Tier t, std::uint64_t bytes, std::
                                                bool all_or_nothing) {
   Reserve r;
   const std::uint64_t bud = budget(t);
-  auto used = [&] { return stats_.tiers[static_cast<std::size_t>(ti(t))].used; };
+  auto used = [&] { return stats_.tiers[tu(t)].used; };
   if (used() + bytes <= bud) {
     charge(t, bytes);
     r.reserved = true;
@@ -124,7 +122,9 @@ TierManager::Reserve TierManager::try_reserve(Tier t, std::uint64_t bytes, std::
 
 std::vector<TierManager::Block*> TierManager::eviction_candidates(Tier t, std::size_t victim_min_distance) const {
   // Candidates in eviction order: with a trace, furthest next use first (Belady); without,
-  // least recently used first. Ties go to clean copies (no write-back).
+  // least recently used first. Ties go to clean copies (no write-back). Only resident copies
+  // can be evictable, so only they are looked at; the order does not depend on theirs, since
+  // no two copies of a tier share a last use.
   struct Cand {
     Block* b;
     std::size_t distance;
@@ -132,8 +132,8 @@ std::vector<TierManager::Block*> TierManager::eviction_candidates(Tier t, std::s
     std::uint64_t last_use;
   };
   std::vector<Cand> cands;
-  const bool belady = trace_.replaying();
-  for (Block* b : live_) {
+  const bool belady = any_trace();
+  for (Block* b : totals_->tier(t).resident) {
     if (!evictable(*b, t)) continue;
     const std::size_t d = belady ? next_use(*b, t) : kNoUse;
     // victim_min_distance == kNoUse means "any victim"; otherwise the victim's next use must
@@ -156,7 +156,7 @@ std::vector<TierManager::Block*> TierManager::eviction_candidates(Tier t, std::s
 TierManager::Block* TierManager::allocation_victim(const Block& b, Tier t) const {
   Block* victim = nullptr;
   std::uint64_t oldest = std::numeric_limits<std::uint64_t>::max();
-  for (Block* v : live_) {
+  for (Block* v : totals_->tier(t).resident) {
     if (v != &b && evictable(*v, t) && !needs_write_back(*v, t) && v->copy(t).last_use < oldest) {
       victim = v;
       oldest = v->copy(t).last_use;
@@ -169,17 +169,17 @@ void TierManager::evict(Block& b, Tier t) {
   if (needs_write_back(b, t)) {
     start_write_back(b, t, /*evicting=*/true);
   } else {
-    ++stats_.tiers[static_cast<std::size_t>(ti(t))].evictions;
+    ++stats_.tiers[tu(t)].evictions;
     free_copy(b, t);
   }
 }
 
 void TierManager::free_copy(Block& b, Tier t) {
   Copy& c = b.copy(t);
-  if (c.prefetched_unused) ++stats_.prefetches_unused;
-  c.prefetched_unused = false;
-  c.state = CopyState::kAbsent;
-  c.evicting = false;
+  if (c.prefetched_unused()) ++stats_.prefetches_unused;
+  totals_->set_prefetched_unused(b, t, false);
+  totals_->set_state(b, t, CopyState::kAbsent);
+  totals_->set_evicting(b, t, false);
   c.version = 0;
   const std::uint64_t charged = c.charged ? b.charge : 0;
   c.charged = false;
@@ -189,12 +189,7 @@ void TierManager::free_copy(Block& b, Tier t) {
 // ---------------------------------------------------------------------------------------------
 // Copies waiting for room (mu_ held)
 
-bool TierManager::pinned_requests_queued(Tier t) const {
-  return std::any_of(pending_.begin(), pending_.end(), [&](const auto& p) {
-    const Block* q = lookup(p.first);
-    return p.second == t && q != nullptr && q->copy(t).state == CopyState::kQueued && q->copy(t).pins > 0;
-  });
-}
+bool TierManager::pinned_requests_queued(Tier t) const { return totals_->tier(t).queued_pins > 0; }
 
 void TierManager::reserve_for_pin(Block& b, Tier tier, Access access, bool queue_behind) {
   Copy& c = b.copy(tier);
@@ -205,7 +200,7 @@ void TierManager::reserve_for_pin(Block& b, Tier tier, Access access, bool queue
     start_load(b, tier, /*prefetch=*/false, access != Access::kOverwrite);
     return;
   }
-  c.state = CopyState::kQueued;
+  totals_->set_state(b, tier, CopyState::kQueued);
   c.queued_content = access != Access::kOverwrite;
   pending_.emplace_back(b.id, tier);
   ++stats_.queued_requests;
@@ -218,17 +213,17 @@ void TierManager::process_pending() {
     const BlockId id = it->first;
     const Tier t = it->second;
     Block* b = lookup(id);
-    if (b == nullptr || b->copy(t).state != CopyState::kQueued) {
+    if (b == nullptr || b->copy(t).state() != CopyState::kQueued) {
       it = pending_.erase(it);
       continue;
     }
-    if (blocked[static_cast<std::size_t>(ti(t))]) {
+    if (blocked[tu(t)]) {
       ++it;
       continue;
     }
-    const bool waits = b->copy(t).pins > 0 ? retry_queued_request(*b, t) : retry_queued_prefetch(*b, t);
+    const bool waits = b->copy(t).pins() > 0 ? retry_queued_request(*b, t) : retry_queued_prefetch(*b, t);
     if (waits) {
-      blocked[static_cast<std::size_t>(ti(t))] = true;
+      blocked[tu(t)] = true;
       ++it;
     } else {
       it = pending_.erase(it);
@@ -240,7 +235,7 @@ bool TierManager::retry_queued_request(Block& b, Tier t) {
   Copy& c = b.copy(t);
   if (unevictable_bytes(t, &b) + b.charge > budget(t)) {
     ++stats_.budget_refusals;
-    c.state = CopyState::kAbsent;
+    totals_->set_state(b, t, CopyState::kAbsent);
     fail_waiters(b, t, budget_error(t, b, "while it waited for room"));
     return false;
   }
@@ -252,7 +247,7 @@ bool TierManager::retry_queued_request(Block& b, Tier t) {
   }
   if (!r.progress) {
     ++stats_.budget_refusals;
-    c.state = CopyState::kAbsent;
+    totals_->set_state(b, t, CopyState::kAbsent);
     fail_waiters(b, t, budget_error(t, b, "and nothing can be evicted"));
     return false;
   }
@@ -262,7 +257,7 @@ bool TierManager::retry_queued_request(Block& b, Tier t) {
 bool TierManager::retry_queued_prefetch(Block& b, Tier t) {
   // A queued prefetch: only along the trace, and only by evicting copies needed later.
   Copy& c = b.copy(t);
-  const std::size_t d = trace_.replaying() ? next_use(b, t) : kNoUse;
+  const std::size_t d = any_trace() ? next_use(b, t) : kNoUse;
   Reserve r;
   if (d != kNoUse) r = try_reserve(t, b.charge, d, /*all_or_nothing=*/true);
   if (r.reserved) {
@@ -271,7 +266,7 @@ bool TierManager::retry_queued_prefetch(Block& b, Tier t) {
     return false;
   }
   if (r.progress) return true;
-  c.state = CopyState::kAbsent;
+  totals_->set_state(b, t, CopyState::kAbsent);
   return false;
 }
 
@@ -279,68 +274,12 @@ void TierManager::fail_queued(Tier t, const Status& cause) {
   for (auto& [id, tier] : pending_) {
     if (tier != t) continue;
     Block* q = lookup(id);
-    if (q == nullptr || q->copy(t).state != CopyState::kQueued) continue;
-    q->copy(t).state = CopyState::kAbsent;
-    if (q->copy(t).pins > 0) {
+    if (q == nullptr || q->copy(t).state() != CopyState::kQueued) continue;
+    totals_->set_state(*q, t, CopyState::kAbsent);
+    if (q->copy(t).pins() > 0) {
       fail_waiters(*q, t, cause.with_context("making room for block '" + q->name + "' in " + std::string(tier_name(t))));
     }
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Host leases
-
-Result<HostLease> TierManager::lease_host(std::string_view what, std::uint64_t bytes) {
-  const std::uint64_t rounded = (std::max<std::uint64_t>(bytes, 1) + 4095) / 4096 * 4096;
-  {
-    std::lock_guard lk(mu_);
-    const std::uint64_t used = stats_.tiers[ti(Tier::kHost)].used;
-    if (used + rounded > budget(Tier::kHost)) {
-      return out_of_memory("tier manager: " + std::string(what) + " needs " + human(rounded) + " of pinned host memory but " +
-                           human(used) + " of the " + human(budget(Tier::kHost)) +
-                           " host budget (memory.host_budget) are taken; raise the budget");
-    }
-    charge_locked(Tier::kHost, rounded);
-  }
-  auto buffer = device_.allocate_pinned(bytes);
-  if (!buffer.ok()) {
-    end_lease(rounded);
-    return buffer.status().with_context("tier manager: " + std::string(what));
-  }
-  HostLease lease;
-  lease.manager_ = this;
-  lease.charge_ = rounded;
-  lease.buffer_ = std::move(*buffer);
-  return lease;
-}
-
-void TierManager::charge_locked(Tier t, std::uint64_t bytes) {
-  charge(t, bytes);
-  if (t == Tier::kHost) leased_host_ += bytes;
-}
-
-void TierManager::end_lease(std::uint64_t bytes) {
-  std::lock_guard lk(mu_);
-  uncharge(Tier::kHost, bytes);
-  leased_host_ -= bytes;
-  process_pending();  // the room may let a queued copy in
-}
-
-HostLease& HostLease::operator=(HostLease&& other) noexcept {
-  if (this == &other) return *this;
-  release();
-  manager_ = std::exchange(other.manager_, nullptr);
-  charge_ = std::exchange(other.charge_, 0);
-  buffer_ = std::move(other.buffer_);
-  return *this;
-}
-
-void HostLease::release() {
-  if (manager_ == nullptr) return;
-  buffer_ = PinnedBuffer();
-  manager_->end_lease(charge_);
-  manager_ = nullptr;
-  charge_ = 0;
 }
 
 }  // namespace strata::offload

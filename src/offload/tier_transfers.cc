@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <memory>
 #include <string>
 #include <utility>
@@ -36,6 +37,26 @@ void TierManager::dispatcher_loop() {
   }
 }
 
+Result<DeviceBuffer> TierManager::allocate_device(std::uint64_t bytes) {
+  auto task = std::make_shared<std::packaged_task<Result<DeviceBuffer>()>>([this, bytes] { return device_.allocate(bytes); });
+  auto done = task->get_future();
+  {
+    std::lock_guard lk(mu_);
+    post([task] { (*task)(); });
+  }
+  return done.get();
+}
+
+Result<PinnedBuffer> TierManager::allocate_host(std::uint64_t bytes) {
+  auto task = std::make_shared<std::packaged_task<Result<PinnedBuffer>()>>([this, bytes] { return device_.allocate_pinned(bytes); });
+  auto done = task->get_future();
+  {
+    std::lock_guard lk(mu_);
+    post([task] { (*task)(); });
+  }
+  return done.get();
+}
+
 void TierManager::post_free(Tier t, std::uint64_t charge_bytes, DeviceBuffer device_mem, PinnedBuffer host_mem) {
   uncharge(t, charge_bytes);
   if (!device_mem && !host_mem) return;
@@ -56,15 +77,15 @@ bool TierManager::start_load(Block& b, Tier t, bool prefetch, bool content) {
   x->dst = t;
   x->prefetch = prefetch;
   x->version = b.version;
-  x->alloc_dst = !c.home && !c.device_mem && !c.host_mem;
+  x->alloc_dst = !c.home() && !c.device_mem && !c.host_mem;
   if (!content) {
     x->route = Route::kAlloc;
   } else {
     choose_load_source(*x);
   }
   if (x->route == Route::kNvmeToDevice || x->route == Route::kNvmeToHost) x->chunks = b.slots.size();
-  c.state = CopyState::kLoading;
-  c.prefetched_unused = prefetch && c.pins == 0;
+  totals_->set_state(b, t, CopyState::kLoading);
+  totals_->set_prefetched_unused(b, t, prefetch && c.pins() == 0);
   if (prefetch) c.last_use = ++tick_;
   if (prefetch) {
     ++stats_.prefetches;
@@ -73,9 +94,8 @@ bool TierManager::start_load(Block& b, Tier t, bool prefetch, bool content) {
   if (x->reads_copy) {
     // A copy being written back for eviction may be the only current one: reading it cancels
     // the eviction (the room it promised is looked for again when this load completes).
-    Copy& s = b.copy(x->src);
-    ++s.readers;
-    s.evicting = false;
+    totals_->add_reader(b, x->src);
+    totals_->set_evicting(b, x->src, false);
   }
   ++b.transfers;
   launch(std::move(x));
@@ -119,15 +139,15 @@ void TierManager::start_write_back(Block& b, Tier from, bool evicting) {
   if (b.home == Tier::kHost) {
     x->route = Route::kDeviceToHost;  // into the home copy
     x->dst = Tier::kHost;
-    b.copy(Tier::kHost).state = CopyState::kLoading;
+    totals_->set_state(b, Tier::kHost, CopyState::kLoading);
   } else {
     x->route = from == Tier::kHost ? Route::kHostToNvme : Route::kDeviceToNvme;
     x->dst = Tier::kNvme;
     x->chunks = b.slots.size();
     b.nvme_busy = true;
   }
-  ++s.readers;
-  if (evicting) s.evicting = true;
+  totals_->add_reader(b, from);
+  if (evicting) totals_->set_evicting(b, from, true);
   ++b.transfers;
   ++write_backs_in_flight_;
   launch(std::move(x));
@@ -171,7 +191,7 @@ bool TierManager::allocate_destination(Xfer* x) {
     // clean unpinned copy of the tier and try again after that free; else give up.
     Block* victim = allocation_victim(b, x->dst);
     if (victim != nullptr) {
-      ++stats_.tiers[static_cast<std::size_t>(ti(x->dst))].evictions;
+      ++stats_.tiers[tu(x->dst)].evictions;
       free_copy(*victim, x->dst);
       post([this, x] { run_xfer(x); });
       return false;
@@ -184,6 +204,7 @@ bool TierManager::allocate_destination(Xfer* x) {
   c.device_mem = std::move(dmem);
   c.host_mem = std::move(hmem);
   x->alloc_dst = false;
+  ready_cv_.notify_all();  // placed: ready_on() can go on
   return true;
 }
 
@@ -225,16 +246,19 @@ void TierManager::run_route(Xfer* x) {
         return;
       }
       st = device_.fill(x->zero_view, 0.0f, *h2d_);
+      if (st.ok()) note_enqueued(x, *h2d_);
       if (st.ok()) st = h2d_->launch_host_func([this, x] { chunk_done(x, Status::OK(), -1); });
       break;
     case Route::kHostToDevice:
       ++x->started;
       st = device_.copy_to_device(x->dst_dev, x->src_host, *h2d_);
+      if (st.ok()) note_enqueued(x, *h2d_);
       if (st.ok()) st = h2d_->launch_host_func([this, x] { chunk_done(x, Status::OK(), -1); });
       break;
     case Route::kDeviceToHost:
       ++x->started;
       st = device_.copy_to_host(x->dst_host, x->src_dev, *d2h_);
+      if (st.ok()) note_enqueued(x, *d2h_);
       if (st.ok()) st = d2h_->launch_host_func([this, x] { chunk_done(x, Status::OK(), -1); });
       break;
     case Route::kNvmeToHost:
@@ -339,6 +363,7 @@ void TierManager::stage_in_chunk(Xfer* x, std::size_t k, std::uint64_t off, std:
         s = dst.status();
       } else {
         s = device_.copy_to_device(*dst, stage, *h2d_);
+        if (s.ok()) note_enqueued(x, *h2d_);
         if (s.ok()) s = h2d_->launch_host_func([this, x, buf] { chunk_done(x, Status::OK(), buf); });
         if (!s.ok()) h2d_->synchronize().ignore();
       }
@@ -375,6 +400,13 @@ void TierManager::stage_out_chunk(Xfer* x, std::size_t k, std::uint64_t off, std
   if (!s.ok()) chunk_done(x, s.with_context("block '" + x->b->name + "'"), buf);
 }
 
+void TierManager::note_enqueued(Xfer* x, Stream& stream) {
+  std::lock_guard lk(mu_);
+  x->copy_stream = &stream;
+  ++x->copies_enqueued;
+  ready_cv_.notify_all();  // ready_on() may be waiting for it
+}
+
 void TierManager::chunk_done(Xfer* x, const Status& status, int buffer) {
   std::lock_guard lk(mu_);
   finish_chunk(*x, status, buffer);
@@ -407,7 +439,7 @@ void TierManager::maybe_complete(Xfer& x) {
 void TierManager::complete(Xfer& x) {
   Block& b = *x.b;
   --b.transfers;
-  if (x.reads_copy) --b.copy(x.src).readers;
+  if (x.reads_copy) totals_->remove_reader(b, x.src);
   if (x.waiting_for_staging) {
     auto it = std::find(staging_waiters_.begin(), staging_waiters_.end(), &x);
     if (it != staging_waiters_.end()) staging_waiters_.erase(it);
@@ -443,23 +475,23 @@ void TierManager::complete_copy(Xfer& x, const std::string& what) {
   const bool ok = x.error.ok();
   Copy& c = b.copy(x.dst);
   if (ok) {
-    c.state = CopyState::kValid;
+    totals_->set_state(b, x.dst, CopyState::kValid);
     c.version = x.version;
     if (x.route == Route::kZero) {
       ++stats_.zero_fills;
     } else if (x.route != Route::kAlloc) {
-      stats_.bytes_moved[static_cast<std::size_t>(ti(x.src))][static_cast<std::size_t>(ti(x.dst))] += b.bytes;
+      stats_.bytes_moved[tu(x.src)][tu(x.dst)] += b.bytes;
     }
     if (c.version != b.version) {
       // Cannot happen while write pins wait for transfers; kept so that no waiter can hang.
       if (!c.waiters.empty()) {
         start_load(b, x.dst, /*prefetch=*/false, true);
-      } else if (c.pins == 0 && !c.home) {
+      } else if (c.pins() == 0 && !c.home()) {
         free_copy(b, x.dst);
       }
     }
-  } else if (c.home) {
-    c.state = CopyState::kValid;
+  } else if (c.home()) {
+    totals_->set_state(b, x.dst, CopyState::kValid);
     c.version = kInvalidVersion;  // partly overwritten; the newest bytes are still at the source
   } else {
     free_copy(b, x.dst);
@@ -472,21 +504,21 @@ void TierManager::complete_write_back(Xfer& x, const std::string& what) {
   Block& b = *x.b;
   --write_backs_in_flight_;
   Copy& s = b.copy(x.src);
-  TierUsage& u = stats_.tiers[static_cast<std::size_t>(ti(x.src))];
+  TierUsage& u = stats_.tiers[tu(x.src)];
   if (x.error.ok()) {
     ++u.write_backs;
     u.write_back_bytes += b.bytes;
-    if (x.dst == Tier::kNvme) stats_.bytes_moved[static_cast<std::size_t>(ti(x.src))][ti(Tier::kNvme)] += b.bytes;
-    if (s.evicting && s.pins == 0 && s.readers == 0) {
+    if (x.dst == Tier::kNvme) stats_.bytes_moved[tu(x.src)][tu(Tier::kNvme)] += b.bytes;
+    if (s.evicting() && s.pins() == 0 && s.readers() == 0) {
       ++u.evictions;
       free_copy(b, x.src);
-    } else if (!s.home && s.pins == 0 && s.readers == 0 && s.version != b.version) {
+    } else if (!s.home() && s.pins() == 0 && s.readers() == 0 && s.version != b.version) {
       free_copy(b, x.src);  // became stale meanwhile
     }
-    s.evicting = false;
+    totals_->set_evicting(b, x.src, false);
   } else {
     ++stats_.write_back_failures;
-    s.evicting = false;  // the copy stays, dirty, where it was
+    totals_->set_evicting(b, x.src, false);  // the copy stays, dirty, where it was
     last_write_back_error_ = x.error.with_context(what + " (the block stays dirty in " + std::string(tier_name(x.src)) + ")");
     STRATA_LOG(kWarn) << "tier manager: " << last_write_back_error_;
     // Requests waiting for this room would only pick the same victim again: fail them.
