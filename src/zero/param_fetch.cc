@@ -96,9 +96,7 @@ Result<DeviceView> ParamFetch::tensor_view(std::size_t i) const {
 }
 
 Status ParamFetch::begin_step(Stream& stream) {
-  STRATA_RETURN_IF_ERROR(stream.record(*step_start_));
-  STRATA_RETURN_IF_ERROR(fetch_->wait(*step_start_));
-  STRATA_RETURN_IF_ERROR(invalidate(stream));
+  STRATA_RETURN_IF_ERROR(invalidate(stream));  // the gathers wait for the stream's work so far
   current_.clear();
   at_ = 0;
   following_ = !recorded_.empty();
