@@ -135,6 +135,18 @@ struct RigOptions {
   TierOptions tiers;
 };
 
+// The small rig most tier tests use: a 256 KiB device budget, a 1 MiB host budget (two 32 KiB
+// staging buffers of it) and no prefetch.
+inline RigOptions small_rig() {
+  RigOptions o;
+  o.tiers.device_budget = 256 << 10;
+  o.tiers.host_budget = 1024 << 10;
+  o.tiers.staging_buffers = 2;
+  o.tiers.staging_buffer_size = 32 << 10;
+  o.tiers.prefetch_bytes = 0;
+  return o;
+}
+
 // Device + NVMe tier + tier manager, torn down in the right order.
 struct Rig {
   std::unique_ptr<ScratchDir> dir;

@@ -20,19 +20,11 @@ using testing::pinned_bytes;
 using testing::pinned_bytes_mut;
 using testing::Rig;
 using testing::RigOptions;
+using testing::small_rig;
 using testing::Watchdog;
 
 constexpr std::uint64_t KB = 1024;
 
-RigOptions small_rig() {
-  RigOptions o;
-  o.tiers.device_budget = 256 * KB;
-  o.tiers.host_budget = 1024 * KB;
-  o.tiers.staging_buffers = 2;
-  o.tiers.staging_buffer_size = 32 * KB;
-  o.tiers.prefetch_bytes = 0;
-  return o;
-}
 
 std::vector<BlockId> blocks(TierManager& tm, int n, std::uint64_t bytes, Tier home = Tier::kHost) {
   std::vector<BlockId> ids;

@@ -22,18 +22,10 @@ using testing::pinned_bytes;
 using testing::pinned_bytes_mut;
 using testing::Rig;
 using testing::RigOptions;
+using testing::small_rig;
 
 constexpr std::uint64_t KB = 1024;
 
-RigOptions small_rig() {
-  RigOptions o;
-  o.tiers.device_budget = 256 * KB;
-  o.tiers.host_budget = 1024 * KB;
-  o.tiers.staging_buffers = 2;
-  o.tiers.staging_buffer_size = 32 * KB;
-  o.tiers.prefetch_bytes = 0;
-  return o;
-}
 
 BlockId reg(TierManager& tm, const std::string& name, std::uint64_t bytes, Tier home, Tier fastest = Tier::kDevice) {
   auto id = tm.register_block({name, bytes, home, fastest});
