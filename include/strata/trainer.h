@@ -43,6 +43,10 @@
 
 namespace strata {
 
+namespace engine {
+class ValueSwap;  // src/engine/value_swap.h
+}
+
 // ---------------------------------------------------------------------------------------------
 // The optimizer seam
 
@@ -76,6 +80,13 @@ struct GatherStats {
   std::uint64_t on_demand = 0;      // gathers a module had to issue and wait for itself
   std::uint64_t reused = 0;         // uses served by a bucket kept gathered (max_reuse_distance)
   std::uint64_t order_changes = 0;  // steps whose module order departed from the recorded one
+  // Parameters on NVMe (offload.param.device = "nvme"): block pins the gathers copied from,
+  // those taken ahead (read NVMe -> host before the gather came), and those whose bytes were
+  // not in host memory when the gather came, so that the trainer waited for NVMe.
+  std::uint64_t swap_reads = 0;
+  std::uint64_t swap_ahead = 0;
+  std::uint64_t swap_waits = 0;
+  double swap_wait_s = 0;  // the trainer's time in those waits
   // With TrainerOptions::time_gather_stalls: seconds the training stream waited for gathers,
   // from timestamps the stream itself takes around its waits.
   double stall_s = 0;
@@ -163,6 +174,11 @@ class StepOptimizer {
     (void)params;
     return Status::OK();
   }
+  // Whether wait_for_update(params) would return at once (it never waits).
+  virtual bool updated(std::span<Parameter* const> params) {
+    (void)params;
+    return true;
+  }
   // Where the compute-dtype values of shard piece `piece` (its index in attach()'s shard) live
   // in host memory, valid while attached: the updated weights once wait_for_update() says so.
   // Empty for an optimizer that keeps none there (the device Adam), which cannot serve pieces
@@ -171,6 +187,10 @@ class StepOptimizer {
     (void)piece;
     return {};
   }
+  // With offload.param.device = "nvme": the swap in which the optimizer homes the values of
+  // the pieces with a host home (engine/value_swap.h), host_values() then being empty;
+  // nullptr when it keeps none there.
+  virtual engine::ValueSwap* value_swap() { return nullptr; }
   // Where the gradient of shard piece `piece` lives in host memory (its gradient dtype), for a
   // piece with a host gradient: the engine writes it there before step(). Empty for an
   // optimizer that keeps none (the device Adam).
@@ -319,6 +339,8 @@ class Trainer {
   ParameterBytes parameter_bytes() const;
   // ZeRO stage 3's parameter gathers since the trainer was made (all zero for other stages).
   GatherStats gather_stats() const;
+  // With the parameters on NVMe (offload.param.device = "nvme"): their swap's tier figures.
+  std::optional<TierStats> parameter_tier_stats() const;
   // The data-parallel group (null for one rank), and the elements [first, second) of p whose
   // optimizer state this rank holds (all of them unless ZeRO stages 1 to 3 shard it).
   Communicator* dp_group() const;

@@ -21,17 +21,12 @@ struct PendingKey {
 #define STRATA_PENDING_KEY(key, member, default_text, why) \
   PendingKey { key, default_text, why, [](const Profile& p) { return p.member == Profile{}.member; } }
 
-constexpr const char* kParamOffload = "parameters are offloaded to pinned host memory only; their NVMe tier is not built yet";
 constexpr const char* kPipeline = "pipeline parallelism is not built yet";
 
 const std::vector<PendingKey>& pending_keys() {
   static const std::vector<PendingKey> keys = {
       STRATA_PENDING_KEY("offload.optimizer.pin_memory", offload_optimizer.pin_memory, "true",
                          "every host buffer is page-locked; unpinned staging buffers are not implemented"),
-      STRATA_PENDING_KEY("offload.param.nvme_path", offload_param.nvme_path, "[]", kParamOffload),
-      STRATA_PENDING_KEY("offload.param.max_in_cpu", offload_param.max_in_cpu, "\"1GiB\"", kParamOffload),
-      STRATA_PENDING_KEY("offload.param.buffer_count", offload_param.buffer_count, "5", kParamOffload),
-      STRATA_PENDING_KEY("offload.param.buffer_size", offload_param.buffer_size, "\"64MiB\"", kParamOffload),
       STRATA_PENDING_KEY("parallel.tp", parallel.tp, "1", "tensor parallelism is not built yet"),
       STRATA_PENDING_KEY("parallel.pp", parallel.pp, "1", kPipeline),
       STRATA_PENDING_KEY("parallel.schedule", parallel.schedule, "\"1f1b\"", kPipeline),
@@ -61,10 +56,6 @@ Status Profile::check_available() const {
     if (k.is_default(*this)) continue;
     refused += std::string(refused.empty() ? "" : "; ") + k.key + " is not available yet (" + k.why +
                "): remove it or set it to its default " + k.default_text;
-  }
-  if (offload_param.device == OffloadTarget::kNvme) {
-    refused += std::string(refused.empty() ? "" : "; ") + "offload.param.device = \"nvme\" is not available yet (" +
-               kParamOffload + "): use \"cpu\"";
   }
   if (refused.empty()) return Status::OK();
   return unavailable(refused);

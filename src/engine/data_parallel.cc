@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <span>
 
+#include "engine/value_swap.h"
+
 namespace strata::engine {
 
 Result<std::unique_ptr<DataParallel>> DataParallel::create(const Profile& profile, Module& model, DType value_dtype,
@@ -80,7 +82,7 @@ Status DataParallel::make_fetch(const Profile& profile, Module& model, Device& d
   o.prefetch = z.prefetch_bucket_size / dtype_size(value_dtype_);
   o.reuse_distance = z.max_reuse_distance;
   o.persistence_threshold = z.param_persistence_threshold;
-  o.host_home = profile.offload_param.device == OffloadTarget::kCpu;
+  o.host_home = profile.offload_param.device != OffloadTarget::kNone;
   o.time_stalls = time_stalls;
   // The largest module's gathered buckets must fit in the window at once.
   std::string largest = "(none)";
@@ -131,18 +133,36 @@ Status DataParallel::attach_optimizer(StepOptimizer& optimizer) {
                             "offload.optimizer.device = \"cpu\" or \"nvme\"";
   std::vector<std::vector<zero::HostSegment>> values(layout_.bucket_count());
   std::vector<std::vector<zero::HostGradSegment>> grads(layout_.bucket_count());
+  engine::ValueSwap* swap = optimizer.value_swap();
   for (const HostPiece& h : host_pieces_) {
     const ParamPiece& piece = shard_.pieces[h.piece];
-    if (piece.host_home) {
+    if (piece.host_home && swap != nullptr) {
+      for (zero::HostSegment& s : swap->segments(h.piece, h.at)) values[h.bucket].push_back(s);
+    } else if (piece.host_home) {
       const std::span<const std::byte> v = optimizer.host_values(h.piece);
       if (v.size() != piece.size() * dtype_size(value_dtype_)) return invalid_argument(needs);
-      values[h.bucket].push_back({h.at, v});
+      zero::HostSegment s;
+      s.at = h.at;
+      s.bytes = v;
+      values[h.bucket].push_back(s);
     }
     if (piece.host_grad) {
       const std::span<std::byte> g = optimizer.host_grads(h.piece);
       if (g.size() != piece.size() * dtype_size(grad_dtype_)) return invalid_argument(needs);
       grads[h.bucket].push_back({h.at, g});
     }
+  }
+  if (swap != nullptr) {
+    // The largest module's slice and the gathers ahead of it are pinned at once.
+    const std::uint64_t shards = static_cast<std::uint64_t>(size());
+    const std::uint64_t window = (fetch_->largest_use() + fetch_->prefetch_window()) / shards;
+    STRATA_RETURN_IF_ERROR(swap->check_window(window, "this rank's slice of the largest module's parameters and of the "
+                                                      "zero.prefetch_bucket_size gathered ahead of it"));
+    auto updated = [this, &optimizer](std::size_t b) {
+      const auto [lo, hi] = layout_.bucket_tensors(b);
+      return optimizer.updated({params_.data() + lo, hi - lo});
+    };
+    fetch_->set_swap(swap->fetch_pin_limit(), swap->read_ahead(), updated);
   }
   for (std::size_t b = 0; b < layout_.bucket_count(); ++b) {
     if (!values[b].empty()) fetch_->set_host_slice(b, std::move(values[b]));
@@ -159,7 +179,7 @@ Status DataParallel::make_reducers(const Profile& profile, Device& device) {
   if (stage_ >= 1) {
     // Stage 3's gradients are stage 2's; with parameter offload they go to the host as reduced.
     const int grads_stage = std::min(stage_, 2);
-    const bool to_host = stage_ == 3 && profile.offload_param.device == OffloadTarget::kCpu;
+    const bool to_host = stage_ == 3 && profile.offload_param.device != OffloadTarget::kNone;
     STRATA_ASSIGN_OR_RETURN(sharded_, zero::ShardedGrads::create(*dp_, device, layout_, grad_dtype_, grads_stage, overlap, to_host));
     return Status::OK();
   }

@@ -77,6 +77,7 @@
 
 #include "cpu_adam/cpu_adam.h"
 #include "engine/grad_norm.h"
+#include "engine/value_swap.h"
 #include "kernels/numeric.h"
 #include "model/param_users.h"
 #include "nvme/io_engine.h"
@@ -147,7 +148,12 @@ class OffloadAdam final : public StepOptimizer {
     // Pinned host memory: gradients and updated weights in the flat layout, plus the state
     // blocks the tier manager keeps (all of them with a host home, buffer_count with NVMe).
     const std::uint64_t grad_bytes = flat * dtype_size(grad_dtype_);
-    const std::uint64_t value_bytes = flat * dtype_size(value_dtype_);
+    // With parameters on NVMe the values live in a swap of their own (engine/value_swap.h)
+    // with its own pinned buffers, offload.param.buffer_count x buffer_size.
+    const bool swap_values = host_homes_ && profile_.offload_param.device == OffloadTarget::kNvme;
+    const std::uint64_t value_bytes = swap_values ? 0 : flat * dtype_size(value_dtype_);
+    const std::uint64_t value_pool =
+        swap_values ? static_cast<std::uint64_t>(profile_.offload_param.buffer_count) * profile_.offload_param.buffer_size : 0;
     if (home_ == Tier::kNvme && oc.buffer_count < 2) {
       return invalid_argument("offload.optimizer.buffer_count = " + std::to_string(oc.buffer_count) +
                               ": the NVMe pipeline needs at least 2 pinned buffers (one updated, one in transfer)");
@@ -158,11 +164,11 @@ class OffloadAdam final : public StepOptimizer {
     // The delayed update reads one step's gradients while the next backward writes the other's.
     const std::uint64_t grad_buffers = oc.delayed_update ? 2 : 1;
     const std::uint64_t pinned =
-        grad_buffers * grad_bytes + value_bytes + cached + std::min<std::uint64_t>(max_block, kSlotBytes);
+        grad_buffers * grad_bytes + value_bytes + value_pool + cached + std::min<std::uint64_t>(max_block, kSlotBytes);
     if (pinned > profile_.memory.host_budget) {
       return out_of_memory(name() + ": " + std::to_string(flat) + " parameters need " + format_bytes_human(pinned) +
                            " of pinned host memory (gradients " + format_bytes_human(grad_buffers * grad_bytes) + ", weights " +
-                           format_bytes_human(value_bytes) + ", optimizer state " + format_bytes_human(cached) +
+                           format_bytes_human(value_bytes + value_pool) + ", optimizer state " + format_bytes_human(cached) +
                            (home_ == Tier::kNvme ? " in buffer_count buffers" : "") + ") but memory.host_budget is " +
                            format_bytes_human(profile_.memory.host_budget) +
                            (home_ == Tier::kNvme ? "; raise the budget or lower offload.optimizer.buffer_size"
@@ -209,7 +215,11 @@ class OffloadAdam final : public StepOptimizer {
       STRATA_ASSIGN_OR_RETURN(grads_host_[i], tiers_->lease_host(name() + " gradients", grad_bytes));
       std::memset(grads_host_[i].data(), 0, grads_host_[i].size());
     }
-    STRATA_ASSIGN_OR_RETURN(values_host_, tiers_->lease_host(name() + " weights on their way to the device", value_bytes));
+    if (swap_values) {
+      STRATA_RETURN_IF_ERROR(make_value_swap(device));
+    } else {
+      STRATA_ASSIGN_OR_RETURN(values_host_, tiers_->lease_host(name() + " weights on their way to the device", value_bytes));
+    }
     for (std::size_t k = 0; k < chunks_.size(); ++k) {
       offload::BlockSpec spec;
       spec.name = "optimizer.chunk." + std::to_string(k);
@@ -247,19 +257,32 @@ class OffloadAdam final : public StepOptimizer {
                                     std::memcpy(state, values.data() + at, n * sizeof(float));
                                   }));
     if (which != OptimizerState::kMaster) return Status::OK();
-    // The device value follows the master (rounded for bf16/fp16), staged in the weight buffer.
+    // The device value follows the master (rounded for bf16/fp16), staged in the weight buffer
+    // (or the parameter swap's block, chunk by chunk).
     const std::size_t vs = dtype_size(value_dtype_);
+    std::vector<offload::Pin> pins;
     auto upload = [&](std::size_t i, std::uint64_t at, std::uint64_t len) -> Status {
       const PieceState& st = pieces_[i];
-      const std::uint64_t off = first + at - st.first;
-      std::byte* dst = values_host_.data() + (layout_.offset(i) + off) * vs;
-      to_value_dtype(values.data() + at, dst, len);
-      if (st.value.empty()) return Status::OK();  // a host home: the weight buffer is its home
-      STRATA_ASSIGN_OR_RETURN(DeviceView dv, st.value.slice(off, len));
-      return device_->copy_to_device(dv.range(), {dst, len * vs}, *stream_);
+      for (std::uint64_t done = 0; done < len;) {
+        const std::uint64_t off = first + at + done - st.first;
+        const std::uint64_t flat = layout_.offset(i) + off;
+        const std::uint64_t part = std::min(len - done, chunk_end(flat) - flat);
+        offload::Pin pin;
+        STRATA_ASSIGN_OR_RETURN(std::byte* dst, host_values_at(flat, part, Access::kWrite, pin));
+        to_value_dtype(values.data() + at + done, dst, part);
+        if (pin.valid()) STRATA_RETURN_IF_ERROR(pin.mark_dirty());
+        if (!st.value.empty()) {  // else a host home: the buffer or the swap is its home
+          STRATA_ASSIGN_OR_RETURN(DeviceView dv, st.value.slice(off, part));
+          STRATA_RETURN_IF_ERROR(device_->copy_to_device(dv.range(), {dst, part * vs}, *stream_));
+        }
+        if (pin.valid()) pins.push_back(std::move(pin));
+        done += part;
+      }
+      return Status::OK();
     };
-    STRATA_RETURN_IF_ERROR(for_pieces(p, first, values.size(), upload));
-    return stream_->synchronize();
+    Status st = for_pieces(p, first, values.size(), upload);
+    Status synced = stream_->synchronize();  // the copies have read the pinned bytes
+    return st.ok() ? synced : st;
   }
 
   Status set_updates(std::int64_t updates) override {
@@ -297,10 +320,12 @@ class OffloadAdam final : public StepOptimizer {
   }
 
   std::span<const std::byte> host_values(std::size_t piece) const override {
-    if (piece >= pieces_.size()) return {};
+    if (piece >= pieces_.size() || value_swap_ != nullptr) return {};
     const std::size_t vs = dtype_size(value_dtype_);
     return {values_host_.data() + layout_.offset(piece) * vs, pieces_[piece].count * vs};
   }
+
+  engine::ValueSwap* value_swap() override { return value_swap_.get(); }
 
   std::span<std::byte> host_grads(std::size_t piece) override {
     if (piece >= pieces_.size() || !host_grads_) return {};
@@ -309,12 +334,7 @@ class OffloadAdam final : public StepOptimizer {
   }
 
   Status wait_for_update(std::span<Parameter* const> params) override {
-    std::size_t needed = 0;
-    for (Parameter* p : params) {
-      auto it = index_.find(p);
-      if (it == index_.end()) continue;
-      for (std::size_t i : it->second) needed = std::max(needed, pieces_[i].last_chunk + 1);
-    }
+    const std::size_t needed = chunks_needed(params);
     if (needed == 0) return Status::OK();
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -322,6 +342,12 @@ class OffloadAdam final : public StepOptimizer {
       if (running_) return Status::OK();
     }
     return join();  // the pass has ended: its status (an error stops the forward)
+  }
+
+  bool updated(std::span<Parameter* const> params) override {
+    const std::size_t needed = chunks_needed(params);
+    std::lock_guard<std::mutex> lock(mu_);
+    return !running_ || done_ >= needed;
   }
 
   // Waits for the pass; with the delayed update, the weights it computed then go to the device
@@ -450,6 +476,7 @@ class OffloadAdam final : public StepOptimizer {
       Parameter* p = pc.param;
       auto value = pc.device_value();
       if (!value.ok()) return value.status().with_context(name() + ": a piece of " + p->name());
+      if (pc.host_home) host_homes_ = true;
       if (!pc.host_home && value->device() != &device) {
         return invalid_argument(name() + ": parameter " + p->name() + " lives on another device");
       }
@@ -510,6 +537,17 @@ class OffloadAdam final : public StepOptimizer {
       pieces_[i].last_chunk = static_cast<std::size_t>((layout_.offset(i) + std::max<std::uint64_t>(n, 1) - 1) / chunk);
     }
     return max_block;
+  }
+
+  // How many chunks from the first the pass must have done for `params` to hold their update.
+  std::size_t chunks_needed(std::span<Parameter* const> params) const {
+    std::size_t needed = 0;
+    for (Parameter* p : params) {
+      auto it = index_.find(p);
+      if (it == index_.end()) continue;
+      for (std::size_t i : it->second) needed = std::max(needed, pieces_[i].last_chunk + 1);
+    }
+    return needed;
   }
 
   // Waits for the pass running on the worker thread, if any; returns its status once.
@@ -672,7 +710,8 @@ class OffloadAdam final : public StepOptimizer {
       ac.exp_avg_sq = base + 2 * c.stride;
       ac.grads = grads_host_[slot].data() + c.first * gs;
       ac.grad_dtype = grad_dtype_;
-      std::byte* values = values_host_.data() + c.first * vs;
+      offload::Pin value_pin;
+      STRATA_ASSIGN_OR_RETURN(std::byte* values, host_values_at(c.first, c.n, Access::kOverwrite, value_pin));
       if (value_dtype_ != DType::kF32) {
         ac.param_copy = values;
         ac.param_copy_dtype = value_dtype_;
@@ -685,12 +724,15 @@ class OffloadAdam final : public StepOptimizer {
         STRATA_RETURN_IF_ERROR(tiers_->flush().with_context(name() + ": writing optimizer state chunk " + std::to_string(k)));
         if (oc.pipeline_read && i + 1 < count) STRATA_RETURN_IF_ERROR(tiers_->prefetch(chunks_[order(i + 1)].block, Tier::kHost));
       }
-      if (mode == Pass::kDelayed) continue;
       for (const zero::FlatSegment& s : c.segments) {
-        if (pieces_[s.tensor].value.empty()) continue;  // a host home
+        if (mode == Pass::kDelayed || pieces_[s.tensor].value.empty()) continue;  // uploaded later; a host home
         STRATA_ASSIGN_OR_RETURN(DeviceView dv, pieces_[s.tensor].value.slice(s.tensor_first, s.count));
-        STRATA_RETURN_IF_ERROR(device_->copy_to_device(
-            dv.range(), {values_host_.data() + s.flat_first * vs, s.count * vs}, upload));
+        STRATA_RETURN_IF_ERROR(
+            device_->copy_to_device(dv.range(), {values + (s.flat_first - c.first) * vs, s.count * vs}, upload));
+      }
+      if (value_pin.valid()) {  // the swap's block: written back once evicted, released behind the copies
+        STRATA_RETURN_IF_ERROR(value_pin.mark_dirty());
+        STRATA_RETURN_IF_ERROR(value_pin.release_after(upload));
       }
       if (mode == Pass::kOverlapped) {
         // Counted done once its copies have run, without holding the pass up.
@@ -702,6 +744,35 @@ class OffloadAdam final : public StepOptimizer {
       }
     }
     tiers_->end_step();
+    if (!value_swap_) return Status::OK();
+    // An inline pass's last releases are queued on the training stream, before the next
+    // step's gathers pin the same blocks to read them.
+    return background ? Status::OK() : upload.synchronize();
+  }
+
+  // The flat elements [first, first + n) in the value dtype, in host memory: in the pinned
+  // weight buffer, or in the parameter swap's block of their chunk (which they must not leave),
+  // pinned in `pin` for `mode` until the caller releases it.
+  Result<std::byte*> host_values_at(std::uint64_t first, std::uint64_t n, Access mode, offload::Pin& pin) {
+    const std::size_t vs = dtype_size(value_dtype_);
+    if (!value_swap_) return values_host_.data() + first * vs;
+    const auto k = static_cast<std::size_t>(first / chunk_elems_);
+    const Chunk& c = chunks_[k];
+    const bool whole = mode == Access::kOverwrite && first == c.first && n == c.n;
+    STRATA_ASSIGN_OR_RETURN(pin, value_swap_->pin_for_write(k, whole));
+    STRATA_RETURN_IF_ERROR(pin.wait().with_context(name() + ": reading parameter values from NVMe"));
+    return pin.host_bytes().data() + (first - c.first) * vs;
+  }
+
+  // The end of the chunk holding flat element `flat`.
+  std::uint64_t chunk_end(std::uint64_t flat) const { return (flat / chunk_elems_ + 1) * chunk_elems_; }
+
+  Status make_value_swap(Device& device) {
+    std::vector<engine::ValueSwap::Range> chunks, pieces;
+    for (const Chunk& c : chunks_) chunks.push_back({c.first, c.n});
+    for (std::size_t i = 0; i < pieces_.size(); ++i) pieces.push_back({layout_.offset(i), pieces_[i].count});
+    STRATA_ASSIGN_OR_RETURN(value_swap_, engine::ValueSwap::create(profile_, device, value_dtype_, std::move(chunks),
+                                                                   std::move(pieces)));
     return Status::OK();
   }
 
@@ -723,6 +794,8 @@ class OffloadAdam final : public StepOptimizer {
   offload::HostLease grads_host_[2];  // flat, grad dtype; the second only with the delayed update
   std::size_t grad_slot_ = 0;   // the buffer the next backward's gradients go to
   offload::HostLease values_host_;  // flat, value dtype: the weights on their way to the device
+  bool host_homes_ = false;         // some piece's values have no device home (ZeRO-3 offload)
+  std::unique_ptr<engine::ValueSwap> value_swap_;  // their home with offload.param.device = "nvme"
   std::unique_ptr<Stream> copy_stream_;
   std::unique_ptr<Stream> upload_stream_;  // the worker's weight copies
   std::unique_ptr<Event> grad_ready_;

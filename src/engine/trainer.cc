@@ -9,6 +9,7 @@
 
 #include "engine/data_parallel.h"
 #include "engine/loss_scaler.h"
+#include "engine/value_swap.h"
 #include "model/safetensors.h"
 #include "strata/log.h"
 #include "strata/trainer.h"
@@ -262,6 +263,11 @@ int Trainer::dp_size() const { return impl_->dp->size(); }
 int Trainer::zero_stage() const { return impl_->dp->stage(); }
 Trainer::ParameterBytes Trainer::parameter_bytes() const { return impl_->dp->device_bytes(); }
 GatherStats Trainer::gather_stats() const { return impl_->dp->gather_stats(); }
+std::optional<TierStats> Trainer::parameter_tier_stats() const {
+  const engine::ValueSwap* swap = impl_->opt->value_swap();
+  if (swap == nullptr) return std::nullopt;
+  return swap->stats();
+}
 Communicator* Trainer::dp_group() const { return impl_->group; }
 std::pair<std::uint64_t, std::uint64_t> Trainer::owned_elements(const Parameter& p) const {
   return impl_->dp->owned_elements(p);

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <limits>
 
+#include "offload/tier_manager.h"
 #include "strata/log.h"
 
 namespace strata::zero {
@@ -74,6 +75,7 @@ ParamFetch::~ParamFetch() {
   // Nothing is freed under a gather or a kernel still reading it.
   if (fetch_ != nullptr) fetch_->synchronize().ignore();
   for (Buffer& b : retiring_) b.retired->synchronize().ignore();
+  drop_all_read_ahead();
 }
 
 Result<DeviceView> ParamFetch::home_slice(std::size_t b) const {
@@ -103,9 +105,23 @@ Status ParamFetch::begin_step(Stream& stream) {
   return prefetch();
 }
 
+void ParamFetch::set_host_slice(std::size_t b, std::vector<HostSegment> segments) {
+  swap_bytes_.resize(host_.size(), 0);
+  swap_ahead_.resize(host_.size());
+  for (const HostSegment& s : segments) swap_bytes_[b] += s.tiers != nullptr ? s.pinned : 0;
+  host_[b] = std::move(segments);
+}
+
+void ParamFetch::set_swap(std::uint64_t pin_limit, std::uint64_t read_ahead, std::function<bool(std::size_t b)> updated) {
+  options_.swap_pin_limit = pin_limit;
+  options_.swap_read_ahead = read_ahead;
+  updated_ = std::move(updated);
+}
+
 Status ParamFetch::end_step(Stream& stream) {
   STRATA_RETURN_IF_ERROR(fetch_->record(*step_start_));
   STRATA_RETURN_IF_ERROR(stream.wait(*step_start_));
+  drop_all_read_ahead();  // none is left unless the order changed; the optimizer writes next
   if (following_ && at_ != recorded_.size()) {
     order_changed("the step ended after fetch " + std::to_string(at_) + " of " + std::to_string(recorded_.size()));
   }
@@ -127,6 +143,7 @@ Status ParamFetch::end_step(Stream& stream) {
 
 Status ParamFetch::invalidate(Stream& stream) {
   std::fill(stale_.begin(), stale_.end(), true);
+  drop_all_read_ahead();
   // Behind the training stream so far, and behind this stream's own gathers.
   STRATA_RETURN_IF_ERROR(stream.record(*step_start_));
   STRATA_RETURN_IF_ERROR(fetch_->wait(*step_start_));
@@ -194,6 +211,7 @@ void ParamFetch::follow_order(std::size_t b) {
 
 void ParamFetch::order_changed(const std::string& how) {
   following_ = false;
+  drop_all_read_ahead();
   if (stats_.order_changes++ > 0) return;
   STRATA_LOG(kWarn) << "ZeRO stage 3: the modules ran in another order than in the recorded step (" << how
                     << "); the rest of this step fetches its parameters on demand and its order is recorded "
@@ -208,6 +226,7 @@ bool ParamFetch::used_again_soon(std::size_t b) const {
 
 Status ParamFetch::prefetch() {
   if (!following_) return Status::OK();
+  STRATA_RETURN_IF_ERROR(read_ahead());  // first, so that the gathers below find their pins
   for (std::size_t k = at_; k < recorded_.size(); ++k) {
     const std::size_t b = recorded_[k];
     if (persistent_[b]) {
@@ -220,7 +239,7 @@ Status ParamFetch::prefetch() {
     if (!room) break;
     STRATA_RETURN_IF_ERROR(gather(b, true));
   }
-  return Status::OK();
+  return read_ahead();  // beyond what was just gathered
 }
 
 Status ParamFetch::gather(std::size_t b, bool ahead) {
@@ -262,11 +281,95 @@ Status ParamFetch::copy_slice(std::size_t b, DeviceRange own) {
     STRATA_ASSIGN_OR_RETURN(DeviceView mine, home_slice(b));
     return device_->copy_on_device(own, mine.range(), *fetch_);
   }
+  std::vector<offload::Pin> ahead;
+  if (!swap_ahead_.empty() && !swap_ahead_[b].empty()) {
+    ahead = std::move(swap_ahead_[b]);
+    swap_ahead_[b].clear();
+    swap_ahead_order_.erase(std::find(swap_ahead_order_.begin(), swap_ahead_order_.end(), b));
+    swap_ahead_bytes_ -= swap_bytes_[b];
+  }
+  std::size_t next = 0;
   for (const HostSegment& s : host_[b]) {
-    STRATA_ASSIGN_OR_RETURN(DeviceRange to, own.subrange(s.at * dtype_size(dtype_), s.bytes.size()));
-    STRATA_RETURN_IF_ERROR(device_->copy_to_device(to, s.bytes, *fetch_));
+    STRATA_ASSIGN_OR_RETURN(DeviceRange to, own.subrange(s.at * dtype_size(dtype_), s.length()));
+    if (s.tiers != nullptr) {
+      STRATA_RETURN_IF_ERROR(copy_swapped(s, next < ahead.size() ? std::move(ahead[next]) : offload::Pin(), to));
+      ++next;
+    } else {
+      STRATA_RETURN_IF_ERROR(device_->copy_to_device(to, s.bytes, *fetch_));
+    }
   }
   return Status::OK();
+}
+
+Status ParamFetch::copy_swapped(const HostSegment& s, offload::Pin ahead, DeviceRange to) {
+  offload::Pin pin = std::move(ahead);
+  if (pin.valid()) ++stats_.swap_ahead;
+  if (!pin.valid()) {
+    STRATA_RETURN_IF_ERROR(make_pin_room(s.pinned, true));
+    STRATA_ASSIGN_OR_RETURN(pin, s.tiers->acquire(s.block, Tier::kHost, Access::kRead));
+  }
+  ++stats_.swap_reads;
+  if (!pin.ready()) {
+    ++stats_.swap_waits;
+    const std::int64_t from = now_ns();
+    STRATA_RETURN_IF_ERROR(pin.wait().with_context("ZeRO stage 3: reading parameters from NVMe"));
+    stats_.swap_wait_s += static_cast<double>(now_ns() - from) * 1e-9;
+  }
+  STRATA_RETURN_IF_ERROR(pin.wait().with_context("ZeRO stage 3: reading parameters from NVMe"));
+  STRATA_RETURN_IF_ERROR(device_->copy_to_device(to, pin.host_bytes().subspan(s.offset, s.size), *fetch_));
+  STRATA_RETURN_IF_ERROR(pin.release_after(*fetch_));
+  SwapRead r;
+  STRATA_ASSIGN_OR_RETURN(r.done, device_->create_event());
+  STRATA_RETURN_IF_ERROR(fetch_->record(*r.done));  // after the release: done means released
+  r.bytes = s.pinned;
+  swap_pinned_ += r.bytes;
+  swap_reads_.push_back(std::move(r));
+  return Status::OK();
+}
+
+Status ParamFetch::make_pin_room(std::uint64_t bytes, bool wait) {
+  auto fits = [&] { return swap_pinned_ + swap_ahead_bytes_ + bytes <= options_.swap_pin_limit; };
+  while (!swap_reads_.empty()) {
+    SwapRead& oldest = swap_reads_.front();
+    STRATA_ASSIGN_OR_RETURN(const bool done, oldest.done->query());
+    if (!done && (fits() || !wait)) return Status::OK();
+    if (!done) STRATA_RETURN_IF_ERROR(oldest.done->synchronize());
+    swap_pinned_ -= oldest.bytes;
+    swap_reads_.pop_front();
+  }
+  while (wait && !fits() && !swap_ahead_order_.empty()) drop_read_ahead(swap_ahead_order_.back());
+  return Status::OK();
+}
+
+Status ParamFetch::read_ahead() {
+  if (!following_ || !updated_ || options_.swap_read_ahead == 0) return Status::OK();
+  STRATA_RETURN_IF_ERROR(make_pin_room(0, false));  // counts the copies done since
+  for (std::size_t k = at_; k < recorded_.size(); ++k) {
+    const std::size_t b = recorded_[k];
+    if (swap_bytes_[b] == 0 || resident_[b] != nullptr || !swap_ahead_[b].empty()) continue;
+    if (swap_ahead_bytes_ + swap_bytes_[b] > options_.swap_read_ahead) break;
+    if (swap_pinned_ + swap_ahead_bytes_ + swap_bytes_[b] > options_.swap_pin_limit) break;
+    if (!updated_(b)) break;  // the optimizer has not written it yet
+    for (const HostSegment& s : host_[b]) {
+      if (s.tiers == nullptr) continue;
+      STRATA_ASSIGN_OR_RETURN(offload::Pin pin, s.tiers->acquire(s.block, Tier::kHost, Access::kRead));
+      swap_ahead_[b].push_back(std::move(pin));
+    }
+    swap_ahead_order_.push_back(b);
+    swap_ahead_bytes_ += swap_bytes_[b];
+  }
+  return Status::OK();
+}
+
+void ParamFetch::drop_read_ahead(std::size_t b) {
+  for (offload::Pin& pin : swap_ahead_[b]) pin.release();
+  swap_ahead_[b].clear();
+  swap_ahead_order_.erase(std::find(swap_ahead_order_.begin(), swap_ahead_order_.end(), b));
+  swap_ahead_bytes_ -= swap_bytes_[b];
+}
+
+void ParamFetch::drop_all_read_ahead() {
+  while (!swap_ahead_order_.empty()) drop_read_ahead(swap_ahead_order_.back());
 }
 
 Result<ParamFetch::Buffer> ParamFetch::take_buffer(std::size_t b) {

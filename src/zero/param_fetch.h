@@ -8,6 +8,14 @@
 // place once per step on first use. With `host_home` (parameter offload) the slices of the
 // other buckets are not on the device at all: they live in host memory (the offloaded
 // optimizer's pinned weight buffer, set_host_slice()) and each gather copies them up first.
+// Slices homed on NVMe (HostSegment::tiers) are pinned in host memory for the copy and released
+// once the fetch stream has done it. Along the recorded order, beyond the gathers ahead, the
+// blocks of the next buckets are pinned ahead (read NVMe -> host) up to `swap_read_ahead`
+// bytes, each as soon as `updated(b)` says the optimizer is done with it (a pin must not hold
+// a block the optimizer is about to write). The pins held at once stay within
+// `swap_pin_limit` bytes: before pinning on demand, the fetch waits for its oldest copies, then
+// gives up the farthest pins taken ahead. A pin whose data is not in host memory when its copy
+// is enqueued makes the trainer wait for NVMe (`swap_waits`, the blocking fetches).
 //
 // Gathered buffers. acquire() makes buckets resident: a bucket not resident is gathered on the
 // fetch stream (this rank's slice copied from home into its part of a buffer, then an in-place
@@ -55,6 +63,7 @@
 #include "strata/communicator.h"
 #include "strata/device.h"
 #include "strata/trainer.h"
+#include "offload/tier_handles.h"
 #include "zero/flat_layout.h"
 
 namespace strata::zero {
@@ -66,13 +75,23 @@ struct FetchOptions {
   std::uint64_t persistence_threshold = 0;         // buckets this small stay whole
   std::uint64_t largest_use = 0;                   // the most elements one acquire needs
   bool host_home = false;                          // non-persistent slices live in host memory
+  std::uint64_t swap_pin_limit = 0;                // bytes of swap blocks pinned at once (HostSegment::tiers)
+  std::uint64_t swap_read_ahead = 0;               // of them, bytes pinned ahead of the gathers
   bool time_stalls = false;                        // measure the training stream's waits (stall_s)
 };
 
-// Part of this rank's slice of a bucket in host memory: `bytes` hold its elements from `at`.
+// Part of this rank's slice of a bucket in host memory, its elements from `at`: resident
+// `bytes`, or, with `tiers`, bytes [offset, offset + size) of a block of that tier manager
+// homed on NVMe (engine/value_swap.h), pinned in host memory for each gather.
 struct HostSegment {
   std::uint64_t at = 0;
   std::span<const std::byte> bytes;
+  offload::TierManager* tiers = nullptr;
+  offload::BlockId block;
+  std::uint64_t offset = 0;
+  std::uint64_t size = 0;
+  std::uint64_t pinned = 0;  // the bytes a pin of the block holds
+  std::uint64_t length() const { return tiers != nullptr ? size : bytes.size(); }
 };
 
 
@@ -96,10 +115,13 @@ class ParamFetch {
   // Where the host slice of bucket b lives; every element of its tensors must be covered
   // before the first gather (a slice of padding only has none). REQUIRES: host_slice(b); the
   // memory outlives this object.
-  void set_host_slice(std::size_t b, std::vector<HostSegment> segments) { host_[b] = std::move(segments); }
+  void set_host_slice(std::size_t b, std::vector<HostSegment> segments);
   // Device bytes of the home (this rank's slices kept on the device, the persistent buckets).
   std::uint64_t home_bytes() const { return home_elements_ * dtype_size(dtype_); }
   std::uint64_t largest_use() const { return options_.largest_use; }
+  std::uint64_t prefetch_window() const { return options_.prefetch; }
+  // Slices homed on NVMe: the pins' limits, and whether bucket b's update is done (never waits).
+  void set_swap(std::uint64_t pin_limit, std::uint64_t read_ahead, std::function<bool(std::size_t b)> updated);
 
   // A new step: the update of every bucket is now behind `stream`; persistent buckets are
   // stale, resident ones are dropped, and the step's first buckets are prefetched.
@@ -135,6 +157,16 @@ class ParamFetch {
   Status gather(std::size_t b, bool ahead);
   // Bucket b's slice from its home into `own`, this rank's part of its gathered buffer.
   Status copy_slice(std::size_t b, DeviceRange own);
+  // Segment s of a slice homed on NVMe into `to`: pinned (`ahead`, or now), copied, released
+  // behind the copy.
+  Status copy_swapped(const HostSegment& s, offload::Pin ahead, DeviceRange to);
+  // Forgets the pins of finished copies; with `wait`, waits for copies, then gives up pins
+  // taken ahead, until `bytes` more fit in the limit.
+  Status make_pin_room(std::uint64_t bytes, bool wait);
+  // Pins the swapped slices of the next buckets ahead (see above).
+  Status read_ahead();
+  void drop_read_ahead(std::size_t b);
+  void drop_all_read_ahead();
   // Whether `need` more resident elements fit beside the resident ones, evicting kept buckets
   // used again later than recorded `position` (farthest first); `on_demand`, any kept bucket
   // and then unused prefetched ones. Decided on what was acquired and released only, never on
@@ -166,6 +198,18 @@ class ParamFetch {
   std::vector<std::uint64_t> home_at_;   // per bucket, its place in home_ (elements)
   std::vector<bool> persistent_;
   std::vector<std::vector<HostSegment>> host_;  // per bucket with a host slice
+  // Swap pins released behind the fetch stream: each one's bytes, done once its event is.
+  struct SwapRead {
+    std::unique_ptr<Event> done;
+    std::uint64_t bytes = 0;
+  };
+  std::deque<SwapRead> swap_reads_;
+  std::uint64_t swap_pinned_ = 0;          // bytes of swap_reads_
+  std::vector<std::uint64_t> swap_bytes_;  // per bucket, the bytes its swapped slice pins
+  std::vector<std::vector<offload::Pin>> swap_ahead_;  // per bucket, its segments pinned ahead
+  std::deque<std::size_t> swap_ahead_order_;           // those buckets, nearest first
+  std::uint64_t swap_ahead_bytes_ = 0;
+  std::function<bool(std::size_t)> updated_;
   std::vector<bool> stale_;              // persistent buckets not gathered this step
   std::vector<std::unique_ptr<Event>> ready_;  // per bucket, behind its latest gather
   std::vector<std::unique_ptr<Buffer>> resident_;  // per bucket: its gathered buffer, or null
