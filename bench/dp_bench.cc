@@ -62,8 +62,13 @@ struct RankResult {
   std::uint64_t to_device = 0;     // host-to-device bytes per step
   GatherStats first, last;         // stage 3: after the warm-up step and after the timed ones
   double stall_share = 0;          // stage 3: the stream's wait for gathers over the step time
+  double swap_wait_share = 0;      // parameters on NVMe: the trainer's wait for NVMe over the step time
+  std::uint64_t param_nvme_read = 0;  // parameters on NVMe: bytes read from NVMe per step
+  double step_total_s = 0;         // the timed steps together
   double forward_s = 0;            // with phase timing: median forward time
 };
+
+bool swapped(const Profile& p) { return p.offload_param.device == OffloadTarget::kNvme; }
 
 // The collective that reduces gradients at `stage`.
 CommKind grad_kind(int stage) { return stage == 0 ? CommKind::kAllReduce : CommKind::kReduceScatter; }
@@ -72,6 +77,12 @@ std::unique_ptr<Device> bench_device(const Profile& p) {
   DeviceOptions o = device_options(p.memory);
   o.compute_threads = 1;
   return std::move(*create_device("host", o));
+}
+
+// Bytes of parameters read from NVMe so far (none unless they live there).
+std::uint64_t param_nvme_read(const Trainer& t) {
+  const std::optional<TierStats> s = t.parameter_tier_stats();
+  return s ? s->bytes_moved[static_cast<int>(Tier::kNvme)][static_cast<int>(Tier::kHost)] : 0;
 }
 
 // One rank: a warm-up step, then `steps` timed ones.
@@ -91,6 +102,7 @@ Result<RankResult> run_rank(const DpOptions& o, Communicator* dp, std::uint64_t 
   RankResult r;
   r.first = t->gather_stats();
   const std::uint64_t to_device = dev->stats().bytes_to_device;
+  const std::uint64_t nvme_read = param_nvme_read(*t);
   const CommStats before = dp == nullptr ? CommStats{} : dp->stats();
   std::vector<double> times, compute;
   for (int i = 0; i < o.steps; ++i) {
@@ -106,6 +118,9 @@ Result<RankResult> run_rank(const DpOptions& o, Communicator* dp, std::uint64_t 
   double total_s = 0;
   for (double x : times) total_s += x;
   r.stall_share = total_s > 0 ? (r.last.stall_s - r.first.stall_s) / total_s : 0;
+  r.swap_wait_share = total_s > 0 ? (r.last.swap_wait_s - r.first.swap_wait_s) / total_s : 0;
+  r.param_nvme_read = (param_nvme_read(*t) - nvme_read) / steps;
+  r.step_total_s = total_s;
   if (dp != nullptr) {
     const CommStats after = dp->stats();
     r.sent = (after.bytes_sent() - before.bytes_sent()) / steps;
@@ -202,8 +217,26 @@ Json device_state_row(const RankResult& r, int n, const Profile& p) {
                       "buckets, the gather window's peak, tokens and loss); at most 1"}};
 }
 
-Json prefetch_row(const RankResult& plain, const RankResult& throttled, std::uint64_t bandwidth, int steps) {
-  return {{"measure", "prefetch"},
+// Parameters on NVMe: the block pins of the gathers after the first step, how many were taken
+// ahead, how many the trainer waited for and for how long, and the bytes read back.
+Json swap_figures(const RankResult& plain, const RankResult& throttled, int steps) {
+  const GatherStats& a = plain.first;
+  const GatherStats& b = plain.last;
+  const double reads = static_cast<double>(b.swap_reads - a.swap_reads);
+  return {{"swap_reads_per_step", reads / steps},
+          {"swap_read_ahead_share", reads > 0 ? static_cast<double>(b.swap_ahead - a.swap_ahead) / reads : 0.0},
+          {"swap_waits_after_first_step", b.swap_waits - a.swap_waits},
+          {"swap_wait_share", plain.swap_wait_share},
+          {"throttled_swap_waits_after_first_step", throttled.last.swap_waits - throttled.first.swap_waits},
+          {"throttled_swap_wait_share", throttled.swap_wait_share},
+          {"param_nvme_read_bytes_per_step", plain.param_nvme_read},
+          {"param_nvme_read_bytes_per_s",
+           plain.step_total_s > 0 ? static_cast<double>(plain.param_nvme_read) * steps / plain.step_total_s : 0.0}};
+}
+
+Json prefetch_row(const RankResult& plain, const RankResult& throttled, std::uint64_t bandwidth, int steps,
+                  bool swapped) {
+  Json row = {{"measure", "prefetch"},
           {"on_demand_after_first_step", plain.last.on_demand - plain.first.on_demand},
           {"prefetched_per_step", static_cast<double>(plain.last.prefetched - plain.first.prefetched) / steps},
           {"stall_share", plain.stall_share},
@@ -215,6 +248,14 @@ Json prefetch_row(const RankResult& plain, const RankResult& throttled, std::uin
           {"ceiling", "share of the step the training stream waited for parameter gathers with the link throttled "
                       "so that all of a step's copies take as long as its forward (bar 0.10); gathers "
                       "on demand after the first step (bar 0)"}};
+  if (!swapped) return row;
+  row.update(swap_figures(plain, throttled, steps));
+  // The trainer's waits for NVMe may fall inside the stream's (then they are counted twice).
+  row["ratio"] = throttled.stall_share + throttled.swap_wait_share;
+  row["ceiling"] = "share of the step waited for parameters, the stream's waits for gathers plus the trainer's for "
+                   "NVMe (an upper bound), with the link throttled so that a step's copies take as long as its "
+                   "forward (bar 0.10); block reads the trainer waited for after the first step (bar 0)";
+  return row;
 }
 
 Json state_row(const RankResult& r, int n, const Profile& p) {
@@ -273,7 +314,7 @@ Result<Json> mpi_figures(const DpOptions& o, bench::JsonLines& out, bool json) {
                             {"speedup", scaling},
                             {"ratio", scaling / n},
                             {"ceiling", "tokens/s of N processes over N x one process's (same per-rank batch)"}}};
-  if (o.profile.zero.stage == 3) rows.push_back(prefetch_row(*together, *together, 0, o.steps));
+  if (o.profile.zero.stage == 3) rows.push_back(prefetch_row(*together, *together, 0, o.steps, swapped(o.profile)));
   for (const Json& r : rows) json ? out.result(r) : print_row(r);
   return Json{{"bytes_ratio", rows[0]["ratio"]}, {"state_ratio", rows[1]["ratio"]}, {"speedup", scaling},
               {"hidden_share", nullptr}, {"ratio", scaling / n},
@@ -313,7 +354,7 @@ Result<Json> local_figures(const DpOptions& o, bench::JsonLines& out, bool json)
     STRATA_ASSIGN_OR_RETURN(auto timed, run_threads(o, o.ranks, 0, 0, true));
     const auto bandwidth = static_cast<std::uint64_t>(o.throttle * static_cast<double>(timed[0].to_device) / timed[0].forward_s);
     STRATA_ASSIGN_OR_RETURN(auto throttled, run_threads(o, o.ranks, 0, bandwidth));
-    rows.push_back(prefetch_row(first, throttled[0], bandwidth, o.steps));
+    rows.push_back(prefetch_row(first, throttled[0], bandwidth, o.steps, swapped(o.profile)));
   }
   for (const Json& r : rows) json ? out.result(r) : print_row(r);
   Json summary{{"bytes_ratio", rows[0]["ratio"]}, {"state_ratio", rows[1]["ratio"]}, {"speedup", nullptr},
@@ -322,7 +363,8 @@ Result<Json> local_figures(const DpOptions& o, bench::JsonLines& out, bool json)
   if (o.profile.zero.stage == 3) {
     summary["throttled_stall_share"] = rows.back()["throttled_stall_share"];
     summary["on_demand_after_first_step"] = rows.back()["on_demand_after_first_step"];
-    summary["ratio"] = rows.back()["throttled_stall_share"];
+    summary["ratio"] = rows.back()["ratio"];
+    if (swapped(o.profile)) summary["swap_waits_after_first_step"] = rows.back()["swap_waits_after_first_step"];
     summary["ceiling"] = "share of the step waited for parameter gathers on a link as fast as forward needs (bar 0.10)";
   }
   return summary;
@@ -343,6 +385,10 @@ int run_dp_bench(const DpOptions& o, bool json) {
                     {"dtype", std::string(dtype_name(o.profile.precision.dtype))},
                     {"optimizer", std::string(offload_target_name(o.profile.offload_optimizer.device))},
                     {"parameters", std::string(offload_target_name(o.profile.offload_param.device))},
+                    {"param_buffers", swapped(o.profile) ? Json(std::to_string(o.profile.offload_param.buffer_count) + " x " +
+                                                                format_bytes(o.profile.offload_param.buffer_size))
+                                                         : Json(nullptr)},
+                    {"max_in_cpu", swapped(o.profile) ? Json(o.profile.offload_param.max_in_cpu) : Json(nullptr)},
                     {"max_live_parameters", o.profile.zero.max_live_parameters},
                     {"prefetch_bucket_size", o.profile.zero.prefetch_bucket_size},
                     {"max_reuse_distance", o.profile.zero.max_reuse_distance},
@@ -369,10 +415,17 @@ int bench_data_parallel(int argc, char** argv, const std::string& name, int defa
       "stage", "ZeRO stage: 0 to 3", cxxopts::value<int>()->default_value(std::to_string(default_stage)))(
       "dtype", "weights' dtype: fp32 or bf16 (gradients alike; optimizer state fp32)",
       cxxopts::value<std::string>()->default_value("fp32"))(
-      "optimizer", "optimizer state: device or cpu (pinned host memory, CPU Adam)",
+      "optimizer", "optimizer state: device, cpu (pinned host memory, CPU Adam) or nvme (swap under --nvme-path)",
       cxxopts::value<std::string>()->default_value("device"))(
-      "params", "stage 3: parameter shards on the device, or cpu (the optimizer's pinned weights; needs --optimizer cpu)",
+      "params", "stage 3: parameter shards on the device, cpu (the optimizer's pinned weights) or nvme (a swap "
+      "under --nvme-path); both need --optimizer cpu or nvme",
       cxxopts::value<std::string>()->default_value("device"))(
+      "optimizer-buffer-size", "--optimizer cpu or nvme: offload.optimizer.buffer_size (the state chunk; with --params "
+      "nvme its values form one parameter block)", cxxopts::value<std::string>()->default_value("64MiB"))(
+      "nvme-path", "the swap directory of --optimizer nvme and --params nvme", cxxopts::value<std::string>()->default_value("/tmp"))(
+      "param-buffers", "--params nvme: offload.param.buffer_count", cxxopts::value<int>()->default_value("5"))(
+      "param-buffer-size", "--params nvme: offload.param.buffer_size", cxxopts::value<std::string>()->default_value("64MiB"))(
+      "max-in-cpu", "--params nvme: offload.param.max_in_cpu", cxxopts::value<std::string>()->default_value("1GiB"))(
       "max-live", "stage 3: zero.max_live_parameters", cxxopts::value<std::uint64_t>()->default_value("1000000000"))(
       "prefetch", "stage 3: zero.prefetch_bucket_size", cxxopts::value<std::string>()->default_value("50MiB"))(
       "reuse-distance", "stage 3: zero.max_reuse_distance (elements)",
@@ -401,7 +454,10 @@ int bench_data_parallel(int argc, char** argv, const std::string& name, int defa
   auto base = Profile::from_toml_string("", "bench " + name);
   auto bucket = parse_bytes(a["bucket-size"].as<std::string>());
   auto prefetch = parse_bytes(a["prefetch"].as<std::string>());
-  if (!a.unmatched().empty() || !base.ok() || !bucket.ok() || !prefetch.ok() ||
+  auto param_buffer = parse_bytes(a["param-buffer-size"].as<std::string>());
+  auto optimizer_buffer = parse_bytes(a["optimizer-buffer-size"].as<std::string>());
+  auto max_in_cpu = parse_bytes(a["max-in-cpu"].as<std::string>());
+  if (!a.unmatched().empty() || !base.ok() || !bucket.ok() || !prefetch.ok() || !param_buffer.ok() || !max_in_cpu.ok() || !optimizer_buffer.ok() ||
       !model_preset(a["model"].as<std::string>(), &base->train.dims)) {
     std::cerr << "strata bench " << name << ": bad arguments (see --help)\n";
     return kExitUsage;
@@ -419,18 +475,27 @@ int bench_data_parallel(int argc, char** argv, const std::string& name, int defa
   const std::string dtype = a["dtype"].as<std::string>(), optimizer = a["optimizer"].as<std::string>();
   const std::string params = a["params"].as<std::string>();
   if (o.profile.zero.stage < 0 || o.profile.zero.stage > 3 || (dtype != "fp32" && dtype != "bf16") ||
-      (optimizer != "device" && optimizer != "cpu") || (params != "device" && params != "cpu") ||
-      (params == "cpu" && o.profile.zero.stage != 3)) {
-    std::cerr << "strata bench " << name << ": --stage is 0 to 3; --dtype fp32 or bf16; --optimizer device or cpu; "
-              << "--params device or cpu (stage 3)\n";
+      (optimizer != "device" && optimizer != "cpu" && optimizer != "nvme") ||
+      (params != "device" && params != "cpu" && params != "nvme") || (params != "device" && o.profile.zero.stage != 3)) {
+    std::cerr << "strata bench " << name << ": --stage is 0 to 3; --dtype fp32 or bf16; --optimizer device, cpu or nvme; "
+              << "--params device, cpu or nvme (stage 3)\n";
     return kExitUsage;
   }
   o.profile.precision.dtype = o.profile.precision.grad_dtype = dtype == "bf16" ? DType::kBF16 : DType::kF32;
-  if (optimizer == "cpu") {
-    o.profile.offload_optimizer.device = OffloadTarget::kCpu;
+  const std::string swap = a["nvme-path"].as<std::string>();
+  if (optimizer != "device") {
+    o.profile.offload_optimizer.device = optimizer == "cpu" ? OffloadTarget::kCpu : OffloadTarget::kNvme;
+    if (optimizer == "nvme") o.profile.offload_optimizer.nvme_path = {swap};
+    o.profile.offload_optimizer.buffer_size = *optimizer_buffer;
     o.profile.memory.host_budget = 16ULL << 30;
   }
-  if (params == "cpu") o.profile.offload_param.device = OffloadTarget::kCpu;
+  if (params != "device") o.profile.offload_param.device = params == "cpu" ? OffloadTarget::kCpu : OffloadTarget::kNvme;
+  if (params == "nvme") {
+    o.profile.offload_param.nvme_path = {swap};
+    o.profile.offload_param.buffer_count = a["param-buffers"].as<int>();
+    o.profile.offload_param.buffer_size = *param_buffer;
+    o.profile.offload_param.max_in_cpu = *max_in_cpu;
+  }
   o.profile.memory.device_budget = 4ULL << 30;
   o.ranks = a["ranks"].as<int>();
   o.steps = std::max(1, a["steps"].as<int>());

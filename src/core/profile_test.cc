@@ -216,6 +216,8 @@ TEST(Profile, ParameterCount) {
   EXPECT_EQ(d.parameter_count(), 124439808u);  // Hugging Face gpt2
   ASSERT_TRUE(model_preset("2b", &d));
   EXPECT_GT(d.parameter_count() * 12, 24ULL << 30);  // fp32 master + two moments exceed 24 GiB
+  ASSERT_TRUE(model_preset("4b", &d));
+  EXPECT_GE(d.parameter_count(), 4000000000u);
 }
 
 }  // namespace
