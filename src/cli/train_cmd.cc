@@ -54,12 +54,13 @@ std::string json_num(double v) {
 
 // One --log-json line; `tiers` (the optimizer's cumulative tier statistics as JSON, or empty
 // when its state is not offloaded) becomes the "tiers" member.
-std::string json_line(const StepStats& s, const std::string& tiers) {
+std::string json_line(const StepStats& s, const std::string& tiers, const std::string& param_tiers) {
   std::ostringstream o;
   o << "{\"step\":" << s.step << ",\"loss\":" << json_num(s.loss) << ",\"grad_norm\":" << json_num(s.grad_norm)
     << ",\"lr\":" << json_num(s.lr) << ",\"loss_scale\":" << json_num(s.loss_scale)
     << ",\"tokens_per_s\":" << json_num(s.tokens_per_s) << ",\"skipped\":" << (s.skipped ? "true" : "false");
   if (!tiers.empty()) o << ",\"tiers\":" << tiers;
+  if (!param_tiers.empty()) o << ",\"param_tiers\":" << param_tiers;
   o << "}";
   return o.str();
 }
@@ -250,7 +251,10 @@ int after_step(Rank& r, const StepStats& s, bool last) {
   Trainer& t = r.t;
   if (r.prints && run.log.is_open()) {
     const auto tiers = t.optimizer().tier_stats();
-    run.log << json_line(s, tiers.has_value() ? tiers->to_json() : std::string()) << "\n";
+    const auto param_tiers = t.parameter_tier_stats();  // parameters on NVMe
+    run.log << json_line(s, tiers.has_value() ? tiers->to_json() : std::string(),
+                         param_tiers.has_value() ? param_tiers->to_json() : std::string())
+            << "\n";
     run.log.flush();
     if (!run.log) {
       std::cerr << "strata train: writing the --log-json file failed\n";

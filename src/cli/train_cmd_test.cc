@@ -312,6 +312,16 @@ TEST(TrainCmd, ZeroStageThreeWithHostParametersTrainsChecksAndResumesAcrossWorld
       "[offload.param]\ndevice = \"cpu\"\n");
 }
 
+// Stage 3 with the parameter shards in NVMe swap, read ahead into eight 64 KiB buffers.
+TEST(TrainCmd, ZeroStageThreeWithNvmeParametersTrainsChecksAndResumesAcrossWorldSizes) {
+  const std::string swap = (dir() / "param-swap").string();
+  std::filesystem::create_directories(swap);
+  expect_zero_trains_checks_and_resumes(
+      "[zero]\nstage = 3\nparam_persistence_threshold = 256\nmax_live_parameters = 20000\n"
+      "prefetch_bucket_size = \"32KiB\"\n[offload.param]\ndevice = \"nvme\"\nnvme_path = [\"" + swap +
+      "\"]\nbuffer_count = 8\nbuffer_size = \"64KiB\"\nmax_in_cpu = \"96KiB\"\n");
+}
+
 TEST(TrainCmd, UnderMpirunTheGridIsCheckedAndOnlyRankZeroReports) {
   if (run_shell("command -v mpirun").exit_code != 0) GTEST_SKIP() << "mpirun is not installed";
   CliRun r = run_shell("mpirun --allow-run-as-root --oversubscribe -n 2 " + std::string(STRATA_CLI_PATH) +

@@ -258,9 +258,8 @@ class OffloadAdam final : public StepOptimizer {
                                   }));
     if (which != OptimizerState::kMaster) return Status::OK();
     // The device value follows the master (rounded for bf16/fp16), staged in the weight buffer
-    // (or the parameter swap's block, chunk by chunk).
+    // (or the parameter swap's block, chunk by chunk, released once copied).
     const std::size_t vs = dtype_size(value_dtype_);
-    std::vector<offload::Pin> pins;
     auto upload = [&](std::size_t i, std::uint64_t at, std::uint64_t len) -> Status {
       const PieceState& st = pieces_[i];
       for (std::uint64_t done = 0; done < len;) {
@@ -274,14 +273,15 @@ class OffloadAdam final : public StepOptimizer {
         if (!st.value.empty()) {  // else a host home: the buffer or the swap is its home
           STRATA_ASSIGN_OR_RETURN(DeviceView dv, st.value.slice(off, part));
           STRATA_RETURN_IF_ERROR(device_->copy_to_device(dv.range(), {dst, part * vs}, *stream_));
+          if (pin.valid()) STRATA_RETURN_IF_ERROR(pin.release_after(*stream_));
         }
-        if (pin.valid()) pins.push_back(std::move(pin));
+        pin.release();
         done += part;
       }
       return Status::OK();
     };
     Status st = for_pieces(p, first, values.size(), upload);
-    Status synced = stream_->synchronize();  // the copies have read the pinned bytes
+    Status synced = stream_->synchronize();  // the copies have read the staged bytes
     return st.ok() ? synced : st;
   }
 

@@ -281,6 +281,79 @@ TEST(TrainerZeroThree, ParametersOnNvmeAreReadAheadAlongTheRecordedOrder) {
               static_cast<unsigned long long>(nvme_to_host(tiers) - nvme_to_host(*tiers_first)));
 }
 
+// The trainer's hooks, with a detour: while `detour` is set, before the forward of `at` the
+// parameters of `extra` are fetched and given back as if a branch of the model had used them,
+// so that the step's order of fetches departs from the recorded one there.
+class DetourHooks final : public ModuleHooks {
+ public:
+  DetourHooks(ModuleHooks& inner, Module& at, Module& extra) : inner_(inner), at_(at), extra_(extra) {}
+  bool detour = false;
+  Status before_forward(Module& m, bool recompute) override {
+    if (detour && &m == &at_ && !recompute) {
+      STRATA_RETURN_IF_ERROR(inner_.before_forward(extra_, false));
+      STRATA_RETURN_IF_ERROR(inner_.after_forward(extra_, false));
+    }
+    return inner_.before_forward(m, recompute);
+  }
+  Status after_forward(Module& m, bool recompute) override { return inner_.after_forward(m, recompute); }
+  Status before_backward(Module& m) override { return inner_.before_backward(m); }
+  Status after_backward(Module& m) override { return inner_.after_backward(m); }
+
+ private:
+  ModuleHooks& inner_;
+  Module& at_;
+  Module& extra_;
+};
+
+Module* find_module(Module& root, const std::string& name) {
+  if (root.name() == name) return &root;
+  for (Module* c : root.children()) {
+    if (Module* m = find_module(*c, name)) return m;
+  }
+  return nullptr;
+}
+
+// A module order that changes in step 3 (and back in step 4) makes both ranks fetch the rest
+// of that step on demand, the same way, without a hang; the losses are the unchanged run's to
+// the bit (the gathers copy the same values), with the parameters on the device and on NVMe.
+TEST(TrainerZeroThree, AModuleOrderThatChangesFallsBackOnEveryRankAndKeepsTheLosses) {
+  offload::testing::ScratchDir swap;
+  for (OffloadTarget params : {OffloadTarget::kNone, OffloadTarget::kNvme}) {
+    SCOPED_TRACE(target_name(params));
+    Profile p = zero3_profile(OffloadTarget::kCpu, swap.path(), params);
+    p.zero.max_live_parameters = 24000;
+    p.zero.prefetch_bucket_size = 64 * KiB;
+    std::vector<std::vector<double>> plain(2), detoured(2);
+    std::vector<GatherStats> stats(2);
+    on_local_ranks(2, kRowsPerRank, p, [&](int r, Trainer& t) { plain[static_cast<std::size_t>(r)] = steps(t, 5); });
+    on_local_ranks(2, kRowsPerRank, p, [&](int r, Trainer& t) {
+      Module* at = find_module(t.model(), "h.1");
+      Module* extra = find_module(t.model(), "h.0.mlp.c_fc");
+      ASSERT_TRUE(at != nullptr && extra != nullptr && t.model().hooks() != nullptr);
+      DetourHooks hooks(*t.model().hooks(), *at, *extra);
+      ModuleHooks* trainer_hooks = t.model().hooks();
+      t.model().set_hooks(&hooks);
+      std::vector<double> l = steps(t, 2);
+      hooks.detour = true;
+      const std::vector<double> third = steps(t, 1);
+      hooks.detour = false;
+      const std::vector<double> rest = steps(t, 2);
+      t.model().set_hooks(trainer_hooks);
+      l.insert(l.end(), third.begin(), third.end());
+      l.insert(l.end(), rest.begin(), rest.end());
+      detoured[static_cast<std::size_t>(r)] = l;
+      stats[static_cast<std::size_t>(r)] = t.gather_stats();
+    });
+    for (std::size_t r = 0; r < 2; ++r) {
+      ASSERT_EQ(detoured[r].size(), 5u);
+      EXPECT_EQ(detoured[r], plain[r]) << "rank " << r;
+      EXPECT_EQ(stats[r].order_changes, 2u) << "step 3 departed from step 2, step 4 from step 3";
+    }
+    EXPECT_EQ(stats[0].gathers, stats[1].gathers);
+    EXPECT_EQ(stats[0].on_demand, stats[1].on_demand) << "the ranks fetched differently";
+  }
+}
+
 TEST(TrainerZeroThree, TrainsOnADeviceTooSmallForAReplica) {
   expect_trains_below_a_replica(4, OffloadTarget::kNone, 0.95);
   expect_trains_below_a_replica(2, OffloadTarget::kCpu, 0.6);
@@ -328,7 +401,12 @@ TEST(TrainerZeroThree, EachRankMovesZeroThreesVolume) {
 
 TEST(TrainerZeroThree, ACheckpointOfTwoRanksResumesOnOneAndOnFour) {
   offload::testing::ScratchDir swap;
-  expect_resumes_on_one_and_four(zero3_profile(OffloadTarget::kNvme, swap.path()), swap.path() + "/ckpt", "stage 3");
+  for (OffloadTarget params : {OffloadTarget::kNone, OffloadTarget::kNvme}) {
+    const std::string what = std::string("stage 3, parameters ") + target_name(params);
+    SCOPED_TRACE(what);
+    expect_resumes_on_one_and_four(zero3_profile(OffloadTarget::kNvme, swap.path(), params),
+                                   swap.path() + "/ckpt-" + target_name(params), what);
+  }
 }
 
 }  // namespace

@@ -281,13 +281,7 @@ Status ParamFetch::copy_slice(std::size_t b, DeviceRange own) {
     STRATA_ASSIGN_OR_RETURN(DeviceView mine, home_slice(b));
     return device_->copy_on_device(own, mine.range(), *fetch_);
   }
-  std::vector<offload::Pin> ahead;
-  if (!swap_ahead_.empty() && !swap_ahead_[b].empty()) {
-    ahead = std::move(swap_ahead_[b]);
-    swap_ahead_[b].clear();
-    swap_ahead_order_.erase(std::find(swap_ahead_order_.begin(), swap_ahead_order_.end(), b));
-    swap_ahead_bytes_ -= swap_bytes_[b];
-  }
+  std::vector<offload::Pin> ahead = take_read_ahead(b);
   std::size_t next = 0;
   for (const HostSegment& s : host_[b]) {
     STRATA_ASSIGN_OR_RETURN(DeviceRange to, own.subrange(s.at * dtype_size(dtype_), s.length()));
@@ -303,19 +297,20 @@ Status ParamFetch::copy_slice(std::size_t b, DeviceRange own) {
 
 Status ParamFetch::copy_swapped(const HostSegment& s, offload::Pin ahead, DeviceRange to) {
   offload::Pin pin = std::move(ahead);
-  if (pin.valid()) ++stats_.swap_ahead;
-  if (!pin.valid()) {
+  if (pin.valid()) {
+    ++stats_.swap_ahead;
+  } else {
     STRATA_RETURN_IF_ERROR(make_pin_room(s.pinned, true));
     STRATA_ASSIGN_OR_RETURN(pin, s.tiers->acquire(s.block, Tier::kHost, Access::kRead));
   }
   ++stats_.swap_reads;
-  if (!pin.ready()) {
+  const bool waits = !pin.ready();
+  const std::int64_t from = waits ? now_ns() : 0;
+  STRATA_RETURN_IF_ERROR(pin.wait().with_context("ZeRO stage 3: reading parameters from NVMe"));
+  if (waits) {
     ++stats_.swap_waits;
-    const std::int64_t from = now_ns();
-    STRATA_RETURN_IF_ERROR(pin.wait().with_context("ZeRO stage 3: reading parameters from NVMe"));
     stats_.swap_wait_s += static_cast<double>(now_ns() - from) * 1e-9;
   }
-  STRATA_RETURN_IF_ERROR(pin.wait().with_context("ZeRO stage 3: reading parameters from NVMe"));
   STRATA_RETURN_IF_ERROR(device_->copy_to_device(to, pin.host_bytes().subspan(s.offset, s.size), *fetch_));
   STRATA_RETURN_IF_ERROR(pin.release_after(*fetch_));
   SwapRead r;
@@ -361,11 +356,18 @@ Status ParamFetch::read_ahead() {
   return Status::OK();
 }
 
-void ParamFetch::drop_read_ahead(std::size_t b) {
-  for (offload::Pin& pin : swap_ahead_[b]) pin.release();
+std::vector<offload::Pin> ParamFetch::take_read_ahead(std::size_t b) {
+  std::vector<offload::Pin> pins;
+  if (swap_ahead_.empty() || swap_ahead_[b].empty()) return pins;
+  pins = std::move(swap_ahead_[b]);
   swap_ahead_[b].clear();
   swap_ahead_order_.erase(std::find(swap_ahead_order_.begin(), swap_ahead_order_.end(), b));
   swap_ahead_bytes_ -= swap_bytes_[b];
+  return pins;
+}
+
+void ParamFetch::drop_read_ahead(std::size_t b) {
+  for (offload::Pin& pin : take_read_ahead(b)) pin.release();
 }
 
 void ParamFetch::drop_all_read_ahead() {

@@ -165,6 +165,8 @@ class ParamFetch {
   Status make_pin_room(std::uint64_t bytes, bool wait);
   // Pins the swapped slices of the next buckets ahead (see above).
   Status read_ahead();
+  // Bucket b's pins taken ahead (none if it has none), no longer counted as ahead.
+  std::vector<offload::Pin> take_read_ahead(std::size_t b);
   void drop_read_ahead(std::size_t b);
   void drop_all_read_ahead();
   // Whether `need` more resident elements fit beside the resident ones, evicting kept buckets
