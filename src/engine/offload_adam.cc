@@ -270,12 +270,12 @@ class OffloadAdam final : public StepOptimizer {
         STRATA_ASSIGN_OR_RETURN(std::byte* dst, host_values_at(flat, part, Access::kWrite, pin));
         to_value_dtype(values.data() + at + done, dst, part);
         if (pin.valid()) STRATA_RETURN_IF_ERROR(pin.mark_dirty());
-        if (!st.value.empty()) {  // else a host home: the buffer or the swap is its home
+        const bool copied = !st.value.empty();  // else a host home: the buffer or the swap is its home
+        if (copied) {
           STRATA_ASSIGN_OR_RETURN(DeviceView dv, st.value.slice(off, part));
           STRATA_RETURN_IF_ERROR(device_->copy_to_device(dv.range(), {dst, part * vs}, *stream_));
-          if (pin.valid()) STRATA_RETURN_IF_ERROR(pin.release_after(*stream_));
         }
-        pin.release();
+        STRATA_RETURN_IF_ERROR(release_values(pin, copied ? stream_ : nullptr));
         done += part;
       }
       return Status::OK();
@@ -724,16 +724,16 @@ class OffloadAdam final : public StepOptimizer {
         STRATA_RETURN_IF_ERROR(tiers_->flush().with_context(name() + ": writing optimizer state chunk " + std::to_string(k)));
         if (oc.pipeline_read && i + 1 < count) STRATA_RETURN_IF_ERROR(tiers_->prefetch(chunks_[order(i + 1)].block, Tier::kHost));
       }
+      bool copied = false;
       for (const zero::FlatSegment& s : c.segments) {
         if (mode == Pass::kDelayed || pieces_[s.tensor].value.empty()) continue;  // uploaded later; a host home
         STRATA_ASSIGN_OR_RETURN(DeviceView dv, pieces_[s.tensor].value.slice(s.tensor_first, s.count));
         STRATA_RETURN_IF_ERROR(
             device_->copy_to_device(dv.range(), {values + (s.flat_first - c.first) * vs, s.count * vs}, upload));
+        copied = true;
       }
-      if (value_pin.valid()) {  // the swap's block: written back once evicted, released behind the copies
-        STRATA_RETURN_IF_ERROR(value_pin.mark_dirty());
-        STRATA_RETURN_IF_ERROR(value_pin.release_after(upload));
-      }
+      if (value_pin.valid()) STRATA_RETURN_IF_ERROR(value_pin.mark_dirty());  // written back once evicted
+      STRATA_RETURN_IF_ERROR(release_values(value_pin, copied ? &upload : nullptr));
       if (mode == Pass::kOverlapped) {
         // Counted done once its copies have run, without holding the pass up.
         STRATA_RETURN_IF_ERROR(upload.launch_host_func([this, i] {
@@ -744,10 +744,17 @@ class OffloadAdam final : public StepOptimizer {
       }
     }
     tiers_->end_step();
-    if (!value_swap_) return Status::OK();
-    // An inline pass's last releases are queued on the training stream, before the next
-    // step's gathers pin the same blocks to read them.
-    return background ? Status::OK() : upload.synchronize();
+    return Status::OK();
+  }
+
+  // Releases a pin of the parameter swap (none: nothing) once the copies enqueued from it on
+  // `copied_on` (if any) are done: the swap keeps room for one written block only, so the
+  // next one's pin must not wait behind a queued release.
+  Status release_values(offload::Pin& pin, Stream* copied_on) {
+    if (!pin.valid()) return Status::OK();
+    if (copied_on != nullptr) STRATA_RETURN_IF_ERROR(copied_on->synchronize());
+    pin.release();
+    return Status::OK();
   }
 
   // The flat elements [first, first + n) in the value dtype, in host memory: in the pinned
