@@ -431,12 +431,15 @@ delayed_update = false
 delayed_update_warmup = 40
 
 [offload.param]
-# Where parameters live between uses: "none", "cpu" or "nvme" (needs zero.stage = 3).
+# Where parameters live between uses: "none", "cpu" (the offloaded optimizer's pinned
+# weights) or "nvme" (a swap of their own); both need zero.stage = 3 and an offloaded optimizer.
 device = "none"
+# With "nvme": one swap directory per drive.
 nvme_path = []
-# Parameter bytes kept in host RAM when parameters are on NVMe.
+# With "nvme": the most parameter bytes read from NVMe into host memory ahead of their gathers.
 max_in_cpu = "1GiB"
-# Pinned staging buffers for parameters: count and size of each.
+# With "nvme": the pinned buffers parameters are cached in, count and size of each; a buffer
+# holds at least one block (the values of one offload.optimizer.buffer_size chunk of state).
 buffer_count = 5
 buffer_size = "64MiB"
 
