@@ -64,6 +64,10 @@ std::vector<Case> cases() {
       {"zero3", "--model tiny --micro-batch 1 --steps 2 --rounds 1 --delay-ms 1 --persistence 256 --max-live 20000"
                 " --prefetch 64KiB --params cpu --optimizer cpu",
        false, false},
+      {"zero3", "--model tiny --micro-batch 1 --steps 2 --rounds 1 --delay-ms 1 --persistence 256 --max-live 20000"
+                " --prefetch 32KiB --params nvme --optimizer nvme --optimizer-buffer-size 64KiB --param-buffers 8"
+                " --param-buffer-size 64KiB --max-in-cpu 96KiB --nvme-path " + scratch("zero3").string(),
+       false, false},
       {"device", "--copy-size 1MiB --models tiny --dtypes fp32 --micro-batch 1 --min-time 0.01", false, false},
       {"nvme", "--path " + scratch("nvme").string() +
                    " --size 1MiB --engines posix --block-sizes 1MiB --queue-depths 1 --threads 1 --max-seconds 1 --buffered",
