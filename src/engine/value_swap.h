@@ -2,7 +2,7 @@
 // pieces homed in NVMe swap (ZeRO-Infinity's parameter offload, offload.param.device = "nvme"),
 // so that host memory holds only a window of them.
 //
-// Blocks. The values of the optimizer's flat space (engine/offload_adam.cc) are cut as its
+// Blocks. The values of the optimizer's flat space (engine/offload_adam.h) are cut as its
 // state is: block k holds the values of state chunk k, so that the update pass writes each
 // block whole, once, while the chunk's state is in host memory (kOverwrite: nothing is read
 // from NVMe for it). Every block has its NVMe home in a swap store of its own on
@@ -19,7 +19,8 @@
 //
 // Pins. The fetch keeps its pins below `fetch_pin_limit()` bytes (it waits for its own copies
 // to finish, or gives up pins taken ahead, before pinning more), leaving one block for the
-// optimizer's write, so the pool is never exhausted mid-step; check_window() refuses at
+// optimizer's write (which releases each block before it pins the next), so the pool is
+// never exhausted mid-step; check_window() refuses at
 // start-up a pool that cannot hold the largest module's values and the device prefetch window
 // beside that block, with the numbers.
 //
