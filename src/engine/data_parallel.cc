@@ -82,7 +82,8 @@ Status DataParallel::make_fetch(const Profile& profile, Module& model, Device& d
   o.prefetch = z.prefetch_bucket_size / dtype_size(value_dtype_);
   o.reuse_distance = z.max_reuse_distance;
   o.persistence_threshold = z.param_persistence_threshold;
-  o.host_home = profile.offload_param.device != OffloadTarget::kNone;
+  param_home_ = profile.offload_param.device;
+  o.host_home = param_home_ != OffloadTarget::kNone;
   o.time_stalls = time_stalls;
   // The largest module's gathered buckets must fit in the window at once.
   std::string largest = "(none)";
@@ -134,6 +135,13 @@ Status DataParallel::attach_optimizer(StepOptimizer& optimizer) {
   std::vector<std::vector<zero::HostSegment>> values(layout_.bucket_count());
   std::vector<std::vector<zero::HostGradSegment>> grads(layout_.bucket_count());
   engine::ValueSwap* swap = optimizer.value_swap();
+  const bool homes = std::any_of(host_pieces_.begin(), host_pieces_.end(),
+                                 [&](const HostPiece& h) { return shard_.pieces[h.piece].host_home; });
+  if (homes && param_home_ == OffloadTarget::kNvme && swap == nullptr) {
+    return invalid_argument("offload.param.device = \"nvme\" homes the parameter shard in NVMe swap, which " +
+                            optimizer.name() + " does not keep: use the offloaded optimizer (offload.optimizer.device "
+                            "= \"cpu\" or \"nvme\") or offload.param.device = \"cpu\"");
+  }
   for (const HostPiece& h : host_pieces_) {
     const ParamPiece& piece = shard_.pieces[h.piece];
     if (piece.host_home && swap != nullptr) {

@@ -123,6 +123,7 @@ class DataParallel {
   std::unique_ptr<Communicator> one_rank_;  // stage 3 without a group
   StepOptimizer* optimizer_ = nullptr;      // stage 3: the latest step's, for its updates
   int stage_ = 0;
+  OffloadTarget param_home_ = OffloadTarget::kNone;  // stage 3: offload.param.device
   bool last_micro_ = false;
   DType value_dtype_ = DType::kF32, grad_dtype_ = DType::kF32;
   std::vector<Parameter*> params_;
