@@ -259,6 +259,11 @@ class OffloadAdam final : public StepOptimizer {
   // The chunk pipeline (see the file comment) over the gradients in buffer `slot`.
   Status update_all(const AdamHyper& h, const AdamStep& at, Pass mode, std::size_t slot);
 
+  // Chunk c's updated values (`values`, in the weight buffer or the swap's block pinned in
+  // `value_pin`) to the device homes of its pieces that have one, on `upload` (not for a
+  // delayed pass: its step() uploads them); then the swap's block is marked written and released.
+  Status store_values(const Chunk& c, const std::byte* values, offload::Pin& value_pin, Pass mode, Stream& upload);
+
   // Releases a pin of the parameter swap (none: nothing) once the copies enqueued from it on
   // `copied_on` (if any) are done: the swap keeps room for one written block only, so the
   // next one's pin must not wait behind a queued release.

@@ -78,7 +78,6 @@ Status OffloadAdam::update_all(const AdamHyper& h, const AdamStep& at, Pass mode
   // the read-ahead is a prefetch hint after each flush instead of pins held ahead.
   if (nvme && oc.pipeline_read && oc.pipeline_write) ahead = static_cast<std::size_t>(std::max(1, oc.buffer_count - 2));
   const std::size_t gs = dtype_size(grad_dtype_);
-  const std::size_t vs = dtype_size(value_dtype_);
   // Every other step runs backwards, so the chunks the previous step left in the buffers are
   // the first ones needed (chunks are independent: the order does not change the result).
   const std::size_t count = chunks_.size();
@@ -120,16 +119,7 @@ Status OffloadAdam::update_all(const AdamHyper& h, const AdamStep& at, Pass mode
       STRATA_RETURN_IF_ERROR(tiers_->flush().with_context(name() + ": writing optimizer state chunk " + std::to_string(k)));
       if (oc.pipeline_read && i + 1 < count) STRATA_RETURN_IF_ERROR(tiers_->prefetch(chunks_[order(i + 1)].block, Tier::kHost));
     }
-    bool copied = false;
-    for (const zero::FlatSegment& s : c.segments) {
-      if (mode == Pass::kDelayed || pieces_[s.tensor].value.empty()) continue;  // uploaded later; a host home
-      STRATA_ASSIGN_OR_RETURN(DeviceView dv, pieces_[s.tensor].value.slice(s.tensor_first, s.count));
-      STRATA_RETURN_IF_ERROR(
-          device_->copy_to_device(dv.range(), {values + (s.flat_first - c.first) * vs, s.count * vs}, upload));
-      copied = true;
-    }
-    if (value_pin.valid()) STRATA_RETURN_IF_ERROR(value_pin.mark_dirty());  // written back once evicted
-    STRATA_RETURN_IF_ERROR(release_values(value_pin, copied ? &upload : nullptr));
+    STRATA_RETURN_IF_ERROR(store_values(c, values, value_pin, mode, upload));
     if (mode == Pass::kOverlapped) {
       // Counted done once its copies have run, without holding the pass up.
       STRATA_RETURN_IF_ERROR(upload.launch_host_func([this, i] {
@@ -141,6 +131,21 @@ Status OffloadAdam::update_all(const AdamHyper& h, const AdamStep& at, Pass mode
   }
   tiers_->end_step();
   return Status::OK();
+}
+
+Status OffloadAdam::store_values(const Chunk& c, const std::byte* values, offload::Pin& value_pin, Pass mode,
+                                 Stream& upload) {
+  const std::size_t vs = dtype_size(value_dtype_);
+  bool copied = false;
+  for (const zero::FlatSegment& s : c.segments) {
+    if (mode == Pass::kDelayed || pieces_[s.tensor].value.empty()) continue;  // uploaded later; a host home
+    STRATA_ASSIGN_OR_RETURN(DeviceView dv, pieces_[s.tensor].value.slice(s.tensor_first, s.count));
+    STRATA_RETURN_IF_ERROR(
+        device_->copy_to_device(dv.range(), {values + (s.flat_first - c.first) * vs, s.count * vs}, upload));
+    copied = true;
+  }
+  if (value_pin.valid()) STRATA_RETURN_IF_ERROR(value_pin.mark_dirty());  // written back once evicted
+  return release_values(value_pin, copied ? &upload : nullptr);
 }
 
 Status OffloadAdam::release_values(offload::Pin& pin, Stream* copied_on) {

@@ -70,10 +70,7 @@ class ValueSwap {
   // over blocks do not fit in the pool beside the write's block; `what` names them.
   Status check_window(std::uint64_t elements, const std::string& what) const;
 
-  offload::TierManager& tiers() { return *tiers_; }
   TierStats stats() const { return tiers_->stats(); }
-  std::uint64_t block_bytes() const { return block_bytes_; }
-  std::uint64_t pool_bytes() const { return pool_bytes_; }
 
  private:
   ValueSwap() = default;
