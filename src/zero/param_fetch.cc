@@ -233,7 +233,12 @@ Status ParamFetch::prefetch() {
       if (stale_[b]) STRATA_RETURN_IF_ERROR(gather(b, true));
       continue;
     }
-    if (resident_[b] != nullptr) continue;
+    if (resident_[b] != nullptr) {
+      // In use for an earlier fetch and given back before this one: it is gathered again only
+      // once released, and what lies beyond must not take the room it will need then.
+      if (in_use_[b] && !used_again_soon(b)) break;
+      continue;
+    }
     if (ahead_elements_ + count(b) > options_.prefetch) break;
     STRATA_ASSIGN_OR_RETURN(bool room, fit(count(b), false, k));
     if (!room) break;

@@ -39,9 +39,12 @@
 // Prefetch. The order of acquires in a step is recorded; in the next step, as long as the
 // acquires follow that order, the buckets after the current position are gathered ahead,
 // while the elements gathered ahead and not yet used stay within `prefetch` and the resident
-// buckets leave room without evicting anything. begin_step() starts the step's first gathers. A step whose order departs from the recorded one stops prefetching at the first
-// difference and fetches the rest on demand; its order is recorded for the next step, and the
-// change is logged (the first as a warning, every one counted). Every rank runs the same model,
+// buckets leave room without evicting anything. A bucket in use now and given back before
+// its next use ahead stops the prefetch there, so that what follows it does not take the room
+// its gather will need. begin_step() starts the step's first gathers. A step whose order
+// departs from the recorded one stops prefetching at the first difference and fetches the
+// rest on demand; its order is recorded for the next step, and the change is logged (the
+// first as a warning, every one counted). Every rank runs the same model,
 // so every rank departs at the same acquire: the collectives are issued in the same order on
 // every rank whatever the order was, which is what keeps ranks from hanging.
 //

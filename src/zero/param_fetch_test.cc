@@ -163,5 +163,20 @@ TEST(ParamFetch, TheWindowNeverHoldsMoreThanMaxLive) {
   for (const auto& s : stats) EXPECT_LE(s.back().peak_held, 32u);
 }
 
+
+// b1 is in use at fetch 1 and given back before its next use at fetch 3 (b3 lies between, and
+// nothing is kept), so it must be gathered again there: the prefetch stops at it instead of
+// filling the window with what follows, and no later step fetches anything on demand.
+TEST(ParamFetch, ABucketGivenBackBeforeItsNextUseIsPrefetchedBeforeWhatFollowsIt) {
+  FetchOptions o = options();
+  o.max_live = 1000;
+  o.prefetch = 40;
+  const Order twice = {{0}, {1, 2}, {3}, {1, 2}, {3}, {0}};
+  const auto stats = run(o, {twice, twice, twice});
+  for (const auto& s : stats) {
+    EXPECT_EQ(s[2].on_demand, s[0].on_demand);
+    EXPECT_EQ(s[2].order_changes, 0u);
+  }
+}
 }  // namespace
 }  // namespace strata::zero
