@@ -118,14 +118,11 @@ class DeviceAdam final : public StepOptimizer {
     for (const Piece& st : pieces_) grads.push_back(st.grad);
     STRATA_RETURN_IF_ERROR(sumsq_.enqueue(grads, *stream_, group_));
     STRATA_RETURN_IF_ERROR(stream_->synchronize());
-    const engine::GradNorm norm = engine::finish_grad_norm(sumsq_.value(), req.loss_scale, req.grad_clip);
-    UpdateResult r;
-    r.grad_norm = norm.norm;
-    r.finite = norm.finite;
-    if (!r.finite) return r;
-    AdamHyper h = hyper_;
-    h.lr = req.lr;
-    const AdamStep at{updates_ + 1, norm.grad_scale};
+    const engine::NormedUpdate u =
+        engine::normed_update(engine::finish_grad_norm(sumsq_.value(), req.loss_scale, req.grad_clip), hyper_, req, updates_);
+    if (!u.result.finite) return u.result;
+    const AdamHyper& h = u.hyper;
+    const AdamStep& at = u.step;
     for (const Piece& st : pieces_) {
       AdamTensors t;
       t.params = st.master;
@@ -136,8 +133,7 @@ class DeviceAdam final : public StepOptimizer {
       STRATA_RETURN_IF_ERROR(device_->adam_step(t, h, at, *stream_));
     }
     ++updates_;
-    r.applied = true;
-    return r;
+    return u.result;
   }
 
   std::int64_t updates() const override { return updates_; }

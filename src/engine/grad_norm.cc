@@ -69,4 +69,15 @@ GradNorm finish_grad_norm(double sum_squares, double loss_scale, double grad_cli
   return r;
 }
 
+NormedUpdate normed_update(const GradNorm& norm, const AdamHyper& hyper, const UpdateRequest& req, std::int64_t updates) {
+  NormedUpdate u;
+  u.result.grad_norm = norm.norm;
+  u.result.finite = norm.finite;
+  u.result.applied = norm.finite;
+  u.hyper = hyper;
+  u.hyper.lr = req.lr;
+  u.step = AdamStep{updates + 1, norm.grad_scale};
+  return u;
+}
+
 }  // namespace strata::engine

@@ -22,7 +22,9 @@
 
 #include "strata/communicator.h"
 #include "strata/device.h"
+#include "strata/optimizer.h"
 #include "strata/status.h"
+#include "strata/trainer.h"
 
 namespace strata::engine {
 
@@ -68,5 +70,15 @@ struct GradNorm {
 // scaled) gradients of every rank. grad_clip <= 0 turns clipping off.
 // REQUIRES: loss_scale finite and positive.
 GradNorm finish_grad_norm(double sum_squares, double loss_scale, double grad_clip);
+
+// The update a norm calls for, as every StepOptimizer applies it: the result to return
+// (applied when the gradients are finite), Adam's hyperparameters at req.lr, and the step
+// after `updates` with the norm's grad_scale.
+struct NormedUpdate {
+  UpdateResult result;
+  AdamHyper hyper;
+  AdamStep step;
+};
+NormedUpdate normed_update(const GradNorm& norm, const AdamHyper& hyper, const UpdateRequest& req, std::int64_t updates);
 
 }  // namespace strata::engine

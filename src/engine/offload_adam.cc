@@ -284,15 +284,10 @@ Result<UpdateResult> OffloadAdam::step(const UpdateRequest& req) {
   if (host_grads_) {
     STRATA_ASSIGN_OR_RETURN(sum_squares, engine::host_sum_squares(grads_host_[grad_slot_].bytes(), grad_dtype_, group_));
   }
-  const engine::GradNorm norm = engine::finish_grad_norm(sum_squares, req.loss_scale, req.grad_clip);
-  UpdateResult r;
-  r.grad_norm = norm.norm;
-  r.finite = norm.finite;
-  if (!r.finite) return r;
-  AdamHyper h = hyper_;
-  h.lr = req.lr;
-  const AdamStep at{updates_ + 1, norm.grad_scale};
-  r.applied = true;
+  const NormedUpdate u = normed_update(finish_grad_norm(sum_squares, req.loss_scale, req.grad_clip), hyper_, req, updates_);
+  if (!u.result.finite) return u.result;
+  const AdamHyper h = u.hyper;
+  const AdamStep at = u.step;
   const OptimizerOffloadConfig& oc = profile_.offload_optimizer;
   const bool delayed = oc.delayed_update && updates_ >= oc.delayed_update_warmup;
   const Pass mode = delayed ? Pass::kDelayed
@@ -302,7 +297,7 @@ Result<UpdateResult> OffloadAdam::step(const UpdateRequest& req) {
   ++updates_;
   if (mode == Pass::kInline) {
     STRATA_RETURN_IF_ERROR(update_all(h, at, mode, slot));
-    return r;
+    return u.result;
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -327,7 +322,7 @@ Result<UpdateResult> OffloadAdam::step(const UpdateRequest& req) {
     running_ = false;
     cv_.notify_all();
   });
-  return r;
+  return u.result;
 }
 
 Status OffloadAdam::lay_out(Module& model, Device& device, const OptimizerShard& shard) {
