@@ -9,11 +9,13 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <mutex>
 #include <thread>
 
 #include "engine/dp_test_util.h"
 #include "offload/offload_test_util.h"
 #include "strata/checkpoint.h"
+#include "strata/log.h"
 
 namespace strata {
 namespace {
@@ -97,6 +99,37 @@ TEST(TrainerZeroThree, ParameterSwapBuffersAreCheckedAtStartUpWithTheNumbers) {
   EXPECT_NE(m.find("need 140KiB of pinned buffers, but offload.param.buffer_count x buffer_size = 128KiB"),
             std::string::npos) << m;
   EXPECT_NE(m.find("raise offload.param.buffer_count to at least 3"), std::string::npos) << m;
+}
+
+std::mutex g_log_mu;
+std::vector<std::string> g_warnings;
+void capture_warnings(LogLevel level, const std::string& line) {
+  std::lock_guard lk(g_log_mu);
+  if (level == LogLevel::kWarn) g_warnings.push_back(line);
+}
+
+TEST(TrainerZeroThree, ABufferPoolThatCannotHoldTheReadAheadBesideTheWindowIsWarnedOfWithTheNumbers) {
+  offload::testing::ScratchDir swap;
+  auto dev = host();
+  Profile p = zero3_profile(OffloadTarget::kNvme, swap.path(), OffloadTarget::kNvme);
+  p.offload_param.buffer_count = 3;  // 192KiB: the window's 140KiB and 52KiB of the 96KiB read-ahead
+  set_log_sink(&capture_warnings);
+  auto t = Trainer::create(p, *dev);
+  set_log_sink(nullptr);
+  ASSERT_TRUE(t.ok()) << t.status().message();
+  ASSERT_EQ(g_warnings.size(), 1u);
+  const std::string& w = g_warnings[0];
+  EXPECT_NE(w.find("hold up to 140.00 KiB of the 192.00 KiB of pinned buffers, which leaves 52.00 KiB of the "
+                   "96.00 KiB of offload.param.max_in_cpu to read ahead"),
+            std::string::npos) << w;
+  EXPECT_NE(w.find("raise offload.param.buffer_count to 4 or lower max_in_cpu"), std::string::npos) << w;
+  g_warnings.clear();
+  p.offload_param.buffer_count = 4;
+  set_log_sink(&capture_warnings);
+  auto enough = Trainer::create(p, *dev);
+  set_log_sink(nullptr);
+  ASSERT_TRUE(enough.ok()) << enough.status().message();
+  EXPECT_TRUE(g_warnings.empty()) << g_warnings[0];
 }
 
 // bf16 and fp16 with activation checkpointing (the recompute gathers again) and three

@@ -120,14 +120,27 @@ Status ValueSwap::check_window(std::uint64_t elements, const std::string& what) 
   // Values spread over blocks: each block they touch is pinned whole, one more at each end.
   const std::uint64_t blocks = (elements * dtype_size(dtype_) + block_bytes_ - 1) / block_bytes_ + 2;
   const std::uint64_t need = (blocks + 1) * block_bytes_;
-  if (need <= pool_bytes_) return Status::OK();
-  return out_of_memory("parameter swap: " + what + " (" + std::to_string(elements) + " values) span up to " +
-                       std::to_string(blocks) + " blocks of " + format_bytes(block_bytes_) +
-                       ", which with the block the optimizer writes need " + format_bytes(need) +
-                       " of pinned buffers, but offload.param.buffer_count x buffer_size = " +
-                       format_bytes(pool_bytes_) + ": raise offload.param.buffer_count to at least " +
-                       std::to_string((need + buffer_bytes_ - 1) / buffer_bytes_) +
-                       ", or lower zero.prefetch_bucket_size");
+  auto buffers_for = [&](std::uint64_t bytes) { return std::to_string((bytes + buffer_bytes_ - 1) / buffer_bytes_); };
+  if (need > pool_bytes_) {
+    return out_of_memory("parameter swap: " + what + " (" + std::to_string(elements) + " values) span up to " +
+                         std::to_string(blocks) + " blocks of " + format_bytes(block_bytes_) +
+                         ", which with the block the optimizer writes need " + format_bytes(need) +
+                         " of pinned buffers, but offload.param.buffer_count x buffer_size = " +
+                         format_bytes(pool_bytes_) + ": raise offload.param.buffer_count to at least " +
+                         buffers_for(need) + ", or lower zero.prefetch_bucket_size");
+  }
+  // The blocks read ahead wait beside those the window's copies still hold: where the pool
+  // cannot hold both, the read-ahead is given up under load and the fetch waits for NVMe.
+  if (need + max_in_cpu_ > pool_bytes_) {
+    STRATA_LOG(kWarn) << "parameter swap: " << what << " and the block the optimizer writes hold up to "
+                      << format_bytes_human(need) << " of the " << format_bytes_human(pool_bytes_)
+                      << " of pinned buffers, which leaves "
+                      << format_bytes_human(pool_bytes_ - need) << " of the " << format_bytes_human(max_in_cpu_)
+                      << " of offload.param.max_in_cpu to read ahead; the fetch may wait for NVMe reads: raise "
+                      << "offload.param.buffer_count to " << buffers_for(need + max_in_cpu_)
+                      << " or lower max_in_cpu";
+  }
+  return Status::OK();
 }
 
 }  // namespace strata::engine

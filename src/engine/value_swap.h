@@ -22,7 +22,9 @@
 // optimizer's write (which releases each block before it pins the next), so the pool is
 // never exhausted mid-step; check_window() refuses at
 // start-up a pool that cannot hold the largest module's values and the device prefetch window
-// beside that block, with the numbers.
+// beside that block, with the numbers, and warns where the pool holds them but not also
+// max_in_cpu read ahead: under load the fetch then gives up pins taken ahead to make room for
+// its copies and waits for NVMe reads (the pool's rule: write block + window + max_in_cpu).
 //
 // Thread-safety: as TierManager (every member may be called from any thread).
 #pragma once
@@ -67,7 +69,8 @@ class ValueSwap {
   // The bytes the fetch pins ahead of its gathers: offload.param.max_in_cpu, within the limit.
   std::uint64_t read_ahead() const { return std::min(max_in_cpu_, fetch_pin_limit()); }
   // Fails when `elements` values (the largest module's, plus the prefetch window's) spread
-  // over blocks do not fit in the pool beside the write's block; `what` names them.
+  // over blocks do not fit in the pool beside the write's block, and warns when they do but
+  // max_in_cpu does not fit beside them too; `what` names them.
   Status check_window(std::uint64_t elements, const std::string& what) const;
 
   TierStats stats() const { return tiers_->stats(); }
