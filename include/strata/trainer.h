@@ -131,6 +131,18 @@ struct OptimizerShard {
   bool sharded() const { return !pieces.empty(); }
 };
 
+// An offloaded optimizer's update pass, from its first chunk's read to its last chunk's
+// update: its wall time and the bytes its swaps (the state's, and the parameters' with
+// offload.param.device = "nvme") moved between NVMe and host meanwhile, whoever asked for
+// them (forward's parameter reads too, when the pass overlaps it): nvme_bytes / seconds is the
+// drive's throughput while the pass ran.
+struct UpdatePassStats {
+  std::int64_t passes = 0;      // passes ended so far
+  double seconds = 0.0;         // the last one's
+  std::uint64_t nvme_bytes = 0;  // moved during the last one
+  double nvme_bytes_per_s() const { return seconds > 0 ? static_cast<double>(nvme_bytes) / seconds : 0.0; }
+};
+
 // Owns fp32 master weights and Adam moments for a model's parameters wherever it keeps them,
 // and keeps the parameters' device values (the compute copy) in step with the masters.
 class StepOptimizer {
@@ -233,6 +245,8 @@ class StepOptimizer {
   }
   // Statistics of the tier manager that moves the state; none for a backend without one.
   virtual std::optional<TierStats> tier_stats() const { return std::nullopt; }
+  // The last update pass that ended; none for a backend that moves no state.
+  virtual std::optional<UpdatePassStats> last_pass() const { return std::nullopt; }
 };
 
 // The optimizer the profile's [optimizer] section describes (adam or adamw), with master

@@ -52,15 +52,26 @@ std::string json_num(double v) {
   return fmt("%.9g", v);
 }
 
+// The optimizer's last update pass as JSON, or empty when it has none.
+std::string pass_json(const std::optional<UpdatePassStats>& pass) {
+  if (!pass.has_value()) return {};
+  return "{\"passes\":" + std::to_string(pass->passes) + ",\"seconds\":" + json_num(pass->seconds) +
+         ",\"nvme_bytes\":" + std::to_string(pass->nvme_bytes) +
+         ",\"nvme_bytes_per_s\":" + json_num(pass->nvme_bytes_per_s()) + "}";
+}
+
 // One --log-json line; `tiers` (the optimizer's cumulative tier statistics as JSON, or empty
-// when its state is not offloaded) becomes the "tiers" member.
-std::string json_line(const StepStats& s, const std::string& tiers, const std::string& param_tiers) {
+// when its state is not offloaded) becomes the "tiers" member, `param_tiers` (the parameter
+// swap's) "param_tiers" and `pass` (the last update pass that ended) "pass".
+std::string json_line(const StepStats& s, const std::string& tiers, const std::string& param_tiers,
+                      const std::string& pass) {
   std::ostringstream o;
   o << "{\"step\":" << s.step << ",\"loss\":" << json_num(s.loss) << ",\"grad_norm\":" << json_num(s.grad_norm)
     << ",\"lr\":" << json_num(s.lr) << ",\"loss_scale\":" << json_num(s.loss_scale)
     << ",\"tokens_per_s\":" << json_num(s.tokens_per_s) << ",\"skipped\":" << (s.skipped ? "true" : "false");
   if (!tiers.empty()) o << ",\"tiers\":" << tiers;
   if (!param_tiers.empty()) o << ",\"param_tiers\":" << param_tiers;
+  if (!pass.empty()) o << ",\"pass\":" << pass;
   o << "}";
   return o.str();
 }
@@ -253,7 +264,8 @@ int after_step(Rank& r, const StepStats& s, bool last) {
     const auto tiers = t.optimizer().tier_stats();
     const auto param_tiers = t.parameter_tier_stats();  // parameters on NVMe
     run.log << json_line(s, tiers.has_value() ? tiers->to_json() : std::string(),
-                         param_tiers.has_value() ? param_tiers->to_json() : std::string())
+                         param_tiers.has_value() ? param_tiers->to_json() : std::string(),
+                         pass_json(t.optimizer().last_pass()))
             << "\n";
     run.log.flush();
     if (!run.log) {
@@ -318,6 +330,11 @@ int finish_run(Rank& r, const RunTotals& totals, int code) {
               << fmt("%.4f", totals.first_loss) << " -> " << fmt("%.4f", totals.last_loss) << "\n";
   }
   if (auto tiers = t.optimizer().tier_stats(); tiers.has_value()) std::cout << "tiers    " << tiers->to_json() << "\n";
+  if (auto pass = t.optimizer().last_pass(); pass.has_value()) {
+    std::cout << "pass     the last update pass: " << fmt("%.3f", pass->seconds) << " s, "
+              << format_bytes_human(static_cast<double>(pass->nvme_bytes)) << " of NVMe traffic ("
+              << fmt("%.2f", pass->nvme_bytes_per_s() / 1e9) << " GB/s)\n";
+  }
   if (code == kExitOk && run.args.count("export")) {
     if (Status st = r.engine.export_weights(run.args["export"].as<std::string>(), run.export_dtype); !st.ok()) {
       return fail(kExitFailed, st, "--export");

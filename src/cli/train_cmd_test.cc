@@ -152,7 +152,15 @@ TEST(TrainCmd, CheckpointAndResumeContinueTheSameRun) {
     const auto j = nlohmann::json::parse(line);
     ASSERT_TRUE(j.contains("tiers")) << "an offloaded run logs its tier statistics each step: " << line;
     EXPECT_TRUE(j.at("tiers").is_object()) << line;
+    std::string last;
+    while (std::getline(in, line)) last = line;
+    // The overlapped pass of step 3 has ended (this state fits in its buffers: no traffic).
+    const auto pass = nlohmann::json::parse(last).at("pass");
+    EXPECT_GE(pass.at("passes").get<int>(), 3) << last;
+    EXPECT_GT(pass.at("seconds").get<double>(), 0.0) << last;
+    EXPECT_EQ(pass.at("nvme_bytes").get<std::uint64_t>(), 0u) << last;
   }
+  EXPECT_NE(a.out.find("pass     the last update pass: "), std::string::npos) << a.out;
 
   std::vector<double> all = logged_losses(whole), tail = logged_losses(rest);
   ASSERT_EQ(all.size(), 4u);

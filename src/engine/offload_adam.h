@@ -134,6 +134,7 @@ class OffloadAdam final : public StepOptimizer {
   Result<UpdateResult> step(const UpdateRequest& req) override;
   std::int64_t updates() const override { return updates_; }
   std::uint64_t device_bytes() const override { return sumsq_.device_bytes(); }
+  std::optional<UpdatePassStats> last_pass() const override;
   std::optional<TierStats> tier_stats() const override {
     if (!tiers_) return std::nullopt;
     return tiers_->stats();
@@ -257,7 +258,10 @@ class OffloadAdam final : public StepOptimizer {
   Status upload_all(Stream& stream);
 
   // The chunk pipeline (see the file comment) over the gradients in buffer `slot`.
+  // One pass over every chunk, timed into last_pass_.
   Status update_all(const AdamHyper& h, const AdamStep& at, Pass mode, std::size_t slot);
+  Status update_chunks(const AdamHyper& h, const AdamStep& at, Pass mode, std::size_t slot);
+  std::uint64_t nvme_traffic_so_far() const;
 
   // Chunk c's updated values (`values`, in the weight buffer or the swap's block pinned in
   // `value_pin`) to the device homes of its pieces that have one, on `upload` (not for a
@@ -313,8 +317,9 @@ class OffloadAdam final : public StepOptimizer {
   bool reverse_ = false;  // the direction of the next step's pass over the chunks
   // The pass on the worker thread: done_ chunks (in flat order) are on the device.
   std::thread worker_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
+  UpdatePassStats last_pass_;  // under mu_
   bool running_ = false;
   std::size_t done_ = 0;
   bool pass_delayed_ = false;    // the running pass is a delayed one (caller thread only)

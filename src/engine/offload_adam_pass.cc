@@ -1,5 +1,6 @@
 // The offloaded Adam's update pipeline: chunks of state through the tier manager, CPU Adam,
 // the updated weights to the device or the parameter swap (engine/offload_adam.h).
+#include <chrono>
 #include <cstring>
 #include <deque>
 
@@ -69,7 +70,46 @@ Status OffloadAdam::upload_all(Stream& stream) {
   return Status::OK();
 }
 
+namespace {
+
+// Bytes a tier manager moved to or from NVMe so far.
+std::uint64_t nvme_traffic(const TierStats& s) {
+  const auto nvme = static_cast<std::size_t>(Tier::kNvme);
+  std::uint64_t bytes = 0;
+  for (std::size_t t = 0; t < static_cast<std::size_t>(kTierCount); ++t) {
+    if (t != nvme) bytes += s.bytes_moved[nvme][t] + s.bytes_moved[t][nvme];
+  }
+  return bytes;
+}
+
+}  // namespace
+
+std::uint64_t OffloadAdam::nvme_traffic_so_far() const {
+  std::uint64_t bytes = tiers_ ? nvme_traffic(tiers_->stats()) : 0;
+  if (value_swap_) bytes += nvme_traffic(value_swap_->stats());
+  return bytes;
+}
+
+std::optional<UpdatePassStats> OffloadAdam::last_pass() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (last_pass_.passes == 0) return std::nullopt;
+  return last_pass_;
+}
+
 Status OffloadAdam::update_all(const AdamHyper& h, const AdamStep& at, Pass mode, std::size_t slot) {
+  const auto from = std::chrono::steady_clock::now();
+  const std::uint64_t bytes = nvme_traffic_so_far();
+  STRATA_RETURN_IF_ERROR(update_chunks(h, at, mode, slot));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - from).count();
+  const std::uint64_t moved = nvme_traffic_so_far() - bytes;
+  std::lock_guard<std::mutex> lock(mu_);
+  ++last_pass_.passes;
+  last_pass_.seconds = seconds;
+  last_pass_.nvme_bytes = moved;
+  return Status::OK();
+}
+
+Status OffloadAdam::update_chunks(const AdamHyper& h, const AdamStep& at, Pass mode, std::size_t slot) {
   const bool background = mode != Pass::kInline;
   const OptimizerOffloadConfig& oc = profile_.offload_optimizer;
   const bool nvme = home_ == Tier::kNvme;

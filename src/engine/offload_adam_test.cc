@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -330,6 +331,15 @@ TEST(OffloadAdam, OverlappedPassesReadOnlyTheChunksThatDoNotFit) {
   // add a little. Least-recently-used eviction reads all of them.
   EXPECT_LE(per_step, (chunks - 1) * block) << "state " << state << " B in " << chunks << " chunks of " << block
                                                  << " B; " << per_step << " B read per step";
+  // The last pass: timed, and its traffic within what the swap moved over the step.
+  const std::optional<UpdatePassStats> pass = opt.last_pass();
+  ASSERT_TRUE(pass.has_value());
+  EXPECT_EQ(pass->passes, 3 + steps);
+  EXPECT_GT(pass->seconds, 0.0);
+  EXPECT_GE(pass->nvme_bytes, block) << "a pass reads at least one chunk that did not fit";
+  const TierStats ts = *opt.tier_stats();
+  const auto nvme = static_cast<int>(Tier::kNvme), hostt = static_cast<int>(Tier::kHost);
+  EXPECT_LE(pass->nvme_bytes, ts.bytes_moved[nvme][hostt] + ts.bytes_moved[hostt][nvme]);
 }
 
 // The delayed update's reference, independent of the offloaded pipeline: the device Adam
