@@ -48,16 +48,45 @@ class Module;
 
 enum class ParamInit : std::uint8_t { kNormal = 0, kOnes, kZeros };
 
+// How a tensor-parallel rank's Parameter is cut from the whole tensor (Megatron-LM's
+// tensor_parallel layers): dimension `dim` of `global_shape` is split in `size` equal
+// shards, rank `rank` holding the `rank`-th; with `parts` > 1 the dimension is first cut in
+// `parts` equal pieces and each piece is split alone (c_attn's output: Q, K and V split by
+// heads, so a rank's shard is three strided pieces). dim = -1: replicated (every tp rank
+// holds the whole tensor). Initialisation, import and export address elements by their index
+// in the whole tensor, so that every grid builds and writes the same model.
+struct TensorShard {
+  std::vector<std::int64_t> global_shape;
+  int dim = -1;
+  int parts = 1;
+  int rank = 0;
+  int size = 1;
+
+  bool split() const { return dim >= 0; }
+  // The rank's shape: global_shape with dimension dim divided by size.
+  std::vector<std::int64_t> local_shape() const;
+  // Checks that dim is a dimension and that its extent divides into parts x size pieces.
+  Status validate(std::string_view name) const;
+  // The row-major index in the whole tensor of the rank's element `local` (row-major in
+  // local_shape()).
+  std::uint64_t global_index(std::uint64_t local) const;
+};
+
 class Parameter {
  public:
   Parameter(std::string name, std::vector<std::int64_t> shape, ParamInit init, float init_std);
+  // A tensor-parallel shard: shape() is shard.local_shape().
+  Parameter(std::string name, TensorShard shard, ParamInit init, float init_std);
   Parameter(const Parameter&) = delete;
   Parameter& operator=(const Parameter&) = delete;
 
   // The full name, e.g. "h.0.attn.c_attn.weight".
   const std::string& name() const { return name_; }
+  // This rank's shape and element count (the whole tensor's unless the parameter is split).
   const std::vector<std::int64_t>& shape() const { return shape_; }
   std::size_t numel() const { return numel_; }
+  // Where it lies in the whole tensor: replicated (global_shape = shape) unless split.
+  const TensorShard& shard() const { return shard_; }
   ParamInit init() const { return init_; }
   float init_std() const { return init_std_; }
   // "(256, 768)"
@@ -86,6 +115,7 @@ class Parameter {
  private:
   std::string name_;
   std::vector<std::int64_t> shape_;
+  TensorShard shard_;
   std::size_t numel_;
   ParamInit init_;
   float init_std_;
@@ -98,7 +128,8 @@ class Parameter {
 // Standard normal number `index` of the stream keyed by (seed, name), as described above.
 float init_normal(std::uint64_t seed, std::string_view name, std::uint64_t index);
 
-// out[i] = the initial value of element first + i of `p` under `seed`.
+// out[i] = the initial value of element first + i of `p` under `seed` (its element
+// p.shard().global_index(first + i) of the whole tensor).
 // REQUIRES: first + out.size() <= p.numel().
 void init_parameter_values(const Parameter& p, std::uint64_t seed, std::uint64_t first, std::span<float> out);
 
@@ -147,6 +178,8 @@ class Module {
 
   Parameter& add_parameter(std::string full_name, std::vector<std::int64_t> shape, ParamInit init,
                            float init_std = 0.0f);
+  // A tensor-parallel shard (REQUIRES: shard.validate() passed).
+  Parameter& add_parameter(std::string full_name, TensorShard shard, ParamInit init, float init_std = 0.0f);
   void tie_parameter(Parameter& p) { tied_.push_back(&p); }
   // `child` is owned by the derived class and must live as long as this module.
   void add_child(Module& child);

@@ -168,6 +168,52 @@ TEST(Init, ValuesAreKeyedBySeedNameAndIndexSoShardsAgree) {
                                         static_cast<double>(w.init_std())));
 }
 
+// Every tp rank's shard, laid back where global_index() says, rebuilds the whole tensor's
+// initial values: split by columns in three parts (c_attn), by rows (wte, c_proj) and replicated.
+TEST(Init, TensorShardsInitialiseTheirPiecesOfTheWholeTensor) {
+  const std::vector<std::int64_t> shape{8, 24};
+  Parameter whole("h.0.attn.c_attn.weight", shape, ParamInit::kNormal, 0.02f);
+  std::vector<float> want(whole.numel());
+  init_parameter_values(whole, 3, 0, want);
+  struct Cut {
+    int dim, parts, size;
+  };
+  for (const Cut cut : {Cut{1, 3, 2}, Cut{1, 3, 4}, Cut{1, 1, 4}, Cut{0, 1, 2}, Cut{0, 1, 8}, Cut{-1, 1, 2}}) {
+    std::vector<float> rebuilt(whole.numel(), -1.0f);
+    std::size_t covered = 0;
+    for (int r = 0; r < cut.size; ++r) {
+      TensorShard t{shape, cut.dim, cut.parts, r, cut.size};
+      ASSERT_TRUE(t.validate("w").ok()) << t.validate("w");
+      Parameter p("h.0.attn.c_attn.weight", t, ParamInit::kNormal, 0.02f);
+      ASSERT_EQ(p.numel() * static_cast<std::size_t>(cut.dim < 0 ? 1 : cut.size), whole.numel());
+      std::vector<float> mine(p.numel());
+      init_parameter_values(p, 3, 0, mine);
+      for (std::size_t i = 0; i < mine.size(); ++i) {
+        const std::uint64_t g = t.global_index(i);
+        ASSERT_LT(g, rebuilt.size());
+        if (cut.dim >= 0) {
+          EXPECT_EQ(rebuilt[g], -1.0f) << "element " << g << " is in two shards";
+        }
+        rebuilt[g] = mine[i];
+        ++covered;
+      }
+    }
+    EXPECT_EQ(rebuilt, want) << "dim " << cut.dim << " parts " << cut.parts << " size " << cut.size;
+    if (cut.dim >= 0) {
+      EXPECT_EQ(covered, whole.numel());
+    }
+  }
+  // Column 0 of rank 1's shard of c_attn at tp 2 is Q's column 4 of 8 (each part is 8 wide).
+  TensorShard q{shape, 1, 3, 1, 2};
+  EXPECT_EQ(q.local_shape(), (std::vector<std::int64_t>{8, 12}));
+  EXPECT_EQ(q.global_index(0), 4u);
+  EXPECT_EQ(q.global_index(4), 12u);   // K's column 4
+  EXPECT_EQ(q.global_index(12), 28u);  // row 1, Q's column 4
+  EXPECT_FALSE((TensorShard{shape, 1, 3, 0, 3}.validate("w").ok())) << "24 columns are not 3 parts of 3 shards";
+  EXPECT_FALSE((TensorShard{shape, 2, 1, 0, 2}.validate("w").ok()));
+  EXPECT_FALSE((TensorShard{shape, 0, 1, 2, 2}.validate("w").ok()));
+}
+
 TEST(Init, DistributionsFollowGpt2) {
   ModelDims d;
   ASSERT_TRUE(model_preset("default", &d));

@@ -7,8 +7,61 @@ namespace strata {
 // ---------------------------------------------------------------------------------------------
 // Parameter
 
+// ---------------------------------------------------------------------------------------------
+// Tensor shards
+
+std::vector<std::int64_t> TensorShard::local_shape() const {
+  std::vector<std::int64_t> s = global_shape;
+  if (split()) s[static_cast<std::size_t>(dim)] /= size;
+  return s;
+}
+
+Status TensorShard::validate(std::string_view name) const {
+  auto bad = [&](const std::string& m) { return invalid_argument("tensor shard of " + std::string(name) + ": " + m); };
+  if (size < 1 || rank < 0 || rank >= size) {
+    return bad("rank " + std::to_string(rank) + " of " + std::to_string(size) + " is not a rank of the group");
+  }
+  if (!split()) return Status::OK();
+  if (dim >= static_cast<int>(global_shape.size())) {
+    return bad("dimension " + std::to_string(dim) + " of a " + std::to_string(global_shape.size()) + "-d tensor");
+  }
+  const std::int64_t extent = global_shape[static_cast<std::size_t>(dim)];
+  if (parts < 1 || extent % (static_cast<std::int64_t>(parts) * size) != 0) {
+    return bad("extent " + std::to_string(extent) + " of dimension " + std::to_string(dim) + " does not divide into " +
+               std::to_string(parts) + " x " + std::to_string(size) + " equal pieces");
+  }
+  return Status::OK();
+}
+
+std::uint64_t TensorShard::global_index(std::uint64_t local) const {
+  if (!split() || size == 1) return local;
+  const auto d = static_cast<std::size_t>(dim);
+  std::uint64_t inner = 1;
+  for (std::size_t i = d + 1; i < global_shape.size(); ++i) inner *= static_cast<std::uint64_t>(global_shape[i]);
+  const auto whole = static_cast<std::uint64_t>(global_shape[d]);
+  const std::uint64_t mine = whole / static_cast<std::uint64_t>(size);
+  const std::uint64_t piece = mine / static_cast<std::uint64_t>(parts);  // of a part, this rank's
+  const std::uint64_t outer = local / (mine * inner), rest = local % (mine * inner);
+  const std::uint64_t at = rest / inner, in = rest % inner;
+  const std::uint64_t part = at / piece, within = at % piece;
+  const std::uint64_t global_at = part * (whole / static_cast<std::uint64_t>(parts)) +
+                                  static_cast<std::uint64_t>(rank) * piece + within;
+  return (outer * whole + global_at) * inner + in;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parameter
+
 Parameter::Parameter(std::string name, std::vector<std::int64_t> shape, ParamInit init, float init_std)
-    : name_(std::move(name)), shape_(std::move(shape)), numel_(1), init_(init), init_std_(init_std) {
+    : Parameter(std::move(name), TensorShard{std::move(shape)}, init, init_std) {}
+
+Parameter::Parameter(std::string name, TensorShard shard, ParamInit init, float init_std)
+    : name_(std::move(name)),
+      shape_(shard.local_shape()),
+      shard_(std::move(shard)),
+      numel_(1),
+      init_(init),
+      init_std_(init_std) {
   for (std::int64_t d : shape_) numel_ *= static_cast<std::size_t>(d);
 }
 
@@ -68,8 +121,8 @@ void init_parameter_values(const Parameter& p, std::uint64_t seed, std::uint64_t
       const auto n = static_cast<std::int64_t>(out.size());
 #pragma omp parallel for schedule(static) if (n > 65536)
       for (std::int64_t i = 0; i < n; ++i) {
-        out[static_cast<std::size_t>(i)] =
-            static_cast<float>(static_cast<double>(rng::normal_at(key, first + static_cast<std::uint64_t>(i))) * sd);
+        const std::uint64_t at = p.shard().global_index(first + static_cast<std::uint64_t>(i));
+        out[static_cast<std::size_t>(i)] = static_cast<float>(static_cast<double>(rng::normal_at(key, at)) * sd);
       }
       return;
     }
@@ -89,7 +142,11 @@ Module::~Module() = default;
 
 Parameter& Module::add_parameter(std::string full_name, std::vector<std::int64_t> shape, ParamInit init,
                                  float init_std) {
-  storage_.push_back(std::make_unique<Parameter>(std::move(full_name), std::move(shape), init, init_std));
+  return add_parameter(std::move(full_name), TensorShard{std::move(shape)}, init, init_std);
+}
+
+Parameter& Module::add_parameter(std::string full_name, TensorShard shard, ParamInit init, float init_std) {
+  storage_.push_back(std::make_unique<Parameter>(std::move(full_name), std::move(shard), init, init_std));
   own_.push_back(storage_.back().get());
   return *storage_.back();
 }
