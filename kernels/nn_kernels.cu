@@ -176,8 +176,10 @@ __global__ void layernorm_backward_params_kernel(G* dw, G* db, const S* dout, co
 // ---- bias, GELU, add ----
 
 template <typename S>
-__global__ void bias_broadcast_kernel(S* out, const S* bias, std::int64_t N, std::int64_t OC) {
-  for (std::int64_t i = first_index(); i < N * OC; i += grid_stride()) out[i] = bias[i % OC];
+__global__ void bias_broadcast_kernel(S* out, const S* bias, std::int64_t N, std::int64_t OC, bool accumulate) {
+  for (std::int64_t i = first_index(); i < N * OC; i += grid_stride()) {
+    out[i] = accumulate ? from_f32<S>(to_f32(out[i]) + to_f32(bias[i % OC])) : bias[i % OC];
+  }
 }
 
 template <typename S, typename G>
@@ -339,11 +341,12 @@ cudaError_t layernorm_backward(void* dinp, void* dweight, void* dbias, DType g, 
   });
 }
 
-cudaError_t bias_broadcast(void* out, const void* bias, DType t, std::int64_t N, std::int64_t OC, cudaStream_t stream) {
+cudaError_t bias_broadcast(void* out, const void* bias, DType t, std::int64_t N, std::int64_t OC, bool accumulate,
+                           cudaStream_t stream) {
   return with_type(t, [&](auto tag) {
     using S = decltype(tag);
-    bias_broadcast_kernel<S><<<blocks_for(N * OC), kThreads, 0, stream>>>(static_cast<S*>(out),
-                                                                          static_cast<const S*>(bias), N, OC);
+    bias_broadcast_kernel<S><<<blocks_for(N * OC), kThreads, 0, stream>>>(
+        static_cast<S*>(out), static_cast<const S*>(bias), N, OC, accumulate);
     return launched();
   });
 }

@@ -35,7 +35,9 @@ cudaError_t layernorm_forward(void* out, float* mean, float* rstd, const void* i
 cudaError_t layernorm_backward(void* dinp, void* dweight, void* dbias, DType g, const void* dout, const void* inp,
                                const void* weight, const float* mean, const float* rstd, DType t, std::int64_t N,
                                std::int64_t C, cudaStream_t stream);
-cudaError_t bias_broadcast(void* out, const void* bias, DType t, std::int64_t N, std::int64_t OC, cudaStream_t stream);
+// out[n, :] = bias, or += bias when accumulate.
+cudaError_t bias_broadcast(void* out, const void* bias, DType t, std::int64_t N, std::int64_t OC, bool accumulate,
+                           cudaStream_t stream);
 cudaError_t bias_backward(void* dbias, DType g, const void* dout, DType t, std::int64_t N, std::int64_t OC,
                           cudaStream_t stream);
 cudaError_t gelu_forward(void* out, const void* inp, DType t, std::int64_t n, cudaStream_t stream);

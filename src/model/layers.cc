@@ -53,31 +53,71 @@ Status LayerNorm::backward(const Ctx& ctx, DeviceView dx, DeviceView dout, Devic
 // ---------------------------------------------------------------------------------------------
 // Linear
 
-Linear::Linear(const std::string& prefix, std::int64_t in, std::int64_t out, float init_std)
+namespace {
+
+// The shards of a Linear's weight (in, out) and bias (out).
+TensorShard weight_shard(std::int64_t in, std::int64_t out, TpSplit split, TpPlace tp, int parts) {
+  if (split == TpSplit::kNone || !tp.split()) return {{in, out}};
+  return {{in, out}, split == TpSplit::kColumn ? 1 : 0, split == TpSplit::kColumn ? parts : 1, tp.rank, tp.size};
+}
+
+TensorShard bias_shard(std::int64_t out, TpSplit split, TpPlace tp, int parts) {
+  if (split != TpSplit::kColumn || !tp.split()) return {{out}};
+  return {{out}, 0, parts, tp.rank, tp.size};
+}
+
+TpSplit effective(TpSplit split, TpPlace tp) { return tp.split() ? split : TpSplit::kNone; }
+
+// In place over the tp group (a no-op without one).
+Status tp_all_reduce(const Ctx& ctx, DeviceView v) {
+  if (ctx.tp == nullptr || ctx.tp->size() == 1) return Status::OK();
+  return ctx.tp->all_reduce(CommBuffer::of(v), CommBuffer::of(v), ReduceOp::kSum, ctx.stream);
+}
+
+Status require_tp(const Ctx& ctx, const std::string& layer, TpSplit split) {
+  if (split == TpSplit::kNone || ctx.tp != nullptr) return Status::OK();
+  return failed_precondition(layer + ": a tensor-parallel layer needs its tp group in the context");
+}
+
+}  // namespace
+
+Linear::Linear(const std::string& prefix, std::int64_t in, std::int64_t out, float init_std, TpSplit split,
+               TpPlace tp, int parts)
     : Module(prefix),
-      weight(add_parameter(prefix + ".weight", {in, out}, ParamInit::kNormal, init_std)),
-      bias(add_parameter(prefix + ".bias", {out}, ParamInit::kZeros)),
-      in_(in),
-      out_(out) {}
+      weight(add_parameter(prefix + ".weight", weight_shard(in, out, split, tp, parts), ParamInit::kNormal, init_std)),
+      bias(add_parameter(prefix + ".bias", bias_shard(out, split, tp, parts), ParamInit::kZeros)),
+      split_(effective(split, tp)),
+      in_(weight.shape()[0]),
+      out_(weight.shape()[1]) {}
 
 Status Linear::forward(const Ctx& ctx, DeviceView y, DeviceView x, std::int64_t N, bool recompute,
                        DeviceView residual) {
   STRATA_RETURN_IF_ERROR(hook_before_forward(recompute));
-  // y = b, then y += x @ W in one GEMM (beta = 1): one rounding of the sum in the compute dtype.
-  STRATA_RETURN_IF_ERROR(ctx.nn.bias_broadcast(y, bias.value(), N, out_, ctx.stream));
-  STRATA_RETURN_IF_ERROR(matmul(ctx, y, x, weight.value(), N, out_, in_, false, false, 1.0f, 1.0f));
+  STRATA_RETURN_IF_ERROR(require_tp(ctx, name(), split_));
+  if (split_ == TpSplit::kRow) {
+    // y = sum over ranks of x_r @ W_r, then + b once.
+    STRATA_RETURN_IF_ERROR(matmul(ctx, y, x, weight.value(), N, out_, in_, false, false));
+    STRATA_RETURN_IF_ERROR(tp_all_reduce(ctx, y));
+    STRATA_RETURN_IF_ERROR(ctx.nn.bias_add(y, bias.value(), N, out_, ctx.stream));
+  } else {
+    // y = b, then y += x @ W in one GEMM (beta = 1): one rounding of the sum in the compute dtype.
+    STRATA_RETURN_IF_ERROR(ctx.nn.bias_broadcast(y, bias.value(), N, out_, ctx.stream));
+    STRATA_RETURN_IF_ERROR(matmul(ctx, y, x, weight.value(), N, out_, in_, false, false, 1.0f, 1.0f));
+  }
   if (!residual.empty()) STRATA_RETURN_IF_ERROR(ctx.nn.add(y, y, residual, ctx.stream));
   return hook_after_forward(recompute);
 }
 
 Status Linear::backward(const Ctx& ctx, DeviceView dx, DeviceView dy, DeviceView x, std::int64_t N) {
   STRATA_RETURN_IF_ERROR(hook_before_backward());
+  STRATA_RETURN_IF_ERROR(require_tp(ctx, name(), split_));
   // dW: (in, out) += x^T @ dy
   STRATA_RETURN_IF_ERROR(matmul(ctx, weight.grad(), x, dy, in_, out_, N, true, false, 1.0f, 1.0f));
   // db: (out) += sum_n dy
   STRATA_RETURN_IF_ERROR(ctx.nn.bias_backward(bias.grad(), dy, N, out_, ctx.stream));
-  // dx: (N, in) = dy @ W^T
+  // dx: (N, in) = dy @ W^T; column-parallel: each rank's part of the sum over the output
   STRATA_RETURN_IF_ERROR(matmul(ctx, dx, dy, weight.value(), N, in_, out_, false, true));
+  if (split_ == TpSplit::kColumn) STRATA_RETURN_IF_ERROR(tp_all_reduce(ctx, dx));
   return hook_after_backward();
 }
 
@@ -117,12 +157,12 @@ Status batched(const Ctx& ctx, MatrixView a, MatrixView b, MatrixView c, bool ta
 
 }  // namespace
 
-Attention::Attention(const std::string& prefix, std::int64_t C, std::int64_t NH, float proj_std)
+Attention::Attention(const std::string& prefix, std::int64_t C, std::int64_t NH, float proj_std, TpPlace tp)
     : Module(prefix),
-      c_attn(prefix + ".c_attn", C, 3 * C, kInitStd),
-      c_proj(prefix + ".c_proj", C, C, proj_std),
-      C_(C),
-      NH_(NH) {
+      c_attn(prefix + ".c_attn", C, 3 * C, kInitStd, TpSplit::kColumn, tp, 3),
+      c_proj(prefix + ".c_proj", C, C, proj_std, TpSplit::kRow, tp),
+      C_(C / tp.size),
+      NH_(NH / tp.size) {
   add_child(c_attn);
   add_child(c_proj);
 }
@@ -192,8 +232,10 @@ Status Attention::backward(const Ctx& ctx, const BlockActs& acts, BlockGrads& g,
 // ---------------------------------------------------------------------------------------------
 // MLP
 
-Mlp::Mlp(const std::string& prefix, std::int64_t C, float proj_std)
-    : Module(prefix), c_fc(prefix + ".c_fc", C, 4 * C, kInitStd), c_proj(prefix + ".c_proj", 4 * C, C, proj_std) {
+Mlp::Mlp(const std::string& prefix, std::int64_t C, float proj_std, TpPlace tp)
+    : Module(prefix),
+      c_fc(prefix + ".c_fc", C, 4 * C, kInitStd, TpSplit::kColumn, tp),
+      c_proj(prefix + ".c_proj", 4 * C, C, proj_std, TpSplit::kRow, tp) {
   add_child(c_fc);
   add_child(c_proj);
 }
@@ -226,12 +268,12 @@ namespace {
 std::string block_name(int i) { return "h." + std::to_string(i); }
 }  // namespace
 
-Block::Block(int index, std::int64_t C, std::int64_t NH, int n_layer)
+Block::Block(int index, std::int64_t C, std::int64_t NH, int n_layer, TpPlace tp)
     : Module(block_name(index)),
       ln_1(block_name(index) + ".ln_1", C),
-      attn(block_name(index) + ".attn", C, NH, kInitStd / std::sqrt(2.0f * static_cast<float>(n_layer))),
+      attn(block_name(index) + ".attn", C, NH, kInitStd / std::sqrt(2.0f * static_cast<float>(n_layer)), tp),
       ln_2(block_name(index) + ".ln_2", C),
-      mlp(block_name(index) + ".mlp", C, kInitStd / std::sqrt(2.0f * static_cast<float>(n_layer))) {
+      mlp(block_name(index) + ".mlp", C, kInitStd / std::sqrt(2.0f * static_cast<float>(n_layer)), tp) {
   add_child(ln_1);
   add_child(attn);
   add_child(ln_2);

@@ -2,7 +2,19 @@
 // over device views (llm.c style), enqueued on one stream through Device::gemm and the nn ops.
 //
 // Shapes use B (batch rows), T (sequence length), C (channels), NH (heads), hs = C / NH,
-// V (vocabulary), N = B * T. Activations are in the model's compute dtype, LayerNorm
+// V (vocabulary), N = B * T.
+//
+// Tensor parallelism (Megatron-LM's tensor_parallel/layers.py). A layer built with a TpPlace of
+// size tp > 1 holds its rank's shards (strata/model.h's TensorShard) and runs with the tp
+// group's communicator in its Ctx: a column-parallel Linear splits its output (attention's
+// c_attn by heads, Q, K and V each; the MLP's c_fc) and all-reduces its input gradient in
+// backward; a row-parallel Linear splits its input (both c_proj), all-reduces its output in
+// forward and adds its bias once, after the reduction. Attention runs its rank's NH / tp heads
+// and the MLP its 4C / tp hidden units, so a block makes two all-reduces of (N, C) in forward
+// and two in backward. LayerNorms and the row-parallel biases are replicated: their inputs and
+// output gradients are the same on every tp rank, so their gradients are too (bitwise), and
+// nothing reduces them. Activation shapes below are a rank's: C in qkv, atty, fch and NH in
+// att are divided by tp where the layer is split. Activations are in the model's compute dtype, LayerNorm
 // statistics and losses in fp32, parameter gradients in the gradient dtype. Backward functions
 // *accumulate* parameter gradients (+=) and say for each input gradient whether they
 // overwrite it or add to it.
@@ -15,16 +27,33 @@
 #include <string>
 
 #include "model/nn_ops.h"
+#include "strata/communicator.h"
 #include "strata/device.h"
 #include "strata/model.h"
 
 namespace strata::model {
 
-// Where a layer's work goes.
+// Where a layer's work goes; `tp` is the tensor-parallel group (null, or of size 1, when the
+// layers are whole).
 struct Ctx {
   Device& device;
   nn::NnOps& nn;
   Stream& stream;
+  Communicator* tp = nullptr;
+};
+
+// A layer's rank in its tensor-parallel group.
+struct TpPlace {
+  int rank = 0;
+  int size = 1;
+  bool split() const { return size > 1; }
+};
+
+// How a Linear is cut across the tp group.
+enum class TpSplit : std::uint8_t {
+  kNone = 0,  // whole on every rank
+  kColumn,    // output split (in `parts` pieces each split alone); input replicated
+  kRow,       // input split; output all-reduced, bias replicated
 };
 
 // Sub-view helpers: element `first`, `count` elements (an internal error when out of bounds,
@@ -59,21 +88,28 @@ class LayerNorm final : public Module {
 // Hugging Face's Conv1D: y = x @ W + b with W stored (in, out).
 class Linear final : public Module {
  public:
-  // Parameters "<prefix>.weight" (in, out) ~ normal(0, init_std) and "<prefix>.bias" (out) = 0.
-  Linear(const std::string& prefix, std::int64_t in, std::int64_t out, float init_std);
+  // Parameters "<prefix>.weight" (in, out) ~ normal(0, init_std) and "<prefix>.bias" (out) = 0,
+  // whole or (split != kNone and tp.split()) this rank's shards; `parts` as TensorShard's.
+  Linear(const std::string& prefix, std::int64_t in, std::int64_t out, float init_std, TpSplit split = TpSplit::kNone,
+         TpPlace tp = {}, int parts = 1);
 
-  // y: (N, out) = x: (N, in) @ W + b (+ residual: (N, out) when given; it may not be y)
+  // y: (N, out) = x: (N, in) @ W + b (+ residual: (N, out) when given; it may not be y).
+  // Column-parallel: y is this rank's out / tp columns. Row-parallel: x is its in / tp
+  // columns, and y the whole sum, all-reduced over ctx.tp before b and the residual are added.
   Status forward(const Ctx& ctx, DeviceView y, DeviceView x, std::int64_t N, bool recompute,
                  DeviceView residual = {});
-  // dx: (N, in) = dy @ W^T (overwritten); dW += x^T @ dy; db += sum_n dy. dy: (N, out).
+  // dx: (N, in) = dy @ W^T (overwritten; column-parallel: all-reduced over ctx.tp, since every
+  // rank's output columns depend on all of x); dW += x^T @ dy; db += sum_n dy. dy: (N, out).
   Status backward(const Ctx& ctx, DeviceView dx, DeviceView dy, DeviceView x, std::int64_t N);
 
+  // This rank's extents (the whole layer's where not split).
   std::int64_t in() const { return in_; }
   std::int64_t out() const { return out_; }
   Parameter& weight;
   Parameter& bias;
 
  private:
+  TpSplit split_;
   std::int64_t in_, out_;
 };
 
@@ -107,7 +143,8 @@ struct BlockGrads {
 // c_proj (C -> C) added to the residual stream.
 class Attention final : public Module {
  public:
-  Attention(const std::string& prefix, std::int64_t C, std::int64_t NH, float proj_std);
+  // With tp.split(): this rank's NH / tp heads (c_attn column-, c_proj row-parallel).
+  Attention(const std::string& prefix, std::int64_t C, std::int64_t NH, float proj_std, TpPlace tp = {});
 
   // acts.res2: (B, T, C) = x + c_proj(attention(acts.ln1)); fills acts.qkv, att, atty.
   Status forward(const Ctx& ctx, BlockActs& acts, DeviceView x, std::int64_t B, std::int64_t T, bool recompute);
@@ -118,13 +155,14 @@ class Attention final : public Module {
   Linear c_proj;
 
  private:
-  std::int64_t C_, NH_;
+  std::int64_t C_, NH_;  // this rank's channels (NH_ x hs) and heads
 };
 
 // MLP: c_fc (C -> 4C), GELU, c_proj (4C -> C) added to the residual stream.
 class Mlp final : public Module {
  public:
-  Mlp(const std::string& prefix, std::int64_t C, float proj_std);
+  // With tp.split(): this rank's 4C / tp hidden units (c_fc column-, c_proj row-parallel).
+  Mlp(const std::string& prefix, std::int64_t C, float proj_std, TpPlace tp = {});
 
   // out: (B, T, C) = acts.res2 + c_proj(gelu(c_fc(acts.ln2))); fills acts.fch, fch_gelu.
   // With recompute, stops after fch_gelu (out is not needed again).
@@ -139,7 +177,7 @@ class Mlp final : public Module {
 // One pre-LayerNorm transformer block "h.<i>".
 class Block final : public Module {
  public:
-  Block(int index, std::int64_t C, std::int64_t NH, int n_layer);
+  Block(int index, std::int64_t C, std::int64_t NH, int n_layer, TpPlace tp = {});
 
   // out: (B, T, C) = block(x: (B, T, C)); intermediate activations into acts.
   Status forward(const Ctx& ctx, BlockActs& acts, DeviceView x, DeviceView out, std::int64_t B, std::int64_t T,

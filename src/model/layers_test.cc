@@ -17,6 +17,7 @@ namespace {
 
 using nn::ref::Params;
 using nn::ref::Vec;
+using testutil::BlockBuffers;
 using testutil::close;
 using testutil::DevTensor;
 using testutil::download;
@@ -173,38 +174,6 @@ TEST_F(LayerGrad, Linear) {
   check_params(bound, {"fc.weight", "fc.bias"}, f);
 }
 
-// Device views of a block's activations and gradient scratch for (B, T, C, NH).
-struct BlockBuffers {
-  BlockBuffers(LayerGrad* t, Device& dev, std::int64_t B, std::int64_t T, std::int64_t C, std::int64_t NH) {
-    const std::int64_t N = B * T;
-    auto z = [&](std::int64_t n) {
-      bufs.push_back(upload(dev, Vec(static_cast<std::size_t>(n), 0.0), kF32));
-      return bufs.back().view;
-    };
-    (void)t;
-    a.ln1 = z(N * C);
-    a.ln1_mean = z(N);
-    a.ln1_rstd = z(N);
-    a.qkv = z(3 * N * C);
-    a.att = z(B * NH * T * T);
-    a.atty = z(N * C);
-    a.res2 = z(N * C);
-    a.ln2 = z(N * C);
-    a.ln2_mean = z(N);
-    a.ln2_rstd = z(N);
-    a.fch = z(4 * N * C);
-    a.fch_gelu = z(4 * N * C);
-    g.dres = z(N * C);
-    g.dln = z(N * C);
-    g.dqkv = z(3 * N * C);
-    g.datt = z(B * NH * T * T);
-    g.dfch = z(4 * N * C);
-  }
-  std::vector<DevTensor> bufs;
-  BlockActs a;
-  BlockGrads g;
-};
-
 void set(Device& dev, const DeviceView& v, const Vec& values) {
   const std::vector<std::byte> bytes = testutil::encode(values, v.dtype());
   ASSERT_TRUE(dev.copy_to_device(v.range(), bytes, dev.default_stream()).ok());
@@ -215,7 +184,7 @@ TEST_F(LayerGrad, Attention) {
   const std::int64_t B = 2, T = 5, C = 12, NH = 3, N = B * T;
   Attention attn("attn", C, NH, 0.01f);
   Bound bound(*dev_, attn, 20);
-  BlockBuffers bb(this, *dev_, B, T, C, NH);
+  BlockBuffers bb(*dev_, B, T, C, NH);
   Vec ln1 = rounded(random_vec(N * C, 21), kF32);
   const Vec x = rounded(random_vec(N * C, 22), kF32);
   const Vec R = random_vec(N * C, 23);
@@ -243,7 +212,7 @@ TEST_F(LayerGrad, Mlp) {
   const std::int64_t N = 6, C = 8;
   Mlp mlp("mlp", C, 0.01f);
   Bound bound(*dev_, mlp, 30);
-  BlockBuffers bb(this, *dev_, 1, N, C, 1);
+  BlockBuffers bb(*dev_, 1, N, C, 1);
   Vec ln2 = rounded(random_vec(N * C, 31), kF32);
   const Vec res2 = rounded(random_vec(N * C, 32), kF32);
   const Vec R = random_vec(N * C, 33);
@@ -272,7 +241,7 @@ TEST_F(LayerGrad, Block) {
   const std::int64_t B = 2, T = 4, C = 8, NH = 2, N = B * T;
   Block blk(0, C, NH, 2);
   Bound bound(*dev_, blk, 40);
-  BlockBuffers bb(this, *dev_, B, T, C, NH);
+  BlockBuffers bb(*dev_, B, T, C, NH);
   Vec x = rounded(random_vec(N * C, 41), kF32);
   const Vec R = random_vec(N * C, 42);
   auto dx = vec(x), out = zeros(N * C);

@@ -179,7 +179,15 @@ Status NnOps::bias_broadcast(DeviceView out, DeviceView bias, std::int64_t N, st
   c.stream(stream).dim("N", N).dim("OC", OC).view("out", out, N * OC).view("bias", bias, OC);
   c.dtype("bias", bias, out.dtype()).apart("out", out, "bias", bias);
   if (!c.ok()) return c.status();
-  return bias_broadcast_impl(out, bias, N, OC, stream);
+  return bias_broadcast_impl(out, bias, N, OC, false, stream);
+}
+
+Status NnOps::bias_add(DeviceView out, DeviceView bias, std::int64_t N, std::int64_t OC, Stream& stream) {
+  Check c(device(), "bias add");
+  c.stream(stream).dim("N", N).dim("OC", OC).view("out", out, N * OC).view("bias", bias, OC);
+  c.dtype("bias", bias, out.dtype()).apart("out", out, "bias", bias);
+  if (!c.ok()) return c.status();
+  return bias_broadcast_impl(out, bias, N, OC, true, stream);
 }
 
 Status NnOps::bias_backward(DeviceView dbias, DeviceView dout, std::int64_t N, std::int64_t OC, Stream& stream) {

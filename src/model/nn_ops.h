@@ -69,6 +69,8 @@ class NnOps {
 
   // out: (N, OC), out[n, :] = bias: (OC). A GEMM with beta = 1 then adds x @ W on top.
   Status bias_broadcast(DeviceView out, DeviceView bias, std::int64_t N, std::int64_t OC, Stream& stream);
+  // out: (N, OC), out[n, :] += bias: (OC) (a row-parallel linear's bias, after the reduction).
+  Status bias_add(DeviceView out, DeviceView bias, std::int64_t N, std::int64_t OC, Stream& stream);
   // dbias: (OC) G += sum over n of dout: (N, OC)
   Status bias_backward(DeviceView dbias, DeviceView dout, std::int64_t N, std::int64_t OC, Stream& stream);
 
@@ -112,8 +114,9 @@ class NnOps {
   virtual Status layernorm_backward_impl(DeviceView dinp, DeviceView dweight, DeviceView dbias, DeviceView dout,
                                          DeviceView inp, DeviceView weight, DeviceView mean, DeviceView rstd,
                                          std::int64_t N, std::int64_t C, Stream& stream) = 0;
+  // accumulate: out += bias instead of out = bias.
   virtual Status bias_broadcast_impl(DeviceView out, DeviceView bias, std::int64_t N, std::int64_t OC,
-                                     Stream& stream) = 0;
+                                     bool accumulate, Stream& stream) = 0;
   virtual Status bias_backward_impl(DeviceView dbias, DeviceView dout, std::int64_t N, std::int64_t OC,
                                     Stream& stream) = 0;
   virtual Status gelu_forward_impl(DeviceView out, DeviceView inp, Stream& stream) = 0;

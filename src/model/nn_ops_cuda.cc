@@ -62,9 +62,11 @@ class CudaNnOps final : public NnOps {
                                          dout.dtype(), N, C, s),
                    "layernorm backward");
   }
-  Status bias_broadcast_impl(DeviceView out, DeviceView bias, std::int64_t N, std::int64_t OC, Stream& stream) override {
+  Status bias_broadcast_impl(DeviceView out, DeviceView bias, std::int64_t N, std::int64_t OC, bool accumulate,
+                             Stream& stream) override {
     STRATA_ASSIGN_OR_RETURN(cudaStream_t s, cuda_stream(stream));
-    return cuda_ok(k::bias_broadcast(out.address(), bias.address(), out.dtype(), N, OC, s), "bias broadcast");
+    return cuda_ok(k::bias_broadcast(out.address(), bias.address(), out.dtype(), N, OC, accumulate, s),
+                   accumulate ? "bias add" : "bias broadcast");
   }
   Status bias_backward_impl(DeviceView dbias, DeviceView dout, std::int64_t N, std::int64_t OC, Stream& stream) override {
     STRATA_ASSIGN_OR_RETURN(cudaStream_t s, cuda_stream(stream));

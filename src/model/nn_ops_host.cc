@@ -218,13 +218,26 @@ class HostNnOps final : public NnOps {
     return st;
   }
 
-  Status bias_broadcast_impl(DeviceView out, DeviceView bias, std::int64_t N, std::int64_t OC,
+  Status bias_broadcast_impl(DeviceView out, DeviceView bias, std::int64_t N, std::int64_t OC, bool accumulate,
                              Stream& stream) override {
-    return stream.launch_host_func([o = static_cast<std::byte*>(out.address()), b = static_cast<const std::byte*>(bias.address()),
-                                    row = static_cast<std::size_t>(OC) * dtype_size(out.dtype()), N] {
+    if (!accumulate) {
+      return stream.launch_host_func([o = static_cast<std::byte*>(out.address()), b = static_cast<const std::byte*>(bias.address()),
+                                      row = static_cast<std::size_t>(OC) * dtype_size(out.dtype()), N] {
 #pragma omp parallel for schedule(static)
-      for (std::int64_t n = 0; n < N; ++n) std::memcpy(o + static_cast<std::size_t>(n) * row, b, row);
+        for (std::int64_t n = 0; n < N; ++n) std::memcpy(o + static_cast<std::size_t>(n) * row, b, row);
+      });
+    }
+    Status st;
+    with_type(out.dtype(), [&](auto tag) {
+      using S = decltype(tag);
+      st = stream.launch_host_func([o = static_cast<S*>(out.address()), b = static_cast<const S*>(bias.address()), N, OC] {
+#pragma omp parallel for schedule(static)
+        for (std::int64_t n = 0; n < N; ++n) {
+          for (std::int64_t j = 0; j < OC; ++j) o[n * OC + j] = from_f32<S>(to_f32(o[n * OC + j]) + to_f32(b[j]));
+        }
+      });
     });
+    return st;
   }
 
   Status bias_backward_impl(DeviceView dbias, DeviceView dout, std::int64_t N, std::int64_t OC,

@@ -14,6 +14,7 @@ using testutil::close;
 using testutil::download;
 using testutil::random_ids;
 using testutil::random_vec;
+using testutil::round_to;
 using testutil::rounded;
 using testutil::upload;
 using testutil::upload_ids;
@@ -117,6 +118,15 @@ TEST_P(NnOpsTest, BiasBroadcastAndBackward) {
     for (std::int64_t j = 0; j < OC; ++j) want[n * OC + j] = b[j];
   }
   EXPECT_EQ(download(*dev_, out.view), want);
+  // bias_add: out += bias, computed in fp32 and rounded once.
+  const auto base = rounded(random_vec(N * OC, 23), t());
+  auto acc = upload(*dev_, base, t());
+  ASSERT_TRUE(ops_->bias_add(acc.view, db.view, N, OC, s()).ok());
+  for (std::int64_t n = 0; n < N; ++n) {
+    for (std::int64_t j = 0; j < OC; ++j) want[n * OC + j] = round_to(base[n * OC + j] + b[j], t());
+  }
+  EXPECT_EQ(download(*dev_, acc.view), want);
+  EXPECT_FALSE(ops_->bias_add(acc.view, db.view, N + 1, OC, s()).ok());
 
   for (DType g : {DType::kF32, t()}) {
     const auto dout = rounded(random_vec(N * OC, 21), t());
