@@ -10,7 +10,9 @@
 // before reads and include the final fdatasync in writes (fio: --invalidate, --end_fsync).
 // A measurement ends when the region is done or --max-seconds have passed (fio --runtime).
 // The posix engine runs threads x queue_depth synchronous lanes; fio runs psync with as
-// many jobs.
+// many jobs. --mode mixed keeps reads and writes in flight at once (half the slots each, at
+// sequential offsets; fio --rw=rw): the ceiling of a pass that reads state while it writes
+// the state it updated, usually below either direction alone.
 //
 // Noise. Other work on the machine moves both sides, so each repetition runs strata and fio
 // back to back, alternating which goes first; rows report medians and the median of the
@@ -66,6 +68,15 @@ using namespace strata::bench;  // NOLINT(google-build-using-namespace)
 using nvme::IoCompletion;
 using nvme::IoEngine;
 using nvme::IoOp;
+
+// What a measurement moves: reads, writes, or both at once (the even request slots read and
+// the odd ones write, at sequential offsets: what the offloaded optimizer's pass does, and
+// fio's rw=rw 50/50); a mixed figure counts the bytes of both.
+enum class Mode : std::uint8_t { kRead = 0, kWrite, kMixed };
+constexpr std::size_t kModes = 3;
+std::size_t mode_index(Mode m) { return static_cast<std::size_t>(m); }
+const char* mode_name(Mode m) { return m == Mode::kRead ? "read" : m == Mode::kWrite ? "write" : "mixed"; }
+IoOp op_of(Mode m, int slot) { return m == Mode::kRead || (m == Mode::kMixed && slot % 2 == 0) ? IoOp::kRead : IoOp::kWrite; }
 using nvme::IoRequest;
 
 // ------------------------------------------------------------------------------------------
@@ -206,10 +217,10 @@ class StrataRunner {
     return Status::OK();
   }
 
-  // Moves covered_bytes() (or what fits in max_seconds) in `op`; returns bytes/s.
-  Result<double> run(IoOp op) {
+  // Moves covered_bytes() (or what fits in max_seconds) as `mode` says; returns bytes/s.
+  Result<double> run(Mode mode) {
     if (!rc_.direct) {
-      if (op == IoOp::kRead) {
+      if (mode != Mode::kWrite) {
         ::fdatasync(fd_.get());
         ::posix_fadvise(fd_.get(), 0, 0, POSIX_FADV_DONTNEED);
       }
@@ -260,13 +271,13 @@ class StrataRunner {
         return st;
       });
       std::byte* buf = buffers_[static_cast<std::size_t>(slot)];
-      Status s = engine_->submit(IoRequest{op, fd_.get(), offset, buf, bs, std::move(done)});
+      Status s = engine_->submit(IoRequest{op_of(mode, slot), fd_.get(), offset, buf, bs, std::move(done)});
       if (!s.ok()) note_error(s);
     };
     for (int slot = 0; slot < jobs * depth; ++slot) issue(slot);
     Status drained = engine_->drain();
     Clock::time_point end = Clock::time_point(Clock::duration(last_done.load()));
-    if (!rc_.direct && op == IoOp::kWrite) {
+    if (!rc_.direct && mode != Mode::kRead) {
       ::fdatasync(fd_.get());  // buffered writes are done when they are on the device
       end = Clock::now();
     }
@@ -341,13 +352,15 @@ Result<int> run_process(const std::vector<std::string>& args, std::string* outpu
 
 std::string fio_engine(const std::string& engine) { return engine == "posix" ? "psync" : engine; }
 
-std::vector<std::string> fio_args(const Setting& s, const RunConfig& rc, IoOp op, const std::string& json_out) {
+std::vector<std::string> fio_args(const Setting& s, const RunConfig& rc, Mode mode, const std::string& json_out) {
   const std::uint64_t per_job = covered_bytes(s, rc.size) / static_cast<std::uint64_t>(jobs_of(s));
   const auto runtime_ms = static_cast<long long>(rc.max_seconds * 1000);
   std::vector<std::string> a = {rc.fio,
                                 "--name=strata-bench",
                                 "--filename=" + rc.file,
-                                std::string("--rw=") + (op == IoOp::kRead ? "read" : "write"),
+                                std::string("--rw=") + (mode == Mode::kRead    ? "read"
+                                                        : mode == Mode::kWrite ? "write"
+                                                                               : "rw"),
                                 "--bs=" + std::to_string(s.block_size),
                                 "--iodepth=" + std::to_string(depth_of(s)),
                                 "--ioengine=" + fio_engine(s.engine),
@@ -364,7 +377,7 @@ std::vector<std::string> fio_args(const Setting& s, const RunConfig& rc, IoOp op
                                 "--output=" + json_out};
   if (s.engine == "io_uring" && rc.registered) a.push_back("--fixedbufs=1");
   if (s.engine == "io_uring" && rc.sqpoll) a.push_back("--sqthread_poll=1");
-  if (!rc.direct && op == IoOp::kWrite) a.push_back("--end_fsync=1");
+  if (!rc.direct && mode != Mode::kRead) a.push_back("--end_fsync=1");
   return a;
 }
 
@@ -374,8 +387,8 @@ std::string shell_line(const std::vector<std::string>& args) {
   return s;
 }
 
-Result<double> run_fio(const Setting& s, const RunConfig& rc, IoOp op, const std::string& json_out) {
-  std::vector<std::string> args = fio_args(s, rc, op, json_out);
+Result<double> run_fio(const Setting& s, const RunConfig& rc, Mode mode, const std::string& json_out) {
+  std::vector<std::string> args = fio_args(s, rc, mode, json_out);
   std::string output;
   // fio allocates its buffers with malloc; this glibc tunable puts them on transparent huge
   // pages, so both sides transfer from the same kind of memory.
@@ -398,8 +411,9 @@ Result<double> run_fio(const Setting& s, const RunConfig& rc, IoOp op, const std
   if (job.value("error", 0) != 0) {
     return io_error("fio reported error " + std::to_string(job.value("error", 0)) + "; command: " + shell_line(args));
   }
-  const char* side = op == IoOp::kRead ? "read" : "write";
-  double bw = job[side].value("bw_bytes", 0.0);
+  double bw = 0;
+  if (mode != Mode::kWrite) bw += job["read"].value("bw_bytes", 0.0);
+  if (mode != Mode::kRead) bw += job["write"].value("bw_bytes", 0.0);
   if (bw <= 0) return io_error("fio moved no bytes; command: " + shell_line(args));
   return bw;
 }
@@ -506,10 +520,9 @@ Json measurement_json(const Setting& s, const RunConfig& rc, const char* mode, c
 // The summary line: the best setting, its GB/s per mode and a ratio: with fio, its score over
 // fio's at the same setting; without, over the score of the best row of each mode (below 1
 // when no single setting is best at both).
-Json best_json(const Setting& b, const RunConfig& rc, const std::vector<IoOp>& modes,
+Json best_json(const Setting& b, const RunConfig& rc, const std::vector<Mode>& modes,
                const std::vector<std::vector<Measurement>>& results, std::size_t best, double best_score,
                bool with_fio) {
-  auto mode_index = [](IoOp op) { return op == IoOp::kRead ? 0 : 1; };
   Json j = {{"kind", "best"},
             {"engine", b.engine},
             {"block_size", b.block_size},
@@ -518,10 +531,10 @@ Json best_json(const Setting& b, const RunConfig& rc, const std::vector<IoOp>& m
             {"direct", rc.direct},
             {"score_gbps", best_score / 1e9}};
   double ceiling_inv = 0;
-  for (IoOp op : modes) {
-    const std::size_t k = static_cast<std::size_t>(mode_index(op));
+  for (Mode mode : modes) {
+    const std::size_t k = mode_index(mode);
     const Measurement& m = results[best][k];
-    const std::string name = op == IoOp::kRead ? "read" : "write";
+    const std::string name = mode_name(mode);
     j[name + "_gbps"] = m.strata_median / 1e9;
     double top = 0;
     for (const auto& row : results) top = std::max(top, row[k].strata_median);
@@ -546,7 +559,8 @@ int bench_nvme(int argc, char** argv) {
       ("block-sizes", "comma-separated block sizes", cxxopts::value<std::string>()->default_value("128KiB,1MiB,8MiB"))
       ("queue-depths", "comma-separated queue depths", cxxopts::value<std::string>()->default_value("1,4,16,64"))
       ("threads", "comma-separated I/O thread counts", cxxopts::value<std::string>()->default_value("1,2"))
-      ("mode", "read, write or both", cxxopts::value<std::string>()->default_value("both"))
+      ("mode", "read, write, both (read, then write), mixed (reads and writes at once, as the optimizer's pass "
+               "moves them) or all three", cxxopts::value<std::string>()->default_value("both"))
       ("buffered", "use the page cache instead of O_DIRECT")
       ("registered-buffers", "io_uring fixed buffers", cxxopts::value<bool>()->default_value("true"))
       ("sqpoll", "io_uring kernel submission polling")
@@ -586,7 +600,7 @@ int bench_nvme(int argc, char** argv) {
   std::vector<int> threads;
   bool json = false;
   bool compare = false;
-  std::vector<IoOp> modes;
+  std::vector<Mode> modes;
   int repeat = 1;
   try {
     const std::string dir = args["path"].as<std::string>();
@@ -635,9 +649,10 @@ int bench_nvme(int argc, char** argv) {
       return usage("--threads: expected positive integers like 1,2");
     }
     const std::string mode = args["mode"].as<std::string>();
-    if (mode == "read" || mode == "both") modes.push_back(IoOp::kRead);
-    if (mode == "write" || mode == "both") modes.push_back(IoOp::kWrite);
-    if (modes.empty()) return usage("--mode must be read, write or both");
+    if (mode == "read" || mode == "both" || mode == "all") modes.push_back(Mode::kRead);
+    if (mode == "write" || mode == "both" || mode == "all") modes.push_back(Mode::kWrite);
+    if (mode == "mixed" || mode == "all") modes.push_back(Mode::kMixed);
+    if (modes.empty()) return usage("--mode must be read, write, both, mixed or all");
     for (const std::string& e : engines) {
       for (std::uint64_t b : blocks) {
         for (int q : depths) {
@@ -740,15 +755,13 @@ int bench_nvme(int argc, char** argv) {
   }
 
   // Measurements, in grid order; each row's modes and repetitions interleave strata and fio.
-  std::vector<std::vector<Measurement>> results(grid.size(), std::vector<Measurement>(2));
+  std::vector<std::vector<Measurement>> results(grid.size(), std::vector<Measurement>(kModes));
   bool any_failed = false;
   const std::string fio_json = rc.file + ".fio.json";
-  auto mode_index = [](IoOp op) { return op == IoOp::kRead ? 0 : 1; };
-  auto mode_name = [](IoOp op) { return op == IoOp::kRead ? "read" : "write"; };
   if (!json) {
     std::cout << "\n" << std::left << std::setw(9) << "engine" << std::right << std::setw(8) << "block" << std::setw(5)
               << "QD" << std::setw(5) << "thr";
-    for (IoOp op : modes) {
+    for (Mode op : modes) {
       std::string m = mode_name(op);
       std::cout << std::setw(12) << (m + " GB/s");
       if (compare) std::cout << std::setw(10) << "fio" << std::setw(8) << "ratio";
@@ -759,8 +772,8 @@ int bench_nvme(int argc, char** argv) {
     const Setting& s = grid[g];
     StrataRunner runner;
     Status opened = runner.open(s, rc);
-    for (IoOp op : modes) {
-      Measurement& m = results[g][static_cast<std::size_t>(mode_index(op))];
+    for (Mode op : modes) {
+      Measurement& m = results[g][mode_index(op)];
       m.status = opened;
       for (int r = 0; r < repeat && m.status.ok(); ++r) {
         // Alternate who goes first so that a trend in the machine's load favours neither.
@@ -805,14 +818,14 @@ int bench_nvme(int argc, char** argv) {
     if (!json) {
       std::cout << std::left << std::setw(9) << s.engine << std::right << std::setw(8) << format_bytes(s.block_size)
                 << std::setw(5) << s.queue_depth << std::setw(5) << s.threads;
-      for (IoOp op : modes) {
-        const Measurement& m = results[g][static_cast<std::size_t>(mode_index(op))];
+      for (Mode op : modes) {
+        const Measurement& m = results[g][mode_index(op)];
         std::cout << std::setw(12) << (m.status.ok() ? gbps(m.strata_median) : "error");
         if (compare) std::cout << std::setw(10) << gbps(m.fio_median) << std::setw(8) << fixed(m.ratio_median, 3);
       }
       std::cout << "\n";
-      for (IoOp op : modes) {
-        const Measurement& m = results[g][static_cast<std::size_t>(mode_index(op))];
+      for (Mode op : modes) {
+        const Measurement& m = results[g][mode_index(op)];
         if (!m.status.ok()) std::cout << "    " << mode_name(op) << ": " << m.status << "\n";
       }
       std::cout << std::flush;
@@ -828,8 +841,8 @@ int bench_nvme(int argc, char** argv) {
   for (std::size_t g = 0; g < grid.size(); ++g) {
     double inv = 0;
     bool ok = true;
-    for (IoOp op : modes) {
-      const Measurement& m = results[g][static_cast<std::size_t>(mode_index(op))];
+    for (Mode op : modes) {
+      const Measurement& m = results[g][mode_index(op)];
       if (!m.status.ok() || m.strata_median <= 0) ok = false;
       else inv += 1 / m.strata_median;
     }
@@ -852,19 +865,19 @@ int bench_nvme(int argc, char** argv) {
     std::cout << "\nbest setting: engine " << b.engine << ", block " << format_bytes(b.block_size) << ", queue depth "
               << b.queue_depth << ", threads " << b.threads << " (";
     for (std::size_t k = 0; k < modes.size(); ++k) {
-      const Measurement& m = results[best][static_cast<std::size_t>(mode_index(modes[k]))];
+      const Measurement& m = results[best][mode_index(modes[k])];
       std::cout << (k ? ", " : "") << mode_name(modes[k]) << " " << gbps(m.strata_median) << " GB/s";
       if (compare) std::cout << " = " << fixed(m.ratio_median, 3) << " of fio";
     }
     std::cout << ")\n";
     if (!compare) {
       std::cout << "each row as a fraction of the best row:";
-      for (IoOp op : modes) {
+      for (Mode op : modes) {
         double top = 0;
         for (std::size_t g = 0; g < grid.size(); ++g) {
-          top = std::max(top, results[g][static_cast<std::size_t>(mode_index(op))].strata_median);
+          top = std::max(top, results[g][mode_index(op)].strata_median);
         }
-        const Measurement& m = results[best][static_cast<std::size_t>(mode_index(op))];
+        const Measurement& m = results[best][mode_index(op)];
         std::cout << " " << mode_name(op) << " best " << gbps(top) << " GB/s (chosen row " << fixed(m.strata_median / top, 2)
                   << ")";
       }
@@ -878,8 +891,8 @@ int bench_nvme(int argc, char** argv) {
     std::ostringstream comment;
     comment << "Written by strata bench nvme on " << (storage.fs_type.empty() ? "?" : storage.fs_type) << " "
             << storage.source << " (" << (rc.direct ? "O_DIRECT" : "buffered") << ").\n";
-    for (IoOp op : modes) {
-      const Measurement& m = results[best][static_cast<std::size_t>(mode_index(op))];
+    for (Mode op : modes) {
+      const Measurement& m = results[best][mode_index(op)];
       comment << mode_name(op) << ": " << gbps(m.strata_median) << " GB/s";
       if (compare) comment << " (" << fixed(m.ratio_median, 3) << " of fio)";
       comment << "\n";
