@@ -109,6 +109,31 @@ TEST(BenchNvmeCli, TableNamesTheEnvironmentAndTheBestSetting) {
   EXPECT_EQ(r.out.find("write GB/s"), std::string::npos) << "--mode read measures reads only";
 }
 
+// --mode mixed keeps reads and writes in flight together and counts both; with fio, fio runs
+// --rw=rw beside it and its read and write bandwidths are summed.
+TEST(BenchNvmeCli, MixedModeMovesReadsAndWritesAtOnce) {
+  if (!bench_built()) GTEST_SKIP() << "strata was built without the bench commands";
+  testing::ScratchDir dir("bench");
+  const bool direct = testing::supports_direct(dir.path());
+  const bool fio = fio_installed();
+  CliRun r = run("bench nvme --path " + dir.path() + " --size 8MiB --engines io_uring --block-sizes 128KiB" +
+                     " --queue-depths 4 --threads 1 --max-seconds 1 --repeat 1 --json --mode all" +
+                     (direct ? "" : " --buffered") + (fio ? " --compare-fio" : ""),
+                 false);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  std::vector<nlohmann::json> lines = json_lines(r.out);
+  ASSERT_EQ(lines.size(), 1u + 3 + 1) << r.out;  // environment, read, write, mixed, best
+  EXPECT_EQ(lines[1]["mode"], "read");
+  EXPECT_EQ(lines[2]["mode"], "write");
+  EXPECT_EQ(lines[3]["mode"], "mixed");
+  ASSERT_FALSE(lines[3].contains("error")) << lines[3].dump();
+  EXPECT_GT(lines[3]["gbps"].get<double>(), 0.0);
+  if (fio) {
+    EXPECT_GT(lines[3]["fio_gbps"].get<double>(), 0.0);
+  }
+  EXPECT_GT(lines.back()["mixed_gbps"].get<double>(), 0.0) << lines.back().dump();
+}
+
 TEST(BenchNvmeCli, UsageErrorsExitWithTwo) {
   if (!bench_built()) GTEST_SKIP() << "strata was built without the bench commands";
   testing::ScratchDir dir("bench");
