@@ -74,21 +74,26 @@ cudaError_t launched() { return cudaGetLastError(); }
 // ---- embedding ----
 
 template <typename S>
-__global__ void embedding_forward_kernel(S* out, const std::int32_t* tok, const S* wte, const S* wpe, std::int64_t N,
-                                         std::int64_t T, std::int64_t C) {
+__global__ void embedding_forward_kernel(S* out, const std::int32_t* tok, const S* wte, std::int64_t vocab_first,
+                                         std::int64_t rows, const S* wpe, std::int64_t N, std::int64_t T,
+                                         std::int64_t C) {
   for (std::int64_t i = first_index(); i < N * C; i += grid_stride()) {
     const std::int64_t n = i / C, c = i % C;
-    out[i] = from_f32<S>(to_f32(wte[static_cast<std::int64_t>(tok[n]) * C + c]) + to_f32(wpe[(n % T) * C + c]));
+    const std::int64_t row = static_cast<std::int64_t>(tok[n]) - vocab_first;
+    const float e = row >= 0 && row < rows ? to_f32(wte[row * C + c]) : 0.0f;
+    out[i] = from_f32<S>(e + (wpe != nullptr ? to_f32(wpe[(n % T) * C + c]) : 0.0f));
   }
 }
 
 // One thread per column walks every row in order: no two threads touch the same element.
 template <typename S, typename G>
-__global__ void embedding_backward_wte_kernel(G* dwte, const S* dout, const std::int32_t* tok, std::int64_t N,
-                                              std::int64_t C) {
+__global__ void embedding_backward_wte_kernel(G* dwte, std::int64_t vocab_first, std::int64_t rows, const S* dout,
+                                              const std::int32_t* tok, std::int64_t N, std::int64_t C) {
   for (std::int64_t c = first_index(); c < C; c += grid_stride()) {
     for (std::int64_t n = 0; n < N; ++n) {
-      G* g = dwte + static_cast<std::int64_t>(tok[n]) * C + c;
+      const std::int64_t row = static_cast<std::int64_t>(tok[n]) - vocab_first;
+      if (row < 0 || row >= rows) continue;
+      G* g = dwte + row * C + c;
       *g = from_f32<G>(to_f32(*g) + to_f32(dout[n * C + c]));
     }
   }
@@ -280,6 +285,54 @@ __global__ void crossentropy_backward_kernel(S* dlogits, const S* logits, const 
   }
 }
 
+// Vocab-parallel cross-entropy: one block per row.
+template <typename S>
+__global__ void crossentropy_shard_stats_kernel(float* maxv, float* target, const S* logits, const std::int32_t* y,
+                                                std::int64_t Vr, std::int64_t vocab_first, std::int64_t valid) {
+  const std::int64_t n = blockIdx.x;
+  const S* l = logits + n * Vr;
+  float mx = -INFINITY;
+  for (std::int64_t j = threadIdx.x; j < valid; j += blockDim.x) mx = fmaxf(mx, to_f32(l[j]));
+  mx = block_reduce(mx, true);
+  if (threadIdx.x == 0) {
+    const std::int64_t t = static_cast<std::int64_t>(y[n]) - vocab_first;
+    maxv[n] = mx;
+    target[n] = t >= 0 && t < valid ? to_f32(l[t]) : 0.0f;
+  }
+}
+
+template <typename S>
+__global__ void crossentropy_shard_sumexp_kernel(float* sumexp, const S* logits, const float* maxv, std::int64_t Vr,
+                                                 std::int64_t valid) {
+  const std::int64_t n = blockIdx.x;
+  const S* l = logits + n * Vr;
+  float sum = 0.0f;
+  for (std::int64_t j = threadIdx.x; j < valid; j += blockDim.x) sum += nnm::exp_f(to_f32(l[j]) - maxv[n]);
+  sum = block_reduce(sum, false);
+  if (threadIdx.x == 0) sumexp[n] = sum;
+}
+
+__global__ void crossentropy_shard_loss_kernel(float* losses, const float* maxv, const float* target,
+                                               const float* sumexp, std::int64_t N) {
+  for (std::int64_t n = first_index(); n < N; n += grid_stride()) {
+    losses[n] = nnm::crossentropy_loss(target[n], maxv[n], sumexp[n]);
+  }
+}
+
+template <typename S>
+__global__ void crossentropy_shard_backward_kernel(S* dlogits, const S* logits, const std::int32_t* y,
+                                                   const float* maxv, const float* sumexp, float dloss,
+                                                   std::int64_t Vr, std::int64_t vocab_first, std::int64_t valid) {
+  const std::int64_t n = blockIdx.x;
+  const S* l = logits + n * Vr;
+  S* dl = dlogits + n * Vr;
+  const float inv = 1.0f / sumexp[n];
+  const std::int64_t t = static_cast<std::int64_t>(y[n]) - vocab_first;
+  for (std::int64_t j = threadIdx.x; j < Vr; j += blockDim.x) {
+    dl[j] = from_f32<S>(j < valid ? nnm::crossentropy_dlogit(to_f32(l[j]), maxv[n], inv, j == t, dloss) : 0.0f);
+  }
+}
+
 __global__ void accumulate_sum_kernel(float* out, const float* x, float scale, std::int64_t n) {
   float s = 0.0f;
   for (std::int64_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
@@ -289,23 +342,26 @@ __global__ void accumulate_sum_kernel(float* out, const float* x, float scale, s
 
 }  // namespace
 
-cudaError_t embedding_forward(void* out, const std::int32_t* tokens, const void* wte, const void* wpe, DType t,
-                              std::int64_t N, std::int64_t T, std::int64_t C, cudaStream_t stream) {
+cudaError_t embedding_forward(void* out, const std::int32_t* tokens, const void* wte, std::int64_t vocab_first,
+                              std::int64_t rows, const void* wpe, DType t, std::int64_t N, std::int64_t T,
+                              std::int64_t C, cudaStream_t stream) {
   return with_type(t, [&](auto tag) {
     using S = decltype(tag);
     embedding_forward_kernel<S><<<blocks_for(N * C), kThreads, 0, stream>>>(
-        static_cast<S*>(out), tokens, static_cast<const S*>(wte), static_cast<const S*>(wpe), N, T, C);
+        static_cast<S*>(out), tokens, static_cast<const S*>(wte), vocab_first, rows, static_cast<const S*>(wpe), N, T,
+        C);
     return launched();
   });
 }
 
-cudaError_t embedding_backward(void* dwte, void* dwpe, DType g, const void* dout, DType t, const std::int32_t* tokens,
-                               std::int64_t N, std::int64_t T, std::int64_t C, cudaStream_t stream) {
+cudaError_t embedding_backward(void* dwte, std::int64_t vocab_first, std::int64_t rows, void* dwpe, DType g,
+                               const void* dout, DType t, const std::int32_t* tokens, std::int64_t N, std::int64_t T,
+                               std::int64_t C, cudaStream_t stream) {
   return with_types(t, g, [&](auto stag, auto gtag) {
     using S = decltype(stag);
     using G = decltype(gtag);
     embedding_backward_wte_kernel<S, G><<<blocks_for(C), kThreads, 0, stream>>>(
-        static_cast<G*>(dwte), static_cast<const S*>(dout), tokens, N, C);
+        static_cast<G*>(dwte), vocab_first, rows, static_cast<const S*>(dout), tokens, N, C);
     if (cudaError_t e = launched(); e != cudaSuccess) return e;
     embedding_backward_wpe_kernel<S, G><<<blocks_for(T * C), kThreads, 0, stream>>>(
         static_cast<G*>(dwpe), static_cast<const S*>(dout), N, T, C);
@@ -424,6 +480,45 @@ cudaError_t crossentropy_backward(void* dlogits, const void* logits, const std::
     using S = decltype(tag);
     crossentropy_backward_kernel<S><<<static_cast<unsigned>(N), kThreads, 0, stream>>>(
         static_cast<S*>(dlogits), static_cast<const S*>(logits), targets, dloss, V);
+    return launched();
+  });
+}
+
+cudaError_t crossentropy_shard_stats(float* maxv, float* target, const void* logits, const std::int32_t* targets,
+                                     DType t, std::int64_t N, std::int64_t Vr, std::int64_t vocab_first,
+                                     std::int64_t valid, cudaStream_t stream) {
+  return with_type(t, [&](auto tag) {
+    using S = decltype(tag);
+    crossentropy_shard_stats_kernel<S><<<static_cast<unsigned>(N), kThreads, 0, stream>>>(
+        maxv, target, static_cast<const S*>(logits), targets, Vr, vocab_first, valid);
+    return launched();
+  });
+}
+
+cudaError_t crossentropy_shard_sumexp(float* sumexp, const void* logits, const float* maxv, DType t, std::int64_t N,
+                                      std::int64_t Vr, std::int64_t valid, cudaStream_t stream) {
+  return with_type(t, [&](auto tag) {
+    using S = decltype(tag);
+    crossentropy_shard_sumexp_kernel<S><<<static_cast<unsigned>(N), kThreads, 0, stream>>>(
+        sumexp, static_cast<const S*>(logits), maxv, Vr, valid);
+    return launched();
+  });
+}
+
+cudaError_t crossentropy_shard_loss(float* losses, const float* maxv, const float* target, const float* sumexp,
+                                    std::int64_t N, cudaStream_t stream) {
+  crossentropy_shard_loss_kernel<<<blocks_for(N), kThreads, 0, stream>>>(losses, maxv, target, sumexp, N);
+  return launched();
+}
+
+cudaError_t crossentropy_shard_backward(void* dlogits, const void* logits, const std::int32_t* targets,
+                                        const float* maxv, const float* sumexp, float dloss, DType t, std::int64_t N,
+                                        std::int64_t Vr, std::int64_t vocab_first, std::int64_t valid,
+                                        cudaStream_t stream) {
+  return with_type(t, [&](auto tag) {
+    using S = decltype(tag);
+    crossentropy_shard_backward_kernel<S><<<static_cast<unsigned>(N), kThreads, 0, stream>>>(
+        static_cast<S*>(dlogits), static_cast<const S*>(logits), targets, maxv, sumexp, dloss, Vr, vocab_first, valid);
     return launched();
   });
 }

@@ -25,11 +25,14 @@
 
 namespace strata::kern::cuda::nn {
 
-// `t` is the activation dtype, `g` the gradient dtype (fp32 or t).
-cudaError_t embedding_forward(void* out, const std::int32_t* tokens, const void* wte, const void* wpe, DType t,
-                              std::int64_t N, std::int64_t T, std::int64_t C, cudaStream_t stream);
-cudaError_t embedding_backward(void* dwte, void* dwpe, DType g, const void* dout, DType t, const std::int32_t* tokens,
-                               std::int64_t N, std::int64_t T, std::int64_t C, cudaStream_t stream);
+// `t` is the activation dtype, `g` the gradient dtype (fp32 or t). The embedding's wte holds
+// `rows` rows of the ids from vocab_first (model/nn_ops.h); a null wpe is not added.
+cudaError_t embedding_forward(void* out, const std::int32_t* tokens, const void* wte, std::int64_t vocab_first,
+                              std::int64_t rows, const void* wpe, DType t, std::int64_t N, std::int64_t T,
+                              std::int64_t C, cudaStream_t stream);
+cudaError_t embedding_backward(void* dwte, std::int64_t vocab_first, std::int64_t rows, void* dwpe, DType g,
+                               const void* dout, DType t, const std::int32_t* tokens, std::int64_t N, std::int64_t T,
+                               std::int64_t C, cudaStream_t stream);
 cudaError_t layernorm_forward(void* out, float* mean, float* rstd, const void* inp, const void* weight,
                               const void* bias, DType t, std::int64_t N, std::int64_t C, cudaStream_t stream);
 cudaError_t layernorm_backward(void* dinp, void* dweight, void* dbias, DType g, const void* dout, const void* inp,
@@ -51,6 +54,19 @@ cudaError_t crossentropy_forward(float* losses, const void* logits, const std::i
                                  std::int64_t N, std::int64_t V, cudaStream_t stream);
 cudaError_t crossentropy_backward(void* dlogits, const void* logits, const std::int32_t* targets, float dloss, DType t,
                                   std::int64_t N, std::int64_t V, cudaStream_t stream);
+// Vocab-parallel cross-entropy over logits (N, Vr) of ids [vocab_first, vocab_first + Vr), the
+// first `valid` real (model/nn_ops.h).
+cudaError_t crossentropy_shard_stats(float* maxv, float* target, const void* logits, const std::int32_t* targets,
+                                     DType t, std::int64_t N, std::int64_t Vr, std::int64_t vocab_first,
+                                     std::int64_t valid, cudaStream_t stream);
+cudaError_t crossentropy_shard_sumexp(float* sumexp, const void* logits, const float* maxv, DType t, std::int64_t N,
+                                      std::int64_t Vr, std::int64_t valid, cudaStream_t stream);
+cudaError_t crossentropy_shard_loss(float* losses, const float* maxv, const float* target, const float* sumexp,
+                                    std::int64_t N, cudaStream_t stream);
+cudaError_t crossentropy_shard_backward(void* dlogits, const void* logits, const std::int32_t* targets,
+                                        const float* maxv, const float* sumexp, float dloss, DType t, std::int64_t N,
+                                        std::int64_t Vr, std::int64_t vocab_first, std::int64_t valid,
+                                        cudaStream_t stream);
 cudaError_t accumulate_sum(float* out, const float* x, float scale, std::int64_t n, cudaStream_t stream);
 
 }  // namespace strata::kern::cuda::nn

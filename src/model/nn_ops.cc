@@ -108,22 +108,38 @@ class Check {
 Status NnOps::embedding_forward(DeviceView out, DeviceRange tokens, DeviceView wte, DeviceView wpe, std::int64_t N,
                                 std::int64_t T, std::int64_t C, Stream& stream) {
   Check c(device(), "embedding forward");
-  c.stream(stream).dim("N", N).dim("T", T).dim("C", C);
+  c.cond(!wpe.empty(), "wpe is empty");
+  if (!c.ok()) return c.status();
+  return embedding_shard_forward(out, tokens, wte, 0, wpe, N, T, C, stream);
+}
+
+Status NnOps::embedding_shard_forward(DeviceView out, DeviceRange tokens, DeviceView wte, std::int64_t vocab_first,
+                                      DeviceView wpe, std::int64_t N, std::int64_t T, std::int64_t C, Stream& stream) {
+  Check c(device(), "embedding forward");
+  c.stream(stream).dim("N", N).dim("T", T).dim("C", C).cond(vocab_first >= 0, "vocab_first is negative");
   c.cond(N % T == 0, "N = " + n_str(N) + " is not a multiple of T = " + n_str(T));
   c.cond(wte.count() % static_cast<std::size_t>(C) == 0 && wte.count() > 0, "wte is not (V, C) with C = " + n_str(C));
-  c.cond(wpe.count() % static_cast<std::size_t>(C) == 0 && static_cast<std::int64_t>(wpe.count()) >= T * C,
-         "wpe must be (P, C) with P >= T = " + n_str(T));
   c.view("out", out, N * C).ids("tokens", tokens, N).view("wte", wte, static_cast<std::int64_t>(wte.count()));
-  c.view("wpe", wpe, static_cast<std::int64_t>(wpe.count())).dtype("wte", wte, out.dtype()).dtype("wpe", wpe, out.dtype());
-  c.apart("out", out, "wte", wte).apart("out", out, "wpe", wpe).apart("out", out, "tokens", tokens);
+  c.dtype("wte", wte, out.dtype()).apart("out", out, "wte", wte).apart("out", out, "tokens", tokens);
+  if (!wpe.empty()) {
+    c.cond(wpe.count() % static_cast<std::size_t>(C) == 0 && static_cast<std::int64_t>(wpe.count()) >= T * C,
+           "wpe must be (P, C) with P >= T = " + n_str(T));
+    c.view("wpe", wpe, static_cast<std::int64_t>(wpe.count())).dtype("wpe", wpe, out.dtype()).apart("out", out, "wpe", wpe);
+  }
   if (!c.ok()) return c.status();
-  return embedding_forward_impl(out, tokens, wte, wpe, N, T, C, stream);
+  return embedding_forward_impl(out, tokens, wte, vocab_first, wpe, N, T, C, stream);
 }
 
 Status NnOps::embedding_backward(DeviceView dwte, DeviceView dwpe, DeviceView dout, DeviceRange tokens,
                                  std::int64_t N, std::int64_t T, std::int64_t C, Stream& stream) {
+  return embedding_shard_backward(dwte, 0, dwpe, dout, tokens, N, T, C, stream);
+}
+
+Status NnOps::embedding_shard_backward(DeviceView dwte, std::int64_t vocab_first, DeviceView dwpe, DeviceView dout,
+                                       DeviceRange tokens, std::int64_t N, std::int64_t T, std::int64_t C,
+                                       Stream& stream) {
   Check c(device(), "embedding backward");
-  c.stream(stream).dim("N", N).dim("T", T).dim("C", C);
+  c.stream(stream).dim("N", N).dim("T", T).dim("C", C).cond(vocab_first >= 0, "vocab_first is negative");
   c.cond(N % T == 0, "N = " + n_str(N) + " is not a multiple of T = " + n_str(T));
   c.cond(dwte.count() % static_cast<std::size_t>(C) == 0 && dwte.count() > 0, "dwte is not (V, C) with C = " + n_str(C));
   c.cond(dwpe.count() % static_cast<std::size_t>(C) == 0 && static_cast<std::int64_t>(dwpe.count()) >= T * C,
@@ -135,7 +151,7 @@ Status NnOps::embedding_backward(DeviceView dwte, DeviceView dwpe, DeviceView do
   c.apart("dwte", dwte, "dwpe", dwpe).apart("dwte", dwte, "dout", dout).apart("dwpe", dwpe, "dout", dout);
   c.apart("dwte", dwte, "tokens", tokens).apart("dwpe", dwpe, "tokens", tokens);
   if (!c.ok()) return c.status();
-  return embedding_backward_impl(dwte, dwpe, dout, tokens, N, T, C, stream);
+  return embedding_backward_impl(dwte, vocab_first, dwpe, dout, tokens, N, T, C, stream);
 }
 
 Status NnOps::layernorm_forward(DeviceView out, DeviceView mean, DeviceView rstd, DeviceView inp, DeviceView weight,
@@ -265,6 +281,65 @@ Status NnOps::crossentropy_backward(DeviceView dlogits, DeviceView logits, Devic
   c.cond(std::isfinite(dloss), "dloss is not finite");
   if (!c.ok()) return c.status();
   return crossentropy_backward_impl(dlogits, logits, targets, dloss, N, V, stream);
+}
+
+namespace {
+
+// The shape checks the vocab-parallel cross-entropy ops share.
+void check_shard(Check& c, std::int64_t N, std::int64_t Vr, std::int64_t vocab_first, std::int64_t valid) {
+  c.dim("N", N).dim("Vr", Vr).cond(vocab_first >= 0, "vocab_first is negative");
+  c.cond(valid >= 0 && valid <= Vr, "valid = " + n_str(valid) + " is not in [0, Vr = " + n_str(Vr) + "]");
+}
+
+}  // namespace
+
+Status NnOps::crossentropy_shard_stats(DeviceView maxv, DeviceView target, DeviceView logits, DeviceRange targets,
+                                       std::int64_t N, std::int64_t Vr, std::int64_t vocab_first, std::int64_t valid,
+                                       Stream& stream) {
+  Check c(device(), "cross-entropy shard stats");
+  check_shard(c.stream(stream), N, Vr, vocab_first, valid);
+  c.view("maxv", maxv, N).view("target", target, N).view("logits", logits, N * Vr).ids("targets", targets, N);
+  c.dtype("maxv", maxv, DType::kF32).dtype("target", target, DType::kF32).apart("maxv", maxv, "target", target);
+  c.apart("maxv", maxv, "logits", logits).apart("target", target, "logits", logits);
+  if (!c.ok()) return c.status();
+  return crossentropy_shard_stats_impl(maxv, target, logits, targets, N, Vr, vocab_first, valid, stream);
+}
+
+Status NnOps::crossentropy_shard_sumexp(DeviceView sumexp, DeviceView logits, DeviceView maxv, std::int64_t N,
+                                        std::int64_t Vr, std::int64_t valid, Stream& stream) {
+  Check c(device(), "cross-entropy shard sum of exponentials");
+  check_shard(c.stream(stream), N, Vr, 0, valid);
+  c.view("sumexp", sumexp, N).view("logits", logits, N * Vr).view("maxv", maxv, N);
+  c.dtype("sumexp", sumexp, DType::kF32).dtype("maxv", maxv, DType::kF32);
+  c.apart("sumexp", sumexp, "logits", logits).apart("sumexp", sumexp, "maxv", maxv);
+  if (!c.ok()) return c.status();
+  return crossentropy_shard_sumexp_impl(sumexp, logits, maxv, N, Vr, valid, stream);
+}
+
+Status NnOps::crossentropy_shard_loss(DeviceView losses, DeviceView maxv, DeviceView target, DeviceView sumexp,
+                                      std::int64_t N, Stream& stream) {
+  Check c(device(), "cross-entropy shard loss");
+  c.stream(stream).dim("N", N).view("losses", losses, N).view("maxv", maxv, N).view("target", target, N);
+  c.view("sumexp", sumexp, N).dtype("losses", losses, DType::kF32).dtype("maxv", maxv, DType::kF32);
+  c.dtype("target", target, DType::kF32).dtype("sumexp", sumexp, DType::kF32);
+  if (!c.ok()) return c.status();
+  return crossentropy_shard_loss_impl(losses, maxv, target, sumexp, N, stream);
+}
+
+Status NnOps::crossentropy_shard_backward(DeviceView dlogits, DeviceView logits, DeviceRange targets,
+                                          DeviceView maxv, DeviceView sumexp, float dloss, std::int64_t N,
+                                          std::int64_t Vr, std::int64_t vocab_first, std::int64_t valid,
+                                          Stream& stream) {
+  Check c(device(), "cross-entropy shard backward");
+  check_shard(c.stream(stream), N, Vr, vocab_first, valid);
+  c.view("dlogits", dlogits, N * Vr).view("logits", logits, N * Vr).ids("targets", targets, N);
+  c.view("maxv", maxv, N).view("sumexp", sumexp, N).dtype("dlogits", dlogits, logits.dtype());
+  c.dtype("maxv", maxv, DType::kF32).dtype("sumexp", sumexp, DType::kF32);
+  c.apart("dlogits", dlogits, "logits", logits, true).apart("dlogits", dlogits, "targets", targets);
+  c.cond(std::isfinite(dloss), "dloss is not finite");
+  if (!c.ok()) return c.status();
+  return crossentropy_shard_backward_impl(dlogits, logits, targets, maxv, sumexp, dloss, N, Vr, vocab_first, valid,
+                                          stream);
 }
 
 Status NnOps::accumulate_sum(DeviceView out, DeviceView x, float scale, Stream& stream) {

@@ -57,6 +57,15 @@ class NnOps {
   // dwte: (V, C) G, dwpe: (P, C) G, dout: (N, C) T, tokens: (N) int32.
   Status embedding_backward(DeviceView dwte, DeviceView dwpe, DeviceView dout, DeviceRange tokens, std::int64_t N,
                             std::int64_t T, std::int64_t C, Stream& stream);
+  // Vocab-parallel (a tp rank's shard of the embedding): wte: (Vr, C) holds the rows of ids
+  // [vocab_first, vocab_first + Vr), and a token outside that range adds nothing:
+  //   out[n] = (wte[tokens[n] - vocab_first] or 0) + wpe[n % T] (wpe empty: not added)
+  // so that the sum over the ranks' outputs, with wpe on one of them, is the whole embedding.
+  Status embedding_shard_forward(DeviceView out, DeviceRange tokens, DeviceView wte, std::int64_t vocab_first,
+                                 DeviceView wpe, std::int64_t N, std::int64_t T, std::int64_t C, Stream& stream);
+  // dwte[tokens[n] - vocab_first] += dout[n] for the tokens in range; dwpe[n % T] += dout[n].
+  Status embedding_shard_backward(DeviceView dwte, std::int64_t vocab_first, DeviceView dwpe, DeviceView dout,
+                                  DeviceRange tokens, std::int64_t N, std::int64_t T, std::int64_t C, Stream& stream);
 
   // out: (N, C), mean: (N) fp32, rstd: (N) fp32 = LayerNorm(inp: (N, C)) with weight, bias: (C)
   Status layernorm_forward(DeviceView out, DeviceView mean, DeviceView rstd, DeviceView inp, DeviceView weight,
@@ -96,6 +105,28 @@ class NnOps {
   Status crossentropy_backward(DeviceView dlogits, DeviceView logits, DeviceRange targets, float dloss,
                                std::int64_t N, std::int64_t V, Stream& stream);
 
+  // Vocab-parallel cross-entropy (Megatron's): logits: (N, Vr) hold the vocabulary ids
+  // [vocab_first, vocab_first + Vr) of which the first `valid` are real (the rest padding,
+  // never counted). Each op works on one rank's shard; the caller all-reduces in between:
+  //   shard_stats    maxv: (N) fp32 = max over the valid logits, target: (N) fp32 = the
+  //                  target's logit, or 0 where the target is another rank's
+  //                  (then all-reduce maxv with max, target with sum)
+  //   shard_sumexp   sumexp: (N) fp32 = sum over the valid logits of exp(logit - maxv)
+  //                  (then all-reduce with sum)
+  //   shard_loss     losses: (N) fp32 = log(sumexp) + maxv - target
+  //   shard_backward dlogits: (N, Vr) = (softmax - onehot(targets)) * dloss over the valid
+  //                  columns, 0 over the padding   (dlogits may be logits)
+  Status crossentropy_shard_stats(DeviceView maxv, DeviceView target, DeviceView logits, DeviceRange targets,
+                                  std::int64_t N, std::int64_t Vr, std::int64_t vocab_first, std::int64_t valid,
+                                  Stream& stream);
+  Status crossentropy_shard_sumexp(DeviceView sumexp, DeviceView logits, DeviceView maxv, std::int64_t N,
+                                   std::int64_t Vr, std::int64_t valid, Stream& stream);
+  Status crossentropy_shard_loss(DeviceView losses, DeviceView maxv, DeviceView target, DeviceView sumexp,
+                                 std::int64_t N, Stream& stream);
+  Status crossentropy_shard_backward(DeviceView dlogits, DeviceView logits, DeviceRange targets, DeviceView maxv,
+                                     DeviceView sumexp, float dloss, std::int64_t N, std::int64_t Vr,
+                                     std::int64_t vocab_first, std::int64_t valid, Stream& stream);
+
   // out: (1) fp32 += scale * sum of x: (n) fp32 (summed in order on the host backend)
   Status accumulate_sum(DeviceView out, DeviceView x, float scale, Stream& stream);
 
@@ -104,10 +135,13 @@ class NnOps {
 
   // Backends implement these; the public functions above have checked devices, dtypes,
   // counts and aliasing.
-  virtual Status embedding_forward_impl(DeviceView out, DeviceRange tokens, DeviceView wte, DeviceView wpe,
-                                        std::int64_t N, std::int64_t T, std::int64_t C, Stream& stream) = 0;
-  virtual Status embedding_backward_impl(DeviceView dwte, DeviceView dwpe, DeviceView dout, DeviceRange tokens,
-                                         std::int64_t N, std::int64_t T, std::int64_t C, Stream& stream) = 0;
+  // The embedding ops with vocab_first 0 and every token in range are the whole embedding's.
+  virtual Status embedding_forward_impl(DeviceView out, DeviceRange tokens, DeviceView wte, std::int64_t vocab_first,
+                                        DeviceView wpe, std::int64_t N, std::int64_t T, std::int64_t C,
+                                        Stream& stream) = 0;
+  virtual Status embedding_backward_impl(DeviceView dwte, std::int64_t vocab_first, DeviceView dwpe, DeviceView dout,
+                                         DeviceRange tokens, std::int64_t N, std::int64_t T, std::int64_t C,
+                                         Stream& stream) = 0;
   virtual Status layernorm_forward_impl(DeviceView out, DeviceView mean, DeviceView rstd, DeviceView inp,
                                         DeviceView weight, DeviceView bias, std::int64_t N, std::int64_t C,
                                         Stream& stream) = 0;
@@ -130,6 +164,17 @@ class NnOps {
                                            std::int64_t N, std::int64_t V, Stream& stream) = 0;
   virtual Status crossentropy_backward_impl(DeviceView dlogits, DeviceView logits, DeviceRange targets,
                                             float dloss, std::int64_t N, std::int64_t V, Stream& stream) = 0;
+  virtual Status crossentropy_shard_stats_impl(DeviceView maxv, DeviceView target, DeviceView logits,
+                                              DeviceRange targets, std::int64_t N, std::int64_t Vr,
+                                              std::int64_t vocab_first, std::int64_t valid, Stream& stream) = 0;
+  virtual Status crossentropy_shard_sumexp_impl(DeviceView sumexp, DeviceView logits, DeviceView maxv, std::int64_t N,
+                                                std::int64_t Vr, std::int64_t valid, Stream& stream) = 0;
+  virtual Status crossentropy_shard_loss_impl(DeviceView losses, DeviceView maxv, DeviceView target,
+                                              DeviceView sumexp, std::int64_t N, Stream& stream) = 0;
+  virtual Status crossentropy_shard_backward_impl(DeviceView dlogits, DeviceView logits, DeviceRange targets,
+                                                  DeviceView maxv, DeviceView sumexp, float dloss, std::int64_t N,
+                                                  std::int64_t Vr, std::int64_t vocab_first, std::int64_t valid,
+                                                  Stream& stream) = 0;
   virtual Status accumulate_sum_impl(DeviceView out, DeviceView x, float scale, Stream& stream) = 0;
 
  private:

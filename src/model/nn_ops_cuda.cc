@@ -33,17 +33,21 @@ class CudaNnOps final : public NnOps {
     return static_cast<cudaStream_t>(h);
   }
 
-  Status embedding_forward_impl(DeviceView out, DeviceRange tokens, DeviceView wte, DeviceView wpe, std::int64_t N,
-                                std::int64_t T, std::int64_t C, Stream& stream) override {
+  Status embedding_forward_impl(DeviceView out, DeviceRange tokens, DeviceView wte, std::int64_t vocab_first,
+                                DeviceView wpe, std::int64_t N, std::int64_t T, std::int64_t C, Stream& stream) override {
     STRATA_ASSIGN_OR_RETURN(cudaStream_t s, cuda_stream(stream));
-    return cuda_ok(k::embedding_forward(out.address(), ids(tokens), wte.address(), wpe.address(), out.dtype(), N, T, C, s),
+    const auto rows = static_cast<std::int64_t>(wte.count()) / C;
+    return cuda_ok(k::embedding_forward(out.address(), ids(tokens), wte.address(), vocab_first, rows,
+                                        wpe.empty() ? nullptr : wpe.address(), out.dtype(), N, T, C, s),
                    "embedding forward");
   }
-  Status embedding_backward_impl(DeviceView dwte, DeviceView dwpe, DeviceView dout, DeviceRange tokens, std::int64_t N,
-                                 std::int64_t T, std::int64_t C, Stream& stream) override {
+  Status embedding_backward_impl(DeviceView dwte, std::int64_t vocab_first, DeviceView dwpe, DeviceView dout,
+                                 DeviceRange tokens, std::int64_t N, std::int64_t T, std::int64_t C,
+                                 Stream& stream) override {
     STRATA_ASSIGN_OR_RETURN(cudaStream_t s, cuda_stream(stream));
-    return cuda_ok(k::embedding_backward(dwte.address(), dwpe.address(), dwte.dtype(), dout.address(), dout.dtype(),
-                                         ids(tokens), N, T, C, s),
+    const auto rows = static_cast<std::int64_t>(dwte.count()) / C;
+    return cuda_ok(k::embedding_backward(dwte.address(), vocab_first, rows, dwpe.address(), dwte.dtype(), dout.address(),
+                                         dout.dtype(), ids(tokens), N, T, C, s),
                    "embedding backward");
   }
   Status layernorm_forward_impl(DeviceView out, DeviceView mean, DeviceView rstd, DeviceView inp, DeviceView weight,
@@ -113,6 +117,34 @@ class CudaNnOps final : public NnOps {
     return cuda_ok(
         k::crossentropy_backward(dlogits.address(), logits.address(), ids(targets), dloss, logits.dtype(), N, V, s),
         "cross-entropy backward");
+  }
+  Status crossentropy_shard_stats_impl(DeviceView maxv, DeviceView target, DeviceView logits, DeviceRange targets,
+                                      std::int64_t N, std::int64_t Vr, std::int64_t vocab_first, std::int64_t valid,
+                                      Stream& stream) override {
+    STRATA_ASSIGN_OR_RETURN(cudaStream_t s, cuda_stream(stream));
+    return cuda_ok(k::crossentropy_shard_stats(f32(maxv), f32(target), logits.address(), ids(targets), logits.dtype(),
+                                               N, Vr, vocab_first, valid, s),
+                   "cross-entropy shard stats");
+  }
+  Status crossentropy_shard_sumexp_impl(DeviceView sumexp, DeviceView logits, DeviceView maxv, std::int64_t N,
+                                        std::int64_t Vr, std::int64_t valid, Stream& stream) override {
+    STRATA_ASSIGN_OR_RETURN(cudaStream_t s, cuda_stream(stream));
+    return cuda_ok(k::crossentropy_shard_sumexp(f32(sumexp), logits.address(), f32(maxv), logits.dtype(), N, Vr, valid, s),
+                   "cross-entropy shard sum of exponentials");
+  }
+  Status crossentropy_shard_loss_impl(DeviceView losses, DeviceView maxv, DeviceView target, DeviceView sumexp,
+                                      std::int64_t N, Stream& stream) override {
+    STRATA_ASSIGN_OR_RETURN(cudaStream_t s, cuda_stream(stream));
+    return cuda_ok(k::crossentropy_shard_loss(f32(losses), f32(maxv), f32(target), f32(sumexp), N, s),
+                   "cross-entropy shard loss");
+  }
+  Status crossentropy_shard_backward_impl(DeviceView dlogits, DeviceView logits, DeviceRange targets, DeviceView maxv,
+                                          DeviceView sumexp, float dloss, std::int64_t N, std::int64_t Vr,
+                                          std::int64_t vocab_first, std::int64_t valid, Stream& stream) override {
+    STRATA_ASSIGN_OR_RETURN(cudaStream_t s, cuda_stream(stream));
+    return cuda_ok(k::crossentropy_shard_backward(dlogits.address(), logits.address(), ids(targets), f32(maxv),
+                                                  f32(sumexp), dloss, logits.dtype(), N, Vr, vocab_first, valid, s),
+                   "cross-entropy shard backward");
   }
   Status accumulate_sum_impl(DeviceView out, DeviceView x, float scale, Stream& stream) override {
     STRATA_ASSIGN_OR_RETURN(cudaStream_t s, cuda_stream(stream));

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "kernels/elementwise_math.h"
@@ -67,42 +68,56 @@ class HostNnOps final : public NnOps {
   std::string_view backend() const override { return "host"; }
 
  protected:
-  Status embedding_forward_impl(DeviceView out, DeviceRange tokens, DeviceView wte, DeviceView wpe, std::int64_t N,
-                                std::int64_t T, std::int64_t C, Stream& stream) override {
+  Status embedding_forward_impl(DeviceView out, DeviceRange tokens, DeviceView wte, std::int64_t vocab_first,
+                                DeviceView wpe, std::int64_t N, std::int64_t T, std::int64_t C, Stream& stream) override {
     Status st;
+    const std::int64_t rows = static_cast<std::int64_t>(wte.count()) / C;
     with_type(out.dtype(), [&](auto tag) {
       using S = decltype(tag);
-      st = stream.launch_host_func([o = ptr<S>(out), tok = ids(tokens), we = ptr<const S>(wte), wp = ptr<const S>(wpe), N,
-                                    T, C] {
+      st = stream.launch_host_func([o = ptr<S>(out), tok = ids(tokens), we = ptr<const S>(wte),
+                                    wp = wpe.empty() ? nullptr : ptr<const S>(wpe), vocab_first, rows, N, T, C] {
 #pragma omp parallel for schedule(static)
         for (std::int64_t n = 0; n < N; ++n) {
-          const S* e = we + static_cast<std::int64_t>(tok[n]) * C;
-          const S* p = wp + (n % T) * C;
+          const std::int64_t row = static_cast<std::int64_t>(tok[n]) - vocab_first;
+          const S* e = row >= 0 && row < rows ? we + row * C : nullptr;
+          const S* p = wp != nullptr ? wp + (n % T) * C : nullptr;
           S* y = o + n * C;
-          for (std::int64_t i = 0; i < C; ++i) y[i] = from_f32<S>(to_f32(e[i]) + to_f32(p[i]));
+          for (std::int64_t i = 0; i < C; ++i) {
+            y[i] = from_f32<S>((e != nullptr ? to_f32(e[i]) : 0.0f) + (p != nullptr ? to_f32(p[i]) : 0.0f));
+          }
         }
       });
     });
     return st;
   }
 
-  Status embedding_backward_impl(DeviceView dwte, DeviceView dwpe, DeviceView dout, DeviceRange tokens,
-                                 std::int64_t N, std::int64_t T, std::int64_t C, Stream& stream) override {
+  Status embedding_backward_impl(DeviceView dwte, std::int64_t vocab_first, DeviceView dwpe, DeviceView dout,
+                                 DeviceRange tokens, std::int64_t N, std::int64_t T, std::int64_t C,
+                                 Stream& stream) override {
     Status st;
     const std::int64_t V = static_cast<std::int64_t>(dwte.count()) / C;
     with_types(dout.dtype(), dwte.dtype(), [&](auto stag, auto gtag) {
       using S = decltype(stag);
       using G = decltype(gtag);
       st = stream.launch_host_func([gte = ptr<G>(dwte), gpe = ptr<G>(dwpe), d = ptr<const S>(dout), tok = ids(tokens),
-                                    N, T, C, V] {
+                                    vocab_first, N, T, C, V] {
         // Rows grouped by token id (a counting sort keeps each group in row order), so every
-        // token's rows are summed in fp32 by one thread and added to its gradient row once.
+        // token's rows are summed in fp32 by one thread and added to its gradient row once;
+        // the tokens of other ranks' rows (row -1) are left out.
+        auto row_of = [&](std::int64_t n) {
+          const std::int64_t r = static_cast<std::int64_t>(tok[n]) - vocab_first;
+          return r >= 0 && r < V ? r : -1;
+        };
         std::vector<std::int64_t> start(static_cast<std::size_t>(V) + 1, 0);
-        for (std::int64_t n = 0; n < N; ++n) ++start[static_cast<std::size_t>(tok[n]) + 1];
+        for (std::int64_t n = 0; n < N; ++n) {
+          if (row_of(n) >= 0) ++start[static_cast<std::size_t>(row_of(n)) + 1];
+        }
         for (std::int64_t v = 0; v < V; ++v) start[v + 1] += start[v];
         std::vector<std::int64_t> order(static_cast<std::size_t>(N));
         std::vector<std::int64_t> fill(start.begin(), start.end() - 1);
-        for (std::int64_t n = 0; n < N; ++n) order[static_cast<std::size_t>(fill[tok[n]]++)] = n;
+        for (std::int64_t n = 0; n < N; ++n) {
+          if (row_of(n) >= 0) order[static_cast<std::size_t>(fill[row_of(n)]++)] = n;
+        }
         std::vector<std::int64_t> present;
         for (std::int64_t v = 0; v < V; ++v) {
           if (start[v + 1] > start[v]) present.push_back(v);
@@ -388,6 +403,79 @@ class HostNnOps final : public NnOps {
           const std::int64_t target = y[n];
           for (std::int64_t j = 0; j < V; ++j) {
             dlr[j] = from_f32<S>(nnm::crossentropy_dlogit(to_f32(lr[j]), mx, inv, j == target, dloss));
+          }
+        }
+      });
+    });
+    return st;
+  }
+
+  Status crossentropy_shard_stats_impl(DeviceView maxv, DeviceView target, DeviceView logits, DeviceRange targets,
+                                      std::int64_t N, std::int64_t Vr, std::int64_t vocab_first, std::int64_t valid,
+                                      Stream& stream) override {
+    Status st;
+    with_type(logits.dtype(), [&](auto tag) {
+      using S = decltype(tag);
+      st = stream.launch_host_func([mx = ptr<float>(maxv), tg = ptr<float>(target), l = ptr<const S>(logits),
+                                    y = ids(targets), N, Vr, vocab_first, valid] {
+#pragma omp parallel for schedule(static)
+        for (std::int64_t n = 0; n < N; ++n) {
+          const S* lr = l + n * Vr;
+          float m = -std::numeric_limits<float>::infinity();
+          for (std::int64_t j = 0; j < valid; ++j) m = std::max(m, to_f32(lr[j]));
+          const std::int64_t t = static_cast<std::int64_t>(y[n]) - vocab_first;
+          mx[n] = m;
+          tg[n] = t >= 0 && t < valid ? to_f32(lr[t]) : 0.0f;
+        }
+      });
+    });
+    return st;
+  }
+
+  Status crossentropy_shard_sumexp_impl(DeviceView sumexp, DeviceView logits, DeviceView maxv, std::int64_t N,
+                                        std::int64_t Vr, std::int64_t valid, Stream& stream) override {
+    Status st;
+    with_type(logits.dtype(), [&](auto tag) {
+      using S = decltype(tag);
+      st = stream.launch_host_func([se = ptr<float>(sumexp), l = ptr<const S>(logits), mx = ptr<const float>(maxv), N,
+                                    Vr, valid] {
+#pragma omp parallel for schedule(static)
+        for (std::int64_t n = 0; n < N; ++n) {
+          const S* lr = l + n * Vr;
+          float sum = 0.0f;
+          for (std::int64_t j = 0; j < valid; ++j) sum += nnm::exp_f(to_f32(lr[j]) - mx[n]);
+          se[n] = sum;
+        }
+      });
+    });
+    return st;
+  }
+
+  Status crossentropy_shard_loss_impl(DeviceView losses, DeviceView maxv, DeviceView target, DeviceView sumexp,
+                                      std::int64_t N, Stream& stream) override {
+    return stream.launch_host_func([out = ptr<float>(losses), mx = ptr<const float>(maxv), tg = ptr<const float>(target),
+                                    se = ptr<const float>(sumexp), N] {
+      for (std::int64_t n = 0; n < N; ++n) out[n] = nnm::crossentropy_loss(tg[n], mx[n], se[n]);
+    });
+  }
+
+  Status crossentropy_shard_backward_impl(DeviceView dlogits, DeviceView logits, DeviceRange targets, DeviceView maxv,
+                                          DeviceView sumexp, float dloss, std::int64_t N, std::int64_t Vr,
+                                          std::int64_t vocab_first, std::int64_t valid, Stream& stream) override {
+    Status st;
+    with_type(logits.dtype(), [&](auto tag) {
+      using S = decltype(tag);
+      st = stream.launch_host_func([dl = ptr<S>(dlogits), l = ptr<const S>(logits), y = ids(targets),
+                                    mx = ptr<const float>(maxv), se = ptr<const float>(sumexp), dloss, N, Vr,
+                                    vocab_first, valid] {
+#pragma omp parallel for schedule(static)
+        for (std::int64_t n = 0; n < N; ++n) {
+          const S* lr = l + n * Vr;
+          S* dlr = dl + n * Vr;
+          const float inv = 1.0f / se[n];
+          const std::int64_t t = static_cast<std::int64_t>(y[n]) - vocab_first;
+          for (std::int64_t j = 0; j < Vr; ++j) {
+            dlr[j] = from_f32<S>(j < valid ? nnm::crossentropy_dlogit(to_f32(lr[j]), mx[n], inv, j == t, dloss) : 0.0f);
           }
         }
       });

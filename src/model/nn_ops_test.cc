@@ -206,6 +206,94 @@ TEST_P(NnOpsTest, CrossEntropyForwardAndBackward) {
                     atol_of(t()) / 8, rtol_of(t())));
 }
 
+// The vocab-parallel embedding: vocabulary 11 split over two shards of 6 rows (the last one a
+// padding row no token names); the shards' outputs, with wpe added on the first only, sum to
+// the whole embedding, and each shard's gradient rows are the whole gradient's.
+TEST_P(NnOpsTest, EmbeddingShardsSumToTheWholeEmbedding) {
+  const std::int64_t B = 2, T = 5, C = 70, V = 11, Vr = 6, P = 5, N = B * T;
+  auto tokens = random_ids(N, V, 70);
+  tokens[0] = 0;
+  tokens[1] = static_cast<std::int32_t>(V - 1);
+  auto wte = rounded(random_vec(2 * Vr * C, 71), t());
+  const auto wpe = rounded(random_vec(P * C, 72), t());
+  auto dtok = upload_ids(*dev_, tokens);
+  auto dwpe = upload(*dev_, wpe, t());
+  std::vector<double> sum(N * C, 0.0);
+  const auto dout = rounded(random_vec(N * C, 73), t());
+  auto ddout = upload(*dev_, dout, t());
+  std::vector<double> gwte_whole(V * C, 0.0), gwpe_whole(P * C, 0.0);
+  ref::embedding_backward(gwte_whole, gwpe_whole, dout, tokens, N, T, C);
+  for (std::int64_t r = 0; r < 2; ++r) {
+    const std::vector<double> rows(wte.begin() + r * Vr * C, wte.begin() + (r + 1) * Vr * C);
+    auto shard = upload(*dev_, rows, t());
+    auto out = upload(*dev_, std::vector<double>(N * C, 0.0), t());
+    ASSERT_TRUE(ops_->embedding_shard_forward(out.view, dtok.range(), shard.view, r * Vr, r == 0 ? dwpe.view : DeviceView(),
+                                              N, T, C, s()).ok());
+    const auto got = download(*dev_, out.view);
+    for (std::size_t i = 0; i < got.size(); ++i) sum[i] += got[i];
+    auto gwte = upload(*dev_, std::vector<double>(Vr * C, 0.0), DType::kF32);
+    auto gwpe = upload(*dev_, std::vector<double>(P * C, 0.0), DType::kF32);
+    ASSERT_TRUE(ops_->embedding_shard_backward(gwte.view, r * Vr, gwpe.view, ddout.view, dtok.range(), N, T, C, s()).ok());
+    std::vector<double> want(Vr * C, 0.0);
+    for (std::int64_t i = 0; i < Vr * C && r * Vr * C + i < V * C; ++i) want[i] = gwte_whole[r * Vr * C + i];
+    EXPECT_TRUE(close(download(*dev_, gwte.view), want, atol_of(t()), rtol_of(t()))) << "shard " << r;
+    EXPECT_TRUE(close(download(*dev_, gwpe.view), gwpe_whole, atol_of(t()), rtol_of(t()))) << "shard " << r;
+  }
+  wte.resize(V * C);
+  EXPECT_TRUE(close(sum, ref::embedding(tokens, wte, wpe, N, T, C), atol_of(t()), rtol_of(t())));
+}
+
+// The vocab-parallel cross-entropy: vocabulary 301 padded to 304 and split over four shards;
+// the statistics combined as the three all-reduces do give the whole cross-entropy, and each
+// shard's logit gradient is the whole gradient's columns (zero over the padding).
+TEST_P(NnOpsTest, CrossEntropyShardsGiveTheWholeLossAndGradient) {
+  const std::int64_t N = 7, V = 301, shards = 4, Vr = 76;
+  const auto logits = rounded(random_vec(N * V, 80, 4.0), t());
+  auto targets = random_ids(N, V, 81);
+  targets[0] = static_cast<std::int32_t>(V - 1);  // in the shard with the padding
+  auto dt = upload_ids(*dev_, targets);
+  const auto want_dl = ref::crossentropy_backward(logits, targets, 0.25, N, V);
+  std::vector<double> mx(N, -INFINITY), tg(N, 0.0), se(N, 0.0);
+  std::vector<testutil::DevTensor> pieces;
+  auto f32 = [&](const std::vector<double>& v) { return upload(*dev_, v, DType::kF32); };
+  for (std::int64_t r = 0; r < shards; ++r) {
+    std::vector<double> mine(N * Vr, 0.0);
+    for (std::int64_t n = 0; n < N; ++n) {
+      for (std::int64_t j = 0; j < Vr && r * Vr + j < V; ++j) mine[n * Vr + j] = logits[n * V + r * Vr + j];
+    }
+    pieces.push_back(upload(*dev_, mine, t()));
+    const std::int64_t valid = std::min(Vr, V - r * Vr);
+    auto m = f32(std::vector<double>(N)), g = f32(std::vector<double>(N));
+    ASSERT_TRUE(ops_->crossentropy_shard_stats(m.view, g.view, pieces.back().view, dt.range(), N, Vr, r * Vr, valid, s()).ok());
+    const auto mr = download(*dev_, m.view), gr = download(*dev_, g.view);
+    for (std::int64_t n = 0; n < N; ++n) {
+      mx[n] = std::max(mx[n], mr[n]);  // all-reduce max
+      tg[n] += gr[n];                  // all-reduce sum
+    }
+  }
+  auto dmx = f32(mx);
+  for (std::int64_t r = 0; r < shards; ++r) {
+    auto e = f32(std::vector<double>(N));
+    ASSERT_TRUE(ops_->crossentropy_shard_sumexp(e.view, pieces[r].view, dmx.view, N, Vr, std::min(Vr, V - r * Vr), s()).ok());
+    const auto er = download(*dev_, e.view);
+    for (std::int64_t n = 0; n < N; ++n) se[n] += er[n];  // all-reduce sum
+  }
+  auto dtg = f32(tg), dse = f32(se), losses = f32(std::vector<double>(N));
+  ASSERT_TRUE(ops_->crossentropy_shard_loss(losses.view, dmx.view, dtg.view, dse.view, N, s()).ok());
+  EXPECT_TRUE(close(download(*dev_, losses.view), ref::crossentropy(logits, targets, N, V), 1e-4, 1e-5));
+  for (std::int64_t r = 0; r < shards; ++r) {
+    const std::int64_t valid = std::min(Vr, V - r * Vr);
+    ASSERT_TRUE(ops_->crossentropy_shard_backward(pieces[r].view, pieces[r].view, dt.range(), dmx.view, dse.view, 0.25f,
+                                                  N, Vr, r * Vr, valid, s()).ok());
+    std::vector<double> want(N * Vr, 0.0);
+    for (std::int64_t n = 0; n < N; ++n) {
+      for (std::int64_t j = 0; j < valid; ++j) want[n * Vr + j] = want_dl[n * V + r * Vr + j];
+    }
+    EXPECT_TRUE(close(download(*dev_, pieces[r].view), want, atol_of(t()) / 8, rtol_of(t()))) << "shard " << r;
+  }
+  EXPECT_FALSE(ops_->crossentropy_shard_stats(dmx.view, dtg.view, pieces[0].view, dt.range(), N, Vr, 0, Vr + 1, s()).ok());
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, NnOpsTest, ::testing::Values(DType::kF32, DType::kBF16, DType::kF16),
                          [](const auto& p) { return std::string(dtype_name(p.param)); });
 
