@@ -41,6 +41,7 @@
 
 namespace strata {
 
+class Communicator;
 class Module;
 
 // ---------------------------------------------------------------------------------------------
@@ -207,10 +208,17 @@ struct GptConfig {
   DType dtype = DType::kF32;           // parameters and activations on the device
   DType grad_dtype = DType::kF32;      // parameter gradients: fp32 or `dtype`
   bool checkpointing = false;          // keep only block inputs; recompute blocks in backward
+  // Tensor parallelism (Megatron-LM's; src/model/layers.h): this model is rank tp_rank of
+  // tp_size, holding its shards of every split parameter (attention by heads, the MLP by
+  // hidden units, the embedding and tied head by vocabulary rows, the vocabulary padded to a
+  // multiple of tp_size); LayerNorms, wpe and the row-parallel biases are whole on every rank.
+  int tp_rank = 0;
+  int tp_size = 1;
 
   // From a profile: train.dims, precision.dtype, activation.checkpointing; fp32 gradients.
   static GptConfig from_profile(const Profile& profile);
-  // Checks the dimensions (positive, n_embd divisible by n_head, sizes that fit) and dtypes.
+  // Checks the dimensions (positive, n_embd divisible by n_head, sizes that fit), the dtypes,
+  // and that n_head and the MLP width 4 n_embd divide among tp_size ranks.
   Status validate() const;
 };
 
@@ -239,8 +247,10 @@ class Gpt final : public Module {
   static std::uint64_t activation_bytes(const GptConfig& config, int micro_batch);
 
   // Allocates activation memory on `device` for micro-batches of B sequences and picks the nn
-  // kernels for the device. Calling it again replaces the previous allocation.
-  Status prepare(Device& device, int micro_batch);
+  // kernels for the device. Calling it again replaces the previous allocation. With
+  // config().tp_size > 1, `tp` is the tensor-parallel group (of that size, this rank
+  // config().tp_rank) whose collectives forward and backward enqueue; it must outlive the use.
+  Status prepare(Device& device, int micro_batch, Communicator* tp = nullptr);
   int micro_batch() const;
   bool prepared() const;
 
@@ -258,7 +268,8 @@ class Gpt final : public Module {
   Status backward(float dloss, Stream& stream);
 
   // The latest forward's per-token losses (B, T) fp32 and logits (B, T, V) in the compute
-  // dtype. backward() overwrites the logits with their gradient.
+  // dtype (with tp, this rank's V / tp padded columns). backward() overwrites the logits with
+  // their gradient.
   DeviceView losses() const;
   DeviceView logits() const;
 

@@ -5,6 +5,7 @@
 
 #include "model/layers.h"
 #include "model/nn_ops.h"
+#include "strata/communicator.h"
 #include "strata/model.h"
 
 namespace strata {
@@ -36,6 +37,17 @@ Status GptConfig::validate() const {
   }
   if (d.vocab < 2) return bad("vocab = " + std::to_string(d.vocab) + "; it must be at least 2");
   if (d.seq_len < 1) return bad("seq_len = " + std::to_string(d.seq_len) + "; it must be at least 1");
+  if (tp_size < 1 || tp_rank < 0 || tp_rank >= tp_size) {
+    return bad("tp rank " + std::to_string(tp_rank) + " of " + std::to_string(tp_size) + " is not a rank of the group");
+  }
+  if (d.n_head % tp_size != 0) {
+    return bad("n_head = " + std::to_string(d.n_head) + " does not divide among parallel.tp = " +
+               std::to_string(tp_size) + " ranks (each takes whole attention heads): choose a tp that divides it");
+  }
+  if (4 * d.n_embd % tp_size != 0) {
+    return bad("the MLP width 4 x n_embd = " + std::to_string(4 * d.n_embd) + " does not divide among parallel.tp = " +
+               std::to_string(tp_size) + " ranks: choose a tp that divides it");
+  }
   if (grad_dtype != DType::kF32 && grad_dtype != dtype) {
     return bad("gradient dtype " + std::string(dtype_name(grad_dtype)) + " must be fp32 or the compute dtype " +
                std::string(dtype_name(dtype)));
@@ -75,13 +87,14 @@ class Carver {
 
 struct Gpt::Impl {
   explicit Impl(const GptConfig& c)
-      : embeddings(c.dims.vocab, c.dims.seq_len, c.dims.n_embd),
+      : embeddings(c.dims.vocab, c.dims.seq_len, c.dims.n_embd, tp_of(c)),
         ln_f("ln_f", c.dims.n_embd),
-        head(embeddings.wte) {
+        head(embeddings.wte, c.dims.vocab) {
     for (int i = 0; i < c.dims.n_layer; ++i) {
-      blocks.push_back(std::make_unique<model::Block>(i, c.dims.n_embd, c.dims.n_head, c.dims.n_layer));
+      blocks.push_back(std::make_unique<model::Block>(i, c.dims.n_embd, c.dims.n_head, c.dims.n_layer, tp_of(c)));
     }
   }
+  static model::TpPlace tp_of(const GptConfig& c) { return {c.tp_rank, c.tp_size}; }
 
   model::Embeddings embeddings;
   std::vector<std::unique_ptr<model::Block>> blocks;
@@ -90,6 +103,7 @@ struct Gpt::Impl {
 
   // Set by prepare().
   Device* device = nullptr;
+  Communicator* tp = nullptr;
   std::unique_ptr<nn::NnOps> nn;
   int B = 0;
   DeviceBuffer arena;
@@ -97,17 +111,20 @@ struct Gpt::Impl {
   std::vector<BlockActs> acts;    // L, or 1 shared when checkpointing
   BlockGrads grads;
   DeviceView lnf, lnf_mean, lnf_rstd;  // (B, T, C), (B, T), (B, T)
-  DeviceView logits;                   // (B, T, V)
+  DeviceView logits;                   // (B, T, V / tp padded)
   DeviceView losses;                   // (B, T) fp32
+  model::CrossEntropyStats ce;         // (B, T) fp32 each (used with tp)
 
   // The latest forward's batch.
   DeviceRange tokens, targets;
   bool have_forward = false;
 
-  // Lays out every activation for micro-batch B; with a buffer, assigns the views.
+  // Lays out every activation for micro-batch B; with a buffer, assigns the views. The split
+  // activations (qkv, att, atty, fch and their gradients, the logits) are this tp rank's.
   static Status layout(const GptConfig& c, std::int64_t B, Carver& cv, Impl* self) {
-    const std::int64_t T = c.dims.seq_len, C = c.dims.n_embd, NH = c.dims.n_head, V = c.dims.vocab;
-    const std::int64_t L = c.dims.n_layer, N = B * T;
+    const std::int64_t T = c.dims.seq_len, C = c.dims.n_embd, L = c.dims.n_layer, N = B * T, tp = c.tp_size;
+    const std::int64_t Cr = C / tp, NH = c.dims.n_head / tp;
+    const std::int64_t V = tp > 1 ? model::padded_vocab(c.dims.vocab, c.tp_size) / tp : c.dims.vocab;
     const DType t = c.dtype, f32 = DType::kF32;
     std::vector<DeviceView> resid;
     for (std::int64_t l = 0; l <= L; ++l) {
@@ -119,28 +136,34 @@ struct Gpt::Impl {
       STRATA_ASSIGN_OR_RETURN(a.ln1, cv.take(N * C, t));
       STRATA_ASSIGN_OR_RETURN(a.ln1_mean, cv.take(N, f32));
       STRATA_ASSIGN_OR_RETURN(a.ln1_rstd, cv.take(N, f32));
-      STRATA_ASSIGN_OR_RETURN(a.qkv, cv.take(N * 3 * C, t));
+      STRATA_ASSIGN_OR_RETURN(a.qkv, cv.take(N * 3 * Cr, t));
       STRATA_ASSIGN_OR_RETURN(a.att, cv.take(B * NH * T * T, t));
-      STRATA_ASSIGN_OR_RETURN(a.atty, cv.take(N * C, t));
+      STRATA_ASSIGN_OR_RETURN(a.atty, cv.take(N * Cr, t));
       STRATA_ASSIGN_OR_RETURN(a.res2, cv.take(N * C, t));
       STRATA_ASSIGN_OR_RETURN(a.ln2, cv.take(N * C, t));
       STRATA_ASSIGN_OR_RETURN(a.ln2_mean, cv.take(N, f32));
       STRATA_ASSIGN_OR_RETURN(a.ln2_rstd, cv.take(N, f32));
-      STRATA_ASSIGN_OR_RETURN(a.fch, cv.take(N * 4 * C, t));
-      STRATA_ASSIGN_OR_RETURN(a.fch_gelu, cv.take(N * 4 * C, t));
+      STRATA_ASSIGN_OR_RETURN(a.fch, cv.take(N * 4 * Cr, t));
+      STRATA_ASSIGN_OR_RETURN(a.fch_gelu, cv.take(N * 4 * Cr, t));
     }
     BlockGrads g;
     STRATA_ASSIGN_OR_RETURN(g.dres, cv.take(N * C, t));
     STRATA_ASSIGN_OR_RETURN(g.dln, cv.take(N * C, t));
-    STRATA_ASSIGN_OR_RETURN(g.dqkv, cv.take(N * 3 * C, t));
+    STRATA_ASSIGN_OR_RETURN(g.dqkv, cv.take(N * 3 * Cr, t));
     STRATA_ASSIGN_OR_RETURN(g.datt, cv.take(B * NH * T * T, t));
-    STRATA_ASSIGN_OR_RETURN(g.dfch, cv.take(N * 4 * C, t));
+    STRATA_ASSIGN_OR_RETURN(g.dfch, cv.take(N * 4 * Cr, t));
     DeviceView lnf, lnf_mean, lnf_rstd, logits, losses;
+    model::CrossEntropyStats ce;
     STRATA_ASSIGN_OR_RETURN(lnf, cv.take(N * C, t));
     STRATA_ASSIGN_OR_RETURN(lnf_mean, cv.take(N, f32));
     STRATA_ASSIGN_OR_RETURN(lnf_rstd, cv.take(N, f32));
     STRATA_ASSIGN_OR_RETURN(logits, cv.take(N * V, t));
     STRATA_ASSIGN_OR_RETURN(losses, cv.take(N, f32));
+    if (tp > 1) {
+      STRATA_ASSIGN_OR_RETURN(ce.maxv, cv.take(N, f32));
+      STRATA_ASSIGN_OR_RETURN(ce.target, cv.take(N, f32));
+      STRATA_ASSIGN_OR_RETURN(ce.sumexp, cv.take(N, f32));
+    }
     if (self != nullptr) {
       self->resid = std::move(resid);
       self->acts = std::move(acts);
@@ -150,6 +173,7 @@ struct Gpt::Impl {
       self->lnf_rstd = lnf_rstd;
       self->logits = logits;
       self->losses = losses;
+      self->ce = ce;
     }
     return Status::OK();
   }
@@ -177,9 +201,15 @@ std::uint64_t Gpt::activation_bytes(const GptConfig& config, int micro_batch) {
   return cv.bytes();
 }
 
-Status Gpt::prepare(Device& device, int micro_batch) {
+Status Gpt::prepare(Device& device, int micro_batch, Communicator* tp) {
   if (micro_batch < 1) return invalid_argument("gpt prepare: micro_batch = " + std::to_string(micro_batch) + "; it must be at least 1");
+  if (config_.tp_size > 1 && (tp == nullptr || tp->size() != config_.tp_size || tp->rank() != config_.tp_rank)) {
+    return invalid_argument("gpt prepare: the model is tp rank " + std::to_string(config_.tp_rank) + " of " +
+                            std::to_string(config_.tp_size) + " and needs that rank of a tensor-parallel group of " +
+                            std::to_string(config_.tp_size));
+  }
   Impl& m = *impl_;
+  m.tp = config_.tp_size > 1 ? tp : nullptr;
   m.arena.reset();
   m.have_forward = false;
   m.B = 0;
@@ -226,7 +256,7 @@ Status Gpt::forward(DeviceRange tokens, DeviceRange targets, DeviceView loss_sum
                             std::to_string(T) + ") int32, " + std::to_string(N * 4) + " bytes each");
   }
   m.have_forward = false;
-  Ctx ctx{*m.device, *m.nn, stream};
+  Ctx ctx{*m.device, *m.nn, stream, m.tp};
   STRATA_RETURN_IF_ERROR(hook_before_forward(false));
   // resid[0]: (B, T, C) = wte[tokens] + wpe
   STRATA_RETURN_IF_ERROR(m.embeddings.forward(ctx, m.resid[0], tokens, B, T, false));
@@ -236,7 +266,7 @@ Status Gpt::forward(DeviceRange tokens, DeviceRange targets, DeviceView loss_sum
   }
   const DeviceView& last = m.resid.back();
   STRATA_RETURN_IF_ERROR(m.ln_f.forward(ctx, m.lnf, m.lnf_mean, m.lnf_rstd, last, N, false));
-  STRATA_RETURN_IF_ERROR(m.head.forward(ctx, m.logits, m.losses, loss_sum, loss_weight, m.lnf, targets, N, false));
+  STRATA_RETURN_IF_ERROR(m.head.forward(ctx, m.logits, m.losses, loss_sum, loss_weight, m.lnf, targets, N, false, m.ce));
   STRATA_RETURN_IF_ERROR(hook_after_forward(false));
   m.tokens = tokens;
   m.targets = targets;
@@ -250,11 +280,11 @@ Status Gpt::backward(float dloss, Stream& stream) {
   if (!std::isfinite(dloss)) return invalid_argument("gpt backward: dloss is not finite");
   m.have_forward = false;  // the logits become their gradient
   const std::int64_t B = m.B, T = config_.dims.seq_len, N = B * T;
-  Ctx ctx{*m.device, *m.nn, stream};
+  Ctx ctx{*m.device, *m.nn, stream, m.tp};
   BlockGrads& g = m.grads;
   STRATA_RETURN_IF_ERROR(hook_before_backward());
   // dlnf: (B, T, C) into dln; then dres = d(resid[L]) = LN_f backward
-  STRATA_RETURN_IF_ERROR(m.head.backward(ctx, g.dln, m.logits, m.lnf, m.targets, dloss, N));
+  STRATA_RETURN_IF_ERROR(m.head.backward(ctx, g.dln, m.logits, m.lnf, m.targets, dloss, N, m.ce));
   STRATA_RETURN_IF_ERROR(m.device->fill(g.dres, 0.0f, stream));
   STRATA_RETURN_IF_ERROR(m.ln_f.backward(ctx, g.dres, g.dln, m.resid.back(), m.lnf_mean, m.lnf_rstd, N));
   for (std::size_t l = m.blocks.size(); l-- > 0;) {

@@ -1,6 +1,7 @@
 // The GPT-2 layers of layers.h: forward and backward of each, on the device stream.
 #include "model/layers.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace strata::model {
@@ -307,50 +308,101 @@ Status Block::backward(const Ctx& ctx, const BlockActs& acts, BlockGrads& g, Dev
 // ---------------------------------------------------------------------------------------------
 // Embeddings and head
 
-Embeddings::Embeddings(std::int64_t V, std::int64_t maxT, std::int64_t C)
+std::int64_t padded_vocab(std::int64_t V, int tp) { return (V + tp - 1) / tp * tp; }
+
+namespace {
+
+TensorShard wte_shard(std::int64_t V, std::int64_t C, TpPlace tp) {
+  if (!tp.split()) return {{V, C}};
+  return {{padded_vocab(V, tp.size), C}, 0, 1, tp.rank, tp.size};
+}
+
+}  // namespace
+
+Embeddings::Embeddings(std::int64_t V, std::int64_t maxT, std::int64_t C, TpPlace tp)
     : Module("embeddings"),
-      wte(add_parameter("wte.weight", {V, C}, ParamInit::kNormal, kInitStd)),
+      wte(add_parameter("wte.weight", wte_shard(V, C, tp), ParamInit::kNormal, kInitStd)),
       wpe(add_parameter("wpe.weight", {maxT, C}, ParamInit::kNormal, kInitStd)),
-      C_(C) {}
+      C_(C),
+      tp_(tp) {}
 
 Status Embeddings::forward(const Ctx& ctx, DeviceView out, DeviceRange tokens, std::int64_t B, std::int64_t T,
                            bool recompute) {
   STRATA_RETURN_IF_ERROR(hook_before_forward(recompute));
-  STRATA_RETURN_IF_ERROR(ctx.nn.embedding_forward(out, tokens, wte.value(), wpe.value(), B * T, T, C_, ctx.stream));
+  if (!tp_.split()) {
+    STRATA_RETURN_IF_ERROR(ctx.nn.embedding_forward(out, tokens, wte.value(), wpe.value(), B * T, T, C_, ctx.stream));
+    return hook_after_forward(recompute);
+  }
+  STRATA_RETURN_IF_ERROR(require_tp(ctx, name(), TpSplit::kRow));
+  // out = sum over ranks of (its rows' lookups, + wpe on the first)
+  const std::int64_t first = tp_.rank * wte.shape()[0];
+  STRATA_RETURN_IF_ERROR(ctx.nn.embedding_shard_forward(out, tokens, wte.value(), first,
+                                                        tp_.rank == 0 ? wpe.value() : DeviceView(), B * T, T, C_,
+                                                        ctx.stream));
+  STRATA_RETURN_IF_ERROR(tp_all_reduce(ctx, out));
   return hook_after_forward(recompute);
 }
 
 Status Embeddings::backward(const Ctx& ctx, DeviceView dout, DeviceRange tokens, std::int64_t B, std::int64_t T) {
   STRATA_RETURN_IF_ERROR(hook_before_backward());
-  STRATA_RETURN_IF_ERROR(ctx.nn.embedding_backward(wte.grad(), wpe.grad(), dout, tokens, B * T, T, C_, ctx.stream));
+  // dout is the same on every rank: each adds its rows' gradients, and the whole wpe gradient.
+  const std::int64_t first = tp_.rank * wte.shape()[0];
+  STRATA_RETURN_IF_ERROR(
+      ctx.nn.embedding_shard_backward(wte.grad(), first, wpe.grad(), dout, tokens, B * T, T, C_, ctx.stream));
   return hook_after_backward();
 }
 
-LmHead::LmHead(Parameter& wte) : Module("lm_head"), wte_(wte) { tie_parameter(wte); }
+LmHead::LmHead(Parameter& wte, std::int64_t vocab) : Module("lm_head"), wte_(wte), vocab_(vocab) {
+  tie_parameter(wte);
+}
+
+std::int64_t LmHead::first() const { return wte_.shard().rank * wte_.shape()[0]; }
+std::int64_t LmHead::valid() const { return std::clamp<std::int64_t>(vocab_ - first(), 0, wte_.shape()[0]); }
 
 Status LmHead::forward(const Ctx& ctx, DeviceView logits, DeviceView losses, DeviceView loss_sum, float weight,
-                       DeviceView x, DeviceRange targets, std::int64_t N, bool recompute) {
+                       DeviceView x, DeviceRange targets, std::int64_t N, bool recompute,
+                       const CrossEntropyStats& stats) {
   STRATA_RETURN_IF_ERROR(hook_before_forward(recompute));
   const std::int64_t V = wte_.shape()[0], C = wte_.shape()[1];
   // logits: (N, V) = x (N, C) @ wte^T
   STRATA_RETURN_IF_ERROR(matmul(ctx, logits, x, wte_.value(), N, V, C, false, true));
-  // losses: (N) = cross-entropy; loss_sum += weight * mean
-  STRATA_RETURN_IF_ERROR(ctx.nn.crossentropy_forward(losses, logits, targets, N, V, ctx.stream));
+  if (!wte_.shard().split()) {
+    // losses: (N) = cross-entropy
+    STRATA_RETURN_IF_ERROR(ctx.nn.crossentropy_forward(losses, logits, targets, N, V, ctx.stream));
+  } else {
+    STRATA_RETURN_IF_ERROR(require_tp(ctx, name(), TpSplit::kColumn));
+    const CommBuffer mx = CommBuffer::of(stats.maxv), tg = CommBuffer::of(stats.target);
+    const CommBuffer se = CommBuffer::of(stats.sumexp);
+    STRATA_RETURN_IF_ERROR(ctx.nn.crossentropy_shard_stats(stats.maxv, stats.target, logits, targets, N, V, first(),
+                                                           valid(), ctx.stream));
+    STRATA_RETURN_IF_ERROR(ctx.tp->all_reduce(mx, mx, ReduceOp::kMax, ctx.stream));
+    STRATA_RETURN_IF_ERROR(ctx.tp->all_reduce(tg, tg, ReduceOp::kSum, ctx.stream));
+    STRATA_RETURN_IF_ERROR(ctx.nn.crossentropy_shard_sumexp(stats.sumexp, logits, stats.maxv, N, V, valid(), ctx.stream));
+    STRATA_RETURN_IF_ERROR(ctx.tp->all_reduce(se, se, ReduceOp::kSum, ctx.stream));
+    STRATA_RETURN_IF_ERROR(ctx.nn.crossentropy_shard_loss(losses, stats.maxv, stats.target, stats.sumexp, N, ctx.stream));
+  }
+  // loss_sum += weight * mean
   STRATA_RETURN_IF_ERROR(ctx.nn.accumulate_sum(loss_sum, losses, weight / static_cast<float>(N), ctx.stream));
   return hook_after_forward(recompute);
 }
 
 Status LmHead::backward(const Ctx& ctx, DeviceView dx, DeviceView logits, DeviceView x, DeviceRange targets,
-                        float dloss, std::int64_t N) {
+                        float dloss, std::int64_t N, const CrossEntropyStats& stats) {
   STRATA_RETURN_IF_ERROR(hook_before_backward());
   const std::int64_t V = wte_.shape()[0], C = wte_.shape()[1];
+  const float scale = dloss / static_cast<float>(N);
   // dlogits: (N, V) = (softmax - onehot) * dloss / N, in place over the logits
-  STRATA_RETURN_IF_ERROR(
-      ctx.nn.crossentropy_backward(logits, logits, targets, dloss / static_cast<float>(N), N, V, ctx.stream));
+  if (!wte_.shard().split()) {
+    STRATA_RETURN_IF_ERROR(ctx.nn.crossentropy_backward(logits, logits, targets, scale, N, V, ctx.stream));
+  } else {
+    STRATA_RETURN_IF_ERROR(ctx.nn.crossentropy_shard_backward(logits, logits, targets, stats.maxv, stats.sumexp, scale,
+                                                              N, V, first(), valid(), ctx.stream));
+  }
   // dwte: (V, C) += dlogits^T @ x
   STRATA_RETURN_IF_ERROR(matmul(ctx, wte_.grad(), logits, x, V, C, N, true, false, 1.0f, 1.0f));
-  // dx: (N, C) = dlogits @ wte
+  // dx: (N, C) = dlogits @ wte, summed over the ranks' vocabulary columns
   STRATA_RETURN_IF_ERROR(matmul(ctx, dx, logits, wte_.value(), N, C, V, false, false));
+  if (wte_.shard().split()) STRATA_RETURN_IF_ERROR(tp_all_reduce(ctx, dx));
   return hook_after_backward();
 }
 

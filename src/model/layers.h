@@ -193,9 +193,14 @@ class Block final : public Module {
 };
 
 // Token and position embeddings: "wte.weight" (V, C), "wpe.weight" (T, C).
+//
+// Vocab-parallel (tp.split()): wte is padded to padded_vocab(V, tp) rows and this rank holds
+// rows [rank * Vr, (rank + 1) * Vr), Vr = padded / tp; a rank looks up the tokens in its range
+// (zeros for the rest), the first rank adds wpe, and one all-reduce over ctx.tp sums them. The
+// padding rows are never looked up, and the head never counts their logits.
 class Embeddings final : public Module {
  public:
-  Embeddings(std::int64_t V, std::int64_t maxT, std::int64_t C);
+  Embeddings(std::int64_t V, std::int64_t maxT, std::int64_t C, TpPlace tp = {});
 
   // out: (B, T, C) = wte[tokens] + wpe[t]; tokens: (B, T) int32
   Status forward(const Ctx& ctx, DeviceView out, DeviceRange tokens, std::int64_t B, std::int64_t T, bool recompute);
@@ -207,23 +212,45 @@ class Embeddings final : public Module {
 
  private:
   std::int64_t C_;
+  TpPlace tp_;
+};
+
+// The vocabulary rounded up to a multiple of tp (Megatron pads further, to 128 x tp, for GEMM
+// shapes; strata pads only what the split needs, so tp = 1 keeps GPT-2's 50257 rows).
+std::int64_t padded_vocab(std::int64_t V, int tp);
+
+// fp32 (N) scratch of the vocab-parallel cross-entropy, kept from forward to backward.
+struct CrossEntropyStats {
+  DeviceView maxv, target, sumexp;
 };
 
 // The output head, tied to the token embedding, and the cross-entropy loss.
+//
+// Vocab-parallel (a split wte): each rank computes its Vr columns of the logits and the loss
+// comes from exactly three all-reduces of (N) fp32 over ctx.tp (the largest logit, the
+// target's logit, the sum of exponentials; nn_ops.h), never gathering the logits; in backward
+// each rank's logit gradient gives its rows of the wte gradient and its part of dx, summed by
+// one all-reduce. `vocab` is the real vocabulary: the padding columns count for nothing.
 class LmHead final : public Module {
  public:
-  explicit LmHead(Parameter& wte);
+  LmHead(Parameter& wte, std::int64_t vocab);
 
-  // logits: (N, V) = x: (N, C) @ wte^T; losses: (N) fp32; loss_sum: (1) += weight * mean(losses)
+  // logits: (N, Vr) = x: (N, C) @ wte^T; losses: (N) fp32; loss_sum: (1) += weight * mean(losses).
+  // stats: used (and kept for backward) when wte is split.
   Status forward(const Ctx& ctx, DeviceView logits, DeviceView losses, DeviceView loss_sum, float weight,
-                 DeviceView x, DeviceRange targets, std::int64_t N, bool recompute);
+                 DeviceView x, DeviceRange targets, std::int64_t N, bool recompute, const CrossEntropyStats& stats);
   // logits are overwritten with their gradient (dloss * mean over N); wte gradient +=;
-  // dx: (N, C) = dlogits @ wte (overwritten).
+  // dx: (N, C) = dlogits @ wte (overwritten; all-reduced when split).
   Status backward(const Ctx& ctx, DeviceView dx, DeviceView logits, DeviceView x, DeviceRange targets, float dloss,
-                  std::int64_t N);
+                  std::int64_t N, const CrossEntropyStats& stats);
 
  private:
+  // The first vocabulary id of this rank's rows and how many of them are real.
+  std::int64_t first() const;
+  std::int64_t valid() const;
+
   Parameter& wte_;
+  std::int64_t vocab_;
 };
 
 }  // namespace strata::model

@@ -279,7 +279,7 @@ TEST_F(LayerGrad, Embeddings) {
 TEST_F(LayerGrad, TiedHeadAndCrossEntropy) {
   const std::int64_t N = 6, C = 8, V = 11;
   Embeddings emb(V, 4, C);
-  LmHead head(emb.wte);
+  LmHead head(emb.wte, V);
   EXPECT_TRUE(head.own_parameters().empty());
   ASSERT_EQ(head.tied_parameters().size(), 1u);
   EXPECT_EQ(head.tied_parameters()[0]->name(), "wte.weight");
@@ -288,7 +288,7 @@ TEST_F(LayerGrad, TiedHeadAndCrossEntropy) {
   const auto targets = random_ids(N, V, 62);
   auto dx = vec(x), dt = upload_ids(*dev_, targets);
   auto logits = zeros(N * V), losses = zeros(N), loss_sum = vec({0.5});
-  ASSERT_TRUE(head.forward(ctx(), logits.view, losses.view, loss_sum.view, 2.0f, dx.view, dt.range(), N, false).ok());
+  ASSERT_TRUE(head.forward(ctx(), logits.view, losses.view, loss_sum.view, 2.0f, dx.view, dt.range(), N, false, {}).ok());
   auto ref = [&] {
     const Vec& wte = bound.values["wte.weight"];
     Vec lg(static_cast<std::size_t>(N * V), 0.0);
@@ -305,7 +305,7 @@ TEST_F(LayerGrad, TiedHeadAndCrossEntropy) {
   EXPECT_TRUE(close(download(*dev_, loss_sum.view), {0.5 + 2.0 * ref()}, 1e-5, 1e-5));
 
   auto gx = zeros(N * C);
-  ASSERT_TRUE(head.backward(ctx(), gx.view, logits.view, dx.view, dt.range(), 3.0f, N).ok());
+  ASSERT_TRUE(head.backward(ctx(), gx.view, logits.view, dx.view, dt.range(), 3.0f, N, {}).ok());
   auto f = [&] { return 3.0 * ref(); };
   EXPECT_TRUE(grad_close(download(*dev_, gx.view), numeric_grad(x, f)));
   check_params(bound, {"wte.weight"}, f);

@@ -3,10 +3,13 @@
 // and each rank's parameter gradients equal the whole gradients at the elements its shards
 // hold (TensorShard::global_index), all in fp32 within 1e-5 absolute + 1e-5 relative (the
 // split GEMMs and the all-reduce add the same terms in another order). Odd sequence length.
+// Then the whole GPT (vocab-parallel embedding and cross-entropy, an odd vocabulary padded),
+// with and without activation checkpointing: the loss within 1e-6 relative and every gradient.
 #include <gtest/gtest.h>
 
 #include <map>
 #include <string>
+#include <tuple>
 
 #include "model/layers.h"
 #include "model/model_test_util.h"
@@ -131,6 +134,109 @@ TEST_P(TensorParallelBlock, EveryRankEqualsTheWholeBlock) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Tp, TensorParallelBlock, ::testing::Values(2, 4));
+
+// ---- the whole GPT ----
+
+// Binds every parameter of `m` to its initial values under seed 5 plus 0.05 x a normal keyed
+// by its elements' indices in the whole tensor (so that biases and LayerNorms are not at their
+// neutral values), all fp32, with zeroed gradients.
+std::vector<DevTensor> bind_global(Device& dev, Module& m) {
+  std::vector<DevTensor> bufs;
+  for (Parameter* p : m.parameters()) {
+    std::vector<float> init(p->numel());
+    init_parameter_values(*p, 5, 0, init);
+    Vec v(p->numel());
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      v[i] = init[i] + 0.05 * static_cast<double>(init_normal(99, p->name(), p->shard().global_index(i)));
+    }
+    bufs.push_back(upload(dev, rounded(v, kF32), kF32));
+    bufs.push_back(upload(dev, Vec(p->numel(), 0.0), kF32));
+    EXPECT_TRUE(p->bind(bufs[bufs.size() - 2].view, bufs.back().view).ok());
+  }
+  return bufs;
+}
+
+struct GptRun {
+  double loss = 0;
+  std::map<std::string, Vec> grads;
+};
+
+constexpr std::int64_t kVocab = 11;  // odd: padded to 12 at tp 2 and 4
+
+GptRun run_gpt(Device& dev, Communicator* tp, int rank, int size, bool checkpointing) {
+  GptConfig c;
+  c.dims.n_layer = 2;
+  c.dims.n_head = NH;
+  c.dims.n_embd = C;
+  c.dims.vocab = kVocab;
+  c.dims.seq_len = T;
+  c.checkpointing = checkpointing;
+  c.tp_rank = rank;
+  c.tp_size = size;
+  auto gpt = Gpt::create(c);
+  EXPECT_TRUE(gpt.ok()) << gpt.status();
+  std::vector<DevTensor> bufs = bind_global(dev, **gpt);
+  Status st = (*gpt)->prepare(dev, B, tp);
+  EXPECT_TRUE(st.ok()) << st;
+  const auto tokens = testutil::upload_ids(dev, testutil::random_ids(N, kVocab, 7));
+  const auto targets = testutil::upload_ids(dev, testutil::random_ids(N, kVocab, 8));
+  DevTensor loss = upload(dev, Vec{0.0}, kF32);
+  st = (*gpt)->forward(tokens.range(), targets.range(), loss.view, 1.0f, dev.default_stream());
+  EXPECT_TRUE(st.ok()) << st;
+  st = (*gpt)->backward(1.0f, dev.default_stream());
+  EXPECT_TRUE(st.ok()) << st;
+  GptRun r;
+  r.loss = download(dev, loss.view)[0];
+  for (Parameter* p : (*gpt)->parameters()) r.grads[p->name()] = download(dev, p->grad());
+  return r;
+}
+
+class TensorParallelGpt : public ::testing::TestWithParam<std::tuple<int, bool>> {};
+
+// The loss within 1e-6 relative, and every rank's gradients at its elements of the whole
+// gradients (the padding rows of wte: zero).
+TEST_P(TensorParallelGpt, EveryRankEqualsTheWholeModel) {
+  const auto [tp, checkpointing] = GetParam();
+  auto dev = testutil::make_host();
+  ASSERT_NE(dev, nullptr);
+  const GptRun whole = run_gpt(*dev, nullptr, 0, 1, checkpointing);
+  testing_comm::Ranks ranks(tp);
+  ranks.run([&](testing_comm::RankEnv& e) {
+    const GptRun mine = run_gpt(*e.device, e.comm, e.rank, tp, checkpointing);
+    EXPECT_NEAR(mine.loss, whole.loss, 1e-6 * whole.loss) << "rank " << e.rank;
+    GptConfig c;
+    c.dims = {2, NH, C, kVocab, T};
+    c.tp_rank = e.rank;
+    c.tp_size = tp;
+    auto shape = Gpt::create(c);
+    ASSERT_TRUE(shape.ok());
+    for (Parameter* p : (*shape)->parameters()) {
+      const Vec& got = mine.grads.at(p->name());
+      const Vec& all = whole.grads.at(p->name());
+      Vec want(got.size(), 0.0);
+      for (std::size_t i = 0; i < want.size(); ++i) {
+        const std::uint64_t g = p->shard().global_index(i);
+        if (g < all.size()) want[i] = all[g];  // beyond: wte's padding rows
+      }
+      EXPECT_TRUE(close(got, want, 1e-5, 1e-5)) << p->name() << " " << p->shape_string() << ", rank " << e.rank;
+    }
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Tp, TensorParallelGpt, ::testing::Combine(::testing::Values(2, 4), ::testing::Bool()));
+
+TEST(TensorParallelGpt, ADimensionThatDoesNotDivideAmongTheRanksIsRefused) {
+  GptConfig c;
+  c.dims = {2, 6, 24, kVocab, T};
+  c.tp_size = 4;
+  Status st = c.validate();
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("n_head = 6 does not divide among parallel.tp = 4"), std::string::npos) << st;
+  c.tp_size = 3;
+  EXPECT_TRUE(c.validate().ok()) << c.validate();
+  c.tp_rank = 3;
+  EXPECT_FALSE(c.validate().ok());
+}
 
 TEST(TensorParallelLinear, ASplitLayerWithoutItsGroupIsRefused) {
   auto dev = testutil::make_host();
