@@ -124,10 +124,13 @@ struct ParamPiece {
 // pieces of them, and the data-parallel `group` whose ranks own the rest, over which the
 // gradient norm is summed. An optimizer keeps state only for its pieces; their master weights
 // and state may be read and written only there (set_master then updates the device values of
-// those elements only: the engine all-gathers the rest).
+// those elements only: the engine all-gathers the rest). With tensor parallelism, `tp` is the
+// group the split parameters' shards lie across: the norm sums their squares over it and
+// counts the parameters every tp rank holds whole once.
 struct OptimizerShard {
   std::vector<ParamPiece> pieces;
   Communicator* group = nullptr;
+  Communicator* tp = nullptr;
   bool sharded() const { return !pieces.empty(); }
 };
 
@@ -279,6 +282,12 @@ struct TrainerOptions {
   // ranks' updates agree; the loss is the global mean (src/engine/data_parallel.h).
   // REQUIRES: outlives the trainer.
   Communicator* dp = nullptr;
+  // The tensor-parallel group this trainer is one rank of (null: tp = 1). Its size must be
+  // parallel.tp. The model holds this rank's shards (strata/model.h's GptConfig, Megatron's
+  // layers); every tp rank of a dp rank reads the same rows, and ZeRO shards each rank's
+  // parameters over the dp group of its tp rank.
+  // REQUIRES: outlives the trainer.
+  Communicator* tp = nullptr;
   // ZeRO stage 3: time the training stream's waits for parameter gathers (GatherStats::stall_s;
   // two host functions per module use).
   bool time_gather_stalls = false;

@@ -27,7 +27,6 @@ const std::vector<PendingKey>& pending_keys() {
   static const std::vector<PendingKey> keys = {
       STRATA_PENDING_KEY("offload.optimizer.pin_memory", offload_optimizer.pin_memory, "true",
                          "every host buffer is page-locked; unpinned staging buffers are not implemented"),
-      STRATA_PENDING_KEY("parallel.tp", parallel.tp, "1", "tensor parallelism is not built yet"),
       STRATA_PENDING_KEY("parallel.pp", parallel.pp, "1", kPipeline),
       STRATA_PENDING_KEY("parallel.schedule", parallel.schedule, "\"1f1b\"", kPipeline),
       STRATA_PENDING_KEY("parallel.micro_batches", parallel.micro_batches, "1", kPipeline),

@@ -83,6 +83,7 @@ const std::map<std::string, Reader>& honoured_keys() {
       {"optimizer.grad_clip", {"src/engine/trainer.cc", "optimizer.grad_clip"}},
       {"parallel.comm", {"src/cli/train_ranks.cc", "parallel.comm"}},
       {"parallel.dp", {"src/engine/trainer.cc", "profile.parallel.dp"}},
+      {"parallel.tp", {"src/model/gpt.cc", "profile.parallel.tp"}},
       {"zero.stage", {"src/engine/data_parallel.cc", "profile.zero.stage"}},
       {"zero.reduce_bucket_size", {"src/engine/data_parallel.cc", "profile.zero.reduce_bucket_size"}},
       {"zero.overlap_comm", {"src/engine/data_parallel.cc", "profile.zero.overlap_comm"}},
@@ -122,7 +123,6 @@ const std::map<std::string, std::string>& non_default_settings() {
   static const std::map<std::string, std::string> s = {
       {"offload.optimizer.pin_memory", "[offload.optimizer]\npin_memory = false\n"},
       {"offload.param.device", "[offload.param]\ndevice = \"cpu\"\n[zero]\nstage = 3\n"},
-      {"parallel.tp", "[parallel]\ntp = 2\n"},
       {"parallel.pp", "[parallel]\npp = 2\n"},
       {"parallel.schedule", "[parallel]\nschedule = \"gpipe\"\n"},
       {"parallel.micro_batches", "[parallel]\nmicro_batches = 4\n"},

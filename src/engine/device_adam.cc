@@ -37,6 +37,7 @@ class DeviceAdam final : public StepOptimizer {
     device_ = &device;
     stream_ = &stream;
     group_ = shard.group;
+    tp_ = shard.tp;
     pieces_.clear();
     std::vector<ParamPiece> pieces = shard.pieces;
     if (!shard.sharded()) {
@@ -114,9 +115,8 @@ class DeviceAdam final : public StepOptimizer {
     }
     // The squared norm of all gradients (summed over the group's shards), read back once; it is
     // also the overflow check.
-    std::vector<DeviceView> grads;
-    for (const Piece& st : pieces_) grads.push_back(st.grad);
-    STRATA_RETURN_IF_ERROR(sumsq_.enqueue(grads, *stream_, group_));
+    const engine::NormViews grads = engine::norm_views(pieces_, tp_);
+    STRATA_RETURN_IF_ERROR(sumsq_.enqueue(grads.whole, *stream_, group_, grads.split, tp_));
     STRATA_RETURN_IF_ERROR(stream_->synchronize());
     const engine::NormedUpdate u =
         engine::normed_update(engine::finish_grad_norm(sumsq_.value(), req.loss_scale, req.grad_clip), hyper_, req, updates_);
@@ -203,6 +203,7 @@ class DeviceAdam final : public StepOptimizer {
   Device* device_ = nullptr;
   Stream* stream_ = nullptr;
   Communicator* group_ = nullptr;
+  Communicator* tp_ = nullptr;
   DeviceBuffer master_, exp_avg_, exp_avg_sq_;
   engine::GradSquaredNorm sumsq_;
   std::vector<Piece> pieces_;

@@ -21,15 +21,17 @@ Result<GradSquaredNorm> GradSquaredNorm::create(Device& device) {
   return n;
 }
 
-Status GradSquaredNorm::enqueue(std::span<const DeviceView> grads, Stream& stream, Communicator* group) {
+Status GradSquaredNorm::enqueue(std::span<const DeviceView> grads, Stream& stream, Communicator* group,
+                                std::span<const DeviceView> split, Communicator* tp) {
   if (device_ == nullptr) return failed_precondition("gradient norm: create() it first");
+  if (!split.empty() && tp == nullptr) return internal_error("gradient norm: split gradients without their tp group");
   STRATA_ASSIGN_OR_RETURN(DeviceView sumsq, scalar_.view(DType::kF32, 0, 1));
+  const CommBuffer b = CommBuffer::of(sumsq);
   STRATA_RETURN_IF_ERROR(device_->fill(sumsq, 0.0f, stream));
+  for (const DeviceView& g : split) STRATA_RETURN_IF_ERROR(device_->sum_squares(g, sumsq, stream));
+  if (tp != nullptr) STRATA_RETURN_IF_ERROR(tp->all_reduce(b, b, ReduceOp::kSum, stream));
   for (const DeviceView& g : grads) STRATA_RETURN_IF_ERROR(device_->sum_squares(g, sumsq, stream));
-  if (group != nullptr) {
-    const CommBuffer b = CommBuffer::of(sumsq);
-    STRATA_RETURN_IF_ERROR(group->all_reduce(b, b, ReduceOp::kSum, stream));
-  }
+  if (group != nullptr) STRATA_RETURN_IF_ERROR(group->all_reduce(b, b, ReduceOp::kSum, stream));
   return device_->copy_to_host(host_.bytes().first(sizeof(float)), sumsq.range(), stream);
 }
 

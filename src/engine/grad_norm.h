@@ -36,10 +36,14 @@ class GradSquaredNorm {
   static Result<GradSquaredNorm> create(Device& device);
 
   // Enqueues on `stream`: the scalar = the sum of squares of every element of `grads`, all-
-  // reduced (sum) over `group` when one is given, then its copy to host memory. The views must
-  // stay unchanged until the stream has run it.
+  // reduced (sum) over `group` when one is given, then its copy to host memory. With tensor
+  // parallelism, `split` are this rank's shards of the tensors split over `tp`: their squares
+  // are summed first and all-reduced over tp, then `grads` (the tensors every tp rank holds
+  // whole, with the same gradients) are added once. The views must stay unchanged until the
+  // stream has run it.
   // REQUIRES: created.
-  Status enqueue(std::span<const DeviceView> grads, Stream& stream, Communicator* group = nullptr);
+  Status enqueue(std::span<const DeviceView> grads, Stream& stream, Communicator* group = nullptr,
+                 std::span<const DeviceView> split = {}, Communicator* tp = nullptr);
 
   // The sum the latest enqueue() computed.
   // REQUIRES: the stream it was enqueued on has synchronized since.
@@ -52,6 +56,18 @@ class GradSquaredNorm {
   DeviceBuffer scalar_;
   PinnedBuffer host_;
 };
+
+// The gradient views of an optimizer's pieces (anything with `param` and `grad`) for enqueue():
+// with a tp group, those of parameters split over it go to `split`, the rest to `whole`.
+struct NormViews {
+  std::vector<DeviceView> whole, split;
+};
+template <typename Piece>
+NormViews norm_views(const std::vector<Piece>& pieces, const Communicator* tp) {
+  NormViews v;
+  for (const Piece& p : pieces) (tp != nullptr && p.param->shard().split() ? v.split : v.whole).push_back(p.grad);
+  return v;
+}
 
 // The sum of squares of `grads` (elements of `dtype`, in host memory), accumulated in double,
 // summed over `group` when one is given (Communicator::all_reduce_host): the squared norm of

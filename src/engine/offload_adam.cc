@@ -2,6 +2,7 @@
 #include "engine/offload_adam.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -40,6 +41,7 @@ Status OffloadAdam::attach(Module& model, Device& device, Stream& stream, const 
   device_ = &device;
   stream_ = &stream;
   group_ = shard.group;
+  tp_ = shard.tp;
   grads_at_step_ = shard.sharded();
   const OptimizerOffloadConfig& oc = profile_.offload_optimizer;
 
@@ -269,9 +271,8 @@ Result<UpdateResult> OffloadAdam::step(const UpdateRequest& req) {
   // (engine/grad_norm.h), so the clip coefficient is the same to the bit; of the host
   // gradients on the host where the engine delivered them there (after the stream's work).
   if (!host_grads_) {
-    std::vector<DeviceView> grads;
-    for (const PieceState& st : pieces_) grads.push_back(st.grad);
-    STRATA_RETURN_IF_ERROR(sumsq_.enqueue(grads, *stream_, group_));
+    const NormViews grads = norm_views(pieces_, tp_);
+    STRATA_RETURN_IF_ERROR(sumsq_.enqueue(grads.whole, *stream_, group_, grads.split, tp_));
   }
   // Gradients no hook has moved yet (a sharded run, a model run without hooks, a module skipped).
   for (std::size_t i = 0; i < pieces_.size(); ++i) {
@@ -282,7 +283,7 @@ Result<UpdateResult> OffloadAdam::step(const UpdateRequest& req) {
   STRATA_RETURN_IF_ERROR(copy_stream_->synchronize());
   double sum_squares = sumsq_.value();
   if (host_grads_) {
-    STRATA_ASSIGN_OR_RETURN(sum_squares, engine::host_sum_squares(grads_host_[grad_slot_].bytes(), grad_dtype_, group_));
+    STRATA_ASSIGN_OR_RETURN(sum_squares, host_grad_squares());
   }
   const NormedUpdate u = normed_update(finish_grad_norm(sum_squares, req.loss_scale, req.grad_clip), hyper_, req, updates_);
   if (!u.result.finite) return u.result;
@@ -323,6 +324,24 @@ Result<UpdateResult> OffloadAdam::step(const UpdateRequest& req) {
     cv_.notify_all();
   });
   return u.result;
+}
+
+Result<double> OffloadAdam::host_grad_squares() const {
+  const std::span<const std::byte> all = grads_host_[grad_slot_].bytes();
+  if (tp_ == nullptr) return engine::host_sum_squares(all, grad_dtype_, group_);
+  // Split parameters' squares summed over tp, then the whole ones once (engine/grad_norm.h).
+  const std::size_t gs = dtype_size(grad_dtype_);
+  double split = 0, whole = 0;
+  for (std::size_t i = 0; i < pieces_.size(); ++i) {
+    const std::span<const std::byte> g = all.subspan(layout_.offset(i) * gs, pieces_[i].count * gs);
+    STRATA_ASSIGN_OR_RETURN(const double s, engine::host_sum_squares(g, grad_dtype_));
+    (pieces_[i].param->shard().split() ? split : whole) += s;
+  }
+  std::array<double, 1> v{split};
+  STRATA_RETURN_IF_ERROR(tp_->all_reduce_host(v, ReduceOp::kSum));
+  v[0] += whole;
+  if (group_ != nullptr) STRATA_RETURN_IF_ERROR(group_->all_reduce_host(v, ReduceOp::kSum));
+  return v[0];
 }
 
 Status OffloadAdam::lay_out(Module& model, Device& device, const OptimizerShard& shard) {

@@ -262,6 +262,8 @@ class OffloadAdam final : public StepOptimizer {
   Status update_all(const AdamHyper& h, const AdamStep& at, Pass mode, std::size_t slot);
   Status update_chunks(const AdamHyper& h, const AdamStep& at, Pass mode, std::size_t slot);
   std::uint64_t nvme_traffic_so_far() const;
+  // The squared norm of gradients the engine delivered to host memory, over the groups.
+  Result<double> host_grad_squares() const;
 
   // Chunk c's updated values (`values`, in the weight buffer or the swap's block pinned in
   // `value_pin`) to the device homes of its pieces that have one, on `upload` (not for a
@@ -291,6 +293,7 @@ class OffloadAdam final : public StepOptimizer {
   DType value_dtype_ = DType::kF32;
   DType grad_dtype_ = DType::kF32;
   Communicator* group_ = nullptr;  // with a shard: the group the gradient norm is summed over
+  Communicator* tp_ = nullptr;     // the tensor-parallel group of split parameters' shards
   bool grads_at_step_ = false;      // with a shard: the gradients are final when step() is called
   std::vector<PieceState> pieces_;
   std::unordered_map<const Parameter*, std::vector<std::size_t>> index_;  // its pieces

@@ -60,6 +60,7 @@ struct Trainer::Impl final : ModuleHooks {
   std::int64_t steps_done = 0;
   bool last_micro = false;
   Communicator* group = nullptr;  // the data-parallel group, null for one rank
+  Communicator* tp = nullptr;     // the tensor-parallel group, null for tp = 1
 
   std::size_t rows_tokens() const {
     return static_cast<std::size_t>(profile.train.micro_batch) * static_cast<std::size_t>(profile.train.dims.seq_len);
@@ -71,13 +72,14 @@ struct Trainer::Impl final : ModuleHooks {
     return reinterpret_cast<float*>(host_tokens(profile.train.grad_accum));
   }
 
-  // Checks that the group is the profile's parallel.dp ranks.
-  Status check_group(Communicator* g) const {
+  // Checks that a group is the profile's parallel.dp (or tp) ranks.
+  Status check_group(Communicator* g, int want, const char* key) const {
     const int ranks = g == nullptr ? 1 : g->size();
-    if (profile.parallel.dp != ranks) {
-      return invalid_argument("parallel.dp = " + std::to_string(profile.parallel.dp) + " but the trainer runs as " +
+    if (want != ranks) {
+      return invalid_argument(std::string(key) + " = " + std::to_string(want) + " but the trainer runs as " +
                               std::string(ranks == 1 ? "one rank" : "one of " + std::to_string(ranks) + " ranks") +
-                              "; start dp ranks (strata train --ranks N, or mpirun -n N strata train)");
+                              " of its group; start dp x tp x pp ranks (strata train --ranks N, or mpirun -n N "
+                              "strata train)");
     }
     return Status::OK();
   }
@@ -114,14 +116,18 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Profile& profile, Device&
   m.options = options;
   m.device = &device;
   STRATA_ASSIGN_OR_RETURN(m.stream, device.create_stream("train"));
-  STRATA_ASSIGN_OR_RETURN(m.model, Gpt::create(GptConfig::from_profile(profile)));
+  STRATA_RETURN_IF_ERROR(m.check_group(options.dp, profile.parallel.dp, "parallel.dp"));
+  STRATA_RETURN_IF_ERROR(m.check_group(options.tp, profile.parallel.tp, "parallel.tp"));
+  GptConfig config = GptConfig::from_profile(profile);
+  if (options.tp != nullptr) config.tp_rank = options.tp->rank();
+  STRATA_ASSIGN_OR_RETURN(m.model, Gpt::create(config));
   const GptConfig& gc = m.model->config();
 
-  STRATA_RETURN_IF_ERROR(m.check_group(options.dp));
   m.group = options.dp != nullptr && options.dp->size() > 1 ? options.dp : nullptr;
   STRATA_ASSIGN_OR_RETURN(m.dp, engine::DataParallel::create(profile, *m.model, gc.dtype, gc.grad_dtype, device, m.group,
                                                                  options.time_gather_stalls));
-  STRATA_RETURN_IF_ERROR(m.model->prepare(device, tc.micro_batch));
+  m.tp = options.tp != nullptr && options.tp->size() > 1 ? options.tp : nullptr;
+  STRATA_RETURN_IF_ERROR(m.model->prepare(device, tc.micro_batch, m.tp));
 
   const std::size_t bt = m.rows_tokens();
   auto tokens = device.allocate(2 * bt * sizeof(std::int32_t));
@@ -138,7 +144,9 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Profile& profile, Device&
     STRATA_ASSIGN_OR_RETURN(optimizer, make_step_optimizer(profile));
   }
   m.opt = std::move(optimizer);
-  STRATA_RETURN_IF_ERROR(m.opt->attach(*m.model, device, *m.stream, m.dp->shard()));
+  OptimizerShard shard = m.dp->shard();
+  shard.tp = m.tp;
+  STRATA_RETURN_IF_ERROR(m.opt->attach(*m.model, device, *m.stream, shard));
   STRATA_RETURN_IF_ERROR(m.dp->attach_optimizer(*m.opt));
   m.model->set_hooks(&m);
   STRATA_RETURN_IF_ERROR(m.dp->reserve_gather_window());

@@ -23,6 +23,7 @@ GptConfig GptConfig::from_profile(const Profile& profile) {
   c.dtype = profile.precision.dtype;
   c.grad_dtype = profile.precision.grad_dtype;
   c.checkpointing = profile.activation.checkpointing;
+  c.tp_size = profile.parallel.tp;
   return c;
 }
 
