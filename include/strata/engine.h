@@ -1,8 +1,11 @@
 // strata/engine.h — what a user drives to train: one rank of a run, on its own device, as one
 // of the ranks of a communicator (null or one rank: training alone, the 1x1x1 grid). Today the
-// grid is data parallelism with ZeRO stage 0, 1 or 2 (strata/trainer.h, src/engine/
-// data_parallel.h) and the optimizer state on the device, in pinned host memory or on NVMe, as
-// the profile says; tensor and pipeline grids are refused with the reason.
+// grid is data parallelism with ZeRO stages 0 to 3 (strata/trainer.h, src/engine/
+// data_parallel.h) and tensor parallelism (parallel.tp: the communicator is split into dp and
+// tp groups, src/parallel/process_grid.h), the optimizer state on the device, in pinned host
+// memory or on NVMe, as the profile says; pipeline grids are refused with the reason, and so
+// are checkpoints, exports and imports with tp > 1 (their shards are not yet written in
+// whole-tensor terms).
 //
 // The Engine owns the rank's Device and its Trainer, the one training loop (`strata train`
 // runs through an Engine too). Every rank of the communicator calls every method, in the same
@@ -37,6 +40,10 @@
 
 namespace strata {
 
+namespace parallel {
+class ProcessGrid;
+}
+
 class Engine {
  public:
   // The rank's device (`device`: a create_device() backend name, sized by profile.memory) and
@@ -70,7 +77,11 @@ class Engine {
   // failing rank (its own message on that rank).
   Status agree(const Status& mine, const std::string& what);
 
+  // Refuses, naming `what`, an operation that needs whole tensors when the ranks hold tp shards.
+  Status whole_tensors(const std::string& what) const;
+
   Communicator* comm_ = nullptr;  // null: one rank
+  std::unique_ptr<parallel::ProcessGrid> grid_;  // with tp > 1: the world split into dp and tp
   std::unique_ptr<Device> device_;
   std::unique_ptr<Trainer> trainer_;
 };

@@ -59,9 +59,9 @@ Result<TrainWorld> open_train_world(const Profile& p, int ranks_option) {
                             " ranks but the grid " + grid_text(g) + " needs " + std::to_string(grid) +
                             "; the number of ranks must equal parallel.dp x tp x pp");
   }
-  if (g.tp != 1 || g.pp != 1) {
-    return unavailable("the grid " + grid_text(g) + " is not available yet: strata train runs data parallelism "
-                       "(parallel.dp ranks); tensor and pipeline parallelism have not landed");
+  if (g.pp != 1) {
+    return unavailable("the grid " + grid_text(g) + " is not available yet: strata train runs data and tensor "
+                       "parallelism (parallel.dp x tp ranks); pipeline parallelism has not landed");
   }
   return w;
 }

@@ -4,11 +4,18 @@
 
 #include <vector>
 
+#include "parallel/process_grid.h"
+
 namespace strata {
 
 Result<std::unique_ptr<Engine>> Engine::create(const Profile& profile, Communicator* comm, std::string_view device) {
   std::unique_ptr<Engine> e(new Engine());
   e->comm_ = comm != nullptr && comm->size() > 1 ? comm : nullptr;
+  const ParallelConfig& g = profile.parallel;
+  if (e->comm_ != nullptr && g.tp > 1) {
+    // Collective over the world, before anything can fail on one rank alone.
+    STRATA_ASSIGN_OR_RETURN(e->grid_, parallel::ProcessGrid::create(*e->comm_, {g.dp, g.tp, g.pp}));
+  }
   // Every rank learns whether every rank could start, so that none waits for a rank that
   // never arrives at the first collective.
   Status made;
@@ -16,7 +23,8 @@ Result<std::unique_ptr<Engine>> Engine::create(const Profile& profile, Communica
   if (dev.ok()) {
     e->device_ = std::move(*dev);
     TrainerOptions options;
-    options.dp = e->comm_;
+    options.dp = e->grid_ ? &e->grid_->dp() : e->comm_;
+    options.tp = e->grid_ ? &e->grid_->tp() : nullptr;
     auto trainer = Trainer::create(profile, *e->device_, nullptr, options);
     if (trainer.ok()) e->trainer_ = std::move(*trainer);
     made = trainer.status();
@@ -52,7 +60,15 @@ Status Engine::agree(const Status& mine, const std::string& what) {
   return Status::OK();
 }
 
+Status Engine::whole_tensors(const std::string& what) const {
+  if (grid_ == nullptr) return Status::OK();
+  return unavailable(what + " of a tensor-parallel run (parallel.tp = " + std::to_string(grid_->shape().tp) +
+                     ") is not available yet: each rank holds shards of the tensors, and they are not yet written "
+                     "or read in whole-tensor terms; train with parallel.tp = 1 to save, resume, export or import");
+}
+
 Result<std::string> Engine::save_checkpoint(const std::string& dir, const CheckpointOptions& options) {
+  STRATA_RETURN_IF_ERROR(whole_tensors("a checkpoint"));
   // Sharded state: every rank writes its part (the save agrees by itself). Otherwise rank 0
   // holds everything and writes alone.
   if (trainer_->zero_stage() >= 1 && trainer_->dp_group() != nullptr) return strata::save_checkpoint(*trainer_, dir, options);
@@ -68,18 +84,21 @@ Result<std::string> Engine::save_checkpoint(const std::string& dir, const Checkp
 }
 
 Result<std::string> Engine::load_checkpoint(const std::string& path) {
+  STRATA_RETURN_IF_ERROR(whole_tensors("resuming"));
   Result<std::string> loaded = strata::load_checkpoint(*trainer_, path);
   STRATA_RETURN_IF_ERROR(agree(loaded.status(), "resuming from " + path));
   return loaded;
 }
 
 Status Engine::export_weights(const std::string& path, DType dtype) {
+  STRATA_RETURN_IF_ERROR(whole_tensors("exporting weights"));
   Status mine;
   if (trainer_->zero_stage() >= 1 || rank() == 0) mine = trainer_->export_weights(path, dtype);
   return agree(mine, "exporting " + path);
 }
 
 Status Engine::import_weights(const std::string& path) {
+  STRATA_RETURN_IF_ERROR(whole_tensors("importing weights"));
   return agree(trainer_->import_weights(path), "importing " + path);
 }
 
