@@ -1,6 +1,6 @@
 // Tensor parallelism in the trainer against the one-rank run (the same global batch): tp = 2
-// and tp = 4 alone, and tp = 2 x dp = 2 on a ProcessGrid with ZeRO stages 0 to 2 and the
-// optimizer on the device or in NVMe swap. fp32 losses within 1e-6 relative over 20 steps, and
+// and tp = 4 alone, and tp = 2 x dp = 2 on a ProcessGrid with ZeRO stages 0 to 3 and the
+// optimizer on the device or in NVMe swap, and stage 3 with parameters in host memory. fp32 losses within 1e-6 relative over 20 steps, and
 // each rank's master weights at its elements of the whole tensors within the data-parallel
 // tests' tolerance (engine/dp_test_util.h). The tiny GPT with 4 heads and a vocabulary of 257
 // (padded to a multiple of tp).
@@ -107,12 +107,16 @@ TEST(TrainerTensorParallel, TwoAndFourRanksEqualTheOneRankRun) {
 
 TEST(TrainerTensorParallel, ComposesWithDataParallelZeroAndOffload) {
   offload::testing::ScratchDir swap;
-  for (int stage : {0, 1, 2}) {
+  for (int stage : {0, 1, 2, 3}) {
     for (OffloadTarget target : {OffloadTarget::kNone, OffloadTarget::kNvme}) {
       expect_tp_matches(2, 2, zero_profile(stage, target, swap.path()),
                         "tp 2 x dp 2, stage " + std::to_string(stage) + ", optimizer " + target_name(target));
     }
   }
+  // ZeRO-3 with each rank's parameter shards in host memory (the norm of host gradients).
+  Profile host_params = zero_profile(3, OffloadTarget::kCpu, swap.path());
+  host_params.offload_param.device = OffloadTarget::kCpu;
+  expect_tp_matches(2, 2, host_params, "tp 2 x dp 2, stage 3, parameters and optimizer on cpu");
 }
 
 TEST(TrainerTensorParallel, AGroupOfTheWrongSizeIsRefused) {
