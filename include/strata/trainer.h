@@ -383,15 +383,23 @@ class Trainer {
   // Nothing to do otherwise.
   Status gather_parameters();
 
-  // Weights as safetensors with Hugging Face GPT-2 names, from the fp32 master weights,
-  // written as F32, BF16 or F16. With ZeRO stages 1 to 3 a collective: every rank calls it and
-  // global rank 0 of the group writes the file.
+  // Weights as safetensors with Hugging Face GPT-2 names and whole-tensor shapes, from the fp32
+  // master weights, written as F32, BF16 or F16: the same file whatever the grid. With ZeRO
+  // stages 1 to 3 or tensor parallelism a collective: every rank calls it and global rank 0 of
+  // the grid writes the file.
   Status export_weights(const std::string& path, DType dtype = DType::kF32);
   // Replaces the master weights (and device values) with a safetensors file's; the file must
-  // match the model (see model/safetensors.h). The optimizer moments are left as they are.
+  // match the whole model (see model/safetensors.h), and each tp rank takes its shards of it.
+  // The optimizer moments are left as they are.
   Status import_weights(const std::string& path);
 
  private:
+  // The fp32 master values of the whole tensor `p` is this rank's part of (a collective over
+  // the dp and tp groups where they hold shards of it).
+  Status whole_master(const Parameter& p, std::vector<float>* whole);
+  // The model with every tensor whole (tp = 1): names and shapes of the exchange files.
+  Result<std::unique_ptr<Gpt>> whole_model() const;
+
   struct Impl;
   explicit Trainer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;

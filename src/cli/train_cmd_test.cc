@@ -31,6 +31,11 @@ CliRun run_shell(const std::string& cmd) {
   return strata::run_command(cmd + " 2>&1 < /dev/null");
 }
 
+std::string file_bytes(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
 std::filesystem::path dir() {
   const char* base = std::getenv("STRATA_TEST_TMPDIR");
   auto d = std::filesystem::path(base ? base : std::filesystem::temp_directory_path().string()) /
@@ -255,13 +260,14 @@ TEST(TrainCmd, RanksMustMatchTheGridAndDataParallelRanksTrainTheGlobalBatch) {
   EXPECT_EQ(logged_losses(logm), l2);
 }
 
-// tp = 2 (the tiny GPT with 4 heads) as two threads and as two MPI processes: the losses of the
-// one-rank run within 1e-6, the processes' equal to the threads'; a checkpoint or an export of
-// the shards is refused with the reason.
+// tp = 2 (the tiny GPT with 4 heads, its vocabulary of 257 padded to 258) as two threads and as two MPI processes: the losses of the
+// one-rank run within 1e-6, the processes' equal to the threads'; the initial weights exported
+// byte for byte as one rank exports them, and imported back; a checkpoint of the shards is
+// refused with the reason.
 TEST(TrainCmd, TensorParallelRanksTrainTheOneRankModel) {
   const auto tp2 = dir() / "tp2.toml";
   const auto one = dir() / "tp1.toml";
-  const std::string common = "[memory]\ndevice_budget = \"256MiB\"\n[train]\nmodel = \"tiny\"\nn_head = 4\n"
+  const std::string common = "[memory]\ndevice_budget = \"256MiB\"\n[train]\nmodel = \"tiny\"\nn_head = 4\nvocab = 257\n"
                              "micro_batch = 2\nsteps = 4\n";
   std::ofstream(tp2) << common << "[parallel]\ntp = 2\n";
   std::ofstream(one) << common;
@@ -275,9 +281,20 @@ TEST(TrainCmd, TensorParallelRanksTrainTheOneRankModel) {
   ASSERT_EQ(l1.size(), 4u);
   for (std::size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l2[i], l1[i], 1e-6 * l1[i]) << "step " << i + 1;
 
-  CliRun ck = run("train --profile " + tp2.string() + " --ranks 2 --steps 1 --export " + (dir() / "tp.st").string());
+  // The same initial weights exported by both, byte for byte (the same model whatever the grid).
+  const std::string init2 = (dir() / "tp2-init.safetensors").string(), init1 = (dir() / "tp1-init.safetensors").string();
+  ASSERT_EQ(run("train --profile " + tp2.string() + " --ranks 2 --steps 1 --export-init " + init2).exit_code, 0);
+  ASSERT_EQ(run("train --profile " + one.string() + " --steps 1 --export-init " + init1).exit_code, 0);
+  EXPECT_EQ(file_bytes(init2), file_bytes(init1));
+  // A tp run imports a one-rank file and trains on as the one-rank run does.
+  const std::string log_imported = (dir() / "tp2-imported.jsonl").string();
+  ASSERT_EQ(run("train --profile " + tp2.string() + " --ranks 2 --import " + init1 + " --log-json " + log_imported)
+                .exit_code, 0);
+  EXPECT_EQ(logged_losses(log_imported), l2);
+
+  CliRun ck = run("train --profile " + tp2.string() + " --ranks 2 --steps 1 --checkpoint-dir " + (dir() / "tp-ck").string());
   EXPECT_NE(ck.exit_code, 0) << ck.out;
-  EXPECT_NE(ck.out.find("exporting weights of a tensor-parallel run (parallel.tp = 2) is not available yet"),
+  EXPECT_NE(ck.out.find("a checkpoint of a tensor-parallel run (parallel.tp = 2) is not available yet"),
             std::string::npos) << ck.out;
 
   if (run_shell("command -v mpirun").exit_code != 0) return;
@@ -315,11 +332,8 @@ void expect_zero_trains_checks_and_resumes(const std::string& zero) {
   ASSERT_EQ(l2.size(), 4u);
   ASSERT_EQ(l1.size(), 4u);
   for (std::size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l2[i], l1[i], 1e-6 * l1[i]) << "step " << i + 1;
-  auto bytes = [](const std::filesystem::path& p) {
-    std::ifstream f(p, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(f), {});
-  };
-  EXPECT_EQ(bytes(d / "init2.safetensors"), bytes(d / "init1.safetensors")) << "the gathered initial weights differ";
+  EXPECT_EQ(file_bytes(d / "init2.safetensors"), file_bytes(d / "init1.safetensors"))
+      << "the gathered initial weights differ";
 
   // One rank resumes the two ranks' checkpoint of step 2 and trains steps 3 and 4 as they did.
   const std::string log_r = (d / "resumed.jsonl").string();
@@ -339,7 +353,7 @@ void expect_zero_trains_checks_and_resumes(const std::string& zero) {
   ASSERT_EQ(lm.size(), 4u);
   for (std::size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(lm[i], l2[i], 1e-6 * l2[i]) << "mpi step " << i + 1;
   // A two-rank sum is exact in either order: the processes end with the threads' weights.
-  EXPECT_EQ(bytes(d / "end-mpi.safetensors"), bytes(d / "end2.safetensors")) << "the gathered final weights differ";
+  EXPECT_EQ(file_bytes(d / "end-mpi.safetensors"), file_bytes(d / "end2.safetensors")) << "the gathered final weights differ";
 }
 
 TEST(TrainCmd, ZeroStageTwoWithNvmeStateTrainsChecksAndResumesAcrossWorldSizes) {

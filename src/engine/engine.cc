@@ -60,15 +60,16 @@ Status Engine::agree(const Status& mine, const std::string& what) {
   return Status::OK();
 }
 
-Status Engine::whole_tensors(const std::string& what) const {
+Status Engine::checkpointable(const std::string& what) const {
   if (grid_ == nullptr) return Status::OK();
   return unavailable(what + " of a tensor-parallel run (parallel.tp = " + std::to_string(grid_->shape().tp) +
-                     ") is not available yet: each rank holds shards of the tensors, and they are not yet written "
-                     "or read in whole-tensor terms; train with parallel.tp = 1 to save, resume, export or import");
+                     ") is not available yet: each rank holds shards of the tensors and of their optimizer state, "
+                     "and checkpoints do not yet write them in whole-tensor terms; train with parallel.tp = 1 to "
+                     "save or resume (exports and imports work on any grid)");
 }
 
 Result<std::string> Engine::save_checkpoint(const std::string& dir, const CheckpointOptions& options) {
-  STRATA_RETURN_IF_ERROR(whole_tensors("a checkpoint"));
+  STRATA_RETURN_IF_ERROR(checkpointable("a checkpoint"));
   // Sharded state: every rank writes its part (the save agrees by itself). Otherwise rank 0
   // holds everything and writes alone.
   if (trainer_->zero_stage() >= 1 && trainer_->dp_group() != nullptr) return strata::save_checkpoint(*trainer_, dir, options);
@@ -84,21 +85,19 @@ Result<std::string> Engine::save_checkpoint(const std::string& dir, const Checkp
 }
 
 Result<std::string> Engine::load_checkpoint(const std::string& path) {
-  STRATA_RETURN_IF_ERROR(whole_tensors("resuming"));
+  STRATA_RETURN_IF_ERROR(checkpointable("resuming"));
   Result<std::string> loaded = strata::load_checkpoint(*trainer_, path);
   STRATA_RETURN_IF_ERROR(agree(loaded.status(), "resuming from " + path));
   return loaded;
 }
 
 Status Engine::export_weights(const std::string& path, DType dtype) {
-  STRATA_RETURN_IF_ERROR(whole_tensors("exporting weights"));
   Status mine;
-  if (trainer_->zero_stage() >= 1 || rank() == 0) mine = trainer_->export_weights(path, dtype);
+  if (trainer_->zero_stage() >= 1 || grid_ != nullptr || rank() == 0) mine = trainer_->export_weights(path, dtype);
   return agree(mine, "exporting " + path);
 }
 
 Status Engine::import_weights(const std::string& path) {
-  STRATA_RETURN_IF_ERROR(whole_tensors("importing weights"));
   return agree(trainer_->import_weights(path), "importing " + path);
 }
 

@@ -292,41 +292,67 @@ Status Trainer::write_state(const Parameter& p, OptimizerState which, std::uint6
   return m.dp->write_state(*m.opt, p, which, first, values);
 }
 
+Status Trainer::whole_master(const Parameter& p, std::vector<float>* whole) {
+  Impl& m = *impl_;
+  std::vector<float> mine(p.numel());
+  for (std::uint64_t first = 0; first < p.numel(); first += kInitChunk) {
+    const std::size_t n = std::min<std::uint64_t>(kInitChunk, p.numel() - first);
+    STRATA_RETURN_IF_ERROR(read_state(p, OptimizerState::kMaster, first, {mine.data() + first, n}));
+  }
+  if (m.tp == nullptr || !p.shard().split()) {
+    *whole = std::move(mine);
+    return Status::OK();
+  }
+  // Every tp rank places its elements where they lie in the whole tensor; the sum of the
+  // ranks' disjoint pieces (zeros elsewhere) is exact.
+  std::uint64_t n = 1;
+  for (std::int64_t d : p.shard().global_shape) n *= static_cast<std::uint64_t>(d);
+  std::vector<double> acc(n, 0.0);
+  for (std::size_t i = 0; i < mine.size(); ++i) acc[p.shard().global_index(i)] = mine[i];
+  STRATA_RETURN_IF_ERROR(m.tp->all_reduce_host(acc, ReduceOp::kSum));
+  whole->assign(acc.begin(), acc.end());
+  return Status::OK();
+}
+
+Result<std::unique_ptr<Gpt>> Trainer::whole_model() const {
+  GptConfig whole = impl_->model->config();
+  whole.tp_rank = 0;
+  whole.tp_size = 1;
+  return Gpt::create(whole);
+}
+
 Status Trainer::export_weights(const std::string& path, DType dtype) {
   Impl& m = *impl_;
-  if (m.dp->stage() == 0) {
-    return safetensors::export_gpt(path, *m.model, dtype, [&](const Parameter& p, std::uint64_t first, std::span<float> out) {
-      return m.opt->get_master(p, first, out);
-    });
-  }
-  // Sharded: the ranks gather one parameter at a time, in model order, and rank 0 writes it.
+  // The whole tensors in model order: each gathered over the dp group (ZeRO shards) and the
+  // tp group (tensor shards) by every rank, written by global rank 0. The whole model gives
+  // the names and shapes (wte without its padding rows).
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Gpt> shapes, whole_model());
   std::vector<float> whole;
   const Parameter* cached = nullptr;
   auto gather = [&](const Parameter& p) -> Status {
-    whole.resize(p.numel());
-    for (std::uint64_t first = 0; first < p.numel(); first += kInitChunk) {
-      const std::size_t n = std::min<std::uint64_t>(kInitChunk, p.numel() - first);
-      STRATA_RETURN_IF_ERROR(read_state(p, OptimizerState::kMaster, first, {whole.data() + first, n}));
-    }
     cached = &p;
-    return Status::OK();
+    return whole_master(p, &whole);
   };
   const std::vector<Parameter*> params = m.model->parameters();
-  if (m.dp->rank() != 0) {
+  const bool writer = m.dp->rank() == 0 && (m.tp == nullptr || m.tp->rank() == 0);
+  const bool collective = m.dp->stage() >= 1 || m.tp != nullptr;
+  if (!writer) {
+    if (!collective) return Status::OK();
     Status failed;
     for (const Parameter* p : params) {
       if (Status st = gather(*p); !st.ok() && failed.ok()) failed = st;
     }
     return failed;
   }
-  Status written = safetensors::export_gpt(path, *m.model, dtype, [&](const Parameter& p, std::uint64_t first, std::span<float> out) {
-    if (cached != &p) STRATA_RETURN_IF_ERROR(gather(p));
+  Status written = safetensors::export_gpt(path, *shapes, dtype, [&](const Parameter& q, std::uint64_t first, std::span<float> out) {
+    const Parameter* p = m.model->find_parameter(q.name());
+    if (cached != p) STRATA_RETURN_IF_ERROR(gather(*p));
     std::copy_n(whole.data() + first, out.size(), out.data());
     return Status::OK();
   });
   // A write that failed part of the way: the other ranks still gather every parameter.
   auto next = cached == nullptr ? params.begin() : std::find(params.begin(), params.end(), cached) + 1;
-  for (; !written.ok() && next != params.end(); ++next) gather(**next).ignore();
+  for (; collective && !written.ok() && next != params.end(); ++next) gather(**next).ignore();
   return written;
 }
 
@@ -337,8 +363,21 @@ Status Trainer::gather_parameters() {
 
 Status Trainer::import_weights(const std::string& path) {
   Impl& m = *impl_;
-  return safetensors::import_gpt(path, *m.model, [&](const Parameter& p, std::uint64_t first, std::span<const float> v) {
-    return write_state(p, OptimizerState::kMaster, first, v);
+  // Whole tensors from the file, one at a time; each rank keeps its elements of them (the
+  // padding rows of a split wte keep their values: nothing reads them).
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Gpt> shapes, whole_model());
+  std::vector<float> whole, mine;
+  return safetensors::import_gpt(path, *shapes, [&](const Parameter& q, std::uint64_t first, std::span<const float> v) {
+    const Parameter& p = *m.model->find_parameter(q.name());
+    if (!p.shard().split()) return write_state(p, OptimizerState::kMaster, first, v);
+    whole.resize(q.numel());
+    std::copy(v.begin(), v.end(), whole.begin() + static_cast<std::ptrdiff_t>(first));
+    if (first + v.size() < q.numel()) return Status::OK();
+    mine.clear();
+    for (std::size_t i = 0; i < p.numel() && p.shard().global_index(i) < q.numel(); ++i) {
+      mine.push_back(whole[p.shard().global_index(i)]);
+    }
+    return write_state(p, OptimizerState::kMaster, 0, mine);
   });
 }
 
