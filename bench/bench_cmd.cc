@@ -15,7 +15,7 @@ constexpr const char* kJsonShape = R"(--json (every subcommand): JSON Lines on s
 else there (tables are not printed; notes and warnings go to stderr). Each line starts
 with two keys, then the bench's own fields:
   "bench"   the subcommand: "adam", "comm", "device", "dp", "nvme", "offload", "tiers",
-            "train" or "zero3"
+            "tp", "train" or "zero3"
   "record"  what the line is:
     "env"      the first line, once: "build" ("release", or what makes the figures
                unrepresentative), "cpu", "logical_cpus", "openmp_threads", "kernel",
@@ -41,6 +41,8 @@ headline ratios:
   nvme     best setting's GB/s over fio's (--compare-fio) or over each mode's best row
   offload  step time over max(compute, transfer)
   tiers    stall with prefetch over stall without (the worst home)
+  tp       under mpirun: one process's step time over N tensor-parallel processes' (bar 1.5
+           at N = 2); alone: the tp group's all-reduced bytes over the layers' count
   train    model FLOP/s over the GEMM ceiling
   zero3    alone: the share of the step the training stream waits for parameter gathers
            on a link throttled to what forward needs; under mpirun: as dp

@@ -1,7 +1,7 @@
 // The one machine-readable shape of every `strata bench` driver, printed with --json: JSON
 // Lines on stdout and nothing else there (tables, notes and warnings go to stderr or are left
 // out). Every line is one object that starts with
-//   "bench"   the subcommand ("adam", "device", "nvme", "offload", "tiers", "train")
+//   "bench"   the subcommand ("adam", "device", "nvme", "offload", "tiers", "tp", "train", ...)
 //   "record"  "env" (the first line, once), "result" (one per measurement) or "summary" (the
 //             last line, once, written whenever the measurements ran)
 // followed by the bench's own fields. The env line opens with the fields every bench shares
