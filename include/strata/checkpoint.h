@@ -45,7 +45,10 @@ struct CheckpointOptions {
 // group, every rank calling it: each rank writes its own shard at its global offsets and
 // fsyncs, and rank 0 writes the manifest and renames the directory into place only after every
 // rank's part is complete (src/engine/checkpoint_sharded.cc); DIR must be reachable by every
-// rank. Otherwise every rank holds the whole state and one rank (global rank 0) saves.
+// rank. With tensor parallelism (Trainer::tp_group) every rank calls it too: each whole tensor
+// is gathered over the dp and tp groups and global rank 0 writes a one-rank checkpoint, which
+// any grid resumes. Otherwise every rank holds the whole state and one rank (global rank 0)
+// saves.
 // Loading is per rank, whatever the world size that saved: each rank takes its own elements.
 Result<std::string> save_checkpoint(Trainer& trainer, const std::string& dir, const CheckpointOptions& options = {});
 

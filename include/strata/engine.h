@@ -3,9 +3,9 @@
 // grid is data parallelism with ZeRO stages 0 to 3 (strata/trainer.h, src/engine/
 // data_parallel.h) and tensor parallelism (parallel.tp: the communicator is split into dp and
 // tp groups, src/parallel/process_grid.h), the optimizer state on the device, in pinned host
-// memory or on NVMe, as the profile says; pipeline grids are refused with the reason, and so
-// are checkpoints with tp > 1 (their shards are not yet written in whole-tensor terms; weight
-// exports and imports are, and give the same file on every grid).
+// memory or on NVMe, as the profile says; pipeline grids are refused with the reason. Weight
+// exports and tensor-parallel checkpoints are written in whole-tensor terms (the same file on
+// every grid, each tensor gathered and written by global rank 0).
 //
 // The Engine owns the rank's Device and its Trainer, the one training loop (`strata train`
 // runs through an Engine too). Every rank of the communicator calls every method, in the same
@@ -77,8 +77,8 @@ class Engine {
   // failing rank (its own message on that rank).
   Status agree(const Status& mine, const std::string& what);
 
-  // Refuses, naming `what`, a checkpoint operation when the ranks hold tp shards.
-  Status checkpointable(const std::string& what) const;
+  // `mine`, or every rank's agreed failure (agree()).
+  Result<std::string> agree_on(Result<std::string> mine, const std::string& what);
 
   Communicator* comm_ = nullptr;  // null: one rank
   std::unique_ptr<parallel::ProcessGrid> grid_;  // with tp > 1: the world split into dp and tp

@@ -393,12 +393,21 @@ class Trainer {
   // The optimizer moments are left as they are.
   Status import_weights(const std::string& path);
 
- private:
-  // The fp32 master values of the whole tensor `p` is this rank's part of (a collective over
-  // the dp and tp groups where they hold shards of it).
-  Status whole_master(const Parameter& p, std::vector<float>* whole);
-  // The model with every tensor whole (tp = 1): names and shapes of the exchange files.
+  // Whole-tensor access to the fp32 state, whatever the grid (exports, imports, checkpoints).
+  // read_whole_state: the whole tensor `p` is this rank's part of (without wte's padding rows),
+  // on every rank; a collective over the dp group (ZeRO shards) and the tp group where they
+  // hold parts of it. write_whole_state: from the whole tensor, each rank keeps its elements.
+  Status read_whole_state(const Parameter& p, OptimizerState which, std::vector<float>* whole);
+  Status write_whole_state(const Parameter& p, OptimizerState which, std::span<const float> whole);
+  // The elements of the whole tensor `p` is this rank's part of.
+  Result<std::uint64_t> whole_numel(const Parameter& p) const;
+  // The model with every tensor whole (tp = 1): the names and shapes of exchange files and
+  // checkpoints.
   Result<std::unique_ptr<Gpt>> whole_model() const;
+  // The tensor-parallel group (null for tp = 1).
+  Communicator* tp_group() const;
+
+ private:
 
   struct Impl;
   explicit Trainer(std::unique_ptr<Impl> impl);

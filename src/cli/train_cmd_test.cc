@@ -262,8 +262,8 @@ TEST(TrainCmd, RanksMustMatchTheGridAndDataParallelRanksTrainTheGlobalBatch) {
 
 // tp = 2 (the tiny GPT with 4 heads, its vocabulary of 257 padded to 258) as two threads and as two MPI processes: the losses of the
 // one-rank run within 1e-6, the processes' equal to the threads'; the initial weights exported
-// byte for byte as one rank exports them, and imported back; a checkpoint of the shards is
-// refused with the reason.
+// byte for byte as one rank exports them, and imported back; a checkpoint of the shards that
+// one rank and two resume.
 TEST(TrainCmd, TensorParallelRanksTrainTheOneRankModel) {
   const auto tp2 = dir() / "tp2.toml";
   const auto one = dir() / "tp1.toml";
@@ -292,10 +292,20 @@ TEST(TrainCmd, TensorParallelRanksTrainTheOneRankModel) {
                 .exit_code, 0);
   EXPECT_EQ(logged_losses(log_imported), l2);
 
-  CliRun ck = run("train --profile " + tp2.string() + " --ranks 2 --steps 1 --checkpoint-dir " + (dir() / "tp-ck").string());
-  EXPECT_NE(ck.exit_code, 0) << ck.out;
-  EXPECT_NE(ck.out.find("a checkpoint of a tensor-parallel run (parallel.tp = 2) is not available yet"),
-            std::string::npos) << ck.out;
+  // A checkpoint of the shards after 2 steps is a one-rank checkpoint: one rank and tp 2 both
+  // resume it and continue the uninterrupted run.
+  const std::string ck = (dir() / "tp-ck").string();
+  ASSERT_EQ(run("train --profile " + tp2.string() + " --ranks 2 --steps 2 --checkpoint-dir " + ck).exit_code, 0);
+  const std::string rest1 = (dir() / "tp-rest1.jsonl").string(), rest2 = (dir() / "tp-rest2.jsonl").string();
+  CliRun r1 = run("train --profile " + one.string() + " --resume " + ck + " --log-json " + rest1);
+  ASSERT_EQ(r1.exit_code, 0) << r1.out;
+  CliRun r2 = run("train --profile " + tp2.string() + " --ranks 2 --resume " + ck + " --log-json " + rest2);
+  ASSERT_EQ(r2.exit_code, 0) << r2.out;
+  for (const std::string& rest : {rest1, rest2}) {
+    const std::vector<double> tail = logged_losses(rest);
+    ASSERT_EQ(tail.size(), 2u) << rest;
+    for (std::size_t i = 0; i < 2; ++i) EXPECT_NEAR(tail[i], l2[2 + i], 1e-6 * l2[2 + i]) << rest << " step " << i + 3;
+  }
 
   if (run_shell("command -v mpirun").exit_code != 0) return;
   const std::string logm = (dir() / "tp2-mpi.jsonl").string();

@@ -144,27 +144,45 @@ std::vector<std::string> list_checkpoints(const std::string& dir) {
   return out;
 }
 
+// Appends every parameter's `which` state to `w`, from this rank's optimizer, which holds all
+// of it.
+Status append_state(Trainer& trainer, OptimizerState which, FileWriter& w) {
+  std::vector<float> buf;
+  for (const Parameter* p : trainer.model().parameters()) {
+    for (std::uint64_t first = 0; first < p->numel();) {
+      const std::size_t n = std::min<std::uint64_t>(kSlice, p->numel() - first);
+      buf.resize(n);
+      STRATA_RETURN_IF_ERROR(trainer.optimizer().read_state(*p, which, first, buf).with_context("checkpoint: reading " + p->name()));
+      STRATA_RETURN_IF_ERROR(w.append(buf.data(), n * sizeof(float)));
+      first += n;
+    }
+  }
+  return Status::OK();
+}
+
+// The same from tensor-parallel shards: every rank gathers each whole tensor (Trainer::
+// read_whole_state), the writer (w non-null) appends it; a write that fails stops the writing,
+// not the gathers.
+Status append_whole_state(Trainer& trainer, OptimizerState which, FileWriter* w) {
+  std::vector<float> whole;
+  Status failed;
+  for (const Parameter* p : trainer.model().parameters()) {
+    STRATA_RETURN_IF_ERROR(trainer.read_whole_state(*p, which, &whole).with_context("checkpoint: gathering " + p->name()));
+    if (w != nullptr && failed.ok()) failed = w->append(whole.data(), whole.size() * sizeof(float));
+  }
+  return failed;
+}
+
 Status write_checkpoint(Trainer& trainer, const std::string& tmp) {
-  StepOptimizer& opt = trainer.optimizer();
   // Any update still running ends first, and its weights reach the device: with the delayed
   // update the step after a checkpoint then sees the same weights in the saving run as in a run
   // resumed from it (set_master puts the masters on the device).
-  STRATA_RETURN_IF_ERROR(opt.synchronize().with_context("checkpoint: finishing the running update"));
+  STRATA_RETURN_IF_ERROR(trainer.optimizer().synchronize().with_context("checkpoint: finishing the running update"));
   json files = json::array();
-  std::vector<float> buf;
   for (OptimizerState which : kTensors) {
     const std::string name = file_of(which);
-    const std::string path = tmp + "/" + name;
-    STRATA_ASSIGN_OR_RETURN(auto w, FileWriter::open(path));
-    for (const Parameter* p : trainer.model().parameters()) {
-      for (std::uint64_t first = 0; first < p->numel();) {
-        const std::size_t n = std::min<std::uint64_t>(kSlice, p->numel() - first);
-        buf.resize(n);
-        STRATA_RETURN_IF_ERROR(opt.read_state(*p, which, first, buf).with_context("checkpoint: reading " + p->name()));
-        STRATA_RETURN_IF_ERROR(w->append(buf.data(), n * sizeof(float)));
-        first += n;
-      }
-    }
+    STRATA_ASSIGN_OR_RETURN(auto w, FileWriter::open(tmp + "/" + name));
+    STRATA_RETURN_IF_ERROR(append_state(trainer, which, *w));
     STRATA_RETURN_IF_ERROR(w->finish());
     files.push_back(json{{"name", name}, {"bytes", w->bytes()}, {"crc32c", w->crc()}});
   }
@@ -265,7 +283,9 @@ Status check_match(const json& m, Trainer& trainer, const std::string& dir) {
   if (ot != trainer.profile().optimizer.type) {
     return mismatch("optimizer.type is " + ot + " in the checkpoint and " + trainer.profile().optimizer.type + " in the profile");
   }
-  const auto params = trainer.model().parameters();
+  // Whole tensors, whatever the grid that saved and the one that resumes.
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Gpt> whole, trainer.whole_model());
+  const auto params = whole->parameters();
   const json& mp = m["parameters"];
   if (mp.size() != params.size()) {
     return mismatch(std::to_string(mp.size()) + " parameters in the checkpoint, " + std::to_string(params.size()) + " in the model");
@@ -307,7 +327,8 @@ Status write_manifest(Trainer& trainer, const json& files, const std::string& tm
   StepOptimizer& opt = trainer.optimizer();
   json params = json::array();
   std::uint64_t offset = 0;
-  for (const Parameter* p : trainer.model().parameters()) {
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Gpt> whole, trainer.whole_model());
+  for (const Parameter* p : whole->parameters()) {
     params.push_back(json{{"name", p->name()}, {"numel", p->numel()}, {"offset", offset}});
     offset += p->numel();
   }
@@ -391,8 +412,46 @@ Result<std::string> latest_checkpoint(const std::string& dir) {
   return dir + "/" + all.back();
 }
 
+// A tensor-parallel save: every rank gathers each whole tensor over its dp and tp groups, and
+// global rank 0 writes the files of a one-rank checkpoint (which any grid resumes).
+Result<std::string> save_gathered(Trainer& trainer, const std::string& dir, const CheckpointOptions& options) {
+  const bool writer = trainer.dp_rank() == 0 && trainer.tp_group()->rank() == 0;
+  STRATA_RETURN_IF_ERROR(trainer.optimizer().synchronize().with_context("checkpoint: finishing the running update"));
+  const std::string tmp = tmp_path(dir, trainer.steps_done(), static_cast<long>(::getpid()));
+  Status failed;
+  if (writer) {
+    failed = prepare_dir(dir);
+    if (failed.ok() && ::mkdir(tmp.c_str(), 0700) != 0) failed = STRATA_ERRNO(errno, "mkdir", tmp);
+  }
+  json files = json::array();
+  for (OptimizerState which : kTensors) {
+    std::unique_ptr<FileWriter> w;
+    if (writer && failed.ok()) {
+      auto opened = FileWriter::open(tmp + "/" + file_of(which));
+      if (opened.ok()) w = std::move(*opened);
+      else failed = opened.status();
+    }
+    Status appended = append_whole_state(trainer, which, w.get());
+    if (failed.ok()) failed = appended;
+    if (w != nullptr && failed.ok()) failed = w->finish();
+    if (w != nullptr && failed.ok()) files.push_back(json{{"name", file_of(which)}, {"bytes", w->bytes()}, {"crc32c", w->crc()}});
+  }
+  if (!writer) {
+    if (!failed.ok()) return failed;
+    return dir + "/" + step_name(trainer.steps_done());
+  }
+  if (failed.ok()) failed = write_manifest(trainer, files, tmp);
+  if (!failed.ok()) {
+    remove_tree(tmp).ignore();
+    return failed.with_context("checkpoint of step " + std::to_string(trainer.steps_done()) + " in " + dir +
+                               " not written (earlier checkpoints are intact)");
+  }
+  return publish(trainer, dir, tmp, options);
+}
+
 Result<std::string> save_checkpoint(Trainer& trainer, const std::string& dir, const CheckpointOptions& options) {
   if (dir.empty()) return invalid_argument("checkpoint: the directory is empty");
+  if (trainer.tp_group() != nullptr) return save_gathered(trainer, dir, options);
   // One rank holds everything, whatever its ZeRO stage.
   if (trainer.zero_stage() >= 1 && trainer.dp_group() != nullptr) return save_sharded(trainer, dir, options);
   STRATA_RETURN_IF_ERROR(prepare_dir(dir));
@@ -424,6 +483,13 @@ Result<std::string> load_checkpoint(Trainer& trainer, const std::string& path) {
     Fd f(::open(fpath.c_str(), O_RDONLY | O_CLOEXEC));
     if (f.fd < 0) return STRATA_ERRNO(errno, "open", fpath);
     for (Parameter* p : trainer.model().parameters()) {
+      if (p->shard().split()) {  // a tensor-parallel shard: its elements of the whole tensor
+        STRATA_ASSIGN_OR_RETURN(const std::uint64_t n, trainer.whole_numel(*p));
+        buf.resize(n);
+        STRATA_RETURN_IF_ERROR(read_all(f.fd, buf.data(), n * sizeof(float), fpath));
+        STRATA_RETURN_IF_ERROR(trainer.write_whole_state(*p, which, buf).with_context("checkpoint: restoring " + p->name()));
+        continue;
+      }
       for (std::uint64_t first = 0; first < p->numel();) {
         const std::size_t n = std::min<std::uint64_t>(kSlice, p->numel() - first);
         buf.resize(n);

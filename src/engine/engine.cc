@@ -60,16 +60,14 @@ Status Engine::agree(const Status& mine, const std::string& what) {
   return Status::OK();
 }
 
-Status Engine::checkpointable(const std::string& what) const {
-  if (grid_ == nullptr) return Status::OK();
-  return unavailable(what + " of a tensor-parallel run (parallel.tp = " + std::to_string(grid_->shape().tp) +
-                     ") is not available yet: each rank holds shards of the tensors and of their optimizer state, "
-                     "and checkpoints do not yet write them in whole-tensor terms; train with parallel.tp = 1 to "
-                     "save or resume (exports and imports work on any grid)");
+Result<std::string> Engine::agree_on(Result<std::string> mine, const std::string& what) {
+  STRATA_RETURN_IF_ERROR(agree(mine.status(), what));
+  return mine;
 }
 
 Result<std::string> Engine::save_checkpoint(const std::string& dir, const CheckpointOptions& options) {
-  STRATA_RETURN_IF_ERROR(checkpointable("a checkpoint"));
+  // Tensor-parallel shards: every rank gathers, global rank 0 writes (the save is a collective).
+  if (grid_ != nullptr) return agree_on(strata::save_checkpoint(*trainer_, dir, options), "the checkpoint");
   // Sharded state: every rank writes its part (the save agrees by itself). Otherwise rank 0
   // holds everything and writes alone.
   if (trainer_->zero_stage() >= 1 && trainer_->dp_group() != nullptr) return strata::save_checkpoint(*trainer_, dir, options);
@@ -85,10 +83,7 @@ Result<std::string> Engine::save_checkpoint(const std::string& dir, const Checkp
 }
 
 Result<std::string> Engine::load_checkpoint(const std::string& path) {
-  STRATA_RETURN_IF_ERROR(checkpointable("resuming"));
-  Result<std::string> loaded = strata::load_checkpoint(*trainer_, path);
-  STRATA_RETURN_IF_ERROR(agree(loaded.status(), "resuming from " + path));
-  return loaded;
+  return agree_on(strata::load_checkpoint(*trainer_, path), "resuming from " + path);
 }
 
 Status Engine::export_weights(const std::string& path, DType dtype) {

@@ -292,12 +292,12 @@ Status Trainer::write_state(const Parameter& p, OptimizerState which, std::uint6
   return m.dp->write_state(*m.opt, p, which, first, values);
 }
 
-Status Trainer::whole_master(const Parameter& p, std::vector<float>* whole) {
+Status Trainer::read_whole_state(const Parameter& p, OptimizerState which, std::vector<float>* whole) {
   Impl& m = *impl_;
   std::vector<float> mine(p.numel());
   for (std::uint64_t first = 0; first < p.numel(); first += kInitChunk) {
     const std::size_t n = std::min<std::uint64_t>(kInitChunk, p.numel() - first);
-    STRATA_RETURN_IF_ERROR(read_state(p, OptimizerState::kMaster, first, {mine.data() + first, n}));
+    STRATA_RETURN_IF_ERROR(read_state(p, which, first, {mine.data() + first, n}));
   }
   if (m.tp == nullptr || !p.shard().split()) {
     *whole = std::move(mine);
@@ -310,8 +310,36 @@ Status Trainer::whole_master(const Parameter& p, std::vector<float>* whole) {
   std::vector<double> acc(n, 0.0);
   for (std::size_t i = 0; i < mine.size(); ++i) acc[p.shard().global_index(i)] = mine[i];
   STRATA_RETURN_IF_ERROR(m.tp->all_reduce_host(acc, ReduceOp::kSum));
-  whole->assign(acc.begin(), acc.end());
+  // wte's padding rows lie beyond the whole model's tensor.
+  STRATA_ASSIGN_OR_RETURN(const std::uint64_t real, whole_numel(p));
+  whole->assign(acc.begin(), acc.begin() + static_cast<std::ptrdiff_t>(real));
   return Status::OK();
+}
+
+Status Trainer::write_whole_state(const Parameter& p, OptimizerState which, std::span<const float> whole) {
+  STRATA_ASSIGN_OR_RETURN(const std::uint64_t real, whole_numel(p));
+  if (whole.size() != real) {
+    return invalid_argument("trainer: " + std::to_string(whole.size()) + " values for the whole " + p.name() + " of " +
+                            std::to_string(real) + " elements");
+  }
+  if (!p.shard().split()) return write_state(p, which, 0, whole);
+  // This rank's elements; a split wte's padding rows (the shard's tail) keep their values.
+  std::vector<float> mine;
+  for (std::size_t i = 0; i < p.numel() && p.shard().global_index(i) < real; ++i) {
+    mine.push_back(whole[p.shard().global_index(i)]);
+  }
+  return write_state(p, which, 0, mine);
+}
+
+Result<std::uint64_t> Trainer::whole_numel(const Parameter& p) const {
+  if (!p.shard().split()) return p.numel();
+  if (p.name() == "wte.weight") {
+    const ModelDims& d = impl_->model->config().dims;
+    return static_cast<std::uint64_t>(d.vocab) * static_cast<std::uint64_t>(d.n_embd);
+  }
+  std::uint64_t n = 1;
+  for (std::int64_t e : p.shard().global_shape) n *= static_cast<std::uint64_t>(e);
+  return n;
 }
 
 Result<std::unique_ptr<Gpt>> Trainer::whole_model() const {
@@ -325,13 +353,13 @@ Status Trainer::export_weights(const std::string& path, DType dtype) {
   Impl& m = *impl_;
   // The whole tensors in model order: each gathered over the dp group (ZeRO shards) and the
   // tp group (tensor shards) by every rank, written by global rank 0. The whole model gives
-  // the names and shapes (wte without its padding rows).
+  // the names and shapes.
   STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Gpt> shapes, whole_model());
   std::vector<float> whole;
   const Parameter* cached = nullptr;
   auto gather = [&](const Parameter& p) -> Status {
     cached = &p;
-    return whole_master(p, &whole);
+    return read_whole_state(p, OptimizerState::kMaster, &whole);
   };
   const std::vector<Parameter*> params = m.model->parameters();
   const bool writer = m.dp->rank() == 0 && (m.tp == nullptr || m.tp->rank() == 0);
@@ -363,22 +391,19 @@ Status Trainer::gather_parameters() {
 
 Status Trainer::import_weights(const std::string& path) {
   Impl& m = *impl_;
-  // Whole tensors from the file, one at a time; each rank keeps its elements of them (the
-  // padding rows of a split wte keep their values: nothing reads them).
+  // Whole tensors from the file, one at a time; each rank keeps its elements of them.
   STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Gpt> shapes, whole_model());
-  std::vector<float> whole, mine;
+  std::vector<float> whole;
   return safetensors::import_gpt(path, *shapes, [&](const Parameter& q, std::uint64_t first, std::span<const float> v) {
     const Parameter& p = *m.model->find_parameter(q.name());
     if (!p.shard().split()) return write_state(p, OptimizerState::kMaster, first, v);
     whole.resize(q.numel());
     std::copy(v.begin(), v.end(), whole.begin() + static_cast<std::ptrdiff_t>(first));
     if (first + v.size() < q.numel()) return Status::OK();
-    mine.clear();
-    for (std::size_t i = 0; i < p.numel() && p.shard().global_index(i) < q.numel(); ++i) {
-      mine.push_back(whole[p.shard().global_index(i)]);
-    }
-    return write_state(p, OptimizerState::kMaster, 0, mine);
+    return write_whole_state(p, OptimizerState::kMaster, whole);
   });
 }
+
+Communicator* Trainer::tp_group() const { return impl_->tp; }
 
 }  // namespace strata
