@@ -214,8 +214,12 @@ struct GptConfig {
   // multiple of tp_size); LayerNorms, wpe and the row-parallel biases are whole on every rank.
   int tp_rank = 0;
   int tp_size = 1;
+  // Megatron's sequence parallelism with tp_size > 1: the residual stream and the LayerNorms
+  // work on this rank's (B T) / tp rows (src/model/layers.h); B T must divide by tp_size.
+  bool sequence_parallel = false;
 
-  // From a profile: train.dims, precision.dtype, activation.checkpointing; fp32 gradients.
+  // From a profile: train.dims, precision.dtype, activation.checkpointing, parallel.tp and
+  // sequence_parallel; fp32 gradients.
   static GptConfig from_profile(const Profile& profile);
   // Checks the dimensions (positive, n_embd divisible by n_head, sizes that fit), the dtypes,
   // and that n_head and the MLP width 4 n_embd divide among tp_size ranks.

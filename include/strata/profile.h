@@ -85,6 +85,7 @@ struct ZeroConfig {
 struct ParallelConfig {
   int dp = 1;
   int tp = 1;
+  bool sequence_parallel = false;                 // Megatron's, with tp > 1
   int pp = 1;
   PipelineSchedule schedule = PipelineSchedule::k1F1B;
   int micro_batches = 1;                          // micro-batches per pipeline step

@@ -269,6 +269,7 @@ std::string Profile::to_toml() const {
   o << "[parallel]\n"
     << "dp = " << parallel.dp << "\n"
     << "tp = " << parallel.tp << "\n"
+    << "sequence_parallel = " << toml_bool(parallel.sequence_parallel) << "\n"
     << "pp = " << parallel.pp << "\n"
     << "schedule = " << toml_string(pipeline_schedule_name(parallel.schedule)) << "\n"
     << "micro_batches = " << parallel.micro_batches << "\n"
@@ -352,6 +353,7 @@ std::string Profile::to_json() const {
                {"overlap_comm", zero.overlap_comm}};
   j["parallel"] = {{"dp", parallel.dp},
                    {"tp", parallel.tp},
+                   {"sequence_parallel", parallel.sequence_parallel},
                    {"pp", parallel.pp},
                    {"schedule", pipeline_schedule_name(parallel.schedule)},
                    {"micro_batches", parallel.micro_batches},
@@ -477,6 +479,10 @@ overlap_comm = true
 # Data-, tensor- and pipeline-parallel degrees; their product is the number of ranks.
 dp = 1
 tp = 1
+# With tp > 1: the LayerNorm and residual regions split along the sequence (Megatron's), each
+# block's all-reduces becoming reduce-scatters and all-gathers of the same volume, so their
+# activations take 1/tp of the memory; micro_batch x seq_len must divide by tp.
+sequence_parallel = false
 pp = 1
 # Pipeline schedule: "gpipe", "1f1b" or "interleaved" (needs virtual_stages > 1).
 schedule = "1f1b"

@@ -496,6 +496,7 @@ Status read_profile(const Node& root, Profile* p) {
     Section s(parallel, "parallel");
     STRATA_RETURN_IF_ERROR(s.integer("dp", &p->parallel.dp, 1, 65536));
     STRATA_RETURN_IF_ERROR(s.integer("tp", &p->parallel.tp, 1, 1024));
+    STRATA_RETURN_IF_ERROR(s.boolean("sequence_parallel", &p->parallel.sequence_parallel));
     STRATA_RETURN_IF_ERROR(s.integer("pp", &p->parallel.pp, 1, 1024));
     int sched = static_cast<int>(p->parallel.schedule);
     STRATA_RETURN_IF_ERROR(s.choice("schedule", &sched, {"gpipe", "1f1b", "interleaved"}));

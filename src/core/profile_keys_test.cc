@@ -84,6 +84,7 @@ const std::map<std::string, Reader>& honoured_keys() {
       {"parallel.comm", {"src/cli/train_ranks.cc", "parallel.comm"}},
       {"parallel.dp", {"src/engine/trainer.cc", "profile.parallel.dp"}},
       {"parallel.tp", {"src/model/gpt.cc", "profile.parallel.tp"}},
+      {"parallel.sequence_parallel", {"src/model/gpt.cc", "profile.parallel.sequence_parallel"}},
       {"zero.stage", {"src/engine/data_parallel.cc", "profile.zero.stage"}},
       {"zero.reduce_bucket_size", {"src/engine/data_parallel.cc", "profile.zero.reduce_bucket_size"}},
       {"zero.overlap_comm", {"src/engine/data_parallel.cc", "profile.zero.overlap_comm"}},

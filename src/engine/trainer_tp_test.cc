@@ -1,6 +1,7 @@
 // Tensor parallelism in the trainer against the one-rank run (the same global batch): tp = 2
 // and tp = 4 alone, and tp = 2 x dp = 2 on a ProcessGrid with ZeRO stages 0 to 3 and the
-// optimizer on the device or in NVMe swap, and stage 3 with parameters in host memory. fp32 losses within 1e-6 relative over 20 steps, and
+// optimizer on the device or in NVMe swap, and stage 3 with parameters in host memory; with
+// and without sequence parallelism. fp32 losses within 1e-6 relative over 20 steps, and
 // each rank's master weights at its elements of the whole tensors within the data-parallel
 // tests' tolerance (engine/dp_test_util.h). The tiny GPT with 4 heads and a vocabulary of 257
 // (padded to a multiple of tp).
@@ -18,11 +19,12 @@ namespace {
 
 using namespace dp_test;
 
-Profile tp_profile(int tp, const Profile& base) {
+Profile tp_profile(int tp, const Profile& base, bool sequence_parallel = false) {
   Profile p = base;
   p.train.dims.n_head = 4;
   p.train.dims.vocab = 257;
   p.parallel.tp = tp;
+  p.parallel.sequence_parallel = sequence_parallel;
   return p;
 }
 
@@ -69,8 +71,8 @@ void expect_rank_matches(const RankRun& run, const RankRun& ref, Trainer& t, con
   EXPECT_LE(worst, 1e-4) << what << ": largest master weight difference";
 }
 
-void expect_tp_matches(int dp, int tp, const Profile& base, const std::string& what) {
-  const Profile p = tp_profile(tp, base);
+void expect_tp_matches(int dp, int tp, const Profile& base, const std::string& what, bool sp = false) {
+  const Profile p = tp_profile(tp, base, sp);
   Profile one = one_rank_of(tp_profile(1, base), dp);
   auto dev = host();
   auto ref_trainer = Trainer::create(one, *dev);
@@ -103,6 +105,8 @@ TEST(TrainerTensorParallel, TwoAndFourRanksEqualTheOneRankRun) {
   const Profile base = profile(1, kRowsPerRank, 16 << 10, true);
   expect_tp_matches(1, 2, base, "tp 2");
   expect_tp_matches(1, 4, base, "tp 4");
+  expect_tp_matches(1, 2, base, "tp 2, sequence parallel", true);
+  expect_tp_matches(1, 4, base, "tp 4, sequence parallel", true);
 }
 
 TEST(TrainerTensorParallel, ComposesWithDataParallelZeroAndOffload) {
@@ -112,6 +116,10 @@ TEST(TrainerTensorParallel, ComposesWithDataParallelZeroAndOffload) {
       expect_tp_matches(2, 2, zero_profile(stage, target, swap.path()),
                         "tp 2 x dp 2, stage " + std::to_string(stage) + ", optimizer " + target_name(target));
     }
+  }
+  for (int stage : {0, 1, 2, 3}) {
+    expect_tp_matches(2, 2, zero_profile(stage, OffloadTarget::kNvme, swap.path()),
+                      "tp 2 x dp 2, sequence parallel, stage " + std::to_string(stage) + ", optimizer nvme", true);
   }
   // ZeRO-3 with each rank's parameter shards in host memory (the norm of host gradients).
   Profile host_params = zero_profile(3, OffloadTarget::kCpu, swap.path());

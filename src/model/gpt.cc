@@ -24,6 +24,7 @@ GptConfig GptConfig::from_profile(const Profile& profile) {
   c.grad_dtype = profile.precision.grad_dtype;
   c.checkpointing = profile.activation.checkpointing;
   c.tp_size = profile.parallel.tp;
+  c.sequence_parallel = profile.parallel.sequence_parallel;
   return c;
 }
 
@@ -89,13 +90,13 @@ class Carver {
 struct Gpt::Impl {
   explicit Impl(const GptConfig& c)
       : embeddings(c.dims.vocab, c.dims.seq_len, c.dims.n_embd, tp_of(c)),
-        ln_f("ln_f", c.dims.n_embd),
-        head(embeddings.wte, c.dims.vocab) {
+        ln_f("ln_f", c.dims.n_embd, tp_of(c)),
+        head(embeddings.wte, c.dims.vocab, tp_of(c)) {
     for (int i = 0; i < c.dims.n_layer; ++i) {
       blocks.push_back(std::make_unique<model::Block>(i, c.dims.n_embd, c.dims.n_head, c.dims.n_layer, tp_of(c)));
     }
   }
-  static model::TpPlace tp_of(const GptConfig& c) { return {c.tp_rank, c.tp_size}; }
+  static model::TpPlace tp_of(const GptConfig& c) { return {c.tp_rank, c.tp_size, c.sequence_parallel}; }
 
   model::Embeddings embeddings;
   std::vector<std::unique_ptr<model::Block>> blocks;
@@ -115,6 +116,7 @@ struct Gpt::Impl {
   DeviceView logits;                   // (B, T, V / tp padded)
   DeviceView losses;                   // (B, T) fp32
   model::CrossEntropyStats ce;         // (B, T) fp32 each (used with tp)
+  DeviceView rows, ln_grads;           // sequence parallelism's scratch (layers.h's Ctx)
 
   // The latest forward's batch.
   DeviceRange tokens, targets;
@@ -125,41 +127,50 @@ struct Gpt::Impl {
   static Status layout(const GptConfig& c, std::int64_t B, Carver& cv, Impl* self) {
     const std::int64_t T = c.dims.seq_len, C = c.dims.n_embd, L = c.dims.n_layer, N = B * T, tp = c.tp_size;
     const std::int64_t Cr = C / tp, NH = c.dims.n_head / tp;
+    // With sequence parallelism the residual stream and the LayerNorm statistics are this
+    // rank's rows (the LayerNorm outputs gathered to all of them).
+    const bool sp = c.sequence_parallel && tp > 1;
+    const std::int64_t Nr = sp ? N / tp : N;
     const std::int64_t V = tp > 1 ? model::padded_vocab(c.dims.vocab, c.tp_size) / tp : c.dims.vocab;
     const DType t = c.dtype, f32 = DType::kF32;
     std::vector<DeviceView> resid;
     for (std::int64_t l = 0; l <= L; ++l) {
-      STRATA_ASSIGN_OR_RETURN(DeviceView v, cv.take(N * C, t));
+      STRATA_ASSIGN_OR_RETURN(DeviceView v, cv.take(Nr * C, t));
       resid.push_back(v);
     }
     std::vector<BlockActs> acts(static_cast<std::size_t>(c.checkpointing ? 1 : L));
     for (BlockActs& a : acts) {
       STRATA_ASSIGN_OR_RETURN(a.ln1, cv.take(N * C, t));
-      STRATA_ASSIGN_OR_RETURN(a.ln1_mean, cv.take(N, f32));
-      STRATA_ASSIGN_OR_RETURN(a.ln1_rstd, cv.take(N, f32));
+      STRATA_ASSIGN_OR_RETURN(a.ln1_mean, cv.take(Nr, f32));
+      STRATA_ASSIGN_OR_RETURN(a.ln1_rstd, cv.take(Nr, f32));
       STRATA_ASSIGN_OR_RETURN(a.qkv, cv.take(N * 3 * Cr, t));
       STRATA_ASSIGN_OR_RETURN(a.att, cv.take(B * NH * T * T, t));
       STRATA_ASSIGN_OR_RETURN(a.atty, cv.take(N * Cr, t));
-      STRATA_ASSIGN_OR_RETURN(a.res2, cv.take(N * C, t));
+      STRATA_ASSIGN_OR_RETURN(a.res2, cv.take(Nr * C, t));
       STRATA_ASSIGN_OR_RETURN(a.ln2, cv.take(N * C, t));
-      STRATA_ASSIGN_OR_RETURN(a.ln2_mean, cv.take(N, f32));
-      STRATA_ASSIGN_OR_RETURN(a.ln2_rstd, cv.take(N, f32));
+      STRATA_ASSIGN_OR_RETURN(a.ln2_mean, cv.take(Nr, f32));
+      STRATA_ASSIGN_OR_RETURN(a.ln2_rstd, cv.take(Nr, f32));
       STRATA_ASSIGN_OR_RETURN(a.fch, cv.take(N * 4 * Cr, t));
       STRATA_ASSIGN_OR_RETURN(a.fch_gelu, cv.take(N * 4 * Cr, t));
     }
     BlockGrads g;
-    STRATA_ASSIGN_OR_RETURN(g.dres, cv.take(N * C, t));
-    STRATA_ASSIGN_OR_RETURN(g.dln, cv.take(N * C, t));
+    STRATA_ASSIGN_OR_RETURN(g.dres, cv.take(Nr * C, t));
+    STRATA_ASSIGN_OR_RETURN(g.dln, cv.take(Nr * C, t));  // also (N, C / tp) with sequence parallelism
     STRATA_ASSIGN_OR_RETURN(g.dqkv, cv.take(N * 3 * Cr, t));
     STRATA_ASSIGN_OR_RETURN(g.datt, cv.take(B * NH * T * T, t));
     STRATA_ASSIGN_OR_RETURN(g.dfch, cv.take(N * 4 * Cr, t));
     DeviceView lnf, lnf_mean, lnf_rstd, logits, losses;
     model::CrossEntropyStats ce;
     STRATA_ASSIGN_OR_RETURN(lnf, cv.take(N * C, t));
-    STRATA_ASSIGN_OR_RETURN(lnf_mean, cv.take(N, f32));
-    STRATA_ASSIGN_OR_RETURN(lnf_rstd, cv.take(N, f32));
+    STRATA_ASSIGN_OR_RETURN(lnf_mean, cv.take(Nr, f32));
+    STRATA_ASSIGN_OR_RETURN(lnf_rstd, cv.take(Nr, f32));
     STRATA_ASSIGN_OR_RETURN(logits, cv.take(N * V, t));
     STRATA_ASSIGN_OR_RETURN(losses, cv.take(N, f32));
+    DeviceView rows, ln_grads;
+    if (sp) {
+      STRATA_ASSIGN_OR_RETURN(rows, cv.take(N * C, t));
+      STRATA_ASSIGN_OR_RETURN(ln_grads, cv.take(2 * C, c.grad_dtype));
+    }
     if (tp > 1) {
       STRATA_ASSIGN_OR_RETURN(ce.maxv, cv.take(N, f32));
       STRATA_ASSIGN_OR_RETURN(ce.target, cv.take(N, f32));
@@ -175,6 +186,8 @@ struct Gpt::Impl {
       self->logits = logits;
       self->losses = losses;
       self->ce = ce;
+      self->rows = rows;
+      self->ln_grads = ln_grads;
     }
     return Status::OK();
   }
@@ -208,6 +221,13 @@ Status Gpt::prepare(Device& device, int micro_batch, Communicator* tp) {
     return invalid_argument("gpt prepare: the model is tp rank " + std::to_string(config_.tp_rank) + " of " +
                             std::to_string(config_.tp_size) + " and needs that rank of a tensor-parallel group of " +
                             std::to_string(config_.tp_size));
+  }
+  if (config_.sequence_parallel && config_.tp_size > 1 &&
+      static_cast<std::int64_t>(micro_batch) * config_.dims.seq_len % config_.tp_size != 0) {
+    return invalid_argument("gpt prepare: parallel.sequence_parallel splits the micro-batch's train.micro_batch x "
+                            "seq_len = " + std::to_string(micro_batch) + " x " + std::to_string(config_.dims.seq_len) +
+                            " rows among parallel.tp = " + std::to_string(config_.tp_size) +
+                            " ranks, which does not divide them: change micro_batch or seq_len");
   }
   Impl& m = *impl_;
   m.tp = config_.tp_size > 1 ? tp : nullptr;
@@ -257,7 +277,7 @@ Status Gpt::forward(DeviceRange tokens, DeviceRange targets, DeviceView loss_sum
                             std::to_string(T) + ") int32, " + std::to_string(N * 4) + " bytes each");
   }
   m.have_forward = false;
-  Ctx ctx{*m.device, *m.nn, stream, m.tp};
+  Ctx ctx{*m.device, *m.nn, stream, m.tp, m.rows, m.ln_grads};
   STRATA_RETURN_IF_ERROR(hook_before_forward(false));
   // resid[0]: (B, T, C) = wte[tokens] + wpe
   STRATA_RETURN_IF_ERROR(m.embeddings.forward(ctx, m.resid[0], tokens, B, T, false));
@@ -266,7 +286,13 @@ Status Gpt::forward(DeviceRange tokens, DeviceRange targets, DeviceView loss_sum
     STRATA_RETURN_IF_ERROR(m.blocks[l]->forward(ctx, a, m.resid[l], m.resid[l + 1], B, T, false));
   }
   const DeviceView& last = m.resid.back();
-  STRATA_RETURN_IF_ERROR(m.ln_f.forward(ctx, m.lnf, m.lnf_mean, m.lnf_rstd, last, N, false));
+  if (m.rows.empty()) {
+    STRATA_RETURN_IF_ERROR(m.ln_f.forward(ctx, m.lnf, m.lnf_mean, m.lnf_rstd, last, N, false));
+  } else {  // sequence parallelism: this rank's rows, gathered for the head
+    STRATA_ASSIGN_OR_RETURN(DeviceView mine, model::my_rows(ctx, m.lnf));
+    STRATA_RETURN_IF_ERROR(m.ln_f.forward(ctx, mine, m.lnf_mean, m.lnf_rstd, last, N / config_.tp_size, false));
+    STRATA_RETURN_IF_ERROR(model::gather_rows(ctx, m.lnf));
+  }
   STRATA_RETURN_IF_ERROR(m.head.forward(ctx, m.logits, m.losses, loss_sum, loss_weight, m.lnf, targets, N, false, m.ce));
   STRATA_RETURN_IF_ERROR(hook_after_forward(false));
   m.tokens = tokens;
@@ -281,13 +307,14 @@ Status Gpt::backward(float dloss, Stream& stream) {
   if (!std::isfinite(dloss)) return invalid_argument("gpt backward: dloss is not finite");
   m.have_forward = false;  // the logits become their gradient
   const std::int64_t B = m.B, T = config_.dims.seq_len, N = B * T;
-  Ctx ctx{*m.device, *m.nn, stream, m.tp};
+  Ctx ctx{*m.device, *m.nn, stream, m.tp, m.rows, m.ln_grads};
   BlockGrads& g = m.grads;
   STRATA_RETURN_IF_ERROR(hook_before_backward());
   // dlnf: (B, T, C) into dln; then dres = d(resid[L]) = LN_f backward
   STRATA_RETURN_IF_ERROR(m.head.backward(ctx, g.dln, m.logits, m.lnf, m.targets, dloss, N, m.ce));
   STRATA_RETURN_IF_ERROR(m.device->fill(g.dres, 0.0f, stream));
-  STRATA_RETURN_IF_ERROR(m.ln_f.backward(ctx, g.dres, g.dln, m.resid.back(), m.lnf_mean, m.lnf_rstd, N));
+  const std::int64_t rows = m.rows.empty() ? N : N / config_.tp_size;
+  STRATA_RETURN_IF_ERROR(m.ln_f.backward(ctx, g.dres, g.dln, m.resid.back(), m.lnf_mean, m.lnf_rstd, rows));
   for (std::size_t l = m.blocks.size(); l-- > 0;) {
     model::Block& blk = *m.blocks[l];
     if (config_.checkpointing) {

@@ -30,11 +30,12 @@ Status matmul(const Ctx& ctx, DeviceView c, DeviceView a, DeviceView b, std::int
 // ---------------------------------------------------------------------------------------------
 // LayerNorm
 
-LayerNorm::LayerNorm(const std::string& prefix, std::int64_t C)
+LayerNorm::LayerNorm(const std::string& prefix, std::int64_t C, TpPlace tp)
     : Module(prefix),
       weight(add_parameter(prefix + ".weight", {C}, ParamInit::kOnes)),
       bias(add_parameter(prefix + ".bias", {C}, ParamInit::kZeros)),
-      C_(C) {}
+      C_(C),
+      tp_(tp) {}
 
 Status LayerNorm::forward(const Ctx& ctx, DeviceView out, DeviceView mean, DeviceView rstd, DeviceView x,
                           std::int64_t N, bool recompute) {
@@ -46,9 +47,35 @@ Status LayerNorm::forward(const Ctx& ctx, DeviceView out, DeviceView mean, Devic
 Status LayerNorm::backward(const Ctx& ctx, DeviceView dx, DeviceView dout, DeviceView x, DeviceView mean,
                            DeviceView rstd, std::int64_t N) {
   STRATA_RETURN_IF_ERROR(hook_before_backward());
-  STRATA_RETURN_IF_ERROR(ctx.nn.layernorm_backward(dx, weight.grad(), bias.grad(), dout, x, weight.value(), mean, rstd,
-                                                   N, C_, ctx.stream));
+  if (!tp_.sp()) {
+    STRATA_RETURN_IF_ERROR(ctx.nn.layernorm_backward(dx, weight.grad(), bias.grad(), dout, x, weight.value(), mean,
+                                                     rstd, N, C_, ctx.stream));
+    return hook_after_backward();
+  }
+  // This rank's rows' part of the gradients, summed over the tp ranks, then added.
+  if (ctx.tp == nullptr || ctx.ln_grads.count() < static_cast<std::size_t>(2 * C_)) {
+    return failed_precondition(name() + ": a sequence-parallel LayerNorm needs its tp group and gradient scratch");
+  }
+  STRATA_ASSIGN_OR_RETURN(DeviceView both, sub(ctx.ln_grads, 0, 2 * C_));
+  STRATA_ASSIGN_OR_RETURN(DeviceView dw, sub(both, 0, C_));
+  STRATA_ASSIGN_OR_RETURN(DeviceView db, sub(both, C_, C_));
+  STRATA_RETURN_IF_ERROR(ctx.device.fill(both, 0.0f, ctx.stream));
+  STRATA_RETURN_IF_ERROR(ctx.nn.layernorm_backward(dx, dw, db, dout, x, weight.value(), mean, rstd, N, C_, ctx.stream));
+  STRATA_RETURN_IF_ERROR(ctx.tp->all_reduce(CommBuffer::of(both), CommBuffer::of(both), ReduceOp::kSum, ctx.stream));
+  STRATA_RETURN_IF_ERROR(ctx.nn.add(weight.grad(), weight.grad(), dw, ctx.stream));
+  STRATA_RETURN_IF_ERROR(ctx.nn.add(bias.grad(), bias.grad(), db, ctx.stream));
   return hook_after_backward();
+}
+
+Result<DeviceView> my_rows(const Ctx& ctx, const DeviceView& full) {
+  const auto size = static_cast<std::int64_t>(ctx.tp->size()), rank = static_cast<std::int64_t>(ctx.tp->rank());
+  const auto part = static_cast<std::int64_t>(full.count()) / size;
+  return sub(full, rank * part, part);
+}
+
+Status gather_rows(const Ctx& ctx, DeviceView full) {
+  STRATA_ASSIGN_OR_RETURN(DeviceView mine, my_rows(ctx, full));
+  return ctx.tp->all_gather(CommBuffer::of(mine), CommBuffer::of(full), ctx.stream);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -88,6 +115,7 @@ Linear::Linear(const std::string& prefix, std::int64_t in, std::int64_t out, flo
       weight(add_parameter(prefix + ".weight", weight_shard(in, out, split, tp, parts), ParamInit::kNormal, init_std)),
       bias(add_parameter(prefix + ".bias", bias_shard(out, split, tp, parts), ParamInit::kZeros)),
       split_(effective(split, tp)),
+      sp_(tp.sp() && split_ != TpSplit::kNone),
       in_(weight.shape()[0]),
       out_(weight.shape()[1]) {}
 
@@ -95,7 +123,13 @@ Status Linear::forward(const Ctx& ctx, DeviceView y, DeviceView x, std::int64_t 
                        DeviceView residual) {
   STRATA_RETURN_IF_ERROR(hook_before_forward(recompute));
   STRATA_RETURN_IF_ERROR(require_tp(ctx, name(), split_));
-  if (split_ == TpSplit::kRow) {
+  if (split_ == TpSplit::kRow && sp_) {
+    // y = this rank's rows of the sum over ranks of x_r @ W_r, then + b once.
+    STRATA_ASSIGN_OR_RETURN(DeviceView partial, sub(ctx.rows, 0, N * out_));
+    STRATA_RETURN_IF_ERROR(matmul(ctx, partial, x, weight.value(), N, out_, in_, false, false));
+    STRATA_RETURN_IF_ERROR(ctx.tp->reduce_scatter(CommBuffer::of(partial), CommBuffer::of(y), ReduceOp::kSum, ctx.stream));
+    STRATA_RETURN_IF_ERROR(ctx.nn.bias_add(y, bias.value(), N / ctx.tp->size(), out_, ctx.stream));
+  } else if (split_ == TpSplit::kRow) {
     // y = sum over ranks of x_r @ W_r, then + b once.
     STRATA_RETURN_IF_ERROR(matmul(ctx, y, x, weight.value(), N, out_, in_, false, false));
     STRATA_RETURN_IF_ERROR(tp_all_reduce(ctx, y));
@@ -112,11 +146,22 @@ Status Linear::forward(const Ctx& ctx, DeviceView y, DeviceView x, std::int64_t 
 Status Linear::backward(const Ctx& ctx, DeviceView dx, DeviceView dy, DeviceView x, std::int64_t N) {
   STRATA_RETURN_IF_ERROR(hook_before_backward());
   STRATA_RETURN_IF_ERROR(require_tp(ctx, name(), split_));
+  if (split_ == TpSplit::kRow && sp_) {  // every rank's rows of dy, for the whole row sums below
+    STRATA_ASSIGN_OR_RETURN(DeviceView whole, sub(ctx.rows, 0, N * out_));
+    STRATA_RETURN_IF_ERROR(ctx.tp->all_gather(CommBuffer::of(dy), CommBuffer::of(whole), ctx.stream));
+    dy = whole;
+  }
   // dW: (in, out) += x^T @ dy
   STRATA_RETURN_IF_ERROR(matmul(ctx, weight.grad(), x, dy, in_, out_, N, true, false, 1.0f, 1.0f));
   // db: (out) += sum_n dy
   STRATA_RETURN_IF_ERROR(ctx.nn.bias_backward(bias.grad(), dy, N, out_, ctx.stream));
   // dx: (N, in) = dy @ W^T; column-parallel: each rank's part of the sum over the output
+  if (split_ == TpSplit::kColumn && sp_) {
+    STRATA_ASSIGN_OR_RETURN(DeviceView partial, sub(ctx.rows, 0, N * in_));
+    STRATA_RETURN_IF_ERROR(matmul(ctx, partial, dy, weight.value(), N, in_, out_, false, true));
+    STRATA_RETURN_IF_ERROR(ctx.tp->reduce_scatter(CommBuffer::of(partial), CommBuffer::of(dx), ReduceOp::kSum, ctx.stream));
+    return hook_after_backward();
+  }
   STRATA_RETURN_IF_ERROR(matmul(ctx, dx, dy, weight.value(), N, in_, out_, false, true));
   if (split_ == TpSplit::kColumn) STRATA_RETURN_IF_ERROR(tp_all_reduce(ctx, dx));
   return hook_after_backward();
@@ -271,10 +316,11 @@ std::string block_name(int i) { return "h." + std::to_string(i); }
 
 Block::Block(int index, std::int64_t C, std::int64_t NH, int n_layer, TpPlace tp)
     : Module(block_name(index)),
-      ln_1(block_name(index) + ".ln_1", C),
+      ln_1(block_name(index) + ".ln_1", C, tp),
       attn(block_name(index) + ".attn", C, NH, kInitStd / std::sqrt(2.0f * static_cast<float>(n_layer)), tp),
-      ln_2(block_name(index) + ".ln_2", C),
-      mlp(block_name(index) + ".mlp", C, kInitStd / std::sqrt(2.0f * static_cast<float>(n_layer)), tp) {
+      ln_2(block_name(index) + ".ln_2", C, tp),
+      mlp(block_name(index) + ".mlp", C, kInitStd / std::sqrt(2.0f * static_cast<float>(n_layer)), tp),
+      tp_(tp) {
   add_child(ln_1);
   add_child(attn);
   add_child(ln_2);
@@ -284,11 +330,19 @@ Block::Block(int index, std::int64_t C, std::int64_t NH, int n_layer, TpPlace tp
 Status Block::forward(const Ctx& ctx, BlockActs& acts, DeviceView x, DeviceView out, std::int64_t B, std::int64_t T,
                       bool recompute) {
   STRATA_RETURN_IF_ERROR(hook_before_forward(recompute));
-  const std::int64_t N = B * T;
-  // ln1 = LN(x); res2 = x + attn(ln1); ln2 = LN(res2); out = res2 + mlp(ln2)
-  STRATA_RETURN_IF_ERROR(ln_1.forward(ctx, acts.ln1, acts.ln1_mean, acts.ln1_rstd, x, N, recompute));
+  const std::int64_t N = B * T, rows = tp_.sp() ? N / tp_.size : N;
+  // ln1 = LN(x); res2 = x + attn(ln1); ln2 = LN(res2); out = res2 + mlp(ln2). With sequence
+  // parallelism x, res2 and out are this rank's rows, and each LN's rows are gathered.
+  auto norm = [&](LayerNorm& ln, const DeviceView& full, const DeviceView& mean, const DeviceView& rstd,
+                  const DeviceView& in) -> Status {
+    if (!tp_.sp()) return ln.forward(ctx, full, mean, rstd, in, rows, recompute);
+    STRATA_ASSIGN_OR_RETURN(DeviceView mine, my_rows(ctx, full));
+    STRATA_RETURN_IF_ERROR(ln.forward(ctx, mine, mean, rstd, in, rows, recompute));
+    return gather_rows(ctx, full);
+  };
+  STRATA_RETURN_IF_ERROR(norm(ln_1, acts.ln1, acts.ln1_mean, acts.ln1_rstd, x));
   STRATA_RETURN_IF_ERROR(attn.forward(ctx, acts, x, B, T, recompute));
-  STRATA_RETURN_IF_ERROR(ln_2.forward(ctx, acts.ln2, acts.ln2_mean, acts.ln2_rstd, acts.res2, N, recompute));
+  STRATA_RETURN_IF_ERROR(norm(ln_2, acts.ln2, acts.ln2_mean, acts.ln2_rstd, acts.res2));
   STRATA_RETURN_IF_ERROR(mlp.forward(ctx, acts, out, N, recompute));
   return hook_after_forward(recompute);
 }
@@ -296,12 +350,13 @@ Status Block::forward(const Ctx& ctx, BlockActs& acts, DeviceView x, DeviceView 
 Status Block::backward(const Ctx& ctx, const BlockActs& acts, BlockGrads& g, DeviceView x, std::int64_t B,
                        std::int64_t T) {
   STRATA_RETURN_IF_ERROR(hook_before_backward());
-  const std::int64_t N = B * T;
-  // The residual passes d(out) through: dres holds d(out), then d(res2), then d(x).
+  const std::int64_t N = B * T, rows = tp_.sp() ? N / tp_.size : N;
+  // The residual passes d(out) through: dres holds d(out), then d(res2), then d(x) (with
+  // sequence parallelism: of this rank's rows).
   STRATA_RETURN_IF_ERROR(mlp.backward(ctx, acts, g, N));
-  STRATA_RETURN_IF_ERROR(ln_2.backward(ctx, g.dres, g.dln, acts.res2, acts.ln2_mean, acts.ln2_rstd, N));
+  STRATA_RETURN_IF_ERROR(ln_2.backward(ctx, g.dres, g.dln, acts.res2, acts.ln2_mean, acts.ln2_rstd, rows));
   STRATA_RETURN_IF_ERROR(attn.backward(ctx, acts, g, B, T));
-  STRATA_RETURN_IF_ERROR(ln_1.backward(ctx, g.dres, g.dln, x, acts.ln1_mean, acts.ln1_rstd, N));
+  STRATA_RETURN_IF_ERROR(ln_1.backward(ctx, g.dres, g.dln, x, acts.ln1_mean, acts.ln1_rstd, rows));
   return hook_after_backward();
 }
 
@@ -334,25 +389,40 @@ Status Embeddings::forward(const Ctx& ctx, DeviceView out, DeviceRange tokens, s
     return hook_after_forward(recompute);
   }
   STRATA_RETURN_IF_ERROR(require_tp(ctx, name(), TpSplit::kRow));
-  // out = sum over ranks of (its rows' lookups, + wpe on the first)
+  // out = sum over ranks of (its rows' lookups, + wpe on the first); with sequence parallelism
+  // reduce-scattered to this rank's rows.
   const std::int64_t first = tp_.rank * wte.shape()[0];
-  STRATA_RETURN_IF_ERROR(ctx.nn.embedding_shard_forward(out, tokens, wte.value(), first,
+  DeviceView sum = out;
+  if (tp_.sp()) {
+    STRATA_ASSIGN_OR_RETURN(sum, sub(ctx.rows, 0, B * T * C_));
+  }
+  STRATA_RETURN_IF_ERROR(ctx.nn.embedding_shard_forward(sum, tokens, wte.value(), first,
                                                         tp_.rank == 0 ? wpe.value() : DeviceView(), B * T, T, C_,
                                                         ctx.stream));
-  STRATA_RETURN_IF_ERROR(tp_all_reduce(ctx, out));
+  if (tp_.sp()) {
+    STRATA_RETURN_IF_ERROR(ctx.tp->reduce_scatter(CommBuffer::of(sum), CommBuffer::of(out), ReduceOp::kSum, ctx.stream));
+  } else {
+    STRATA_RETURN_IF_ERROR(tp_all_reduce(ctx, out));
+  }
   return hook_after_forward(recompute);
 }
 
 Status Embeddings::backward(const Ctx& ctx, DeviceView dout, DeviceRange tokens, std::int64_t B, std::int64_t T) {
   STRATA_RETURN_IF_ERROR(hook_before_backward());
-  // dout is the same on every rank: each adds its rows' gradients, and the whole wpe gradient.
+  // dout is the same on every rank (with sequence parallelism once gathered): each adds its
+  // vocabulary rows' gradients, and the whole wpe gradient.
+  if (tp_.sp()) {
+    STRATA_ASSIGN_OR_RETURN(DeviceView whole, sub(ctx.rows, 0, B * T * C_));
+    STRATA_RETURN_IF_ERROR(ctx.tp->all_gather(CommBuffer::of(dout), CommBuffer::of(whole), ctx.stream));
+    dout = whole;
+  }
   const std::int64_t first = tp_.rank * wte.shape()[0];
   STRATA_RETURN_IF_ERROR(
       ctx.nn.embedding_shard_backward(wte.grad(), first, wpe.grad(), dout, tokens, B * T, T, C_, ctx.stream));
   return hook_after_backward();
 }
 
-LmHead::LmHead(Parameter& wte, std::int64_t vocab) : Module("lm_head"), wte_(wte), vocab_(vocab) {
+LmHead::LmHead(Parameter& wte, std::int64_t vocab, TpPlace tp) : Module("lm_head"), wte_(wte), vocab_(vocab), tp_(tp) {
   tie_parameter(wte);
 }
 
@@ -400,7 +470,14 @@ Status LmHead::backward(const Ctx& ctx, DeviceView dx, DeviceView logits, Device
   }
   // dwte: (V, C) += dlogits^T @ x
   STRATA_RETURN_IF_ERROR(matmul(ctx, wte_.grad(), logits, x, V, C, N, true, false, 1.0f, 1.0f));
-  // dx: (N, C) = dlogits @ wte, summed over the ranks' vocabulary columns
+  // dx: (N, C) = dlogits @ wte, summed over the ranks' vocabulary columns (with sequence
+  // parallelism: this rank's rows of the sum)
+  if (tp_.sp()) {
+    STRATA_ASSIGN_OR_RETURN(DeviceView partial, sub(ctx.rows, 0, N * C));
+    STRATA_RETURN_IF_ERROR(matmul(ctx, partial, logits, wte_.value(), N, C, V, false, false));
+    STRATA_RETURN_IF_ERROR(ctx.tp->reduce_scatter(CommBuffer::of(partial), CommBuffer::of(dx), ReduceOp::kSum, ctx.stream));
+    return hook_after_backward();
+  }
   STRATA_RETURN_IF_ERROR(matmul(ctx, dx, logits, wte_.value(), N, C, V, false, false));
   if (wte_.shard().split()) STRATA_RETURN_IF_ERROR(tp_all_reduce(ctx, dx));
   return hook_after_backward();

@@ -14,7 +14,21 @@
 // and two in backward. LayerNorms and the row-parallel biases are replicated: their inputs and
 // output gradients are the same on every tp rank, so their gradients are too (bitwise), and
 // nothing reduces them. Activation shapes below are a rank's: C in qkv, atty, fch and NH in
-// att are divided by tp where the layer is split. Activations are in the model's compute dtype, LayerNorm
+// att are divided by tp where the layer is split.
+//
+// Sequence parallelism (TpPlace::sequence_parallel, Megatron's): the residual stream, the
+// LayerNorms and the residual adds work on this rank's N / tp rows (rows [rank N/tp, (rank + 1)
+// N/tp) of the (B, T) rows), so the residual stream kept between blocks takes 1/tp of the
+// memory. A LayerNorm's output is all-gathered to the N rows the column-parallel Linear after
+// it needs (and kept gathered for its weight gradient: Megatron gathers it again in backward
+// instead, trading memory for a third all-gather per LayerNorm), and a
+// row-parallel Linear reduce-scatters its output to the rows instead of all-reducing it: each
+// all-reduce of a block becomes a reduce-scatter plus an all-gather of the same total volume
+// (in backward the other way round). The LayerNorms' gradients then come from a rank's rows
+// only, and are all-reduced over tp in their backward (2C elements each), so every rank holds
+// the same; the row-parallel biases' gradients come from the gathered output gradient, whole.
+// Where a row-parallel Linear gathers or a column-parallel one reduces, it uses Ctx::rows,
+// an (N, C) scratch of the compute dtype; the LayerNorms use Ctx::ln_grads. Activations are in the model's compute dtype, LayerNorm
 // statistics and losses in fp32, parameter gradients in the gradient dtype. Backward functions
 // *accumulate* parameter gradients (+=) and say for each input gradient whether they
 // overwrite it or add to it.
@@ -40,13 +54,17 @@ struct Ctx {
   nn::NnOps& nn;
   Stream& stream;
   Communicator* tp = nullptr;
+  DeviceView rows = {};      // sequence parallelism: (N, C) scratch in the compute dtype
+  DeviceView ln_grads = {};  // sequence parallelism: (2C) scratch in the gradient dtype
 };
 
 // A layer's rank in its tensor-parallel group.
 struct TpPlace {
   int rank = 0;
   int size = 1;
+  bool sequence_parallel = false;
   bool split() const { return size > 1; }
+  bool sp() const { return sequence_parallel && size > 1; }
 };
 
 // How a Linear is cut across the tp group.
@@ -68,8 +86,9 @@ Status matmul(const Ctx& ctx, DeviceView c, DeviceView a, DeviceView b, std::int
 
 class LayerNorm final : public Module {
  public:
-  // Parameters "<prefix>.weight" (ones) and "<prefix>.bias" (zeros), both (C).
-  LayerNorm(const std::string& prefix, std::int64_t C);
+  // Parameters "<prefix>.weight" (ones) and "<prefix>.bias" (zeros), both (C). With
+  // tp.sp(), N below is this rank's rows and the gradients are all-reduced over ctx.tp.
+  LayerNorm(const std::string& prefix, std::int64_t C, TpPlace tp = {});
 
   // out: (N, C), mean, rstd: (N) fp32 = LayerNorm(x: (N, C))
   Status forward(const Ctx& ctx, DeviceView out, DeviceView mean, DeviceView rstd, DeviceView x, std::int64_t N,
@@ -83,7 +102,14 @@ class LayerNorm final : public Module {
 
  private:
   std::int64_t C_;
+  TpPlace tp_;
 };
+
+// Sequence parallelism's all-gather: every rank's N / tp rows of `full` (N, C), written in place
+// at their rows, made whole on every rank.
+Status gather_rows(const Ctx& ctx, DeviceView full);
+// This rank's rows of `full`: (N / tp, C).
+Result<DeviceView> my_rows(const Ctx& ctx, const DeviceView& full);
 
 // Hugging Face's Conv1D: y = x @ W + b with W stored (in, out).
 class Linear final : public Module {
@@ -95,11 +121,14 @@ class Linear final : public Module {
 
   // y: (N, out) = x: (N, in) @ W + b (+ residual: (N, out) when given; it may not be y).
   // Column-parallel: y is this rank's out / tp columns. Row-parallel: x is its in / tp
-  // columns, and y the whole sum, all-reduced over ctx.tp before b and the residual are added.
+  // columns, and y the whole sum, all-reduced over ctx.tp before b and the residual are added
+  // (sequence-parallel: reduce-scattered, y and the residual this rank's N / tp rows).
   Status forward(const Ctx& ctx, DeviceView y, DeviceView x, std::int64_t N, bool recompute,
                  DeviceView residual = {});
   // dx: (N, in) = dy @ W^T (overwritten; column-parallel: all-reduced over ctx.tp, since every
-  // rank's output columns depend on all of x); dW += x^T @ dy; db += sum_n dy. dy: (N, out).
+  // rank's output columns depend on all of x, or reduce-scattered to this rank's rows with
+  // sequence parallelism); dW += x^T @ dy; db += sum_n dy. dy: (N, out) (row-parallel with
+  // sequence parallelism: this rank's rows, all-gathered first).
   Status backward(const Ctx& ctx, DeviceView dx, DeviceView dy, DeviceView x, std::int64_t N);
 
   // This rank's extents (the whole layer's where not split).
@@ -110,11 +139,13 @@ class Linear final : public Module {
 
  private:
   TpSplit split_;
+  bool sp_;
   std::int64_t in_, out_;
 };
 
 // Activations of one transformer block (kept per block, or one shared set when blocks are
-// recomputed in backward).
+// recomputed in backward). With sequence parallelism res2 and the LayerNorm statistics are
+// this rank's N / tp rows, ln1 and ln2 all N rows (gathered).
 struct BlockActs {
   DeviceView ln1;       // (B, T, C)
   DeviceView ln1_mean;  // (B, T) fp32
@@ -134,6 +165,7 @@ struct BlockActs {
 struct BlockGrads {
   DeviceView dres;  // (B, T, C): gradient of the residual stream, updated in place block by block
   DeviceView dln;   // (B, T, C): gradients of LayerNorm outputs and of the attention output
+                    // (sequence parallelism: this rank's rows of the former)
   DeviceView dqkv;  // (B, T, 3C)
   DeviceView datt;  // (B, NH, T, T)
   DeviceView dfch;  // (B, T, 4C)
@@ -190,6 +222,9 @@ class Block final : public Module {
   Attention attn;
   LayerNorm ln_2;
   Mlp mlp;
+
+ private:
+  TpPlace tp_;
 };
 
 // Token and position embeddings: "wte.weight" (V, C), "wpe.weight" (T, C).
@@ -202,9 +237,10 @@ class Embeddings final : public Module {
  public:
   Embeddings(std::int64_t V, std::int64_t maxT, std::int64_t C, TpPlace tp = {});
 
-  // out: (B, T, C) = wte[tokens] + wpe[t]; tokens: (B, T) int32
+  // out: (B, T, C) = wte[tokens] + wpe[t] (sequence parallelism: this rank's rows); tokens:
+  // (B, T) int32
   Status forward(const Ctx& ctx, DeviceView out, DeviceRange tokens, std::int64_t B, std::int64_t T, bool recompute);
-  // wte and wpe gradients += from dout: (B, T, C)
+  // wte and wpe gradients += from dout: (B, T, C) (sequence parallelism: this rank's rows)
   Status backward(const Ctx& ctx, DeviceView dout, DeviceRange tokens, std::int64_t B, std::int64_t T);
 
   Parameter& wte;
@@ -233,14 +269,15 @@ struct CrossEntropyStats {
 // one all-reduce. `vocab` is the real vocabulary: the padding columns count for nothing.
 class LmHead final : public Module {
  public:
-  LmHead(Parameter& wte, std::int64_t vocab);
+  LmHead(Parameter& wte, std::int64_t vocab, TpPlace tp = {});
 
   // logits: (N, Vr) = x: (N, C) @ wte^T; losses: (N) fp32; loss_sum: (1) += weight * mean(losses).
   // stats: used (and kept for backward) when wte is split.
   Status forward(const Ctx& ctx, DeviceView logits, DeviceView losses, DeviceView loss_sum, float weight,
                  DeviceView x, DeviceRange targets, std::int64_t N, bool recompute, const CrossEntropyStats& stats);
   // logits are overwritten with their gradient (dloss * mean over N); wte gradient +=;
-  // dx: (N, C) = dlogits @ wte (overwritten; all-reduced when split).
+  // dx: (N, C) = dlogits @ wte (overwritten; all-reduced when split; with sequence
+  // parallelism reduce-scattered: this rank's rows).
   Status backward(const Ctx& ctx, DeviceView dx, DeviceView logits, DeviceView x, DeviceRange targets, float dloss,
                   std::int64_t N, const CrossEntropyStats& stats);
 
@@ -251,6 +288,7 @@ class LmHead final : public Module {
 
   Parameter& wte_;
   std::int64_t vocab_;
+  TpPlace tp_;
 };
 
 }  // namespace strata::model

@@ -158,33 +158,40 @@ inline ::testing::AssertionResult close(const std::vector<double>& got, const st
 }
 
 // Zeroed fp32 device views of a block's activations and gradient scratch for (B, T, C, NH), as
-// one rank of a tp group holds them (the split ones divided by tp).
+// one rank of a tp group holds them (the split ones divided by tp; with sequence parallelism
+// the residual stream's rows too, and the Ctx scratch of layers.h in rows and ln_grads).
 struct BlockBuffers {
-  BlockBuffers(Device& dev, std::int64_t B, std::int64_t T, std::int64_t C, std::int64_t NH, std::int64_t tp = 1) {
-    const std::int64_t N = B * T, Cr = C / tp, NHr = NH / tp;
+  BlockBuffers(Device& dev, std::int64_t B, std::int64_t T, std::int64_t C, std::int64_t NH, std::int64_t tp = 1,
+               bool sp = false) {
+    const std::int64_t N = B * T, Cr = C / tp, NHr = NH / tp, Nr = sp ? N / tp : N;
     auto z = [&](std::int64_t n) {
       bufs.push_back(upload(dev, std::vector<double>(static_cast<std::size_t>(n), 0.0), DType::kF32));
       return bufs.back().view;
     };
     a.ln1 = z(N * C);
-    a.ln1_mean = z(N);
-    a.ln1_rstd = z(N);
+    a.ln1_mean = z(Nr);
+    a.ln1_rstd = z(Nr);
     a.qkv = z(3 * N * Cr);
     a.att = z(B * NHr * T * T);
     a.atty = z(N * Cr);
-    a.res2 = z(N * C);
+    a.res2 = z(Nr * C);
     a.ln2 = z(N * C);
-    a.ln2_mean = z(N);
-    a.ln2_rstd = z(N);
+    a.ln2_mean = z(Nr);
+    a.ln2_rstd = z(Nr);
     a.fch = z(4 * N * Cr);
     a.fch_gelu = z(4 * N * Cr);
-    g.dres = z(N * C);
-    g.dln = z(N * C);
+    g.dres = z(Nr * C);
+    g.dln = z(Nr * C);
     g.dqkv = z(3 * N * Cr);
     g.datt = z(B * NHr * T * T);
     g.dfch = z(4 * N * Cr);
+    if (sp) {
+      rows = z(N * C);
+      ln_grads = z(2 * C);
+    }
   }
   std::vector<DevTensor> bufs;
+  DeviceView rows, ln_grads;
   model::BlockActs a;
   model::BlockGrads g;
 };

@@ -5,6 +5,7 @@
 // split GEMMs and the all-reduce add the same terms in another order). Odd sequence length.
 // Then the whole GPT (vocab-parallel embedding and cross-entropy, an odd vocabulary padded),
 // with and without activation checkpointing: the loss within 1e-6 relative and every gradient.
+// Block and GPT with and without sequence parallelism (each rank's rows of the whole).
 #include <gtest/gtest.h>
 
 #include <map>
@@ -28,13 +29,13 @@ using testutil::upload;
 using Vec = std::vector<double>;
 
 constexpr DType kF32 = DType::kF32;
-constexpr std::int64_t B = 2, T = 5, C = 16, NH = 4, N = B * T;
+constexpr std::int64_t B = 4, T = 5, C = 16, NH = 4, N = B * T;  // N divides among 2 and 4 ranks
 
 // The whole tensor of parameter `name` (random, LayerNorm weights around 1), fp32-exact.
 Vec whole_values(const Parameter& p, std::uint32_t seed) {
   std::size_t n = 1;
   for (std::int64_t d : p.shard().global_shape) n *= static_cast<std::size_t>(d);
-  Vec v = random_vec(n, seed, 0.5);
+  Vec v = random_vec(n, seed, 0.2);
   if (p.init() == ParamInit::kOnes) {
     for (double& x : v) x += 1.0;
   }
@@ -73,14 +74,24 @@ struct BlockRun {
   std::map<std::string, Vec> grads;
 };
 
+// This rank's rows of (N, C) values (all of them without sequence parallelism).
+Vec rows_of(const Vec& all, TpPlace place) {
+  if (!place.sp()) return all;
+  const auto part = all.size() / static_cast<std::size_t>(place.size);
+  const auto first = all.begin() + static_cast<std::ptrdiff_t>(part * static_cast<std::size_t>(place.rank));
+  return Vec(first, first + static_cast<std::ptrdiff_t>(part));
+}
+
+// The block on this rank; x and dout are the whole (N, C) inputs, the outputs this rank's rows.
 BlockRun run_block(Device& dev, Communicator* tp, TpPlace place, const std::map<std::string, Vec>& values,
-                   const Vec& x, const Vec& dout) {
+                   const Vec& whole_x, const Vec& whole_dout) {
   auto ops = nn::make_nn_ops(dev);
   EXPECT_TRUE(ops.ok()) << ops.status();
   Block blk(0, C, NH, 2, place);
   Bound bound(dev, blk, values);
-  BlockBuffers bb(dev, B, T, C, NH, place.size);
-  const Ctx ctx{dev, **ops, dev.default_stream(), tp};
+  BlockBuffers bb(dev, B, T, C, NH, place.size, place.sp());
+  const Ctx ctx{dev, **ops, dev.default_stream(), tp, bb.rows, bb.ln_grads};
+  const Vec x = rows_of(whole_x, place), dout = rows_of(whole_dout, place);
   DevTensor dx = upload(dev, x, kF32), out = upload(dev, Vec(x.size(), 0.0), kF32);
   BlockRun r;
   Status st = blk.forward(ctx, bb.a, dx.view, out.view, B, T, false);
@@ -94,10 +105,11 @@ BlockRun run_block(Device& dev, Communicator* tp, TpPlace place, const std::map<
   return r;
 }
 
-class TensorParallelBlock : public ::testing::TestWithParam<int> {};
+class TensorParallelBlock : public ::testing::TestWithParam<std::tuple<int, bool>> {};
 
+// With sequence parallelism each rank's output and input gradient are its rows of the whole.
 TEST_P(TensorParallelBlock, EveryRankEqualsTheWholeBlock) {
-  const int tp = GetParam();
+  const auto [tp, sp] = GetParam();
   auto dev = testutil::make_host();
   ASSERT_NE(dev, nullptr);
   std::map<std::string, Vec> values;
@@ -111,9 +123,10 @@ TEST_P(TensorParallelBlock, EveryRankEqualsTheWholeBlock) {
 
   testing_comm::Ranks ranks(tp);
   ranks.run([&](testing_comm::RankEnv& e) {
-    const BlockRun mine = run_block(*e.device, e.comm, {e.rank, tp}, values, x, dout);
-    EXPECT_TRUE(close(mine.out, whole.out, 1e-5, 1e-5)) << "output, rank " << e.rank;
-    EXPECT_TRUE(close(mine.dx, whole.dx, 1e-5, 1e-5)) << "input gradient, rank " << e.rank;
+    const TpPlace place{e.rank, tp, sp};
+    const BlockRun mine = run_block(*e.device, e.comm, place, values, x, dout);
+    EXPECT_TRUE(close(mine.out, rows_of(whole.out, place), 1e-5, 1e-5)) << "output, rank " << e.rank;
+    EXPECT_TRUE(close(mine.dx, rows_of(whole.dx, place), 1e-5, 1e-5)) << "input gradient, rank " << e.rank;
     Block shape(0, C, NH, 2, {e.rank, tp});
     for (Parameter* p : shape.parameters()) {
       EXPECT_TRUE(close(mine.grads.at(p->name()), shard_of(whole.grads.at(p->name()), *p), 1e-5, 1e-5))
@@ -133,7 +146,7 @@ TEST_P(TensorParallelBlock, EveryRankEqualsTheWholeBlock) {
   EXPECT_FALSE(rank0.ln_1.weight.shard().split());
 }
 
-INSTANTIATE_TEST_SUITE_P(Tp, TensorParallelBlock, ::testing::Values(2, 4));
+INSTANTIATE_TEST_SUITE_P(Tp, TensorParallelBlock, ::testing::Combine(::testing::Values(2, 4), ::testing::Bool()));
 
 // ---- the whole GPT ----
 
@@ -163,7 +176,7 @@ struct GptRun {
 
 constexpr std::int64_t kVocab = 11;  // odd: padded to 12 at tp 2 and 4
 
-GptRun run_gpt(Device& dev, Communicator* tp, int rank, int size, bool checkpointing) {
+GptRun run_gpt(Device& dev, Communicator* tp, int rank, int size, bool checkpointing, bool sp = false) {
   GptConfig c;
   c.dims.n_layer = 2;
   c.dims.n_head = NH;
@@ -173,6 +186,7 @@ GptRun run_gpt(Device& dev, Communicator* tp, int rank, int size, bool checkpoin
   c.checkpointing = checkpointing;
   c.tp_rank = rank;
   c.tp_size = size;
+  c.sequence_parallel = sp;
   auto gpt = Gpt::create(c);
   EXPECT_TRUE(gpt.ok()) << gpt.status();
   std::vector<DevTensor> bufs = bind_global(dev, **gpt);
@@ -191,18 +205,18 @@ GptRun run_gpt(Device& dev, Communicator* tp, int rank, int size, bool checkpoin
   return r;
 }
 
-class TensorParallelGpt : public ::testing::TestWithParam<std::tuple<int, bool>> {};
+class TensorParallelGpt : public ::testing::TestWithParam<std::tuple<int, bool, bool>> {};
 
 // The loss within 1e-6 relative, and every rank's gradients at its elements of the whole
-// gradients (the padding rows of wte: zero).
+// gradients (the padding rows of wte: zero), with and without sequence parallelism.
 TEST_P(TensorParallelGpt, EveryRankEqualsTheWholeModel) {
-  const auto [tp, checkpointing] = GetParam();
+  const auto [tp, checkpointing, sp] = GetParam();
   auto dev = testutil::make_host();
   ASSERT_NE(dev, nullptr);
   const GptRun whole = run_gpt(*dev, nullptr, 0, 1, checkpointing);
   testing_comm::Ranks ranks(tp);
   ranks.run([&](testing_comm::RankEnv& e) {
-    const GptRun mine = run_gpt(*e.device, e.comm, e.rank, tp, checkpointing);
+    const GptRun mine = run_gpt(*e.device, e.comm, e.rank, tp, checkpointing, sp);
     EXPECT_NEAR(mine.loss, whole.loss, 1e-6 * whole.loss) << "rank " << e.rank;
     GptConfig c;
     c.dims = {2, NH, C, kVocab, T};
@@ -223,7 +237,8 @@ TEST_P(TensorParallelGpt, EveryRankEqualsTheWholeModel) {
   });
 }
 
-INSTANTIATE_TEST_SUITE_P(Tp, TensorParallelGpt, ::testing::Combine(::testing::Values(2, 4), ::testing::Bool()));
+INSTANTIATE_TEST_SUITE_P(Tp, TensorParallelGpt,
+                         ::testing::Combine(::testing::Values(2, 4), ::testing::Bool(), ::testing::Bool()));
 
 TEST(TensorParallelGpt, ADimensionThatDoesNotDivideAmongTheRanksIsRefused) {
   GptConfig c;
@@ -236,6 +251,19 @@ TEST(TensorParallelGpt, ADimensionThatDoesNotDivideAmongTheRanksIsRefused) {
   EXPECT_TRUE(c.validate().ok()) << c.validate();
   c.tp_rank = 3;
   EXPECT_FALSE(c.validate().ok());
+  // Sequence parallelism needs the micro-batch's rows to divide among the ranks.
+  c.dims = {2, 4, 16, kVocab, T};
+  c.tp_rank = 0;
+  c.tp_size = 2;
+  c.sequence_parallel = true;
+  auto gpt = Gpt::create(c);
+  ASSERT_TRUE(gpt.ok()) << gpt.status();
+  auto dev = testutil::make_host();
+  ASSERT_NE(dev, nullptr);
+  testing_comm::Ranks ranks(2);
+  st = (*gpt)->prepare(*dev, 1, &ranks.comm(0));
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("micro_batch x seq_len = 1 x 5 rows among parallel.tp = 2"), std::string::npos) << st;
 }
 
 TEST(TensorParallelLinear, ASplitLayerWithoutItsGroupIsRefused) {
