@@ -68,7 +68,7 @@ std::vector<Case> cases() {
                 " --prefetch 32KiB --params nvme --optimizer nvme --optimizer-buffer-size 64KiB --param-buffers 8"
                 " --param-buffer-size 64KiB --max-in-cpu 96KiB --nvme-path " + scratch("zero3").string(),
        false, false},
-      {"tp", "--model tiny --n-head 4 --micro-batch 1 --steps 1", false, false},
+      {"tp", "--model tiny --n-head 4 --micro-batch 1 --steps 1 --sequence-parallel", false, false},
       {"device", "--copy-size 1MiB --models tiny --dtypes fp32 --micro-batch 1 --min-time 0.01", false, false},
       {"nvme", "--path " + scratch("nvme").string() +
                    " --size 1MiB --engines posix --block-sizes 1MiB --queue-depths 1 --threads 1 --max-seconds 1 --buffered",

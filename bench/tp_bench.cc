@@ -5,6 +5,10 @@
 //     the embedding's in forward and the head's input gradient in backward (also (B, T, C)),
 //     the cross-entropy's 3 of (B, T), and the gradient norm's scalar; ratio 1 when they agree
 //     (activation checkpointing off: a recomputed block would add its forward's 2);
+//   sequence parallelism (--sequence-parallel, a second run): per block 4 reduce-scatters and
+//     4 all-gathers of (B, T, C) in place of the 4 all-reduces (with the embedding's, ln_f's and
+//     the head's: 4 L + 2 of each), and the bytes each rank sent against the run without it:
+//     the same volume, plus the all-reduce of each LayerNorm's gradients (2C elements);
 //   state: a rank's parameter elements (what its optimizer keeps master, moments and gradients
 //     for) over the one-rank model's split parameters / tp plus its whole ones (vocabulary
 //     padding makes it exceed 1 by a little);
@@ -34,14 +38,27 @@ struct TpOptions {
   Profile profile;  // parallel.tp set per run
   int tp = 2;
   int steps = 3;
+  bool sequence_parallel = false;  // also measure a run with it
 };
 
 struct TpRun {
   double step_s = 0;                 // median of the timed steps
-  std::uint64_t all_reduces = 0;     // the tp group's, in the first step
-  std::uint64_t reduced_bytes = 0;   // their payload
+  CommStats first;                   // the tp group's counters over the first step
   std::uint64_t elements = 0;        // this rank's parameter elements
+  std::uint64_t ops(CommKind k) const { return first.of(k).ops; }
+  std::uint64_t payload(CommKind k) const { return first.of(k).payload_bytes; }
 };
+
+// after - before, kind by kind.
+CommStats minus(const CommStats& after, const CommStats& before) {
+  CommStats d;
+  for (int k = 0; k < static_cast<int>(CommKind::kCount); ++k) {
+    const CommKindStats &a = after.kinds[k], &b = before.kinds[k];
+    d.kinds[k] = {a.ops - b.ops, a.payload_bytes - b.payload_bytes, a.bytes_sent - b.bytes_sent,
+                  a.bytes_received - b.bytes_received, a.seconds - b.seconds};
+  }
+  return d;
+}
 
 std::unique_ptr<Device> bench_device(const Profile& p) {
   DeviceOptions o = device_options(p.memory);
@@ -50,9 +67,10 @@ std::unique_ptr<Device> bench_device(const Profile& p) {
 }
 
 // One rank of tp (tp = null: alone): a counted step, then `steps` timed ones.
-Result<TpRun> run_rank(const TpOptions& o, Communicator* tp) {
+Result<TpRun> run_rank(const TpOptions& o, Communicator* tp, bool sequence_parallel = false) {
   Profile p = o.profile;
   p.parallel.tp = tp == nullptr ? 1 : tp->size();
+  p.parallel.sequence_parallel = sequence_parallel;
   auto dev = bench_device(p);
   TrainerOptions to;
   to.tp = tp;
@@ -61,11 +79,7 @@ Result<TpRun> run_rank(const TpOptions& o, Communicator* tp) {
   const CommStats before = tp == nullptr ? CommStats{} : tp->stats();
   STRATA_RETURN_IF_ERROR(t->train_step(data).status());
   TpRun r;
-  if (tp != nullptr) {
-    const CommStats after = tp->stats();
-    r.all_reduces = after.of(CommKind::kAllReduce).ops - before.of(CommKind::kAllReduce).ops;
-    r.reduced_bytes = after.of(CommKind::kAllReduce).payload_bytes - before.of(CommKind::kAllReduce).payload_bytes;
-  }
+  if (tp != nullptr) r.first = minus(tp->stats(), before);
   std::vector<double> times;
   for (int i = 0; i < o.steps; ++i) {
     STRATA_ASSIGN_OR_RETURN(StepStats st, t->train_step(data));
@@ -83,15 +97,37 @@ Json collectives_row(const TpRun& r, const Profile& p) {
   const std::uint64_t blocks = 4ULL * static_cast<std::uint64_t>(d.n_layer) + 2;  // + embedding, head dx
   const std::uint64_t ops = blocks + 3 + 1;
   const std::uint64_t bytes = blocks * act + 3 * n * 4 + 4;
+  const std::uint64_t got = r.payload(CommKind::kAllReduce);
   return Json{{"measure", "collectives_per_step"},
-              {"all_reduces", r.all_reduces},
+              {"all_reduces", r.ops(CommKind::kAllReduce)},
               {"formula_all_reduces", ops},
               {"per_block", 4},
-              {"bytes", r.reduced_bytes},
+              {"bytes", got},
               {"formula_bytes", bytes},
-              {"ratio", static_cast<double>(r.reduced_bytes) / static_cast<double>(bytes)},
+              {"ratio", static_cast<double>(got) / static_cast<double>(bytes)},
               {"ceiling", "all-reduced bytes per step over the layers' count (4 of B.T.C per block, the embedding's "
                           "and the head's, 3 of B.T for the cross-entropy, the norm's scalar)"}};
+}
+
+Json sequence_parallel_row(const TpRun& sp, const TpRun& plain, const Profile& p) {
+  const ModelDims& d = p.train.dims;
+  const std::uint64_t L = static_cast<std::uint64_t>(d.n_layer), pairs = 4 * L + 2;
+  const std::uint64_t act = static_cast<std::uint64_t>(p.train.micro_batch) * static_cast<std::uint64_t>(d.seq_len) *
+                            static_cast<std::uint64_t>(d.n_embd) * dtype_size(p.precision.dtype);
+  const double ratio = static_cast<double>(sp.first.bytes_sent()) / static_cast<double>(plain.first.bytes_sent());
+  return Json{{"measure", "sequence_parallel_collectives"},
+              {"reduce_scatters", sp.ops(CommKind::kReduceScatter)},
+              {"all_gathers", sp.ops(CommKind::kAllGather)},
+              {"formula_each", pairs},
+              {"reduce_scatter_bytes", sp.payload(CommKind::kReduceScatter)},
+              {"all_gather_bytes", sp.payload(CommKind::kAllGather)},
+              {"formula_bytes_each", pairs * act},
+              {"all_reduces", sp.ops(CommKind::kAllReduce)},
+              {"bytes_sent", sp.first.bytes_sent()},
+              {"bytes_sent_without", plain.first.bytes_sent()},
+              {"ratio", ratio},
+              {"ceiling", "bytes each rank sent per step with sequence parallelism over without (1, plus the "
+                          "LayerNorm gradients' all-reduces)"}};
 }
 
 Json state_row(const TpRun& r, int tp, const Profile& p) {
@@ -139,24 +175,36 @@ Result<Json> mpi_figures(const TpOptions& o, bench::JsonLines& out, bool json) {
               {"ratio", speedup}, {"ceiling", "one process's step time over N tp processes'"}};
 }
 
-// LocalComm threads: the counters and the state, no timing figure.
-Result<Json> local_figures(const TpOptions& o, bench::JsonLines& out, bool json) {
+// `o.tp` LocalComm ranks as threads; rank 0's run.
+Result<TpRun> run_threads(const TpOptions& o, bool sequence_parallel) {
   STRATA_ASSIGN_OR_RETURN(auto comms, make_local_comms(o.tp));
   std::vector<Result<TpRun>> runs(static_cast<std::size_t>(o.tp), internal_error("not run"));
   std::vector<std::thread> threads;
   for (int r = 0; r < o.tp; ++r) {
     threads.emplace_back([&, r] {
       const auto i = static_cast<std::size_t>(r);
-      runs[i] = run_rank(o, comms[i].get());
+      runs[i] = run_rank(o, comms[i].get(), sequence_parallel);
       if (!runs[i].ok()) comms[i]->abort(runs[i].status());
     });
   }
   for (auto& t : threads) t.join();
   for (const auto& r : runs) STRATA_RETURN_IF_ERROR(r.status());
-  std::vector<Json> rows = {collectives_row(*runs[0], o.profile), state_row(*runs[0], o.tp, o.profile)};
+  return std::move(runs[0]);
+}
+
+// LocalComm threads: the counters and the state, no timing figure.
+Result<Json> local_figures(const TpOptions& o, bench::JsonLines& out, bool json) {
+  STRATA_ASSIGN_OR_RETURN(TpRun plain, run_threads(o, false));
+  std::vector<Json> rows = {collectives_row(plain, o.profile), state_row(plain, o.tp, o.profile)};
+  if (o.sequence_parallel) {
+    STRATA_ASSIGN_OR_RETURN(TpRun sp, run_threads(o, true));
+    rows.push_back(sequence_parallel_row(sp, plain, o.profile));
+  }
   for (const Json& r : rows) json ? out.result(r) : (void)(std::cout << "  " << r.dump() << "\n");
-  return Json{{"collectives_ratio", rows[0]["ratio"]}, {"state_ratio", rows[1]["ratio"]}, {"speedup", nullptr},
-              {"ratio", rows[0]["ratio"]}, {"ceiling", "all-reduced bytes per step over the layers' count"}};
+  Json summary{{"collectives_ratio", rows[0]["ratio"]}, {"state_ratio", rows[1]["ratio"]}, {"speedup", nullptr},
+               {"ratio", rows[0]["ratio"]}, {"ceiling", "all-reduced bytes per step over the layers' count"}};
+  if (o.sequence_parallel) summary["sequence_parallel_bytes_ratio"] = rows.back()["ratio"];
+  return summary;
 }
 
 int bench_tp(int argc, char** argv) {
@@ -169,6 +217,7 @@ int bench_tp(int argc, char** argv) {
       cxxopts::value<int>()->default_value("4"))(
       "tp", "LocalComm ranks (threads) when not under mpirun", cxxopts::value<int>()->default_value("2"))(
       "steps", "timed steps per run", cxxopts::value<int>()->default_value("3"))(
+      "sequence-parallel", "threads: also run with parallel.sequence_parallel and compare its collectives")(
       "json", "print JSON Lines instead of tables; see 'strata help bench'")("h,help", "this help");
   cxxopts::ParseResult a;
   try {
@@ -197,6 +246,7 @@ int bench_tp(int argc, char** argv) {
   o.profile.train.grad_accum = 1;
   o.tp = a["tp"].as<int>();
   o.steps = a["steps"].as<int>();
+  o.sequence_parallel = a.count("sequence-parallel") > 0;
   const bool mpi = launched_by_mpi();
   if (o.tp < 2 || o.steps < 1 || d.n_head % (mpi ? 1 : o.tp) != 0) {
     std::cerr << "strata bench tp: --tp must be at least 2 and divide n_head; --steps at least 1\n";
@@ -212,6 +262,7 @@ int bench_tp(int argc, char** argv) {
                     {"n_embd", d.n_embd},
                     {"micro_batch", o.profile.train.micro_batch},
                     {"ranks_are", mpi ? "MPI processes" : "LocalComm threads"},
+                    {"sequence_parallel", o.sequence_parallel},
                     {"dtype", std::string(dtype_name(o.profile.precision.dtype))}};
   if (rank0) json ? out.env(env) : (void)(std::cout << "strata bench tp " << env.dump() << "\n");
   auto summary = mpi ? mpi_figures(o, out, json && rank0) : local_figures(o, out, json);
