@@ -11,7 +11,9 @@
 //     the same volume, plus the all-reduce of each LayerNorm's gradients (2C elements);
 //   state: a rank's parameter elements (what its optimizer keeps master, moments and gradients
 //     for) over the one-rank model's split parameters / tp plus its whole ones (vocabulary
-//     padding makes it exceed 1 by a little);
+//     padding makes it exceed 1 by a little), and the device Adam's bytes (its statistics) over
+//     8 bytes (two fp32 moments; 12 with an fp32 master beside low-precision weights) per
+//     element of that count;
 //   speedup (under `mpirun -n N`, one thread per process, parallel.tp = N): the step time of one
 //     process alone (tp = 1) over the N processes' with the same global batch; the bar is 1.5
 //     at N = 2 for a model whose block GEMMs dominate (--n-embd 1024).
@@ -45,6 +47,7 @@ struct TpRun {
   double step_s = 0;                 // median of the timed steps
   CommStats first;                   // the tp group's counters over the first step
   std::uint64_t elements = 0;        // this rank's parameter elements
+  std::uint64_t optimizer_bytes = 0;  // the device Adam's master and moments (its statistics)
   std::uint64_t ops(CommKind k) const { return first.of(k).ops; }
   std::uint64_t payload(CommKind k) const { return first.of(k).payload_bytes; }
 };
@@ -87,6 +90,7 @@ Result<TpRun> run_rank(const TpOptions& o, Communicator* tp, bool sequence_paral
   }
   r.step_s = bench::median(times);
   for (const Parameter* q : t->model().parameters()) r.elements += q->numel();
+  r.optimizer_bytes = t->optimizer().device_bytes();
   return r;
 }
 
@@ -138,10 +142,15 @@ Json state_row(const TpRun& r, int tp, const Profile& p) {
                               static_cast<std::uint64_t>(d.vocab) * C;
   const std::uint64_t whole = d.parameter_count() - split;
   const double formula = static_cast<double>(split) / tp + static_cast<double>(whole);
+  // Two fp32 moments, and an fp32 master unless the weights are fp32 themselves.
+  const double adam_bytes = p.precision.dtype == DType::kF32 ? 8 : 12;
   return Json{{"measure", "parameter_elements_per_rank"},
               {"elements", r.elements},
               {"one_rank_elements", d.parameter_count()},
               {"formula_elements", formula},
+              {"optimizer_bytes", r.optimizer_bytes},
+              {"formula_optimizer_bytes", adam_bytes * formula},
+              {"optimizer_ratio", static_cast<double>(r.optimizer_bytes) / (adam_bytes * formula)},
               {"ratio", static_cast<double>(r.elements) / formula},
               {"ceiling", "a rank's parameter elements (and so its master, moments and gradients) over the split "
                           "parameters / tp plus the whole ones (padding above 1)"}};

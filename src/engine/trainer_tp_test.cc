@@ -1,7 +1,7 @@
 // Tensor parallelism in the trainer against the one-rank run (the same global batch): tp = 2
 // and tp = 4 alone, and tp = 2 x dp = 2 on a ProcessGrid with ZeRO stages 0 to 3 and the
-// optimizer on the device or in NVMe swap, and stage 3 with parameters in host memory; with
-// and without sequence parallelism. fp32 losses within 1e-6 relative over 20 steps, and
+// optimizer on the device or in NVMe swap, and stage 3 with parameters in host memory or on
+// NVMe; with and without sequence parallelism. fp32 losses within 1e-6 relative over 20 steps, and
 // each rank's master weights at its elements of the whole tensors within the data-parallel
 // tests' tolerance (engine/dp_test_util.h). The tiny GPT with 4 heads and a vocabulary of 257
 // (padded to a multiple of tp).
@@ -121,10 +121,21 @@ TEST(TrainerTensorParallel, ComposesWithDataParallelZeroAndOffload) {
     expect_tp_matches(2, 2, zero_profile(stage, OffloadTarget::kNvme, swap.path()),
                       "tp 2 x dp 2, sequence parallel, stage " + std::to_string(stage) + ", optimizer nvme", true);
   }
-  // ZeRO-3 with each rank's parameter shards in host memory (the norm of host gradients).
+  // ZeRO-3 with each rank's parameter shards in host memory (the norm of host gradients), and
+  // on NVMe (ZeRO-Infinity: a parameter swap per rank, read ahead along the recorded order).
   Profile host_params = zero_profile(3, OffloadTarget::kCpu, swap.path());
   host_params.offload_param.device = OffloadTarget::kCpu;
   expect_tp_matches(2, 2, host_params, "tp 2 x dp 2, stage 3, parameters and optimizer on cpu");
+  Profile nvme_params = zero_profile(3, OffloadTarget::kNvme, swap.path());
+  nvme_params.offload_param.device = OffloadTarget::kNvme;
+  nvme_params.offload_param.nvme_path = {swap.path()};
+  nvme_params.offload_param.buffer_count = 8;
+  nvme_params.offload_param.buffer_size = 64 * KiB;
+  nvme_params.offload_param.max_in_cpu = 96 * KiB;
+  nvme_params.zero.param_persistence_threshold = 256;
+  nvme_params.zero.prefetch_bucket_size = 32 * KiB;
+  nvme_params.zero.max_live_parameters = 20000;
+  expect_tp_matches(2, 2, nvme_params, "tp 2 x dp 2, stage 3, parameters and optimizer on nvme", true);
 }
 
 // A checkpoint saved by tp 2 x dp 2 with ZeRO-1 and the optimizer in NVMe swap holds whole
