@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "bench/bench_json.h"
+#include "bench/bench_ranks.h"
 #include "cli/command.h"
 #include "parallel/faulty_comm.h"
 #include "strata/communicator.h"
@@ -295,26 +296,21 @@ void print_row(const Json& row) {
 Result<Json> mpi_figures(const DpOptions& o, bench::JsonLines& out, bool json) {
   STRATA_ASSIGN_OR_RETURN(auto world, make_mpi_world());
   const int n = world->size();
-  auto together = run_rank(o, world.get());
-  if (!together.ok()) world->abort(together.status());
-  STRATA_RETURN_IF_ERROR(together.status());
-  std::vector<double> slowest{together->step_s};
-  STRATA_RETURN_IF_ERROR(world->all_reduce_host(slowest, ReduceOp::kMax));
-  Result<RankResult> alone = RankResult{};
-  if (world->rank() == 0) alone = run_rank(o, nullptr);
-  STRATA_RETURN_IF_ERROR(world->barrier());
-  STRATA_RETURN_IF_ERROR(alone.status());
+  STRATA_ASSIGN_OR_RETURN(auto runs, bench::together_then_alone<RankResult>(
+                                         *world, [&](Communicator* dp) { return run_rank(o, dp); }));
   if (world->rank() != 0) return Json();
-  const double scaling = static_cast<double>(n) * alone->step_s / slowest[0];
-  std::vector<Json> rows = {counters_row(*together, n, o.profile), state_of(*together, n, o.profile),
+  const RankResult& together = runs.together;
+  const RankResult& alone = runs.alone;
+  const double scaling = static_cast<double>(n) * alone.step_s / runs.slowest_s;
+  std::vector<Json> rows = {counters_row(together, n, o.profile), state_of(together, n, o.profile),
                        Json{{"measure", "weak_scaling"},
                             {"processes", n},
-                            {"step_s", slowest[0]},
-                            {"one_process_step_s", alone->step_s},
+                            {"step_s", runs.slowest_s},
+                            {"one_process_step_s", alone.step_s},
                             {"speedup", scaling},
                             {"ratio", scaling / n},
                             {"ceiling", "tokens/s of N processes over N x one process's (same per-rank batch)"}}};
-  if (o.profile.zero.stage == 3) rows.push_back(prefetch_row(*together, *together, 0, o.steps, swapped(o.profile)));
+  if (o.profile.zero.stage == 3) rows.push_back(prefetch_row(together, together, 0, o.steps, swapped(o.profile)));
   for (const Json& r : rows) json ? out.result(r) : print_row(r);
   return Json{{"bytes_ratio", rows[0]["ratio"]}, {"state_ratio", rows[1]["ratio"]}, {"speedup", scaling},
               {"hidden_share", nullptr}, {"ratio", scaling / n},

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "bench/bench_json.h"
+#include "bench/bench_ranks.h"
 #include "cli/command.h"
 #include "strata/communicator.h"
 #include "strata/trainer.h"
@@ -160,22 +161,17 @@ Json state_row(const TpRun& r, int tp, const Profile& p) {
 Result<Json> mpi_figures(const TpOptions& o, bench::JsonLines& out, bool json) {
   STRATA_ASSIGN_OR_RETURN(auto world, make_mpi_world());
   const int n = world->size();
-  auto together = run_rank(o, world.get());
-  if (!together.ok()) world->abort(together.status());
-  STRATA_RETURN_IF_ERROR(together.status());
-  std::vector<double> slowest{together->step_s};
-  STRATA_RETURN_IF_ERROR(world->all_reduce_host(slowest, ReduceOp::kMax));
-  Result<TpRun> alone = TpRun{};
-  if (world->rank() == 0) alone = run_rank(o, nullptr);
-  STRATA_RETURN_IF_ERROR(world->barrier());
-  STRATA_RETURN_IF_ERROR(alone.status());
+  STRATA_ASSIGN_OR_RETURN(auto runs, bench::together_then_alone<TpRun>(
+                                         *world, [&](Communicator* tp) { return run_rank(o, tp); }));
   if (world->rank() != 0) return Json();
-  const double speedup = alone->step_s / slowest[0];
-  std::vector<Json> rows = {collectives_row(*together, o.profile), state_row(*together, n, o.profile),
+  const TpRun& together = runs.together;
+  const TpRun& alone = runs.alone;
+  const double speedup = alone.step_s / runs.slowest_s;
+  std::vector<Json> rows = {collectives_row(together, o.profile), state_row(together, n, o.profile),
                             Json{{"measure", "speedup"},
                                  {"processes", n},
-                                 {"step_s", slowest[0]},
-                                 {"one_process_step_s", alone->step_s},
+                                 {"step_s", runs.slowest_s},
+                                 {"one_process_step_s", alone.step_s},
                                  {"ratio", speedup},
                                  {"ceiling", "one process's step time over N tp processes' (same global batch; "
                                              "bar 1.5 at N = 2)"}}};

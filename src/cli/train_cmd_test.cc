@@ -216,6 +216,26 @@ TEST(TrainCmd, OverridingOptionsApplyBeforeTheCrossKeyChecks) {
   EXPECT_NE(data.out.find(text.filename().string()), std::string::npos) << "reports the data it read: " << data.out;
 }
 
+// `two` (a 4-step profile of 2 ranks) as 2 threads and `one` on one rank log the same losses
+// within 1e-6 relative (DIR/<stem>2.jsonl and <stem>1.jsonl); the threads' losses, and their
+// output in `out` when given.
+std::vector<double> two_ranks_train_as_one(const std::filesystem::path& two, const std::filesystem::path& one,
+                                           const std::string& stem, std::string* out = nullptr) {
+  const std::string log2 = (dir() / (stem + "2.jsonl")).string(), log1 = (dir() / (stem + "1.jsonl")).string();
+  CliRun a = run("train --profile " + two.string() + " --ranks 2 --log-json " + log2);
+  EXPECT_EQ(a.exit_code, 0) << a.out;
+  CliRun b = run("train --profile " + one.string() + " --log-json " + log1);
+  EXPECT_EQ(b.exit_code, 0) << b.out;
+  if (out != nullptr) *out = a.out;
+  const std::vector<double> l2 = logged_losses(log2), l1 = logged_losses(log1);
+  EXPECT_EQ(l2.size(), 4u);
+  EXPECT_EQ(l1.size(), 4u);
+  for (std::size_t i = 0; i < l1.size() && i < l2.size(); ++i) {
+    EXPECT_NEAR(l2[i], l1[i], 1e-6 * l1[i]) << stem << " step " << i + 1;
+  }
+  return l2;
+}
+
 // The ranks of a run: --ranks N threads or the processes of an MPI job, N = dp x tp x pp; dp
 // ranks train the one-rank run of the global batch; pipeline grids are refused until they
 // land.
@@ -237,16 +257,9 @@ TEST(TrainCmd, RanksMustMatchTheGridAndDataParallelRanksTrainTheGlobalBatch) {
   const std::string common = "[memory]\ndevice_budget = \"256MiB\"\n[train]\nmodel = \"tiny\"\nsteps = 4\n";
   std::ofstream(dp2) << common << "micro_batch = 2\n[parallel]\ndp = 2\n";
   std::ofstream(one) << common << "micro_batch = 4\n";
-  const std::string log2 = (dir() / "dp2.jsonl").string(), log1 = (dir() / "dp1.jsonl").string();
-  CliRun a = run("train --profile " + dp2.string() + " --ranks 2 --log-json " + log2);
-  ASSERT_EQ(a.exit_code, 0) << a.out;
-  EXPECT_EQ(a.out.find("step 1/4"), a.out.rfind("step 1/4")) << "only rank 0 reports:\n" << a.out;
-  CliRun b = run("train --profile " + one.string() + " --log-json " + log1);
-  ASSERT_EQ(b.exit_code, 0) << b.out;
-  const std::vector<double> l2 = logged_losses(log2), l1 = logged_losses(log1);
-  ASSERT_EQ(l2.size(), 4u);
-  ASSERT_EQ(l1.size(), 4u);
-  for (std::size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l2[i], l1[i], 1e-6 * l1[i]) << "step " << i + 1;
+  std::string out;
+  const std::vector<double> l2 = two_ranks_train_as_one(dp2, one, "dp", &out);
+  EXPECT_EQ(out.find("step 1/4"), out.rfind("step 1/4")) << "only rank 0 reports:\n" << out;
 
   // The same two ranks as MPI processes report the threads' losses (a two-rank sum is exact
   // in either order).
@@ -271,15 +284,8 @@ TEST(TrainCmd, TensorParallelRanksTrainTheOneRankModel) {
                              "micro_batch = 2\nsteps = 4\n";
   std::ofstream(tp2) << common << "[parallel]\ntp = 2\n";
   std::ofstream(one) << common;
-  const std::string log2 = (dir() / "tp2.jsonl").string(), log1 = (dir() / "tp1.jsonl").string();
-  CliRun a = run("train --profile " + tp2.string() + " --ranks 2 --log-json " + log2);
-  ASSERT_EQ(a.exit_code, 0) << a.out;
-  CliRun b = run("train --profile " + one.string() + " --log-json " + log1);
-  ASSERT_EQ(b.exit_code, 0) << b.out;
-  const std::vector<double> l2 = logged_losses(log2), l1 = logged_losses(log1);
+  const std::vector<double> l2 = two_ranks_train_as_one(tp2, one, "tp");
   ASSERT_EQ(l2.size(), 4u);
-  ASSERT_EQ(l1.size(), 4u);
-  for (std::size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l2[i], l1[i], 1e-6 * l1[i]) << "step " << i + 1;
 
   // The same initial weights exported by both, byte for byte (the same model whatever the grid).
   const std::string init2 = (dir() / "tp2-init.safetensors").string(), init1 = (dir() / "tp1-init.safetensors").string();

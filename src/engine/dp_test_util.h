@@ -196,6 +196,25 @@ inline Profile zero_profile(int stage, OffloadTarget target, const std::string& 
   return p;
 }
 
+// ZeRO stage 3 on the test profile: LayerNorms (128 elements, padded) stay whole; every Linear
+// and embedding is gathered. The parameter shard lives on the device, or (`params` = cpu) in
+// the optimizer's pinned weights, or (nvme) in a parameter swap of 20 KiB blocks (the values of
+// a 64 KiB optimizer chunk) cached in eight 64 KiB buffers, at most 96 KiB read ahead.
+inline Profile zero3_profile(OffloadTarget target, const std::string& swap, OffloadTarget params = OffloadTarget::kNone) {
+  Profile p = zero_profile(3, target, swap);
+  p.offload_param.device = params;
+  if (params == OffloadTarget::kNvme) {
+    p.offload_param.nvme_path = {swap};
+    p.offload_param.buffer_count = 8;
+    p.offload_param.buffer_size = 64 * KiB;
+    p.offload_param.max_in_cpu = 96 * KiB;
+  }
+  p.zero.param_persistence_threshold = 256;
+  p.zero.prefetch_bucket_size = 32 * KiB;
+  p.zero.max_live_parameters = 20000;
+  return p;
+}
+
 inline std::vector<RankRun> run_ranks(const std::vector<Communicator*>& comms, const Profile& p) {
   std::vector<RankRun> runs(comms.size());
   on_ranks(comms, p, [&](int r, Trainer& t) {

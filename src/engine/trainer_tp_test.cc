@@ -123,19 +123,10 @@ TEST(TrainerTensorParallel, ComposesWithDataParallelZeroAndOffload) {
   }
   // ZeRO-3 with each rank's parameter shards in host memory (the norm of host gradients), and
   // on NVMe (ZeRO-Infinity: a parameter swap per rank, read ahead along the recorded order).
-  Profile host_params = zero_profile(3, OffloadTarget::kCpu, swap.path());
-  host_params.offload_param.device = OffloadTarget::kCpu;
-  expect_tp_matches(2, 2, host_params, "tp 2 x dp 2, stage 3, parameters and optimizer on cpu");
-  Profile nvme_params = zero_profile(3, OffloadTarget::kNvme, swap.path());
-  nvme_params.offload_param.device = OffloadTarget::kNvme;
-  nvme_params.offload_param.nvme_path = {swap.path()};
-  nvme_params.offload_param.buffer_count = 8;
-  nvme_params.offload_param.buffer_size = 64 * KiB;
-  nvme_params.offload_param.max_in_cpu = 96 * KiB;
-  nvme_params.zero.param_persistence_threshold = 256;
-  nvme_params.zero.prefetch_bucket_size = 32 * KiB;
-  nvme_params.zero.max_live_parameters = 20000;
-  expect_tp_matches(2, 2, nvme_params, "tp 2 x dp 2, stage 3, parameters and optimizer on nvme", true);
+  expect_tp_matches(2, 2, zero3_profile(OffloadTarget::kCpu, swap.path(), OffloadTarget::kCpu),
+                    "tp 2 x dp 2, stage 3, parameters and optimizer on cpu");
+  expect_tp_matches(2, 2, zero3_profile(OffloadTarget::kNvme, swap.path(), OffloadTarget::kNvme),
+                    "tp 2 x dp 2, stage 3, parameters and optimizer on nvme", true);
 }
 
 // A checkpoint saved by tp 2 x dp 2 with ZeRO-1 and the optimizer in NVMe swap holds whole
