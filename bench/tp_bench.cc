@@ -14,10 +14,13 @@
 //     padding makes it exceed 1 by a little), and the device Adam's bytes (its statistics) over
 //     8 bytes (two fp32 moments; 12 with an fp32 master beside low-precision weights) per
 //     element of that count;
-//   speedup (under `mpirun -n N`, one thread per process, parallel.tp = N): the step time of one
+//   speedup (under `mpirun -n N`, one thread per process for the GEMMs and the nn ops,
+//     parallel.tp = N): the step time of one
 //     process alone (tp = 1) over the N processes' with the same global batch; the bar is 1.5
 //     at N = 2 for a model whose block GEMMs dominate (--n-embd 1024).
 // Without mpirun the ranks are LocalComm threads (--tp N) and there is no speed-up figure.
+#include <omp.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cxxopts.hpp>
@@ -258,6 +261,9 @@ int bench_tp(int argc, char** argv) {
     return kExitUsage;
   }
   const bool json = a.count("json") > 0;
+  // One thread per rank for the device's kernels and the nn ops alike: the speed-up compares
+  // N ranks of one thread with one rank of one thread.
+  omp_set_num_threads(1);
   const char* world_rank = std::getenv("OMPI_COMM_WORLD_RANK");
   const bool rank0 = !mpi || world_rank == nullptr || std::string(world_rank) == "0";
   bench::JsonLines out("tp");
