@@ -55,18 +55,24 @@ enum class ParamInit : std::uint8_t { kNormal = 0, kOnes, kZeros };
 // `parts` equal pieces and each piece is split alone (c_attn's output: Q, K and V split by
 // heads, so a rank's shard is three strided pieces). dim = -1: replicated (every tp rank
 // holds the whole tensor). Initialisation, import and export address elements by their index
-// in the whole tensor, so that every grid builds and writes the same model.
+// in the whole tensor, so that every grid builds and writes the same model. A tensor split along
+// its first dimension may be padded to split evenly (the vocabulary): `rows` is then its real
+// extent, the padding rows lie beyond it, and no exchange file or checkpoint holds them.
 struct TensorShard {
   std::vector<std::int64_t> global_shape;
   int dim = -1;
   int parts = 1;
   int rank = 0;
   int size = 1;
+  std::int64_t rows = 0;  // dim 0's real extent when padded; 0: global_shape[0]
 
   bool split() const { return dim >= 0; }
+  // The elements of the whole tensor without its padding.
+  std::uint64_t whole_numel() const;
   // The rank's shape: global_shape with dimension dim divided by size.
   std::vector<std::int64_t> local_shape() const;
-  // Checks that dim is a dimension and that its extent divides into parts x size pieces.
+  // Checks that dim is a dimension, that its extent divides into parts x size pieces, and that
+  // only a tensor split along dimension 0 is padded.
   Status validate(std::string_view name) const;
   // The row-major index in the whole tensor of the rank's element `local` (row-major in
   // local_shape()).

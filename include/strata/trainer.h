@@ -399,8 +399,6 @@ class Trainer {
   // hold parts of it. write_whole_state: from the whole tensor, each rank keeps its elements.
   Status read_whole_state(const Parameter& p, OptimizerState which, std::vector<float>* whole);
   Status write_whole_state(const Parameter& p, OptimizerState which, std::span<const float> whole);
-  // The elements of the whole tensor `p` is this rank's part of.
-  Result<std::uint64_t> whole_numel(const Parameter& p) const;
   // The model with every tensor whole (tp = 1): the names and shapes of exchange files and
   // checkpoints.
   Result<std::unique_ptr<Gpt>> whole_model() const;

@@ -484,9 +484,8 @@ Result<std::string> load_checkpoint(Trainer& trainer, const std::string& path) {
     if (f.fd < 0) return STRATA_ERRNO(errno, "open", fpath);
     for (Parameter* p : trainer.model().parameters()) {
       if (p->shard().split()) {  // a tensor-parallel shard: its elements of the whole tensor
-        STRATA_ASSIGN_OR_RETURN(const std::uint64_t n, trainer.whole_numel(*p));
-        buf.resize(n);
-        STRATA_RETURN_IF_ERROR(read_all(f.fd, buf.data(), n * sizeof(float), fpath));
+        buf.resize(p->shard().whole_numel());
+        STRATA_RETURN_IF_ERROR(read_all(f.fd, buf.data(), buf.size() * sizeof(float), fpath));
         STRATA_RETURN_IF_ERROR(trainer.write_whole_state(*p, which, buf).with_context("checkpoint: restoring " + p->name()));
         continue;
       }

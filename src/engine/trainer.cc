@@ -311,13 +311,13 @@ Status Trainer::read_whole_state(const Parameter& p, OptimizerState which, std::
   for (std::size_t i = 0; i < mine.size(); ++i) acc[p.shard().global_index(i)] = mine[i];
   STRATA_RETURN_IF_ERROR(m.tp->all_reduce_host(acc, ReduceOp::kSum));
   // wte's padding rows lie beyond the whole model's tensor.
-  STRATA_ASSIGN_OR_RETURN(const std::uint64_t real, whole_numel(p));
+  const std::uint64_t real = p.shard().whole_numel();
   whole->assign(acc.begin(), acc.begin() + static_cast<std::ptrdiff_t>(real));
   return Status::OK();
 }
 
 Status Trainer::write_whole_state(const Parameter& p, OptimizerState which, std::span<const float> whole) {
-  STRATA_ASSIGN_OR_RETURN(const std::uint64_t real, whole_numel(p));
+  const std::uint64_t real = p.shard().whole_numel();
   if (whole.size() != real) {
     return invalid_argument("trainer: " + std::to_string(whole.size()) + " values for the whole " + p.name() + " of " +
                             std::to_string(real) + " elements");
@@ -331,16 +331,6 @@ Status Trainer::write_whole_state(const Parameter& p, OptimizerState which, std:
   return write_state(p, which, 0, mine);
 }
 
-Result<std::uint64_t> Trainer::whole_numel(const Parameter& p) const {
-  if (!p.shard().split()) return p.numel();
-  if (p.name() == "wte.weight") {
-    const ModelDims& d = impl_->model->config().dims;
-    return static_cast<std::uint64_t>(d.vocab) * static_cast<std::uint64_t>(d.n_embd);
-  }
-  std::uint64_t n = 1;
-  for (std::int64_t e : p.shard().global_shape) n *= static_cast<std::uint64_t>(e);
-  return n;
-}
 
 Result<std::unique_ptr<Gpt>> Trainer::whole_model() const {
   GptConfig whole = impl_->model->config();

@@ -212,6 +212,12 @@ TEST(Init, TensorShardsInitialiseTheirPiecesOfTheWholeTensor) {
   EXPECT_FALSE((TensorShard{shape, 1, 3, 0, 3}.validate("w").ok())) << "24 columns are not 3 parts of 3 shards";
   EXPECT_FALSE((TensorShard{shape, 2, 1, 0, 2}.validate("w").ok()));
   EXPECT_FALSE((TensorShard{shape, 0, 1, 2, 2}.validate("w").ok()));
+  // A vocabulary of 7 rows padded to 8 for 2 ranks: the whole tensor is the 7 real rows.
+  TensorShard padded{{8, 24}, 0, 1, 1, 2, 7};
+  EXPECT_TRUE(padded.validate("wte").ok());
+  EXPECT_EQ(padded.whole_numel(), 7u * 24u);
+  EXPECT_EQ(padded.global_index(3 * 24), 7u * 24u) << "rank 1's last row is the padding";
+  EXPECT_FALSE((TensorShard{shape, 1, 1, 0, 2, 7}.validate("w").ok())) << "padding along another dimension";
 }
 
 TEST(Init, DistributionsFollowGpt2) {

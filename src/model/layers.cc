@@ -369,7 +369,7 @@ namespace {
 
 TensorShard wte_shard(std::int64_t V, std::int64_t C, TpPlace tp) {
   if (!tp.split()) return {{V, C}};
-  return {{padded_vocab(V, tp.size), C}, 0, 1, tp.rank, tp.size};
+  return {{padded_vocab(V, tp.size), C}, 0, 1, tp.rank, tp.size, V};
 }
 
 }  // namespace

@@ -16,10 +16,21 @@ std::vector<std::int64_t> TensorShard::local_shape() const {
   return s;
 }
 
+std::uint64_t TensorShard::whole_numel() const {
+  std::uint64_t n = 1;
+  for (std::size_t i = 0; i < global_shape.size(); ++i) {
+    n *= static_cast<std::uint64_t>(i == 0 && rows > 0 ? rows : global_shape[i]);
+  }
+  return n;
+}
+
 Status TensorShard::validate(std::string_view name) const {
   auto bad = [&](const std::string& m) { return invalid_argument("tensor shard of " + std::string(name) + ": " + m); };
   if (size < 1 || rank < 0 || rank >= size) {
     return bad("rank " + std::to_string(rank) + " of " + std::to_string(size) + " is not a rank of the group");
+  }
+  if (rows > 0 && (dim != 0 || rows > global_shape.front())) {
+    return bad("only a tensor split along dimension 0 is padded, and to no more than its extent");
   }
   if (!split()) return Status::OK();
   if (dim >= static_cast<int>(global_shape.size())) {
