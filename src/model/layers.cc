@@ -123,17 +123,19 @@ Status Linear::forward(const Ctx& ctx, DeviceView y, DeviceView x, std::int64_t 
                        DeviceView residual) {
   STRATA_RETURN_IF_ERROR(hook_before_forward(recompute));
   STRATA_RETURN_IF_ERROR(require_tp(ctx, name(), split_));
-  if (split_ == TpSplit::kRow && sp_) {
-    // y = this rank's rows of the sum over ranks of x_r @ W_r, then + b once.
-    STRATA_ASSIGN_OR_RETURN(DeviceView partial, sub(ctx.rows, 0, N * out_));
+  if (split_ == TpSplit::kRow) {
+    // y = the sum over ranks of x_r @ W_r (sequence parallelism: this rank's rows of it), + b once.
+    DeviceView partial = y;
+    if (sp_) {
+      STRATA_ASSIGN_OR_RETURN(partial, sub(ctx.rows, 0, N * out_));
+    }
     STRATA_RETURN_IF_ERROR(matmul(ctx, partial, x, weight.value(), N, out_, in_, false, false));
-    STRATA_RETURN_IF_ERROR(ctx.tp->reduce_scatter(CommBuffer::of(partial), CommBuffer::of(y), ReduceOp::kSum, ctx.stream));
-    STRATA_RETURN_IF_ERROR(ctx.nn.bias_add(y, bias.value(), N / ctx.tp->size(), out_, ctx.stream));
-  } else if (split_ == TpSplit::kRow) {
-    // y = sum over ranks of x_r @ W_r, then + b once.
-    STRATA_RETURN_IF_ERROR(matmul(ctx, y, x, weight.value(), N, out_, in_, false, false));
-    STRATA_RETURN_IF_ERROR(tp_all_reduce(ctx, y));
-    STRATA_RETURN_IF_ERROR(ctx.nn.bias_add(y, bias.value(), N, out_, ctx.stream));
+    if (sp_) {
+      STRATA_RETURN_IF_ERROR(ctx.tp->reduce_scatter(CommBuffer::of(partial), CommBuffer::of(y), ReduceOp::kSum, ctx.stream));
+    } else {
+      STRATA_RETURN_IF_ERROR(tp_all_reduce(ctx, y));
+    }
+    STRATA_RETURN_IF_ERROR(ctx.nn.bias_add(y, bias.value(), sp_ ? N / ctx.tp->size() : N, out_, ctx.stream));
   } else {
     // y = b, then y += x @ W in one GEMM (beta = 1): one rounding of the sum in the compute dtype.
     STRATA_RETURN_IF_ERROR(ctx.nn.bias_broadcast(y, bias.value(), N, out_, ctx.stream));
