@@ -32,6 +32,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "strata/device.h"
@@ -223,13 +224,36 @@ struct GptConfig {
   // Megatron's sequence parallelism with tp_size > 1: the residual stream and the LayerNorms
   // work on this rank's (B T) / tp rows (src/model/layers.h); B T must divide by tp_size.
   bool sequence_parallel = false;
+  // Pipeline parallelism (src/parallel/pipeline_schedule.h): the model is cut into pp_size x
+  // virtual_stages parts of n_layer / parts blocks each; this model is stage pp_rank, holding
+  // chunk c = part c x pp_size + pp_rank for c < virtual_stages. The embeddings come with part
+  // 0, ln_f and the head with the last part; a last stage without the embeddings holds its own
+  // copy of the tied wte.
+  int pp_rank = 0;
+  int pp_size = 1;
+  int virtual_stages = 1;
 
-  // From a profile: train.dims, precision.dtype, activation.checkpointing, parallel.tp and
-  // sequence_parallel; fp32 gradients.
+  // From a profile: train.dims, precision.dtype, activation.checkpointing, parallel.tp,
+  // sequence_parallel, pp and virtual_stages; fp32 gradients.
   static GptConfig from_profile(const Profile& profile);
   // Checks the dimensions (positive, n_embd divisible by n_head, sizes that fit), the dtypes,
-  // and that n_head and the MLP width 4 n_embd divide among tp_size ranks.
+  // that n_head and the MLP width 4 n_embd divide among tp_size ranks, and n_layer among the
+  // pipeline's parts.
   Status validate() const;
+  // The pipeline's model parts, and the blocks [first, second) of this stage's chunk `chunk`.
+  int parts() const { return pp_size * virtual_stages; }
+  std::pair<int, int> chunk_layers(int chunk) const;
+  // Whether this stage's chunk holds the embeddings (the first part) or the head (the last).
+  bool holds_embeddings(int chunk) const { return pp_rank == 0 && chunk == 0; }
+  bool holds_head(int chunk) const { return pp_rank == pp_size - 1 && chunk == virtual_stages - 1; }
+};
+
+// How many micro-batches' activations a pipeline stage keeps per chunk (its slots), and
+// whether backward leaves the Linears' weight gradients for a separate pass (zero-bubble
+// schedules). The default: one slot, backward whole.
+struct StageSlots {
+  std::vector<int> per_chunk;  // empty: one slot per chunk
+  bool split_backward = false;
 };
 
 // Floating-point operations of one training step (forward + backward) of `tokens` tokens,
@@ -253,14 +277,15 @@ class Gpt final : public Module {
   const GptConfig& config() const { return config_; }
 
   // Device bytes prepare() allocates for activations at micro-batch B (depends on
-  // checkpointing; one allocation).
-  static std::uint64_t activation_bytes(const GptConfig& config, int micro_batch);
+  // checkpointing and the slots; one allocation).
+  static std::uint64_t activation_bytes(const GptConfig& config, int micro_batch, const StageSlots& slots = {});
 
-  // Allocates activation memory on `device` for micro-batches of B sequences and picks the nn
-  // kernels for the device. Calling it again replaces the previous allocation. With
-  // config().tp_size > 1, `tp` is the tensor-parallel group (of that size, this rank
-  // config().tp_rank) whose collectives forward and backward enqueue; it must outlive the use.
-  Status prepare(Device& device, int micro_batch, Communicator* tp = nullptr);
+  // Allocates activation memory on `device` for micro-batches of B sequences, `slots` of them
+  // per chunk, and picks the nn kernels for the device. Calling it again replaces the previous
+  // allocation. With config().tp_size > 1, `tp` is the tensor-parallel group (of that size,
+  // this rank config().tp_rank) whose collectives forward and backward enqueue; it must
+  // outlive the use.
+  Status prepare(Device& device, int micro_batch, Communicator* tp = nullptr, const StageSlots& slots = {});
   int micro_batch() const;
   bool prepared() const;
 
@@ -282,6 +307,25 @@ class Gpt final : public Module {
   // their gradient.
   DeviceView losses() const;
   DeviceView logits() const;
+
+  // A pipeline stage's passes over one chunk (forward() and backward() are those of chunk 0,
+  // slot 0, of a model of one part), each on one micro-batch's activation slot. A chunk's
+  // input (B T, C) is part_input() (the activation received from the previous part; the
+  // embeddings' output when the chunk holds them), its output part_output(). backward_part()
+  // takes d(output) in part_grad() (the head's chunk makes its own from the loss) and leaves
+  // d(input) there. set_batch() gives a slot the micro-batch's tokens and targets (device
+  // memory that stays unchanged until the slot's backward ran): the embeddings' chunk reads
+  // the tokens, the head's the targets. With `defer_weights` (StageSlots::split_backward),
+  // the Linears' weight gradients wait for weight_part() of the same chunk and slot.
+  int chunks() const { return config_.virtual_stages; }
+  int slots(int chunk) const;
+  DeviceView part_input(int chunk, int slot) const;
+  DeviceView part_output(int chunk, int slot) const;
+  DeviceView part_grad(int chunk, int slot) const;
+  Status set_batch(int chunk, int slot, DeviceRange tokens, DeviceRange targets);
+  Status forward_part(int chunk, int slot, DeviceView loss_sum, float loss_weight, Stream& stream);
+  Status backward_part(int chunk, int slot, float dloss, bool defer_weights, Stream& stream);
+  Status weight_part(int chunk, int slot, Stream& stream);
 
  private:
   struct Impl;

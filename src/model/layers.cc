@@ -153,8 +153,12 @@ Status Linear::backward(const Ctx& ctx, DeviceView dx, DeviceView dy, DeviceView
     STRATA_RETURN_IF_ERROR(ctx.tp->all_gather(CommBuffer::of(dy), CommBuffer::of(whole), ctx.stream));
     dy = whole;
   }
-  // dW: (in, out) += x^T @ dy
-  STRATA_RETURN_IF_ERROR(matmul(ctx, weight.grad(), x, dy, in_, out_, N, true, false, 1.0f, 1.0f));
+  // dW: (in, out) += x^T @ dy, now or (zero-bubble schedules) deferred
+  if (ctx.defer != nullptr) {
+    STRATA_RETURN_IF_ERROR(ctx.defer->defer(ctx, weight, x, dy, in_, out_, N));
+  } else {
+    STRATA_RETURN_IF_ERROR(matmul(ctx, weight.grad(), x, dy, in_, out_, N, true, false, 1.0f, 1.0f));
+  }
   // db: (out) += sum_n dy
   STRATA_RETURN_IF_ERROR(ctx.nn.bias_backward(bias.grad(), dy, N, out_, ctx.stream));
   // dx: (N, in) = dy @ W^T; column-parallel: each rank's part of the sum over the output
@@ -167,6 +171,39 @@ Status Linear::backward(const Ctx& ctx, DeviceView dx, DeviceView dy, DeviceView
   STRATA_RETURN_IF_ERROR(matmul(ctx, dx, dy, weight.value(), N, in_, out_, false, true));
   if (split_ == TpSplit::kColumn) STRATA_RETURN_IF_ERROR(tp_all_reduce(ctx, dx));
   return hook_after_backward();
+}
+
+void DeferredWeightGrads::reset(DeviceView stash) {
+  stash_ = stash;
+  used_ = 0;
+  tasks_.clear();
+}
+
+Status DeferredWeightGrads::defer(const Ctx& ctx, Parameter& weight, DeviceView x, DeviceView dy, std::int64_t in,
+                                  std::int64_t out, std::int64_t N) {
+  if (used_ + N * out > static_cast<std::int64_t>(stash_.count())) {
+    return internal_error("deferred weight gradients: the stash of " + std::to_string(stash_.count()) +
+                          " elements is full at " + weight.name());
+  }
+  STRATA_ASSIGN_OR_RETURN(DeviceView copy, sub(stash_, used_, N * out));
+  STRATA_ASSIGN_OR_RETURN(DeviceView from, sub(dy, 0, N * out));
+  STRATA_RETURN_IF_ERROR(ctx.device.copy_on_device(copy.range(), from.range(), ctx.stream));
+  used_ += N * out;
+  tasks_.push_back(Task{&weight, x, copy, in, out, N});
+  return Status::OK();
+}
+
+Status DeferredWeightGrads::run(const Ctx& ctx) {
+  for (const Task& t : tasks_) {
+    STRATA_RETURN_IF_ERROR(matmul(ctx, t.weight->grad(), t.x, t.dy, t.in, t.out, t.N, true, false, 1.0f, 1.0f));
+  }
+  tasks_.clear();
+  used_ = 0;
+  return Status::OK();
+}
+
+std::int64_t DeferredWeightGrads::block_stash(std::int64_t N, std::int64_t C, int tp) {
+  return N * (7 * C / tp + 2 * C);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -427,6 +464,12 @@ Status Embeddings::backward(const Ctx& ctx, DeviceView dout, DeviceRange tokens,
 LmHead::LmHead(Parameter& wte, std::int64_t vocab, TpPlace tp) : Module("lm_head"), wte_(wte), vocab_(vocab), tp_(tp) {
   tie_parameter(wte);
 }
+
+LmHead::LmHead(std::int64_t vocab, std::int64_t C, TpPlace tp)
+    : Module("lm_head"),
+      wte_(add_parameter("wte.weight", wte_shard(vocab, C, tp), ParamInit::kNormal, kInitStd)),
+      vocab_(vocab),
+      tp_(tp) {}
 
 std::int64_t LmHead::first() const { return wte_.shard().rank * wte_.shape()[0]; }
 std::int64_t LmHead::valid() const { return std::clamp<std::int64_t>(vocab_ - first(), 0, wte_.shape()[0]); }

@@ -39,6 +39,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "model/nn_ops.h"
 #include "strata/communicator.h"
@@ -46,6 +47,8 @@
 #include "strata/model.h"
 
 namespace strata::model {
+
+class DeferredWeightGrads;
 
 // Where a layer's work goes; `tp` is the tensor-parallel group (null, or of size 1, when the
 // layers are whole).
@@ -56,6 +59,37 @@ struct Ctx {
   Communicator* tp = nullptr;
   DeviceView rows = {};      // sequence parallelism: (N, C) scratch in the compute dtype
   DeviceView ln_grads = {};  // sequence parallelism: (2C) scratch in the gradient dtype
+  // Zero-bubble pipeline schedules: a Linear's backward leaves its weight gradient here.
+  DeferredWeightGrads* defer = nullptr;
+};
+
+// The weight-gradient half of the Linears' backward, deferred (the W of a zero-bubble pipeline
+// schedule, src/parallel/pipeline_schedule.h). With Ctx::defer set, Linear::backward computes
+// its input and bias gradients, copies its output gradient dy into the stash and records
+// dW += x^T dy, with x the forward input it reads from the activations (which the caller keeps
+// until run()). run() computes the recorded products in order and empties the queue; the
+// weight gradients are final only then.
+class DeferredWeightGrads {
+ public:
+  // Starts an empty queue whose copies of dy go to `stash` (the compute dtype).
+  void reset(DeviceView stash);
+  Status defer(const Ctx& ctx, Parameter& weight, DeviceView x, DeviceView dy, std::int64_t in, std::int64_t out,
+               std::int64_t N);
+  Status run(const Ctx& ctx);
+  bool empty() const { return tasks_.empty(); }
+  // Stash elements one block's four Linears need: N (3C + C + 4C + C) / tp for the split
+  // outputs (c_attn, c_fc) and the whole C for the row-parallel ones.
+  static std::int64_t block_stash(std::int64_t N, std::int64_t C, int tp);
+
+ private:
+  struct Task {
+    Parameter* weight;
+    DeviceView x, dy;
+    std::int64_t in, out, N;
+  };
+  DeviceView stash_;
+  std::int64_t used_ = 0;
+  std::vector<Task> tasks_;
 };
 
 // A layer's rank in its tensor-parallel group.
@@ -270,6 +304,9 @@ struct CrossEntropyStats {
 class LmHead final : public Module {
  public:
   LmHead(Parameter& wte, std::int64_t vocab, TpPlace tp = {});
+  // A head on a pipeline stage without the embeddings: it owns its copy of "wte.weight"
+  // (initialised as the embeddings' is; the engine keeps the two copies' gradients summed).
+  LmHead(std::int64_t vocab, std::int64_t C, TpPlace tp = {});
 
   // logits: (N, Vr) = x: (N, C) @ wte^T; losses: (N) fp32; loss_sum: (1) += weight * mean(losses).
   // stats: used (and kept for backward) when wte is split.
