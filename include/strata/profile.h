@@ -25,7 +25,7 @@ namespace strata {
 enum class OffloadTarget : std::uint8_t { kNone = 0, kCpu, kNvme };
 std::string_view offload_target_name(OffloadTarget t);
 
-enum class PipelineSchedule : std::uint8_t { kGPipe = 0, k1F1B, kInterleaved };
+enum class PipelineSchedule : std::uint8_t { kGPipe = 0, k1F1B, kInterleaved, kZbH1 };
 std::string_view pipeline_schedule_name(PipelineSchedule s);
 
 struct MemoryConfig {
@@ -87,8 +87,7 @@ struct ParallelConfig {
   int tp = 1;
   bool sequence_parallel = false;                 // Megatron's, with tp > 1
   int pp = 1;
-  PipelineSchedule schedule = PipelineSchedule::k1F1B;
-  int micro_batches = 1;                          // micro-batches per pipeline step
+  PipelineSchedule schedule = PipelineSchedule::k1F1B;  // micro-batches per step: train.grad_accum
   int virtual_stages = 1;                         // model chunks per stage (interleaved schedule)
   std::string comm = "auto";                      // communicator backend: auto | local | mpi | nccl
   bool check_collectives = false;                 // fingerprint collectives; mismatches fail, never hang

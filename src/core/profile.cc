@@ -31,6 +31,7 @@ std::string_view pipeline_schedule_name(PipelineSchedule s) {
     case PipelineSchedule::kGPipe: return "gpipe";
     case PipelineSchedule::k1F1B: return "1f1b";
     case PipelineSchedule::kInterleaved: return "interleaved";
+    case PipelineSchedule::kZbH1: return "zb-h1";
   }
   return "?";
 }
@@ -150,10 +151,10 @@ std::vector<FieldError> validate_fields(const Profile& p) {
     fail("parallel.virtual_stages", "virtual_stages > 1 needs schedule = \"interleaved\"; found \"" +
                                         std::string(pipeline_schedule_name(p.parallel.schedule)) + "\"");
   }
-  if (p.parallel.schedule == PipelineSchedule::kInterleaved && p.parallel.pp > 1 &&
-      p.parallel.micro_batches % p.parallel.pp != 0) {
-    fail("parallel.micro_batches", "the interleaved schedule needs micro_batches to be a multiple of pp = " +
-                                       std::to_string(p.parallel.pp));
+  if (p.parallel.pp > 1 && p.parallel.schedule != PipelineSchedule::kGPipe && p.train.grad_accum < p.parallel.pp) {
+    fail("train.grad_accum", "the pipeline's micro-batches per step are train.grad_accum = " +
+                                 std::to_string(p.train.grad_accum) + ", fewer than its pp = " +
+                                 std::to_string(p.parallel.pp) + " stages: set grad_accum to at least pp");
   }
   if (p.precision.dtype == DType::kF16 && !p.precision.dynamic_loss_scale && p.precision.loss_scale <= 0) {
     fail("precision.loss_scale", "fp16 needs loss_scale = \"dynamic\" or a positive number");
@@ -272,7 +273,6 @@ std::string Profile::to_toml() const {
     << "sequence_parallel = " << toml_bool(parallel.sequence_parallel) << "\n"
     << "pp = " << parallel.pp << "\n"
     << "schedule = " << toml_string(pipeline_schedule_name(parallel.schedule)) << "\n"
-    << "micro_batches = " << parallel.micro_batches << "\n"
     << "virtual_stages = " << parallel.virtual_stages << "\n"
     << "comm = " << toml_string(parallel.comm) << "\n"
     << "check_collectives = " << toml_bool(parallel.check_collectives) << "\n"
@@ -356,7 +356,6 @@ std::string Profile::to_json() const {
                    {"sequence_parallel", parallel.sequence_parallel},
                    {"pp", parallel.pp},
                    {"schedule", pipeline_schedule_name(parallel.schedule)},
-                   {"micro_batches", parallel.micro_batches},
                    {"virtual_stages", parallel.virtual_stages},
                    {"comm", parallel.comm},
                    {"check_collectives", parallel.check_collectives},
@@ -484,9 +483,10 @@ tp = 1
 # activations take 1/tp of the memory; micro_batch x seq_len must divide by tp.
 sequence_parallel = false
 pp = 1
-# Pipeline schedule: "gpipe", "1f1b" or "interleaved" (needs virtual_stages > 1).
+# Pipeline schedule: "gpipe", "1f1b", "interleaved" (virtual_stages model chunks per stage)
+# or "zb-h1" (zero bubble: backward split into its input- and weight-gradient halves). A step
+# runs train.grad_accum micro-batches through the pipeline (at least pp of them, but for gpipe).
 schedule = "1f1b"
-micro_batches = 1
 virtual_stages = 1
 # Communicator: "auto" (mpi when started by an MPI launcher with more than one process,
 # local otherwise), "local" (ranks are threads: strata train --ranks N), "mpi", "nccl" (GPUs).

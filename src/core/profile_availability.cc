@@ -29,7 +29,6 @@ const std::vector<PendingKey>& pending_keys() {
                          "every host buffer is page-locked; unpinned staging buffers are not implemented"),
       STRATA_PENDING_KEY("parallel.pp", parallel.pp, "1", kPipeline),
       STRATA_PENDING_KEY("parallel.schedule", parallel.schedule, "\"1f1b\"", kPipeline),
-      STRATA_PENDING_KEY("parallel.micro_batches", parallel.micro_batches, "1", kPipeline),
       STRATA_PENDING_KEY("parallel.virtual_stages", parallel.virtual_stages, "1", kPipeline),
       STRATA_PENDING_KEY("parallel.hierarchical_allreduce", parallel.hierarchical_allreduce, "false",
                          "gradients are reduced once data-parallel training lands"),

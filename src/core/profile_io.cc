@@ -354,6 +354,14 @@ class Section {
   }
 
   // Every key present must have been read.
+  // A key that is gone: its presence is an error saying what replaced it.
+  Status moved(const char* key, const std::string& instead) {
+    const Node* v = take(key);
+    if (v == nullptr) return Status::OK();
+    std::string prefix = path_.empty() ? "" : path_ + ".";
+    return invalid_argument(v->where + ": " + prefix + key + " is no longer a key: " + instead + "; set that instead");
+  }
+
   Status finish() const {
     if (node_ == nullptr) return Status::OK();
     for (const auto& [k, v] : node_->members) {
@@ -499,9 +507,9 @@ Status read_profile(const Node& root, Profile* p) {
     STRATA_RETURN_IF_ERROR(s.boolean("sequence_parallel", &p->parallel.sequence_parallel));
     STRATA_RETURN_IF_ERROR(s.integer("pp", &p->parallel.pp, 1, 1024));
     int sched = static_cast<int>(p->parallel.schedule);
-    STRATA_RETURN_IF_ERROR(s.choice("schedule", &sched, {"gpipe", "1f1b", "interleaved"}));
+    STRATA_RETURN_IF_ERROR(s.choice("schedule", &sched, {"gpipe", "1f1b", "interleaved", "zb-h1"}));
     p->parallel.schedule = static_cast<PipelineSchedule>(sched);
-    STRATA_RETURN_IF_ERROR(s.integer("micro_batches", &p->parallel.micro_batches, 1, 1 << 20));
+    STRATA_RETURN_IF_ERROR(s.moved("micro_batches", "the pipeline's micro-batches per step are train.grad_accum"));
     STRATA_RETURN_IF_ERROR(s.integer("virtual_stages", &p->parallel.virtual_stages, 1, 1024));
     int comm = 0;
     const std::vector<std::string> backends = {"auto", "local", "mpi", "nccl"};

@@ -124,10 +124,9 @@ const std::map<std::string, std::string>& non_default_settings() {
   static const std::map<std::string, std::string> s = {
       {"offload.optimizer.pin_memory", "[offload.optimizer]\npin_memory = false\n"},
       {"offload.param.device", "[offload.param]\ndevice = \"cpu\"\n[zero]\nstage = 3\n"},
-      {"parallel.pp", "[parallel]\npp = 2\n"},
+      {"parallel.pp", "[parallel]\npp = 2\n[train]\ngrad_accum = 2\n"},
       {"parallel.schedule", "[parallel]\nschedule = \"gpipe\"\n"},
-      {"parallel.micro_batches", "[parallel]\nmicro_batches = 4\n"},
-      {"parallel.virtual_stages", "[parallel]\npp = 2\nvirtual_stages = 2\nschedule = \"interleaved\"\nmicro_batches = 2\n"},
+      {"parallel.virtual_stages", "[parallel]\npp = 2\nvirtual_stages = 2\nschedule = \"interleaved\"\n[train]\ngrad_accum = 2\n"},
       {"activation.offload", "[activation]\ncheckpointing = true\noffload = true\n"},
       {"parallel.hierarchical_allreduce", "[parallel]\nhierarchical_allreduce = true\n"},
   };

@@ -42,7 +42,7 @@ Profile custom() {
   p.parallel.pp = 2;
   p.parallel.schedule = PipelineSchedule::kInterleaved;
   p.parallel.virtual_stages = 2;
-  p.parallel.micro_batches = 8;
+  p.train.grad_accum = 8;
   p.precision.dtype = DType::kF16;
   p.precision.dynamic_loss_scale = false;
   p.precision.loss_scale = 1024.5;
