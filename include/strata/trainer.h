@@ -126,11 +126,16 @@ struct ParamPiece {
 // and state may be read and written only there (set_master then updates the device values of
 // those elements only: the engine all-gathers the rest). With tensor parallelism, `tp` is the
 // group the split parameters' shards lie across: the norm sums their squares over it and
-// counts the parameters every tp rank holds whole once.
+// counts the parameters every tp rank holds whole once. With pipeline parallelism, `pp` is the
+// group of the stages, which hold the other parameters: the norm sums over it too, and counts
+// `replicas` (the last stage's copy of the tied wte, whose gradient the engine made equal to the
+// first stage's) on the other stage only.
 struct OptimizerShard {
   std::vector<ParamPiece> pieces;
   Communicator* group = nullptr;
   Communicator* tp = nullptr;
+  Communicator* pp = nullptr;
+  std::vector<const Parameter*> replicas;
   bool sharded() const { return !pieces.empty(); }
 };
 
@@ -288,6 +293,11 @@ struct TrainerOptions {
   // parameters over the dp group of its tp rank.
   // REQUIRES: outlives the trainer.
   Communicator* tp = nullptr;
+  // The pipeline group this trainer is a stage of (null: pp = 1); its size must be parallel.pp.
+  // The model holds this stage's chunks (strata/model.h's GptConfig); a step runs the
+  // parallel.schedule's instructions for this stage (src/engine/pipeline.h).
+  // REQUIRES: outlives the trainer.
+  Communicator* pp = nullptr;
   // ZeRO stage 3: time the training stream's waits for parameter gathers (GatherStats::stall_s;
   // two host functions per module use).
   bool time_gather_stalls = false;

@@ -21,15 +21,10 @@ struct PendingKey {
 #define STRATA_PENDING_KEY(key, member, default_text, why) \
   PendingKey { key, default_text, why, [](const Profile& p) { return p.member == Profile{}.member; } }
 
-constexpr const char* kPipeline = "pipeline parallelism is not built yet";
-
 const std::vector<PendingKey>& pending_keys() {
   static const std::vector<PendingKey> keys = {
       STRATA_PENDING_KEY("offload.optimizer.pin_memory", offload_optimizer.pin_memory, "true",
                          "every host buffer is page-locked; unpinned staging buffers are not implemented"),
-      STRATA_PENDING_KEY("parallel.pp", parallel.pp, "1", kPipeline),
-      STRATA_PENDING_KEY("parallel.schedule", parallel.schedule, "\"1f1b\"", kPipeline),
-      STRATA_PENDING_KEY("parallel.virtual_stages", parallel.virtual_stages, "1", kPipeline),
       STRATA_PENDING_KEY("parallel.hierarchical_allreduce", parallel.hierarchical_allreduce, "false",
                          "gradients are reduced once data-parallel training lands"),
       STRATA_PENDING_KEY("activation.offload", activation.offload, "false",

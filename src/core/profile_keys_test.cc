@@ -85,6 +85,9 @@ const std::map<std::string, Reader>& honoured_keys() {
       {"parallel.dp", {"src/engine/trainer.cc", "profile.parallel.dp"}},
       {"parallel.tp", {"src/model/gpt.cc", "profile.parallel.tp"}},
       {"parallel.sequence_parallel", {"src/model/gpt.cc", "profile.parallel.sequence_parallel"}},
+      {"parallel.pp", {"src/model/gpt.cc", "profile.parallel.pp"}},
+      {"parallel.virtual_stages", {"src/model/gpt.cc", "profile.parallel.virtual_stages"}},
+      {"parallel.schedule", {"src/engine/pipeline.cc", "profile.parallel.schedule"}},
       {"zero.stage", {"src/engine/data_parallel.cc", "profile.zero.stage"}},
       {"zero.reduce_bucket_size", {"src/engine/data_parallel.cc", "profile.zero.reduce_bucket_size"}},
       {"zero.overlap_comm", {"src/engine/data_parallel.cc", "profile.zero.overlap_comm"}},
@@ -124,9 +127,6 @@ const std::map<std::string, std::string>& non_default_settings() {
   static const std::map<std::string, std::string> s = {
       {"offload.optimizer.pin_memory", "[offload.optimizer]\npin_memory = false\n"},
       {"offload.param.device", "[offload.param]\ndevice = \"cpu\"\n[zero]\nstage = 3\n"},
-      {"parallel.pp", "[parallel]\npp = 2\n[train]\ngrad_accum = 2\n"},
-      {"parallel.schedule", "[parallel]\nschedule = \"gpipe\"\n"},
-      {"parallel.virtual_stages", "[parallel]\npp = 2\nvirtual_stages = 2\nschedule = \"interleaved\"\n[train]\ngrad_accum = 2\n"},
       {"activation.offload", "[activation]\ncheckpointing = true\noffload = true\n"},
       {"parallel.hierarchical_allreduce", "[parallel]\nhierarchical_allreduce = true\n"},
   };

@@ -10,10 +10,17 @@ namespace strata::engine {
 
 Result<std::unique_ptr<DataParallel>> DataParallel::create(const Profile& profile, Module& model, DType value_dtype,
                                                            DType grad_dtype, Device& device, Communicator* dp,
-                                                           bool time_stalls) {
+                                                           bool time_stalls, bool pipelined) {
   std::unique_ptr<DataParallel> d(new DataParallel());
   d->dp_ = dp != nullptr && dp->size() > 1 ? dp : nullptr;
   d->stage_ = d->dp_ != nullptr || profile.zero.stage == 3 ? profile.zero.stage : 0;
+  d->pipelined_ = pipelined;
+  if (pipelined && profile.zero.stage == 3) {
+    return invalid_argument("zero.stage = 3 with parallel.pp > 1 is not available: ZeRO-3's per-module gathers and "
+                            "per-micro-batch gradient buckets do not follow a pipeline schedule's interleaved "
+                            "micro-batches yet; use zero.stage 1 or 2 (their gradients are reduced once per step "
+                            "under a pipeline) or parallel.pp = 1");
+  }
   if (d->stage_ == 3 && d->dp_ == nullptr) {
     STRATA_ASSIGN_OR_RETURN(auto one, make_local_comms(1));
     d->one_rank_ = std::move(one[0]);
@@ -186,7 +193,8 @@ Status DataParallel::make_reducers(const Profile& profile, Device& device) {
   const bool overlap = profile.zero.overlap_comm;
   if (stage_ >= 1) {
     // Stage 3's gradients are stage 2's; with parameter offload they go to the host as reduced.
-    const int grads_stage = std::min(stage_, 2);
+    // Under a pipeline stage 2 accumulates in stage 1's full buffer (data_parallel.h).
+    const int grads_stage = pipelined_ ? 1 : std::min(stage_, 2);
     const bool to_host = stage_ == 3 && profile.offload_param.device != OffloadTarget::kNone;
     STRATA_ASSIGN_OR_RETURN(sharded_, zero::ShardedGrads::create(*dp_, device, layout_, grad_dtype_, grads_stage, overlap, to_host));
     return Status::OK();
@@ -224,14 +232,14 @@ Status DataParallel::bind_storage(Device& device) {
     DeviceView g;  // stage 2: bound while its bucket is open (before_backward)
     if (stage_ == 0) {
       STRATA_ASSIGN_OR_RETURN(g, grads_.view(grad_dtype_, layout_.offset(i) * gs, p->numel()));
-    } else if (stage_ == 1) {
+    } else if (stage_ == 1 || pipelined_) {
       STRATA_ASSIGN_OR_RETURN(g, sharded_->tensor_grad(i, *stream));
     }
     STRATA_RETURN_IF_ERROR(p->bind(v, g));
   }
   if (stage_ == 0) {
     // Stage 0: the optimizer owns every parameter whole, its gradient final once all-reduced.
-    if (dp_ != nullptr) {
+    if (dp_ != nullptr || pipelined_) {
       for (Parameter* p : params_) shard_.pieces.push_back(ParamPiece{p, 0, p->grad(), {}});
     }
     return Status::OK();
@@ -343,7 +351,22 @@ Status DataParallel::begin_step(StepOptimizer& optimizer, Stream& stream) {
   if (gather_ != nullptr) gather_->mark_all();
   optimizer_ = &optimizer;
   if (fetch_ != nullptr) return fetch_->begin_step(stream);
+  // Pipelined: the micro-batches accumulate from zero, none of them the reducing one.
+  if (pipelined_ && sharded_ != nullptr) return sharded_->begin_micro(0, false, stream);
   return Status::OK();
+}
+
+Status DataParallel::reduce_grads(Stream& stream) {
+  if (!pipelined_) return failed_precondition("data parallel: reduce_grads() is the pipelined engine's");
+  if (sharded_ != nullptr) {
+    STRATA_RETURN_IF_ERROR(sharded_->begin_micro(1, true, stream));
+    for (std::size_t i = 0; i < params_.size(); ++i) STRATA_RETURN_IF_ERROR(sharded_->tensor_final(i, stream));
+    return sharded_->end_micro(stream);
+  }
+  if (all_reduce_ == nullptr) return Status::OK();
+  all_reduce_->begin();
+  for (std::size_t i = 0; i < params_.size(); ++i) STRATA_RETURN_IF_ERROR(all_reduce_->tensor_final(i, stream));
+  return all_reduce_->finish(stream);
 }
 
 Status DataParallel::begin_micro(int micro, bool last, Stream& stream) {
@@ -373,7 +396,7 @@ Status DataParallel::after_forward(Module& module, Stream& stream) {
 
 Status DataParallel::before_backward(Module& module, Stream& stream) {
   if (fetch_ != nullptr) return acquire(module, true, stream);
-  if (stage_ != 2) return Status::OK();
+  if (stage_ != 2 || pipelined_) return Status::OK();
   return for_used(module, [&](Parameter* p, std::size_t i) -> Status {
     STRATA_ASSIGN_OR_RETURN(DeviceView g, sharded_->tensor_grad(i, stream));
     return p->bind_grad(g);

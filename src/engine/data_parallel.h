@@ -28,6 +28,15 @@
 //
 // The loss is scaled by 1/dp in backward, so the sums are the global batch's mean gradient.
 //
+// Under a pipeline (`pipelined`, src/engine/pipeline.h) a stage's micro-batches run their
+// backwards in the schedule's order, interleaved with forwards, so the gradients are not
+// reduced as backward finishes them: they accumulate over the step's micro-batches in one full
+// buffer of the stage's parameters (stage 2 keeps stage 1's: the stage's gradients are 1/pp of
+// the model's), and reduce_grads() reduces them once, after the stage's last backward: one
+// all-reduce (stage 0) or reduce-scatter (stages 1, 2) of Ψ_stage elements per step, whatever
+// the number of micro-batches. The optimizer always gets pieces, so that it takes the gradients
+// at step(). ZeRO stage 3 is refused under a pipeline.
+//
 // Thread-safety: one thread at a time (the trainer's).
 #pragma once
 
@@ -57,7 +66,7 @@ class DataParallel {
   // `time_stalls`: stage 3 times the training stream's waits for gathers.
   static Result<std::unique_ptr<DataParallel>> create(const Profile& profile, Module& model, DType value_dtype,
                                                       DType grad_dtype, Device& device, Communicator* dp,
-                                                      bool time_stalls = false);
+                                                      bool time_stalls = false, bool pipelined = false);
 
   int size() const { return dp_ == nullptr ? 1 : dp_->size(); }
   int rank() const { return dp_ == nullptr ? 0 : dp_->rank(); }
@@ -86,6 +95,9 @@ class DataParallel {
   Status after_backward(Module& module, Stream& stream);
   // After each micro-step's backward; in the last, `stream` then waits for every reduction.
   Status end_micro(Stream& stream);
+  // Pipelined: every gradient is final; reduces them over the group (nothing with one rank),
+  // and `stream` waits for the reductions.
+  Status reduce_grads(Stream& stream);
 
   // Optimizer tensor `which` of elements [first, first + out.size()) of p, whichever ranks own
   // them: with stages 1 to 3 a collective (each owner broadcasts its part), which every rank
@@ -125,6 +137,7 @@ class DataParallel {
   int stage_ = 0;
   OffloadTarget param_home_ = OffloadTarget::kNone;  // stage 3: offload.param.device
   bool last_micro_ = false;
+  bool pipelined_ = false;
   DType value_dtype_ = DType::kF32, grad_dtype_ = DType::kF32;
   std::vector<Parameter*> params_;
   std::unordered_map<const Parameter*, std::size_t> index_;

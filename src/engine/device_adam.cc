@@ -38,6 +38,8 @@ class DeviceAdam final : public StepOptimizer {
     stream_ = &stream;
     group_ = shard.group;
     tp_ = shard.tp;
+    pp_ = shard.pp;
+    replicas_ = shard.replicas;
     pieces_.clear();
     std::vector<ParamPiece> pieces = shard.pieces;
     if (!shard.sharded()) {
@@ -115,8 +117,8 @@ class DeviceAdam final : public StepOptimizer {
     }
     // The squared norm of all gradients (summed over the group's shards), read back once; it is
     // also the overflow check.
-    const engine::NormViews grads = engine::norm_views(pieces_, tp_);
-    STRATA_RETURN_IF_ERROR(sumsq_.enqueue(grads.whole, *stream_, group_, grads.split, tp_));
+    const engine::NormViews grads = engine::norm_views(pieces_, tp_, replicas_);
+    STRATA_RETURN_IF_ERROR(sumsq_.enqueue(grads.whole, *stream_, group_, grads.split, tp_, pp_));
     STRATA_RETURN_IF_ERROR(stream_->synchronize());
     const engine::NormedUpdate u =
         engine::normed_update(engine::finish_grad_norm(sumsq_.value(), req.loss_scale, req.grad_clip), hyper_, req, updates_);
@@ -204,6 +206,8 @@ class DeviceAdam final : public StepOptimizer {
   Stream* stream_ = nullptr;
   Communicator* group_ = nullptr;
   Communicator* tp_ = nullptr;
+  Communicator* pp_ = nullptr;
+  std::vector<const Parameter*> replicas_;
   DeviceBuffer master_, exp_avg_, exp_avg_sq_;
   engine::GradSquaredNorm sumsq_;
   std::vector<Piece> pieces_;

@@ -22,7 +22,7 @@ Result<GradSquaredNorm> GradSquaredNorm::create(Device& device) {
 }
 
 Status GradSquaredNorm::enqueue(std::span<const DeviceView> grads, Stream& stream, Communicator* group,
-                                std::span<const DeviceView> split, Communicator* tp) {
+                                std::span<const DeviceView> split, Communicator* tp, Communicator* pp) {
   if (device_ == nullptr) return failed_precondition("gradient norm: create() it first");
   if (!split.empty() && tp == nullptr) return internal_error("gradient norm: split gradients without their tp group");
   STRATA_ASSIGN_OR_RETURN(DeviceView sumsq, scalar_.view(DType::kF32, 0, 1));
@@ -32,6 +32,7 @@ Status GradSquaredNorm::enqueue(std::span<const DeviceView> grads, Stream& strea
   if (tp != nullptr) STRATA_RETURN_IF_ERROR(tp->all_reduce(b, b, ReduceOp::kSum, stream));
   for (const DeviceView& g : grads) STRATA_RETURN_IF_ERROR(device_->sum_squares(g, sumsq, stream));
   if (group != nullptr) STRATA_RETURN_IF_ERROR(group->all_reduce(b, b, ReduceOp::kSum, stream));
+  if (pp != nullptr) STRATA_RETURN_IF_ERROR(pp->all_reduce(b, b, ReduceOp::kSum, stream));
   return device_->copy_to_host(host_.bytes().first(sizeof(float)), sumsq.range(), stream);
 }
 

@@ -17,6 +17,7 @@
 // rules of strata/device.h. finish_grad_norm is pure.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 
@@ -42,8 +43,9 @@ class GradSquaredNorm {
   // whole, with the same gradients) are added once. The views must stay unchanged until the
   // stream has run it.
   // REQUIRES: created.
+  // With pipeline stages, the sum is last all-reduced over `pp`.
   Status enqueue(std::span<const DeviceView> grads, Stream& stream, Communicator* group = nullptr,
-                 std::span<const DeviceView> split = {}, Communicator* tp = nullptr);
+                 std::span<const DeviceView> split = {}, Communicator* tp = nullptr, Communicator* pp = nullptr);
 
   // The sum the latest enqueue() computed.
   // REQUIRES: the stream it was enqueued on has synchronized since.
@@ -58,14 +60,19 @@ class GradSquaredNorm {
 };
 
 // The gradient views of an optimizer's pieces (anything with `param` and `grad`) for enqueue():
-// with a tp group, those of parameters split over it go to `split`, the rest to `whole`.
+// with a tp group, those of parameters split over it go to `split`, the rest to `whole`; the
+// pieces of `replicas` (OptimizerShard's) are left out.
 struct NormViews {
   std::vector<DeviceView> whole, split;
 };
 template <typename Piece>
-NormViews norm_views(const std::vector<Piece>& pieces, const Communicator* tp) {
+NormViews norm_views(const std::vector<Piece>& pieces, const Communicator* tp,
+                     std::span<const Parameter* const> replicas = {}) {
   NormViews v;
-  for (const Piece& p : pieces) (tp != nullptr && p.param->shard().split() ? v.split : v.whole).push_back(p.grad);
+  for (const Piece& p : pieces) {
+    if (std::find(replicas.begin(), replicas.end(), p.param) != replicas.end()) continue;
+    (tp != nullptr && p.param->shard().split() ? v.split : v.whole).push_back(p.grad);
+  }
   return v;
 }
 

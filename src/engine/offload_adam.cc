@@ -42,6 +42,8 @@ Status OffloadAdam::attach(Module& model, Device& device, Stream& stream, const 
   stream_ = &stream;
   group_ = shard.group;
   tp_ = shard.tp;
+  pp_ = shard.pp;
+  replicas_ = shard.replicas;
   grads_at_step_ = shard.sharded();
   const OptimizerOffloadConfig& oc = profile_.offload_optimizer;
 
@@ -271,8 +273,8 @@ Result<UpdateResult> OffloadAdam::step(const UpdateRequest& req) {
   // (engine/grad_norm.h), so the clip coefficient is the same to the bit; of the host
   // gradients on the host where the engine delivered them there (after the stream's work).
   if (!host_grads_) {
-    const NormViews grads = norm_views(pieces_, tp_);
-    STRATA_RETURN_IF_ERROR(sumsq_.enqueue(grads.whole, *stream_, group_, grads.split, tp_));
+    const NormViews grads = norm_views(pieces_, tp_, replicas_);
+    STRATA_RETURN_IF_ERROR(sumsq_.enqueue(grads.whole, *stream_, group_, grads.split, tp_, pp_));
   }
   // Gradients no hook has moved yet (a sharded run, a model run without hooks, a module skipped).
   for (std::size_t i = 0; i < pieces_.size(); ++i) {
@@ -341,6 +343,7 @@ Result<double> OffloadAdam::host_grad_squares() const {
   STRATA_RETURN_IF_ERROR(tp_->all_reduce_host(v, ReduceOp::kSum));
   v[0] += whole;
   if (group_ != nullptr) STRATA_RETURN_IF_ERROR(group_->all_reduce_host(v, ReduceOp::kSum));
+  if (pp_ != nullptr) STRATA_RETURN_IF_ERROR(pp_->all_reduce_host(v, ReduceOp::kSum));
   return v[0];
 }
 

@@ -294,6 +294,8 @@ class OffloadAdam final : public StepOptimizer {
   DType grad_dtype_ = DType::kF32;
   Communicator* group_ = nullptr;  // with a shard: the group the gradient norm is summed over
   Communicator* tp_ = nullptr;     // the tensor-parallel group of split parameters' shards
+  Communicator* pp_ = nullptr;     // the pipeline's stages
+  std::vector<const Parameter*> replicas_;  // counted in the norm by another stage
   bool grads_at_step_ = false;      // with a shard: the gradients are final when step() is called
   std::vector<PieceState> pieces_;
   std::unordered_map<const Parameter*, std::vector<std::size_t>> index_;  // its pieces

@@ -9,6 +9,7 @@
 
 #include "engine/data_parallel.h"
 #include "engine/loss_scaler.h"
+#include "engine/pipeline.h"
 #include "engine/value_swap.h"
 #include "model/safetensors.h"
 #include "strata/log.h"
@@ -61,6 +62,11 @@ struct Trainer::Impl final : ModuleHooks {
   bool last_micro = false;
   Communicator* group = nullptr;  // the data-parallel group, null for one rank
   Communicator* tp = nullptr;     // the tensor-parallel group, null for tp = 1
+  Communicator* pp = nullptr;     // the pipeline's stages, null for pp = 1
+  std::unique_ptr<engine::PipelineStage> stage;  // with pp
+  // The first and the last stage, whose copies of the tied wte sum their gradients (pp > 1;
+  // every stage takes part in making it, only those two use it).
+  std::unique_ptr<Communicator> tied_group;
 
   std::size_t rows_tokens() const {
     return static_cast<std::size_t>(profile.train.micro_batch) * static_cast<std::size_t>(profile.train.dims.seq_len);
@@ -70,6 +76,42 @@ struct Trainer::Impl final : ModuleHooks {
   }
   float* host_loss() {
     return reinterpret_cast<float*>(host_tokens(profile.train.grad_accum));
+  }
+
+  // pp > 1: this stage's share of the schedule, and the tied group of the first and last stage.
+  Status make_stage(const Profile& p) {
+    STRATA_ASSIGN_OR_RETURN(pipeline::Schedule schedule, engine::schedule_of(p, pp->size()));
+    STRATA_ASSIGN_OR_RETURN(stage, engine::PipelineStage::create(std::move(schedule), *model, *device, *pp, *stream,
+                                                                 p.train.micro_batch, p.train.dims.seq_len));
+    const bool ends = pp->rank() == 0 || pp->rank() == pp->size() - 1;
+    STRATA_ASSIGN_OR_RETURN(tied_group, pp->split(ends ? 0 : 1, pp->rank()));
+    return Status::OK();
+  }
+  // The stage's wte when another stage holds the same (the last stage's copy), else null.
+  const Parameter* tied_copy() const {
+    if (pp == nullptr || pp->rank() == 0) return nullptr;
+    return model->find_parameter("wte.weight");
+  }
+  Status reduce_tied(Stream& s) {
+    Parameter* wte = model->find_parameter("wte.weight");
+    if (wte == nullptr) return Status::OK();
+    const CommBuffer g = CommBuffer::of(wte->grad());
+    return tied_group->all_reduce(g, g, ReduceOp::kSum, s);
+  }
+
+  // Enqueues this stage's instructions of the step (pp > 1).
+  Status run_pipeline(const TokenDataset& data, const BatchShape& shape) {
+    const int A = profile.train.grad_accum;
+    engine::PipelineStage::Step step;
+    step.load = [&](int micro, std::span<std::int32_t> tok, std::span<std::int32_t> tgt) {
+      return data.batch(steps_done, micro, shape, tok, tgt);
+    };
+    step.reduce_tied = [&] { return reduce_tied(*stream); };
+    step.reduce_grads = [&] { return dp->reduce_grads(*stream); };
+    step.loss_sum = *loss.view(DType::kF32, 0, 1);
+    step.loss_weight = 1.0f / static_cast<float>(A);
+    step.dloss = static_cast<float>(scaler.scale() / A / dp->size());
+    return stage->run(step);
   }
 
   // Checks that a group is the profile's parallel.dp (or tp) ranks.
@@ -118,16 +160,24 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Profile& profile, Device&
   STRATA_ASSIGN_OR_RETURN(m.stream, device.create_stream("train"));
   STRATA_RETURN_IF_ERROR(m.check_group(options.dp, profile.parallel.dp, "parallel.dp"));
   STRATA_RETURN_IF_ERROR(m.check_group(options.tp, profile.parallel.tp, "parallel.tp"));
+  STRATA_RETURN_IF_ERROR(m.check_group(options.pp, profile.parallel.pp, "parallel.pp"));
   GptConfig config = GptConfig::from_profile(profile);
   if (options.tp != nullptr) config.tp_rank = options.tp->rank();
+  if (options.pp != nullptr) config.pp_rank = options.pp->rank();
   STRATA_ASSIGN_OR_RETURN(m.model, Gpt::create(config));
   const GptConfig& gc = m.model->config();
 
   m.group = options.dp != nullptr && options.dp->size() > 1 ? options.dp : nullptr;
+  m.pp = options.pp != nullptr && options.pp->size() > 1 ? options.pp : nullptr;
   STRATA_ASSIGN_OR_RETURN(m.dp, engine::DataParallel::create(profile, *m.model, gc.dtype, gc.grad_dtype, device, m.group,
-                                                                 options.time_gather_stalls));
+                                                                 options.time_gather_stalls, m.pp != nullptr));
   m.tp = options.tp != nullptr && options.tp->size() > 1 ? options.tp : nullptr;
-  STRATA_RETURN_IF_ERROR(m.model->prepare(device, tc.micro_batch, m.tp));
+  StageSlots slots;
+  if (m.pp != nullptr) {
+    STRATA_RETURN_IF_ERROR(m.make_stage(profile));
+    slots = m.stage->slots();
+  }
+  STRATA_RETURN_IF_ERROR(m.model->prepare(device, tc.micro_batch, m.tp, slots));
 
   const std::size_t bt = m.rows_tokens();
   auto tokens = device.allocate(2 * bt * sizeof(std::int32_t));
@@ -146,6 +196,8 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Profile& profile, Device&
   m.opt = std::move(optimizer);
   OptimizerShard shard = m.dp->shard();
   shard.tp = m.tp;
+  shard.pp = m.pp;
+  if (const Parameter* copy = m.tied_copy()) shard.replicas.push_back(copy);
   STRATA_RETURN_IF_ERROR(m.opt->attach(*m.model, device, *m.stream, shard));
   STRATA_RETURN_IF_ERROR(m.dp->attach_optimizer(*m.opt));
   m.model->set_hooks(&m);
@@ -222,7 +274,8 @@ Result<StepStats> Trainer::train_step(const TokenDataset& data) {
   STRATA_RETURN_IF_ERROR(dev.fill(*m.loss.view(DType::kF32, 0, 1), 0.0f, s));
   const DeviceRange tok = *m.tokens.range(0, bt * 4);
   const DeviceRange tgt = *m.tokens.range(bt * 4, bt * 4);
-  for (int a = 0; a < A; ++a) {
+  if (m.stage != nullptr) STRATA_RETURN_IF_ERROR(m.run_pipeline(data, shape));
+  for (int a = 0; a < A && m.stage == nullptr; ++a) {
     std::int32_t* host = m.host_tokens(a);
     STRATA_RETURN_IF_ERROR(data.batch(m.steps_done, a, shape, {host, bt}, {host + bt, bt}));
     STRATA_RETURN_IF_ERROR(dev.copy_to_device(*m.tokens.range(0, 2 * bt * 4),
@@ -241,6 +294,10 @@ Result<StepStats> Trainer::train_step(const TokenDataset& data) {
   if (m.group != nullptr) {
     const CommBuffer loss{m.loss.range(), CommType::kF32, 1};
     STRATA_RETURN_IF_ERROR(m.group->all_reduce(loss, loss, ReduceOp::kSum, s));
+  }
+  if (m.pp != nullptr) {  // only the last stage's is not zero
+    const CommBuffer loss{m.loss.range(), CommType::kF32, 1};
+    STRATA_RETURN_IF_ERROR(m.pp->all_reduce(loss, loss, ReduceOp::kSum, s));
   }
   STRATA_RETURN_IF_ERROR(dev.copy_to_host({reinterpret_cast<std::byte*>(m.host_loss()), sizeof(float)}, m.loss.range(), s));
   auto to = Clock::now();

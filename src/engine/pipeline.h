@@ -1,0 +1,122 @@
+// src/engine/pipeline.h — runs one pipeline stage's instructions of a training step
+// (src/parallel/pipeline_schedule.h) on a Trainer's model chunks.
+//
+// Memory. Each of the stage's chunks keeps one activation slot per micro-batch it holds at
+// once, as many as the schedule's peak for that chunk (peak_units_per_chunk: m for GPipe,
+// min(p - r, m) at stage r for 1F1B), all allocated with the model's activations and so charged
+// to the device budget. A micro-batch takes a free slot of its chunk at its load, receive or
+// forward, whichever comes first, and frees it after its backward (zero-bubble: after its
+// weight-gradient half). The tokens of every micro-batch of the step have their own device and
+// pinned host buffers.
+//
+// Streams and transfers. Compute and receives run on the trainer's stream, in the schedule's
+// order: a receive makes the compute after it wait for its data. Sends run on two streams of
+// their own, one towards the next stage (activations) and one towards the previous (gradients),
+// each waiting for the compute that produced its tensor, so compute never waits for a peer to
+// take what it sent. Every channel's transfers are tagged by micro-batch and model part
+// (Instr::tag) and matched by tag, so two transfers in flight between the same stages cannot
+// cross. A slot whose tensors were sent is reused only once those sends are done.
+//
+// Timing. With `timestamps`, the stream records host timestamps around each compute
+// instruction (two host functions per instruction), from which the stage's idle fraction is
+// measured as the simulator defines it.
+//
+// Thread-safety: one thread at a time (the trainer's).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "parallel/pipeline_schedule.h"
+#include "strata/communicator.h"
+#include "strata/device.h"
+#include "strata/model.h"
+#include "strata/profile.h"
+
+namespace strata::engine {
+
+// The schedule a profile runs on `stages` stages: parallel.schedule with train.grad_accum
+// micro-batches and parallel.virtual_stages chunks.
+Result<pipeline::Schedule> schedule_of(const Profile& profile, int stages);
+
+// When one compute instruction ran on the stream, in seconds from the step's start.
+struct InstrTime {
+  pipeline::Op op;
+  int micro = 0, chunk = 0;
+  double start = 0, end = 0;
+};
+
+class PipelineStage {
+ public:
+  // What one step needs from the trainer.
+  struct Step {
+    // Fills micro-batch `micro`'s token ids and targets (B T each).
+    std::function<Status(int micro, std::span<std::int32_t> tokens, std::span<std::int32_t> targets)> load;
+    // Enqueue on the stream: the tied embedding's reduction, and the gradients' (kReduceTied,
+    // kReduceGrads).
+    std::function<Status()> reduce_tied;
+    std::function<Status()> reduce_grads;
+    DeviceView loss_sum;      // the head's stage adds loss_weight x each micro-batch's mean loss
+    float loss_weight = 1.0f;
+    float dloss = 1.0f;       // backward's seed: loss scale / (micro-batches x dp)
+  };
+
+  // The stage `pp.rank()` of `schedule`, running `model` (created for that stage, not yet
+  // prepared) on `stream`. micro_batch x seq_len tokens per micro-batch.
+  // REQUIRES: model, device, pp and stream outlive this object.
+  static Result<std::unique_ptr<PipelineStage>> create(pipeline::Schedule schedule, Gpt& model, Device& device,
+                                                       Communicator& pp, Stream& stream, int micro_batch, int seq_len);
+  ~PipelineStage();
+
+  // The activation slots the model must be prepared with.
+  const StageSlots& slots() const { return slots_; }
+  const pipeline::Schedule& schedule() const { return schedule_; }
+  int stage() const { return stage_; }
+
+  // Enqueues every instruction of the stage's list but the optimizer step, in order; returns
+  // once they are enqueued (the stream then holds the step's work up to the reduced gradients).
+  Status run(const Step& step);
+
+  // Record timestamps of the compute instructions from the next run() on.
+  void set_timestamps(bool on) { timestamps_ = on; }
+  // The latest run's compute instructions with their times (once the stream has synchronized).
+  std::vector<InstrTime> timeline() const;
+
+ private:
+  PipelineStage() = default;
+  struct SlotState {
+    int unit = -1;  // micro * chunks + chunk holding it, -1 when free
+    std::unique_ptr<Event> sent[2];  // after the latest send of its activation, of its gradient
+  };
+  Result<int> slot_of(int micro, int chunk);
+  Status acquire(int micro, int chunk);
+  void release(int micro, int chunk);
+  Status execute(const pipeline::Instr& in, const Step& step);
+  Status load(int micro, const Step& step);
+  Status send(const pipeline::Instr& in, DeviceView what, Stream& on);
+  Status timed(const pipeline::Instr& in, const std::function<Status()>& work);
+
+  pipeline::Schedule schedule_;
+  int stage_ = 0;
+  Gpt* model_ = nullptr;
+  Device* device_ = nullptr;
+  Communicator* pp_ = nullptr;
+  Stream* stream_ = nullptr;
+  std::unique_ptr<Stream> to_next_, to_prev_;
+  std::unique_ptr<Event> ready_;
+  StageSlots slots_;
+  std::vector<std::vector<SlotState>> slot_state_;  // [chunk][slot]
+  std::vector<int> slot_of_unit_;                   // [micro * chunks + chunk] -> slot, -1 none
+  std::size_t tokens_ = 0;                          // B T
+  DeviceBuffer batches_;                            // [micro] (tokens, targets) int32
+  PinnedBuffer staging_;                            // the same in host memory
+  bool timestamps_ = false;
+  std::chrono::steady_clock::time_point t0_;
+  std::shared_ptr<std::vector<InstrTime>> times_;
+};
+
+}  // namespace strata::engine

@@ -1,0 +1,187 @@
+// Pipeline parallelism in the trainer against the one-rank run with grad_accum = m (the same
+// micro-batches): pp = 2 and pp = 4 with every schedule, and pp = 2 x dp = 2 with ZeRO stages 1
+// and 2 and the optimizer on the device or in NVMe swap, and with tp. fp32 losses within 1e-6
+// relative over 20 steps; each stage's master weights (the tied wte on the first and on the
+// last stage) against the one-rank masters of the same names, counted as
+// engine/dp_test_util.h's comparison counts differences (the tied gradient and the norm are
+// summed in another order than one rank sums them).
+#include <gtest/gtest.h>
+
+#include <map>
+#include <string>
+
+#include "engine/dp_test_util.h"
+#include "offload/offload_test_util.h"
+#include "parallel/process_grid.h"
+
+namespace strata {
+namespace {
+
+using namespace dp_test;
+
+struct Grid {
+  int dp = 1, tp = 1, pp = 1;
+};
+
+Profile pp_profile(const Profile& base, int pp, PipelineSchedule schedule, int micro_batches, int virtual_stages = 1,
+                   int n_layer = 4) {
+  Profile p = base;
+  p.train.dims.n_layer = n_layer;
+  p.train.dims.n_head = 4;
+  p.train.grad_accum = micro_batches;
+  p.parallel.pp = pp;
+  p.parallel.schedule = schedule;
+  p.parallel.virtual_stages = virtual_stages;
+  return p;
+}
+
+// Where each parameter's whole tensor lies in the one-rank run's masters.
+std::map<std::string, std::pair<std::size_t, std::size_t>> whole_spans(const Profile& one) {
+  auto gpt = Gpt::create(GptConfig::from_profile(one));
+  EXPECT_TRUE(gpt.ok()) << gpt.status();
+  std::map<std::string, std::pair<std::size_t, std::size_t>> spans;
+  std::size_t next = 0;
+  for (const Parameter* q : (*gpt)->parameters()) {
+    spans[q->name()] = {next, q->numel()};
+    next += q->numel();
+  }
+  return spans;
+}
+
+void expect_stage_matches(const RankRun& run, const RankRun& ref, Trainer& t, const Profile& one,
+                          const std::string& what) {
+  ASSERT_EQ(run.losses.size(), ref.losses.size()) << what;
+  for (std::size_t s = 0; s < ref.losses.size(); ++s) {
+    EXPECT_NEAR(run.losses[s], ref.losses[s], 1e-6 * ref.losses[s]) << what << " step " << s + 1;
+  }
+  const auto whole = whole_spans(one);
+  std::size_t mine = 0, over = 0, compared = 0;
+  double worst = 0;
+  for (const Parameter* p : t.model().parameters()) {
+    const auto [at, n] = whole.at(p->name());
+    for (std::size_t i = 0; i < p->numel(); ++i, ++mine) {
+      const std::uint64_t g = p->shard().global_index(i);
+      if (g >= n) continue;
+      const double d = std::abs(double(run.masters[mine]) - ref.masters[at + g]);
+      worst = std::max(worst, d);
+      over += d > 1e-6 ? 1 : 0;
+      ++compared;
+    }
+  }
+  EXPECT_EQ(mine, run.masters.size()) << what;
+  EXPECT_LE(over, compared / 1000) << what << ": master weights beyond 1e-6";
+  EXPECT_LE(worst, 1e-4) << what << ": largest master weight difference";
+}
+
+// Every rank of `grid` trains `p` (parallel.dp, tp and pp set from it) and matches the one-rank
+// run of the same global batch.
+void expect_pipeline_matches(Grid g, Profile p, const std::string& what) {
+  p.parallel.tp = g.tp;
+  p.parallel.pp = g.pp;
+  Profile one = one_rank_of(p, g.dp);
+  one.parallel.tp = 1;
+  one.parallel.pp = 1;
+  one.parallel.schedule = PipelineSchedule::k1F1B;
+  one.parallel.virtual_stages = 1;
+  one.offload_optimizer.device = OffloadTarget::kNone;
+  auto dev = host();
+  auto ref_trainer = Trainer::create(one, *dev);
+  ASSERT_TRUE(ref_trainer.ok()) << ref_trainer.status();
+  const RankRun ref = train(**ref_trainer);
+
+  const int n = g.dp * g.tp * g.pp;
+  LocalRanks world(n);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < n; ++r) {
+    ranks.emplace_back([&, r] {
+      auto grid = parallel::ProcessGrid::create(*world.comms[static_cast<std::size_t>(r)], {g.dp, g.tp, g.pp});
+      ASSERT_TRUE(grid.ok()) << grid.status();
+      Profile mine = p;
+      mine.parallel.dp = g.dp;
+      auto rank_dev = host();
+      TrainerOptions o;
+      o.dp = g.dp > 1 ? &(*grid)->dp() : nullptr;
+      o.tp = g.tp > 1 ? &(*grid)->tp() : nullptr;
+      o.pp = &(*grid)->pp();
+      auto t = Trainer::create(mine, *rank_dev, nullptr, o);
+      ASSERT_TRUE(t.ok()) << t.status();
+      const RankRun run = train(**t);
+      expect_stage_matches(run, ref, **t, one, what + ", rank " + std::to_string(r));
+    });
+  }
+  for (auto& t : ranks) t.join();
+}
+
+const Profile& base() {
+  static const Profile p = profile(1, kRowsPerRank, 16 << 10, true);
+  return p;
+}
+
+TEST(TrainerPipeline, TwoStagesEqualTheOneRankRunWithEverySchedule) {
+  using S = PipelineSchedule;
+  expect_pipeline_matches({1, 1, 2}, pp_profile(base(), 2, S::kGPipe, 4), "pp 2, gpipe");
+  expect_pipeline_matches({1, 1, 2}, pp_profile(base(), 2, S::k1F1B, 4), "pp 2, 1f1b");
+  expect_pipeline_matches({1, 1, 2}, pp_profile(base(), 2, S::k1F1B, 3), "pp 2, 1f1b, 3 micro-batches");
+  expect_pipeline_matches({1, 1, 2}, pp_profile(base(), 2, S::kInterleaved, 4, 2), "pp 2, interleaved x 2");
+  expect_pipeline_matches({1, 1, 2}, pp_profile(base(), 2, S::kZbH1, 4), "pp 2, zb-h1");
+}
+
+TEST(TrainerPipeline, FourStagesEqualTheOneRankRunWithEverySchedule) {
+  using S = PipelineSchedule;
+  expect_pipeline_matches({1, 1, 4}, pp_profile(base(), 4, S::kGPipe, 4), "pp 4, gpipe");
+  expect_pipeline_matches({1, 1, 4}, pp_profile(base(), 4, S::k1F1B, 5), "pp 4, 1f1b, 5 micro-batches");
+  // Two chunks on each of four stages: 8 parts of one block.
+  expect_pipeline_matches({1, 1, 4}, pp_profile(base(), 4, S::kInterleaved, 4, 2, 8), "pp 4, interleaved x 2");
+  expect_pipeline_matches({1, 1, 4}, pp_profile(base(), 4, S::kZbH1, 4), "pp 4, zb-h1");
+}
+
+TEST(TrainerPipeline, ComposesWithDataParallelZeroAndOffload) {
+  offload::testing::ScratchDir swap;
+  for (int stage : {0, 1, 2}) {
+    for (OffloadTarget target : {OffloadTarget::kNone, OffloadTarget::kNvme}) {
+      expect_pipeline_matches({2, 1, 2}, pp_profile(zero_profile(stage, target, swap.path()), 2, PipelineSchedule::k1F1B, 4),
+                              "pp 2 x dp 2, stage " + std::to_string(stage) + ", optimizer " + target_name(target));
+    }
+  }
+  expect_pipeline_matches({2, 1, 2}, pp_profile(zero_profile(2, OffloadTarget::kCpu, swap.path()), 2, PipelineSchedule::kZbH1, 4),
+                          "pp 2 x dp 2, zb-h1, stage 2, optimizer cpu");
+}
+
+TEST(TrainerPipeline, ComposesWithTensorParallelism) {
+  Profile p = pp_profile(base(), 2, PipelineSchedule::kInterleaved, 4, 2);
+  p.train.dims.vocab = 257;
+  expect_pipeline_matches({1, 2, 2}, p, "pp 2 x tp 2, interleaved x 2");
+  p.parallel.sequence_parallel = true;
+  p.parallel.schedule = PipelineSchedule::kZbH1;
+  p.parallel.virtual_stages = 1;
+  expect_pipeline_matches({1, 2, 2}, p, "pp 2 x tp 2, sequence parallel, zb-h1");
+}
+
+TEST(TrainerPipeline, ZeroStage3IsRefusedNamingTheKeys) {
+  offload::testing::ScratchDir swap;
+  Profile p = pp_profile(zero_profile(3, OffloadTarget::kNone, swap.path()), 2, PipelineSchedule::k1F1B, 2);
+  LocalRanks world(2);
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 2; ++r) {
+    ranks.emplace_back([&, r] {
+      auto dev = host();
+      TrainerOptions o;
+      o.pp = world.comms[static_cast<std::size_t>(r)];
+      auto t = Trainer::create(p, *dev, nullptr, o);
+      errors[static_cast<std::size_t>(r)] = t.ok() ? "" : t.status().message();
+    });
+  }
+  for (auto& t : ranks) t.join();
+  for (const std::string& e : errors) EXPECT_NE(e.find("zero.stage = 3 with parallel.pp > 1"), std::string::npos) << e;
+}
+
+TEST(TrainerPipeline, LayersThatDoNotDivideAmongTheStagesAreRefused) {
+  Profile p = pp_profile(base(), 2, PipelineSchedule::k1F1B, 2, 1, 3);
+  auto t = Trainer::create(p, *host());
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("n_layer = 3"), std::string::npos) << t.status();
+}
+
+}  // namespace
+}  // namespace strata
