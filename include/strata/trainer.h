@@ -409,11 +409,19 @@ class Trainer {
   // hold parts of it. write_whole_state: from the whole tensor, each rank keeps its elements.
   Status read_whole_state(const Parameter& p, OptimizerState which, std::vector<float>* whole);
   Status write_whole_state(const Parameter& p, OptimizerState which, std::span<const float> whole);
-  // The model with every tensor whole (tp = 1): the names and shapes of exchange files and
-  // checkpoints.
+  // read_model_state: the whole tensor named `name`, wherever it lives: with pipeline stages a
+  // collective of every rank of the grid (each passes the same name), the stage holding it
+  // (the first stage for the tied wte) reading it as read_whole_state does and the others
+  // adding zeros over the pp group. write_model_state: every rank keeps its elements, if it
+  // holds the tensor (both copies of the tied wte).
+  Status read_model_state(const std::string& name, OptimizerState which, std::vector<float>* whole);
+  Status write_model_state(const std::string& name, OptimizerState which, std::span<const float> whole);
+  // The model with every tensor whole (tp = 1, pp = 1): the names and shapes of exchange files
+  // and checkpoints.
   Result<std::unique_ptr<Gpt>> whole_model() const;
-  // The tensor-parallel group (null for tp = 1).
+  // The tensor-parallel and pipeline groups (null for tp = 1, pp = 1).
   Communicator* tp_group() const;
+  Communicator* pp_group() const;
 
  private:
 

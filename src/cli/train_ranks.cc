@@ -59,10 +59,6 @@ Result<TrainWorld> open_train_world(const Profile& p, int ranks_option) {
                             " ranks but the grid " + grid_text(g) + " needs " + std::to_string(grid) +
                             "; the number of ranks must equal parallel.dp x tp x pp");
   }
-  if (g.pp != 1) {
-    return unavailable("the grid " + grid_text(g) + " is not available yet: strata train runs data and tensor "
-                       "parallelism (parallel.dp x tp ranks); pipeline parallelism has not landed");
-  }
   return w;
 }
 

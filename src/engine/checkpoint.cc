@@ -160,14 +160,15 @@ Status append_state(Trainer& trainer, OptimizerState which, FileWriter& w) {
   return Status::OK();
 }
 
-// The same from tensor-parallel shards: every rank gathers each whole tensor (Trainer::
-// read_whole_state), the writer (w non-null) appends it; a write that fails stops the writing,
-// not the gathers.
+// The same from tensor shards and pipeline stages: every rank gathers each whole tensor of the
+// whole model (Trainer::read_model_state), the writer (w non-null) appends it; a write that
+// fails stops the writing, not the gathers.
 Status append_whole_state(Trainer& trainer, OptimizerState which, FileWriter* w) {
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Gpt> shapes, trainer.whole_model());
   std::vector<float> whole;
   Status failed;
-  for (const Parameter* p : trainer.model().parameters()) {
-    STRATA_RETURN_IF_ERROR(trainer.read_whole_state(*p, which, &whole).with_context("checkpoint: gathering " + p->name()));
+  for (const Parameter* p : shapes->parameters()) {
+    STRATA_RETURN_IF_ERROR(trainer.read_model_state(p->name(), which, &whole).with_context("checkpoint: gathering " + p->name()));
     if (w != nullptr && failed.ok()) failed = w->append(whole.data(), whole.size() * sizeof(float));
   }
   return failed;
@@ -412,10 +413,12 @@ Result<std::string> latest_checkpoint(const std::string& dir) {
   return dir + "/" + all.back();
 }
 
-// A tensor-parallel save: every rank gathers each whole tensor over its dp and tp groups, and
-// global rank 0 writes the files of a one-rank checkpoint (which any grid resumes).
+// A tensor- or pipeline-parallel save: every rank gathers each whole tensor over its dp, tp and
+// pp groups, and global rank 0 writes the files of a one-rank checkpoint (which any grid
+// resumes).
 Result<std::string> save_gathered(Trainer& trainer, const std::string& dir, const CheckpointOptions& options) {
-  const bool writer = trainer.dp_rank() == 0 && trainer.tp_group()->rank() == 0;
+  const bool writer = trainer.dp_rank() == 0 && (trainer.tp_group() == nullptr || trainer.tp_group()->rank() == 0) &&
+                      (trainer.pp_group() == nullptr || trainer.pp_group()->rank() == 0);
   STRATA_RETURN_IF_ERROR(trainer.optimizer().synchronize().with_context("checkpoint: finishing the running update"));
   const std::string tmp = tmp_path(dir, trainer.steps_done(), static_cast<long>(::getpid()));
   Status failed;
@@ -451,7 +454,7 @@ Result<std::string> save_gathered(Trainer& trainer, const std::string& dir, cons
 
 Result<std::string> save_checkpoint(Trainer& trainer, const std::string& dir, const CheckpointOptions& options) {
   if (dir.empty()) return invalid_argument("checkpoint: the directory is empty");
-  if (trainer.tp_group() != nullptr) return save_gathered(trainer, dir, options);
+  if (trainer.tp_group() != nullptr || trainer.pp_group() != nullptr) return save_gathered(trainer, dir, options);
   // One rank holds everything, whatever its ZeRO stage.
   if (trainer.zero_stage() >= 1 && trainer.dp_group() != nullptr) return save_sharded(trainer, dir, options);
   STRATA_RETURN_IF_ERROR(prepare_dir(dir));
@@ -477,16 +480,18 @@ Result<std::string> load_checkpoint(Trainer& trainer, const std::string& path) {
   STRATA_ASSIGN_OR_RETURN(json m, verify(dir));
   STRATA_RETURN_IF_ERROR(check_match(m, trainer, dir));
   StepOptimizer& opt = trainer.optimizer();
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Gpt> whole, trainer.whole_model());
   std::vector<float> buf;
   for (OptimizerState which : kTensors) {
     const std::string fpath = dir + "/" + file_of(which);
     Fd f(::open(fpath.c_str(), O_RDONLY | O_CLOEXEC));
     if (f.fd < 0) return STRATA_ERRNO(errno, "open", fpath);
-    for (Parameter* p : trainer.model().parameters()) {
-      if (p->shard().split()) {  // a tensor-parallel shard: its elements of the whole tensor
-        buf.resize(p->shard().whole_numel());
+    for (Parameter* q : whole->parameters()) {
+      Parameter* p = trainer.model().find_parameter(q->name());
+      if (p == nullptr || p->shard().split()) {  // another stage's, or a tensor shard: read whole
+        buf.resize(q->numel());
         STRATA_RETURN_IF_ERROR(read_all(f.fd, buf.data(), buf.size() * sizeof(float), fpath));
-        STRATA_RETURN_IF_ERROR(trainer.write_whole_state(*p, which, buf).with_context("checkpoint: restoring " + p->name()));
+        STRATA_RETURN_IF_ERROR(trainer.write_model_state(q->name(), which, buf).with_context("checkpoint: restoring " + q->name()));
         continue;
       }
       for (std::uint64_t first = 0; first < p->numel();) {

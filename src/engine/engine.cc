@@ -12,7 +12,7 @@ Result<std::unique_ptr<Engine>> Engine::create(const Profile& profile, Communica
   std::unique_ptr<Engine> e(new Engine());
   e->comm_ = comm != nullptr && comm->size() > 1 ? comm : nullptr;
   const ParallelConfig& g = profile.parallel;
-  if (e->comm_ != nullptr && g.tp > 1) {
+  if (e->comm_ != nullptr && (g.tp > 1 || g.pp > 1)) {
     // Collective over the world, before anything can fail on one rank alone.
     STRATA_ASSIGN_OR_RETURN(e->grid_, parallel::ProcessGrid::create(*e->comm_, {g.dp, g.tp, g.pp}));
   }
@@ -25,6 +25,7 @@ Result<std::unique_ptr<Engine>> Engine::create(const Profile& profile, Communica
     TrainerOptions options;
     options.dp = e->grid_ ? &e->grid_->dp() : e->comm_;
     options.tp = e->grid_ ? &e->grid_->tp() : nullptr;
+    options.pp = e->grid_ ? &e->grid_->pp() : nullptr;
     auto trainer = Trainer::create(profile, *e->device_, nullptr, options);
     if (trainer.ok()) e->trainer_ = std::move(*trainer);
     made = trainer.status();
@@ -66,7 +67,8 @@ Result<std::string> Engine::agree_on(Result<std::string> mine, const std::string
 }
 
 Result<std::string> Engine::save_checkpoint(const std::string& dir, const CheckpointOptions& options) {
-  // Tensor-parallel shards: every rank gathers, global rank 0 writes (the save is a collective).
+  // Tensor shards or pipeline stages: every rank gathers, global rank 0 writes (the save is a
+  // collective).
   if (grid_ != nullptr) return agree_on(strata::save_checkpoint(*trainer_, dir, options), "the checkpoint");
   // Sharded state: every rank writes its part (the save agrees by itself). Otherwise rank 0
   // holds everything and writes alone.

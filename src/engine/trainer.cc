@@ -389,39 +389,69 @@ Status Trainer::write_whole_state(const Parameter& p, OptimizerState which, std:
 }
 
 
+Status Trainer::read_model_state(const std::string& name, OptimizerState which, std::vector<float>* whole) {
+  Impl& m = *impl_;
+  const Parameter* p = m.model->find_parameter(name);
+  if (m.pp == nullptr) {
+    if (p == nullptr) return not_found("trainer: no parameter " + name);
+    return read_whole_state(*p, which, whole);
+  }
+  // The holding stage reads it; the pp group's sum of it and zeros is exact.
+  const bool holder = p != nullptr && p != m.tied_copy();
+  std::vector<float> mine;
+  Status read = holder ? read_whole_state(*p, which, &mine) : Status::OK();
+  std::vector<double> acc{read.ok() ? 0.0 : 1.0, holder ? static_cast<double>(mine.size()) : 0.0};
+  STRATA_RETURN_IF_ERROR(m.pp->all_reduce_host(acc, ReduceOp::kSum));
+  if (!read.ok()) return read;
+  if (acc[0] != 0) return unavailable("trainer: another pipeline stage could not read " + name + " (its message says why)");
+  std::vector<double> sum(static_cast<std::size_t>(acc[1]), 0.0);
+  std::copy(mine.begin(), mine.end(), sum.begin());
+  STRATA_RETURN_IF_ERROR(m.pp->all_reduce_host(sum, ReduceOp::kSum));
+  whole->assign(sum.begin(), sum.end());
+  return Status::OK();
+}
+
+Status Trainer::write_model_state(const std::string& name, OptimizerState which, std::span<const float> whole) {
+  const Parameter* p = impl_->model->find_parameter(name);
+  if (p == nullptr) return impl_->pp != nullptr ? Status::OK() : not_found("trainer: no parameter " + name);
+  return write_whole_state(*p, which, whole);
+}
+
 Result<std::unique_ptr<Gpt>> Trainer::whole_model() const {
   GptConfig whole = impl_->model->config();
   whole.tp_rank = 0;
   whole.tp_size = 1;
+  whole.pp_rank = 0;
+  whole.pp_size = 1;
+  whole.virtual_stages = 1;
   return Gpt::create(whole);
 }
 
 Status Trainer::export_weights(const std::string& path, DType dtype) {
   Impl& m = *impl_;
-  // The whole tensors in model order: each gathered over the dp group (ZeRO shards) and the
-  // tp group (tensor shards) by every rank, written by global rank 0. The whole model gives
-  // the names and shapes.
+  // The whole tensors in model order: each gathered over the dp group (ZeRO shards), the tp
+  // group (tensor shards) and the pp group (stages) by every rank, written by global rank 0.
+  // The whole model gives the names and shapes.
   STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Gpt> shapes, whole_model());
   std::vector<float> whole;
   const Parameter* cached = nullptr;
-  auto gather = [&](const Parameter& p) -> Status {
-    cached = &p;
-    return read_whole_state(p, OptimizerState::kMaster, &whole);
+  auto gather = [&](const Parameter& q) -> Status {
+    cached = &q;
+    return read_model_state(q.name(), OptimizerState::kMaster, &whole);
   };
-  const std::vector<Parameter*> params = m.model->parameters();
-  const bool writer = m.dp->rank() == 0 && (m.tp == nullptr || m.tp->rank() == 0);
-  const bool collective = m.dp->stage() >= 1 || m.tp != nullptr;
+  const std::vector<Parameter*> params = shapes->parameters();
+  const bool writer = m.dp->rank() == 0 && (m.tp == nullptr || m.tp->rank() == 0) && (m.pp == nullptr || m.pp->rank() == 0);
+  const bool collective = m.dp->stage() >= 1 || m.tp != nullptr || m.pp != nullptr;
   if (!writer) {
     if (!collective) return Status::OK();
     Status failed;
-    for (const Parameter* p : params) {
-      if (Status st = gather(*p); !st.ok() && failed.ok()) failed = st;
+    for (const Parameter* q : params) {
+      if (Status st = gather(*q); !st.ok() && failed.ok()) failed = st;
     }
     return failed;
   }
   Status written = safetensors::export_gpt(path, *shapes, dtype, [&](const Parameter& q, std::uint64_t first, std::span<float> out) {
-    const Parameter* p = m.model->find_parameter(q.name());
-    if (cached != p) STRATA_RETURN_IF_ERROR(gather(*p));
+    if (cached != &q) STRATA_RETURN_IF_ERROR(gather(q));
     std::copy_n(whole.data() + first, out.size(), out.data());
     return Status::OK();
   });
@@ -438,19 +468,21 @@ Status Trainer::gather_parameters() {
 
 Status Trainer::import_weights(const std::string& path) {
   Impl& m = *impl_;
-  // Whole tensors from the file, one at a time; each rank keeps its elements of them.
+  // Whole tensors from the file, one at a time; each rank keeps its elements of those it holds.
   STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Gpt> shapes, whole_model());
   std::vector<float> whole;
   return safetensors::import_gpt(path, *shapes, [&](const Parameter& q, std::uint64_t first, std::span<const float> v) {
-    const Parameter& p = *m.model->find_parameter(q.name());
-    if (!p.shard().split()) return write_state(p, OptimizerState::kMaster, first, v);
+    const Parameter* p = m.model->find_parameter(q.name());
+    if (p == nullptr) return Status::OK();  // another pipeline stage's
+    if (!p->shard().split()) return write_state(*p, OptimizerState::kMaster, first, v);
     whole.resize(q.numel());
     std::copy(v.begin(), v.end(), whole.begin() + static_cast<std::ptrdiff_t>(first));
     if (first + v.size() < q.numel()) return Status::OK();
-    return write_whole_state(p, OptimizerState::kMaster, whole);
+    return write_whole_state(*p, OptimizerState::kMaster, whole);
   });
 }
 
 Communicator* Trainer::tp_group() const { return impl_->tp; }
+Communicator* Trainer::pp_group() const { return impl_->pp; }
 
 }  // namespace strata
