@@ -15,12 +15,6 @@ Result<std::unique_ptr<DataParallel>> DataParallel::create(const Profile& profil
   d->dp_ = dp != nullptr && dp->size() > 1 ? dp : nullptr;
   d->stage_ = d->dp_ != nullptr || profile.zero.stage == 3 ? profile.zero.stage : 0;
   d->pipelined_ = pipelined;
-  if (pipelined && profile.zero.stage == 3) {
-    return invalid_argument("zero.stage = 3 with parallel.pp > 1 is not available: ZeRO-3's per-module gathers and "
-                            "per-micro-batch gradient buckets do not follow a pipeline schedule's interleaved "
-                            "micro-batches yet; use zero.stage 1 or 2 (their gradients are reduced once per step "
-                            "under a pipeline) or parallel.pp = 1");
-  }
   if (d->stage_ == 3 && d->dp_ == nullptr) {
     STRATA_ASSIGN_OR_RETURN(auto one, make_local_comms(1));
     d->one_rank_ = std::move(one[0]);
@@ -195,7 +189,7 @@ Status DataParallel::make_reducers(const Profile& profile, Device& device) {
     // Stage 3's gradients are stage 2's; with parameter offload they go to the host as reduced.
     // Under a pipeline stage 2 accumulates in stage 1's full buffer (data_parallel.h).
     const int grads_stage = pipelined_ ? 1 : std::min(stage_, 2);
-    const bool to_host = stage_ == 3 && profile.offload_param.device != OffloadTarget::kNone;
+    const bool to_host = stage_ == 3 && profile.offload_param.device != OffloadTarget::kNone && !pipelined_;
     STRATA_ASSIGN_OR_RETURN(sharded_, zero::ShardedGrads::create(*dp_, device, layout_, grad_dtype_, grads_stage, overlap, to_host));
     return Status::OK();
   }
@@ -350,14 +344,22 @@ Status DataParallel::begin_step(StepOptimizer& optimizer, Stream& stream) {
   // them again is harmless); so did anything since that set master weights.
   if (gather_ != nullptr) gather_->mark_all();
   optimizer_ = &optimizer;
-  if (fetch_ != nullptr) return fetch_->begin_step(stream);
   // Pipelined: the micro-batches accumulate from zero, none of them the reducing one.
-  if (pipelined_ && sharded_ != nullptr) return sharded_->begin_micro(0, false, stream);
+  if (pipelined_ && sharded_ != nullptr) STRATA_RETURN_IF_ERROR(sharded_->begin_micro(0, false, stream));
+  if (fetch_ != nullptr) return fetch_->begin_step(stream);
   return Status::OK();
+}
+
+Result<DeviceView> DataParallel::accumulated_grad(const Parameter& p, Stream& stream) {
+  if (!pipelined_) return failed_precondition("data parallel: accumulated_grad() is the pipelined engine's");
+  STRATA_ASSIGN_OR_RETURN(std::size_t i, index_of(p));
+  if (sharded_ != nullptr) return sharded_->tensor_grad(i, stream);
+  return grads_.view(grad_dtype_, layout_.offset(i) * dtype_size(grad_dtype_), p.numel());
 }
 
 Status DataParallel::reduce_grads(Stream& stream) {
   if (!pipelined_) return failed_precondition("data parallel: reduce_grads() is the pipelined engine's");
+  if (fetch_ != nullptr) STRATA_RETURN_IF_ERROR(fetch_->end_step(stream));
   if (sharded_ != nullptr) {
     STRATA_RETURN_IF_ERROR(sharded_->begin_micro(1, true, stream));
     for (std::size_t i = 0; i < params_.size(); ++i) STRATA_RETURN_IF_ERROR(sharded_->tensor_final(i, stream));

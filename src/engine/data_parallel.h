@@ -31,11 +31,18 @@
 // Under a pipeline (`pipelined`, src/engine/pipeline.h) a stage's micro-batches run their
 // backwards in the schedule's order, interleaved with forwards, so the gradients are not
 // reduced as backward finishes them: they accumulate over the step's micro-batches in one full
-// buffer of the stage's parameters (stage 2 keeps stage 1's: the stage's gradients are 1/pp of
-// the model's), and reduce_grads() reduces them once, after the stage's last backward: one
-// all-reduce (stage 0) or reduce-scatter (stages 1, 2) of Ψ_stage elements per step, whatever
-// the number of micro-batches. The optimizer always gets pieces, so that it takes the gradients
-// at step(). ZeRO stage 3 is refused under a pipeline.
+// buffer of the stage's parameters (stages 2 and 3 keep stage 1's: the stage's gradients are
+// 1/pp of the model's), and reduce_grads() reduces them once, after the stage's last backward:
+// one all-reduce (stage 0) or reduce-scatter (stages 1 to 3) of Ψ_stage elements per step,
+// whatever the number of micro-batches. The optimizer always gets pieces, so that it takes the
+// gradients at step(); with parameter offload they stay on the device until then.
+// Stage 3's parameters are gathered per module use as without a pipeline, along the step's
+// recorded order of uses (every micro-batch's forward and backward of each chunk): a bucket
+// whose next use lies within zero.max_reuse_distance gathered elements stays resident while
+// zero.max_live_parameters has room. With both at least the stage's parameter count, every
+// bucket is gathered once per step and kept through all its micro-batches (Ψ_stage (N-1)/N
+// elements received per step); with less, a bucket is regathered at its uses, up to 2 m times
+// per step (each micro-batch's forward and backward). GatherStats counts which happened.
 //
 // Thread-safety: one thread at a time (the trainer's).
 #pragma once
@@ -98,6 +105,9 @@ class DataParallel {
   // Pipelined: every gradient is final; reduces them over the group (nothing with one rank),
   // and `stream` waits for the reductions.
   Status reduce_grads(Stream& stream);
+  // Pipelined: p's gradient accumulated over the step's micro-batches on this rank (before
+  // reduce_grads()), whole, in the full buffer.
+  Result<DeviceView> accumulated_grad(const Parameter& p, Stream& stream);
 
   // Optimizer tensor `which` of elements [first, first + out.size()) of p, whichever ranks own
   // them: with stages 1 to 3 a collective (each owner broadcasts its part), which every rank

@@ -95,7 +95,8 @@ struct Trainer::Impl final : ModuleHooks {
   Status reduce_tied(Stream& s) {
     Parameter* wte = model->find_parameter("wte.weight");
     if (wte == nullptr) return Status::OK();
-    const CommBuffer g = CommBuffer::of(wte->grad());
+    STRATA_ASSIGN_OR_RETURN(DeviceView grad, dp->accumulated_grad(*wte, s));
+    const CommBuffer g = CommBuffer::of(grad);
     return tied_group->all_reduce(g, g, ReduceOp::kSum, s);
   }
 
