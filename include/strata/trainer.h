@@ -298,9 +298,21 @@ struct TrainerOptions {
   // parallel.schedule's instructions for this stage (src/engine/pipeline.h).
   // REQUIRES: outlives the trainer.
   Communicator* pp = nullptr;
+  // Pipeline stages: record when the stream ran each compute instruction of a step
+  // (Trainer::pipeline_timeline(); two host functions per instruction).
+  bool pipeline_timestamps = false;
   // ZeRO stage 3: time the training stream's waits for parameter gathers (GatherStats::stall_s;
   // two host functions per module use).
   bool time_gather_stalls = false;
+};
+
+// One compute instruction of a pipeline stage's latest step: 'F' forward, 'B' backward (whole, or
+// its input-gradient half), 'W' the weight-gradient half of zero-bubble schedules; when the
+// stream ran it, in seconds of std::chrono::steady_clock (one clock for the processes of a host).
+struct PipelineTime {
+  char op = 'F';
+  int micro = 0, chunk = 0;
+  double start = 0, end = 0;
 };
 
 // The loss scaler's state (engine/loss_scaler.h), saved in checkpoints.
@@ -422,6 +434,9 @@ class Trainer {
   // The tensor-parallel and pipeline groups (null for tp = 1, pp = 1).
   Communicator* tp_group() const;
   Communicator* pp_group() const;
+  // With TrainerOptions::pipeline_timestamps, the latest step's compute instructions of this
+  // stage, in order (empty without a pipeline).
+  std::vector<PipelineTime> pipeline_timeline() const;
 
  private:
 

@@ -2,6 +2,7 @@
 #include "engine/pipeline.h"
 
 #include <algorithm>
+#include <chrono>
 
 namespace strata::engine {
 
@@ -61,7 +62,7 @@ Result<std::unique_ptr<PipelineStage>> PipelineStage::create(pipeline::Schedule 
   if (!batches.ok()) return batches.status().with_context("pipeline: the step's token buffers");
   p->batches_ = std::move(*batches);
   STRATA_ASSIGN_OR_RETURN(p->staging_, device.allocate_pinned(bytes));
-  p->times_ = std::make_shared<std::vector<InstrTime>>();
+  p->times_ = std::make_shared<std::vector<PipelineTime>>();
   return p;
 }
 
@@ -106,8 +107,7 @@ Status PipelineStage::run(const Step& step) {
   for (auto& row : slot_state_) {
     for (SlotState& s : row) s.unit = -1;
   }
-  times_ = std::make_shared<std::vector<InstrTime>>();
-  t0_ = std::chrono::steady_clock::now();
+  times_ = std::make_shared<std::vector<PipelineTime>>();
   for (const Instr& in : schedule_.stages[static_cast<std::size_t>(stage_)]) {
     if (in.op == Op::kStep) break;
     if (Status st = execute(in, step); !st.ok()) {
@@ -137,8 +137,9 @@ Status PipelineStage::send(const Instr& in, DeviceView what, Stream& on) {
 Status PipelineStage::timed(const Instr& in, const std::function<Status()>& work) {
   if (!timestamps_) return work();
   const std::size_t i = times_->size();
-  times_->push_back(InstrTime{in.op, in.micro, in.chunk, 0, 0});
-  auto now = [t0 = t0_] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  const char op = in.op == Op::kForward ? 'F' : in.op == Op::kBackwardWeight ? 'W' : 'B';
+  times_->push_back(PipelineTime{op, in.micro, in.chunk, 0, 0});
+  auto now = [] { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); };
   STRATA_RETURN_IF_ERROR(stream_->launch_host_func([times = times_, i, now] { (*times)[i].start = now(); }));
   STRATA_RETURN_IF_ERROR(work());
   return stream_->launch_host_func([times = times_, i, now] { (*times)[i].end = now(); });
@@ -199,6 +200,5 @@ Status PipelineStage::execute(const Instr& in, const Step& step) {
   return internal_error("pipeline: unknown instruction");
 }
 
-std::vector<InstrTime> PipelineStage::timeline() const { return *times_; }
 
 }  // namespace strata::engine

@@ -24,7 +24,6 @@
 // Thread-safety: one thread at a time (the trainer's).
 #pragma once
 
-#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -36,19 +35,13 @@
 #include "strata/device.h"
 #include "strata/model.h"
 #include "strata/profile.h"
+#include "strata/trainer.h"
 
 namespace strata::engine {
 
 // The schedule a profile runs on `stages` stages: parallel.schedule with train.grad_accum
 // micro-batches and parallel.virtual_stages chunks.
 Result<pipeline::Schedule> schedule_of(const Profile& profile, int stages);
-
-// When one compute instruction ran on the stream, in seconds from the step's start.
-struct InstrTime {
-  pipeline::Op op;
-  int micro = 0, chunk = 0;
-  double start = 0, end = 0;
-};
 
 class PipelineStage {
  public:
@@ -84,7 +77,7 @@ class PipelineStage {
   // Record timestamps of the compute instructions from the next run() on.
   void set_timestamps(bool on) { timestamps_ = on; }
   // The latest run's compute instructions with their times (once the stream has synchronized).
-  std::vector<InstrTime> timeline() const;
+  std::vector<PipelineTime> timeline() const { return *times_; }
 
  private:
   PipelineStage() = default;
@@ -115,8 +108,7 @@ class PipelineStage {
   DeviceBuffer batches_;                            // [micro] (tokens, targets) int32
   PinnedBuffer staging_;                            // the same in host memory
   bool timestamps_ = false;
-  std::chrono::steady_clock::time_point t0_;
-  std::shared_ptr<std::vector<InstrTime>> times_;
+  std::shared_ptr<std::vector<PipelineTime>> times_;
 };
 
 }  // namespace strata::engine

@@ -83,6 +83,7 @@ struct Trainer::Impl final : ModuleHooks {
     STRATA_ASSIGN_OR_RETURN(pipeline::Schedule schedule, engine::schedule_of(p, pp->size()));
     STRATA_ASSIGN_OR_RETURN(stage, engine::PipelineStage::create(std::move(schedule), *model, *device, *pp, *stream,
                                                                  p.train.micro_batch, p.train.dims.seq_len));
+    stage->set_timestamps(options.pipeline_timestamps);
     const bool ends = pp->rank() == 0 || pp->rank() == pp->size() - 1;
     STRATA_ASSIGN_OR_RETURN(tied_group, pp->split(ends ? 0 : 1, pp->rank()));
     return Status::OK();
@@ -485,5 +486,8 @@ Status Trainer::import_weights(const std::string& path) {
 
 Communicator* Trainer::tp_group() const { return impl_->tp; }
 Communicator* Trainer::pp_group() const { return impl_->pp; }
+std::vector<PipelineTime> Trainer::pipeline_timeline() const {
+  return impl_->stage != nullptr ? impl_->stage->timeline() : std::vector<PipelineTime>{};
+}
 
 }  // namespace strata
