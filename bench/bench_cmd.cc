@@ -14,8 +14,8 @@ namespace {
 constexpr const char* kJsonShape = R"(--json (every subcommand): JSON Lines on stdout, one object per line and nothing
 else there (tables are not printed; notes and warnings go to stderr). Each line starts
 with two keys, then the bench's own fields:
-  "bench"   the subcommand: "adam", "comm", "device", "dp", "nvme", "offload", "tiers",
-            "tp", "train" or "zero3"
+  "bench"   the subcommand: "adam", "comm", "device", "dp", "nvme", "offload", "pp",
+            "tiers", "tp", "train" or "zero3"
   "record"  what the line is:
     "env"      the first line, once: "build" ("release", or what makes the figures
                unrepresentative), "cpu", "logical_cpus", "openmp_threads", "kernel",
@@ -40,6 +40,9 @@ headline ratios:
            GB/s over its ceiling)
   nvme     best setting's GB/s over fio's (--compare-fio) or over each mode's best row
   offload  step time over max(compute, transfer)
+  pp       one process's step time over the fastest schedule's on two pipeline stages
+           (under mpirun: processes, bar 1.6 at m = 8); each stage's measured idle fraction
+           beside the simulator's for the measured costs (bar: within 0.05)
   tiers    stall with prefetch over stall without (the worst home)
   tp       under mpirun: one process's step time over N tensor-parallel processes' (bar 1.5
            at N = 2); alone: the tp group's all-reduced bytes over the layers' count

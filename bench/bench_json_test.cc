@@ -69,6 +69,7 @@ std::vector<Case> cases() {
                 " --param-buffer-size 64KiB --max-in-cpu 96KiB --nvme-path " + scratch("zero3").string(),
        false, false},
       {"tp", "--model tiny --n-head 4 --micro-batch 1 --steps 1 --sequence-parallel", false, false},
+      {"pp", "--model tiny --n-layer 4 --micro-batch 1 --micro-batches 4 --steps 1", false, false},
       {"device", "--copy-size 1MiB --models tiny --dtypes fp32 --micro-batch 1 --min-time 0.01", false, false},
       {"nvme", "--path " + scratch("nvme").string() +
                    " --size 1MiB --engines posix --block-sizes 1MiB --queue-depths 1 --threads 1 --max-seconds 1 --buffered",
@@ -149,7 +150,7 @@ TEST(BenchJson, HelpBenchDocumentsTheShape) {
   }
   EXPECT_EQ(run("bench --help", true).out, h.out);
   // Every subcommand takes --json and points at that help.
-  for (const char* b : {"adam", "comm", "device", "dp", "nvme", "offload", "tiers", "tp", "train", "zero3"}) {
+  for (const char* b : {"adam", "comm", "device", "dp", "nvme", "offload", "pp", "tiers", "tp", "train", "zero3"}) {
     const CliRun sub = run(std::string("help bench ") + b, true);
     EXPECT_EQ(sub.exit_code, 0) << b << "\n" << sub.out;
     std::string words;  // the help with its line wrapping undone

@@ -10,6 +10,7 @@
 #include <optional>
 #include <set>
 #include <tuple>
+#include <utility>
 
 namespace strata::pipeline {
 
@@ -539,8 +540,8 @@ namespace {
 
 class LogicalClock {
  public:
-  LogicalClock(const Schedule& sched, const Costs& costs)
-      : sched_(sched), costs_(costs), pc_(sched.stages.size()), now_(sched.stages.size()),
+  LogicalClock(const Schedule& sched, PartCosts costs)
+      : sched_(sched), costs_(std::move(costs)), pc_(sched.stages.size()), now_(sched.stages.size()),
         tied_arrival_(sched.stages.size()), held_(sched.stages.size()), timelines_(sched.stages.size()) {}
 
   // Runs every stage as far as it can until none can move.
@@ -557,12 +558,13 @@ class LogicalClock {
   Simulation result() const;
 
  private:
-  double cost(Op op) const {
-    switch (op) {
-      case Op::kForward: return costs_.forward;
-      case Op::kBackward: return costs_.backward + costs_.weight;
-      case Op::kBackwardInput: return costs_.backward;
-      case Op::kBackwardWeight: return costs_.weight;
+  double cost(std::size_t stage, const Instr& in) const {
+    const Costs& c = costs_[stage][static_cast<std::size_t>(in.chunk)];
+    switch (in.op) {
+      case Op::kForward: return c.forward;
+      case Op::kBackward: return c.backward + c.weight;
+      case Op::kBackwardInput: return c.backward;
+      case Op::kBackwardWeight: return c.weight;
       default: return 0;
     }
   }
@@ -570,7 +572,7 @@ class LogicalClock {
   std::string waiting(std::size_t r) const;
 
   const Schedule& sched_;
-  Costs costs_;
+  PartCosts costs_;
   std::vector<std::size_t> pc_;
   std::vector<double> now_;
   std::vector<std::optional<double>> tied_arrival_;
@@ -589,7 +591,7 @@ bool LogicalClock::advance(std::size_t r) {
   if (is_recv(in.op)) {
     auto it = sent_.find({in.peer, stage, in.tag});
     if (it == sent_.end()) return false;
-    now = std::max(now, it->second + costs_.transfer);
+    now = std::max(now, it->second + costs_[r][static_cast<std::size_t>(in.chunk)].transfer);
   } else if (is_send(in.op)) {
     sent_[{stage, in.peer, in.tag}] = now;
   } else if (in.op == Op::kReduceTied && last > 0 && (stage == 0 || stage == last)) {
@@ -598,7 +600,7 @@ bool LogicalClock::advance(std::size_t r) {
     if (!other) return false;
     now = std::max(*tied_arrival_[r], *other);
   } else if (is_compute(in.op)) {
-    const double c = cost(in.op);
+    const double c = cost(r, in);
     StageTimeline& t = timelines_[r];
     if (c > 0) t.busy.push_back({now, now + c, in.op, in.micro, in.chunk});
     now += c;
@@ -656,8 +658,23 @@ Status check_costs(const Costs& c) {
 }  // namespace
 
 Result<Simulation> simulate(const Schedule& sched, const Costs& costs) {
-  STRATA_RETURN_IF_ERROR(check_costs(costs));
+  const std::size_t v = static_cast<std::size_t>(std::max(sched.shape.virtual_stages, 1));
+  return simulate(sched, PartCosts(sched.stages.size(), std::vector<Costs>(v, costs)));
+}
+
+Result<Simulation> simulate(const Schedule& sched, const PartCosts& costs) {
   STRATA_RETURN_IF_ERROR(check_shape(sched.shape));
+  if (costs.size() != sched.stages.size()) {
+    return invalid_argument("pipeline simulation: costs for " + std::to_string(costs.size()) + " stages, the schedule has " +
+                            std::to_string(sched.stages.size()));
+  }
+  for (const auto& stage : costs) {
+    if (stage.size() != static_cast<std::size_t>(sched.shape.virtual_stages)) {
+      return invalid_argument("pipeline simulation: costs for " + std::to_string(stage.size()) +
+                              " chunks of a stage, the schedule has " + std::to_string(sched.shape.virtual_stages));
+    }
+    for (const Costs& c : stage) STRATA_RETURN_IF_ERROR(check_costs(c));
+  }
   STRATA_RETURN_IF_ERROR(check_fields(sched));
   LogicalClock clock(sched, costs);
   clock.run();

@@ -166,6 +166,11 @@ struct Simulation {
 // schedules). Fails when an instruction is out of range, a cost is negative, or the stages
 // deadlock (naming each stuck stage and the instruction it waits at).
 Result<Simulation> simulate(const Schedule& schedule, const Costs& costs);
+// The same with each stage's chunks costing their own: costs[stage][chunk] (a receive's
+// transfer cost is its receiving chunk's). Fails unless there are costs for every stage and
+// chunk.
+using PartCosts = std::vector<std::vector<Costs>>;
+Result<Simulation> simulate(const Schedule& schedule, const PartCosts& costs);
 
 // For each local chunk of `stage`, the most micro-batches whose activations that chunk holds at
 // once (forward until backward, or until weight-grad for split schedules): the number of

@@ -417,6 +417,26 @@ TEST(PipelineSimulation, TransferDelaysTheReceiver) {
   EXPECT_DOUBLE_EQ(sim.stages[0].idle_fraction, 3.0 / 5.0);
 }
 
+TEST(PipelineSimulation, EachStageAndChunkCostsItsOwn) {
+  // 1F1B, 2 stages, 4 micro-batches; stage 1 twice as slow: it starts at 1 and never idles
+  // (each forward it needs was made long before) until 1 + 4 (2 + 2) = 17; stage 0's last
+  // backward follows, so the makespan is 18.
+  const Schedule one_f_one_b = build(ScheduleKind::k1F1B, 2, 4);
+  auto sim = simulate(one_f_one_b, PartCosts{{Costs{1, 1, 0, 0}}, {Costs{2, 2, 0, 0}}});
+  ASSERT_TRUE(sim.ok()) << sim.status();
+  EXPECT_DOUBLE_EQ(sim->makespan, 18.0);
+  EXPECT_DOUBLE_EQ(sim->stages[1].idle_fraction, 2.0 / 18.0);
+  EXPECT_DOUBLE_EQ(sim->stages[0].idle_fraction, 10.0 / 18.0);
+  // Uniform part costs are the plain simulation.
+  auto uniform = simulate(one_f_one_b, PartCosts(2, std::vector<Costs>(1, Costs{1, 2, 0, 0})));
+  auto plain = simulate(one_f_one_b, Costs{1, 2, 0, 0});
+  ASSERT_TRUE(uniform.ok() && plain.ok());
+  EXPECT_DOUBLE_EQ(uniform->makespan, plain->makespan);
+  // A table of the wrong shape is refused.
+  EXPECT_FALSE(simulate(one_f_one_b, PartCosts{{Costs{}}}).ok());
+  EXPECT_FALSE(simulate(one_f_one_b, PartCosts{{Costs{}, Costs{}}, {Costs{}, Costs{}}}).ok());
+}
+
 TEST(PipelineSimulation, RefusesNegativeCosts) {
   auto sim = simulate(build(ScheduleKind::k1F1B, 2, 2), Costs{1, -1, 0, 0});
   ASSERT_FALSE(sim.ok());
