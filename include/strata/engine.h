@@ -1,11 +1,12 @@
 // strata/engine.h — what a user drives to train: one rank of a run, on its own device, as one
-// of the ranks of a communicator (null or one rank: training alone, the 1x1x1 grid). Today the
-// grid is data parallelism with ZeRO stages 0 to 3 (strata/trainer.h, src/engine/
-// data_parallel.h) and tensor parallelism (parallel.tp: the communicator is split into dp and
-// tp groups, src/parallel/process_grid.h), the optimizer state on the device, in pinned host
-// memory or on NVMe, as the profile says; pipeline grids are refused with the reason. Weight
-// exports and tensor-parallel checkpoints are written in whole-tensor terms (the same file on
-// every grid, each tensor gathered and written by global rank 0).
+// of the ranks of a communicator (null or one rank: training alone, the 1x1x1 grid). The grid
+// is data parallelism with ZeRO stages 0 to 3 (strata/trainer.h, src/engine/data_parallel.h),
+// tensor parallelism (parallel.tp) and pipeline stages (parallel.pp, src/engine/pipeline.h):
+// the communicator is split into dp, tp and pp groups (src/parallel/process_grid.h); the
+// optimizer state on the device, in pinned host memory or on NVMe, as the profile says. Weight
+// exports and the checkpoints of tensor- or pipeline-parallel grids are written in
+// whole-tensor terms (the same file on every grid, each tensor gathered and written by global
+// rank 0).
 //
 // The Engine owns the rank's Device and its Trainer, the one training loop (`strata train`
 // runs through an Engine too). Every rank of the communicator calls every method, in the same
@@ -81,7 +82,7 @@ class Engine {
   Result<std::string> agree_on(Result<std::string> mine, const std::string& what);
 
   Communicator* comm_ = nullptr;  // null: one rank
-  std::unique_ptr<parallel::ProcessGrid> grid_;  // with tp > 1: the world split into dp and tp
+  std::unique_ptr<parallel::ProcessGrid> grid_;  // with tp or pp > 1: the world split into dp, tp and pp
   std::unique_ptr<Device> device_;
   std::unique_ptr<Trainer> trainer_;
 };

@@ -11,7 +11,11 @@
 //   2. for each of grad_accum micro-batches: copy the tokens in (strata/data.h's sampling),
 //      forward (loss += mean cross-entropy / grad_accum), backward with dloss =
 //      loss_scale / (grad_accum x dp) — gradients accumulate in the parameters' gradient views
-//      and are reduced over the ranks as backward finishes them;
+//      and are reduced over the ranks as backward finishes them (on a pipeline stage, step 2
+//      is the stage's instructions of parallel.schedule instead, src/engine/pipeline.h: the
+//      same micro-batches and dloss, their forwards and backwards interleaved, the tied
+//      embedding's gradient summed with the other end's and every gradient reduced once
+//      after the stage's last backward; the loss comes from the last stage);
 //   3. StepOptimizer::step(): global gradient norm and inf/nan check, clip coefficient
 //      min(1, grad_clip / (norm + 1e-6)) as torch.nn.utils.clip_grad_norm_, then AdamW with
 //      grad_scale = clip / loss_scale, skipping the update when the gradients are not finite;
