@@ -6,7 +6,8 @@
 //     from the first instruction's start on any stage to the last one's end), against the
 //     simulator's (src/parallel/pipeline_schedule.h) for the measured costs: each stage's
 //     chunk's mean forward, backward (input-gradient half for zb-h1) and weight-gradient
-//     durations; the bar is a difference of at most 0.05;
+//     durations, and an activation's trip between the stages (a ping-pong through the
+//     communicator before the runs); the bar is a difference of at most 0.05;
 //   activations (gpipe and 1f1b): stage 0's device peak (DeviceStats::peak_used) over a GPipe
 //     run of one micro-batch, less the step's token buffers, in micro-batches' worth of one
 //     activation slot (Gpt::activation_bytes); the ceiling is the schedule's: m for GPipe,
@@ -19,6 +20,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cxxopts.hpp>
 #include <iostream>
@@ -122,9 +124,9 @@ Result<PpRun> run_rank(const PpOptions& o, Communicator* pp, PipelineSchedule s,
 }
 
 // The measured costs of each stage's chunks: the mean durations of their forwards, backwards
-// (input-gradient halves) and weight-gradient halves. The stages differ (the embeddings on the
-// first, the head and loss on the last) and so may their chunks.
-pipeline::PartCosts measured_costs(const PpRun& r, int chunks) {
+// (input-gradient halves) and weight-gradient halves (the stages differ: the embeddings on the
+// first, the head and loss on the last, and so may their chunks), and a transfer's.
+pipeline::PartCosts measured_costs(const PpRun& r, int chunks, double transfer_s) {
   pipeline::PartCosts costs(r.stages.size(), std::vector<pipeline::Costs>(static_cast<std::size_t>(chunks)));
   for (std::size_t s = 0; s < r.stages.size(); ++s) {
     for (int c = 0; c < chunks; ++c) {
@@ -140,6 +142,7 @@ pipeline::PartCosts measured_costs(const PpRun& r, int chunks) {
       pc.forward = n[0] ? sum[0] / n[0] : 0;
       pc.backward = n[1] ? sum[1] / n[1] : 0;
       pc.weight = n[2] ? sum[2] / n[2] : 0;
+      pc.transfer = transfer_s;
     }
   }
   return costs;
@@ -153,9 +156,9 @@ Json costs_json(const pipeline::PartCosts& costs, std::size_t stage) {
   return chunks;
 }
 
-Result<std::vector<Json>> idle_rows(const PpRun& r, const Profile& p) {
+Result<std::vector<Json>> idle_rows(const PpRun& r, const Profile& p, double transfer_s) {
   STRATA_ASSIGN_OR_RETURN(pipeline::Schedule schedule, engine::schedule_of(p, p.parallel.pp));
-  const pipeline::PartCosts costs = measured_costs(r, p.parallel.virtual_stages);
+  const pipeline::PartCosts costs = measured_costs(r, p.parallel.virtual_stages, transfer_s);
   STRATA_ASSIGN_OR_RETURN(pipeline::Simulation sim, pipeline::simulate(schedule, costs));
   double first = 1e300, last = 0;
   for (const auto& stage : r.stages) {
@@ -177,6 +180,7 @@ Result<std::vector<Json>> idle_rows(const PpRun& r, const Profile& p) {
                         {"simulated", simulated},
                         {"difference", measured - simulated},
                         {"costs", costs_json(costs, s)},
+                        {"transfer_s", transfer_s},
                         {"ratio", simulated > 0 ? measured / simulated : 0.0},
                         {"ceiling", "the simulator's idle fraction for the measured costs (bar: within 0.05)"}});
   }
@@ -216,9 +220,44 @@ const std::vector<PipelineSchedule>& schedules() {
 struct StageRuns {
   std::vector<PpRun> runs;  // in schedules() order
   PpRun one;
+  double transfer_s = 0;    // one activation's trip from one stage to the other
 };
+
+// One activation's (micro_batch x seq_len x n_embd) trip between the two stages through the
+// communicator on device streams: half the mean round trip of 20 ping-pongs (a collective of
+// `pp`; every rank gets rank 0's figure).
+Result<double> transfer_seconds(const PpOptions& o, Communicator& pp) {
+  const Profile& p = o.profile;
+  auto dev = bench_device(p);
+  const std::size_t n = static_cast<std::size_t>(p.train.micro_batch) * static_cast<std::size_t>(p.train.dims.seq_len) *
+                        static_cast<std::size_t>(p.train.dims.n_embd);
+  STRATA_ASSIGN_OR_RETURN(DeviceBuffer buf, dev->allocate(n * sizeof(float)));
+  STRATA_ASSIGN_OR_RETURN(auto stream, dev->create_stream("ping-pong"));
+  STRATA_RETURN_IF_ERROR(dev->fill(*buf.view(DType::kF32, 0, n), 1.0f, *stream));
+  const CommBuffer b{buf.range(), CommType::kF32, n};
+  const int peer = 1 - pp.rank();
+  constexpr int kRounds = 20;
+  double seconds = 0;
+  for (int i = 0; i <= kRounds; ++i) {  // round 0 warms the path up
+    const auto t0 = std::chrono::steady_clock::now();
+    if (pp.rank() == 0) {
+      STRATA_RETURN_IF_ERROR(pp.send(b, peer, 2 * i, *stream));
+      STRATA_RETURN_IF_ERROR(pp.recv(b, peer, 2 * i + 1, *stream));
+    } else {
+      STRATA_RETURN_IF_ERROR(pp.recv(b, peer, 2 * i, *stream));
+      STRATA_RETURN_IF_ERROR(pp.send(b, peer, 2 * i + 1, *stream));
+    }
+    STRATA_RETURN_IF_ERROR(stream->synchronize());
+    if (i > 0) seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  std::vector<double> one_way{pp.rank() == 0 ? seconds / (2 * kRounds) : 0.0};
+  STRATA_RETURN_IF_ERROR(pp.all_reduce_host(one_way, ReduceOp::kSum));
+  return one_way[0];
+}
+
 Result<StageRuns> run_stages(const PpOptions& o, Communicator& pp) {
   StageRuns out;
+  STRATA_ASSIGN_OR_RETURN(out.transfer_s, transfer_seconds(o, pp));
   for (PipelineSchedule s : schedules()) {
     STRATA_ASSIGN_OR_RETURN(PpRun r, run_rank(o, &pp, s, o.micro_batches));
     out.runs.push_back(std::move(r));
@@ -236,7 +275,7 @@ Result<Json> report(const PpOptions& o, const StageRuns& st, const PpRun& alone,
     const PipelineSchedule s = schedules()[i];
     const Profile p = pipeline_profile(o, s, o.micro_batches, kStages);
     if (s != PipelineSchedule::kGPipe) {
-      STRATA_ASSIGN_OR_RETURN(std::vector<Json> idle, idle_rows(st.runs[i], p));
+      STRATA_ASSIGN_OR_RETURN(std::vector<Json> idle, idle_rows(st.runs[i], p, st.transfer_s));
       for (Json& r : idle) {
         worst = std::max(worst, std::abs(r["difference"].get<double>()));
         rows.push_back(std::move(r));

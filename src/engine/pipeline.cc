@@ -45,12 +45,17 @@ Result<std::unique_ptr<PipelineStage>> PipelineStage::create(pipeline::Schedule 
   p->schedule_ = std::move(schedule);
   STRATA_ASSIGN_OR_RETURN(p->to_next_, device.create_stream("pipeline sends to the next stage"));
   STRATA_ASSIGN_OR_RETURN(p->to_prev_, device.create_stream("pipeline sends to the previous stage"));
+  STRATA_ASSIGN_OR_RETURN(p->acts_in_, device.create_stream("pipeline receives of activations"));
+  STRATA_ASSIGN_OR_RETURN(p->grads_in_, device.create_stream("pipeline receives of gradients"));
   STRATA_ASSIGN_OR_RETURN(p->ready_, device.create_event());
   for (int n : p->slots_.per_chunk) {
     std::vector<SlotState> row(static_cast<std::size_t>(n));
     for (SlotState& s : row) {
       STRATA_ASSIGN_OR_RETURN(s.sent[0], device.create_event());
       STRATA_ASSIGN_OR_RETURN(s.sent[1], device.create_event());
+      STRATA_ASSIGN_OR_RETURN(s.arrived[0], device.create_event());
+      STRATA_ASSIGN_OR_RETURN(s.arrived[1], device.create_event());
+      STRATA_ASSIGN_OR_RETURN(s.freed, device.create_event());
     }
     p->slot_state_.push_back(std::move(row));
   }
@@ -67,8 +72,9 @@ Result<std::unique_ptr<PipelineStage>> PipelineStage::create(pipeline::Schedule 
 }
 
 PipelineStage::~PipelineStage() {
-  if (to_next_) to_next_->synchronize().ignore();
-  if (to_prev_) to_prev_->synchronize().ignore();
+  for (auto* s : {&to_next_, &to_prev_, &acts_in_, &grads_in_}) {
+    if (*s) (*s)->synchronize().ignore();
+  }
 }
 
 Result<int> PipelineStage::slot_of(int micro, int chunk) {
@@ -97,9 +103,11 @@ Status PipelineStage::acquire(int micro, int chunk) {
                         std::to_string(row.size()) + ")");
 }
 
-void PipelineStage::release(int micro, int chunk) {
-  const int s = slot_of_unit_[static_cast<std::size_t>(micro * model_->chunks() + chunk)];
-  if (s >= 0) slot_state_[static_cast<std::size_t>(chunk)][static_cast<std::size_t>(s)].unit = -1;
+Status PipelineStage::release(int micro, int chunk) {
+  STRATA_ASSIGN_OR_RETURN(int s, slot_of(micro, chunk));
+  SlotState& slot = state(chunk, s);
+  slot.unit = -1;
+  return stream_->record(*slot.freed);
 }
 
 Status PipelineStage::run(const Step& step) {
@@ -130,8 +138,20 @@ Status PipelineStage::send(const Instr& in, DeviceView what, Stream& on) {
   STRATA_RETURN_IF_ERROR(on.wait(*ready_));
   STRATA_RETURN_IF_ERROR(pp_->send(CommBuffer::of(what), in.peer, in.tag, on));
   STRATA_ASSIGN_OR_RETURN(int s, slot_of(in.micro, in.chunk));
-  SlotState& slot = slot_state_[static_cast<std::size_t>(in.chunk)][static_cast<std::size_t>(s)];
-  return on.record(*slot.sent[in.op == Op::kSendGrad ? 1 : 0]);
+  return on.record(*state(in.chunk, s).sent[in.op == Op::kSendGrad ? 1 : 0]);
+}
+
+Status PipelineStage::receive(const Instr& in, DeviceView into, Stream& on) {
+  STRATA_ASSIGN_OR_RETURN(int s, slot_of(in.micro, in.chunk));
+  SlotState& slot = state(in.chunk, s);
+  // The slot's previous micro-batch is done with the buffer, here and on its way out.
+  STRATA_RETURN_IF_ERROR(on.wait(*slot.freed));
+  STRATA_RETURN_IF_ERROR(on.wait(*slot.sent[0]));
+  STRATA_RETURN_IF_ERROR(on.wait(*slot.sent[1]));
+  STRATA_RETURN_IF_ERROR(pp_->recv(CommBuffer::of(into), in.peer, in.tag, on));
+  Event& arrived = *slot.arrived[in.op == Op::kRecvGrad ? 1 : 0];
+  STRATA_RETURN_IF_ERROR(on.record(arrived));
+  return stream_->wait(arrived);
 }
 
 Status PipelineStage::timed(const Instr& in, const std::function<Status()>& work) {
@@ -160,7 +180,7 @@ Status PipelineStage::execute(const Instr& in, const Step& step) {
     case Op::kRecvAct: {
       STRATA_RETURN_IF_ERROR(acquire(in.micro, c));
       STRATA_ASSIGN_OR_RETURN(int s, slot_of(in.micro, c));
-      return pp_->recv(CommBuffer::of(model_->part_input(c, s)), in.peer, in.tag, *stream_);
+      return receive(in, model_->part_input(c, s), *acts_in_);
     }
     case Op::kForward: {
       STRATA_RETURN_IF_ERROR(acquire(in.micro, c));
@@ -173,21 +193,19 @@ Status PipelineStage::execute(const Instr& in, const Step& step) {
     }
     case Op::kRecvGrad: {
       STRATA_ASSIGN_OR_RETURN(int s, slot_of(in.micro, c));
-      return pp_->recv(CommBuffer::of(model_->part_grad(c, s)), in.peer, in.tag, *stream_);
+      return receive(in, model_->part_grad(c, s), *grads_in_);
     }
     case Op::kBackward:
     case Op::kBackwardInput: {
       STRATA_ASSIGN_OR_RETURN(int s, slot_of(in.micro, c));
       const bool split = in.op == Op::kBackwardInput;
       STRATA_RETURN_IF_ERROR(timed(in, [&] { return model_->backward_part(c, s, step.dloss, split, *stream_); }));
-      if (!split) release(in.micro, c);
-      return Status::OK();
+      return split ? Status::OK() : release(in.micro, c);
     }
     case Op::kBackwardWeight: {
       STRATA_ASSIGN_OR_RETURN(int s, slot_of(in.micro, c));
       STRATA_RETURN_IF_ERROR(timed(in, [&] { return model_->weight_part(c, s, *stream_); }));
-      release(in.micro, c);
-      return Status::OK();
+      return release(in.micro, c);
     }
     case Op::kSendGrad: {
       STRATA_ASSIGN_OR_RETURN(int s, slot_of(in.micro, c));

@@ -9,13 +9,16 @@
 // weight-gradient half). The tokens of every micro-batch of the step have their own device and
 // pinned host buffers.
 //
-// Streams and transfers. Compute and receives run on the trainer's stream, in the schedule's
-// order: a receive makes the compute after it wait for its data. Sends run on two streams of
-// their own, one towards the next stage (activations) and one towards the previous (gradients),
-// each waiting for the compute that produced its tensor, so compute never waits for a peer to
-// take what it sent. Every channel's transfers are tagged by micro-batch and model part
-// (Instr::tag) and matched by tag, so two transfers in flight between the same stages cannot
-// cross. A slot whose tensors were sent is reused only once those sends are done.
+// Streams and transfers. Compute runs on the trainer's stream, in the schedule's order. Each
+// kind of transfer has a stream of its own: sends of activations, sends of gradients, each
+// waiting for the compute that produced its tensor, so compute never waits for a peer to take
+// what it sent; and receives of activations, receives of gradients, each posted as soon as its
+// slot is free (its previous micro-batch's backward done and its sends gone), long before the
+// compute that needs it, which waits for its arrival only where the schedule places the
+// receive. Every channel's transfers are tagged by micro-batch and model part (Instr::tag) and
+// matched by tag, so two transfers in flight between the same stages cannot cross; each
+// stream keeps the schedule's order of its kind, which the validator checked matches the
+// peer's.
 //
 // Timing. With `timestamps`, the stream records host timestamps around each compute
 // instruction (two host functions per instruction), from which the stage's idle fraction is
@@ -83,14 +86,20 @@ class PipelineStage {
   PipelineStage() = default;
   struct SlotState {
     int unit = -1;  // micro * chunks + chunk holding it, -1 when free
-    std::unique_ptr<Event> sent[2];  // after the latest send of its activation, of its gradient
+    std::unique_ptr<Event> sent[2];     // after the latest send of its activation, of its gradient
+    std::unique_ptr<Event> arrived[2];  // after the latest receive of its activation, of its gradient
+    std::unique_ptr<Event> freed;       // on the compute stream, where its last micro-batch let it go
   };
   Result<int> slot_of(int micro, int chunk);
   Status acquire(int micro, int chunk);
-  void release(int micro, int chunk);
+  Status release(int micro, int chunk);
   Status execute(const pipeline::Instr& in, const Step& step);
   Status load(int micro, const Step& step);
   Status send(const pipeline::Instr& in, DeviceView what, Stream& on);
+  Status receive(const pipeline::Instr& in, DeviceView into, Stream& on);
+  SlotState& state(int chunk, int slot) {
+    return slot_state_[static_cast<std::size_t>(chunk)][static_cast<std::size_t>(slot)];
+  }
   Status timed(const pipeline::Instr& in, const std::function<Status()>& work);
 
   pipeline::Schedule schedule_;
@@ -99,7 +108,8 @@ class PipelineStage {
   Device* device_ = nullptr;
   Communicator* pp_ = nullptr;
   Stream* stream_ = nullptr;
-  std::unique_ptr<Stream> to_next_, to_prev_;
+  std::unique_ptr<Stream> to_next_, to_prev_;  // sends of activations, of gradients
+  std::unique_ptr<Stream> acts_in_, grads_in_;  // receives of activations, of gradients
   std::unique_ptr<Event> ready_;
   StageSlots slots_;
   std::vector<std::vector<SlotState>> slot_state_;  // [chunk][slot]

@@ -367,6 +367,9 @@ void MpiComm::run_transfers() {
     std::uint64_t watch = 0;
   };
   std::list<Active> active;
+  // Polls back off from 20 us to 200 us while nothing completes: a transfer posted long
+  // before its partner (a pipeline's sends) must not keep a core busy polling.
+  auto idle_poll = std::chrono::microseconds(20);
   std::unique_lock lk(mu_);
   for (;;) {
     if (active.empty()) cv_.wait(lk, [&] { return stop_ || !new_transfers_.empty(); });
@@ -417,7 +420,11 @@ void MpiComm::run_transfers() {
       it = active.erase(it);
       progressed = true;
     }
-    if (!active.empty() && !progressed) std::this_thread::sleep_for(std::chrono::microseconds(20));
+    if (progressed || !fresh.empty()) idle_poll = std::chrono::microseconds(20);
+    if (!active.empty() && !progressed) {
+      std::this_thread::sleep_for(idle_poll);
+      idle_poll = std::min(idle_poll * 2, std::chrono::microseconds(200));
+    }
     lk.lock();
   }
 }
