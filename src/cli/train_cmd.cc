@@ -401,7 +401,8 @@ int train(int argc, char** argv) {
   return *std::max_element(codes.begin(), codes.end());
 }
 
-STRATA_COMMAND("train", "train the profile's GPT-2 (one rank until data parallelism lands; progress, JSON log, weights)", train);
+STRATA_COMMAND("train", "train the profile's GPT-2 on one rank or a dp x tp x pp grid (progress, JSON log, checkpoints, weights)",
+               train);
 
 }  // namespace
 }  // namespace strata::cli

@@ -130,6 +130,12 @@ TEST(ProfileErrors, UnknownKeyListsKnownKeysWhenNothingIsNear) {
             "bad.toml:2:14: activation.zzzzzzzzzz: unknown key; known keys here: checkpointing, offload");
 }
 
+TEST(ProfileErrors, AKeyThatIsGoneNamesWhatReplacedIt) {
+  EXPECT_EQ(toml_error("[parallel]\nmicro_batches = 8\n"),
+            "bad.toml:2:17: parallel.micro_batches is no longer a key: the pipeline's micro-batches per step are "
+            "train.grad_accum; set that instead");
+}
+
 TEST(ProfileErrors, UnknownSection) {
   EXPECT_EQ(toml_error("[optimiser]\nlr = 0.1\n"),
             "bad.toml:1:1: optimiser: unknown key; did you mean 'optimizer'?");

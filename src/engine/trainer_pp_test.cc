@@ -167,6 +167,7 @@ TEST(TrainerPipeline, ZeroStage3GathersAlongTheSchedule) {
     return pp_profile(zero3_profile(opt, swap.path(), params), 2, PipelineSchedule::k1F1B, 4);
   };
   expect_pipeline_matches({2, 1, 2}, s3(OffloadTarget::kNone, OffloadTarget::kNone), "pp 2 x dp 2, stage 3");
+  expect_pipeline_matches({2, 1, 2}, s3(OffloadTarget::kNvme, OffloadTarget::kNone), "pp 2 x dp 2, stage 3, optimizer on nvme");
   expect_pipeline_matches({2, 1, 2}, s3(OffloadTarget::kCpu, OffloadTarget::kCpu), "pp 2 x dp 2, stage 3, parameters on cpu");
   expect_pipeline_matches({2, 1, 2}, s3(OffloadTarget::kNvme, OffloadTarget::kNvme),
                           "pp 2 x dp 2, stage 3, parameters and optimizer on nvme");
