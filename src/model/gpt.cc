@@ -314,8 +314,12 @@ Status Gpt::prepare(Device& device, int micro_batch, Communicator* tp, const Sta
   const std::uint64_t bytes = activation_bytes(config_, micro_batch, slots);
   auto buf = device.allocate(bytes);
   if (!buf.ok()) {
+    int held = 0;
+    for (int n : slots.per_chunk) held += n;
+    const std::string in_flight = held > 1 ? ", " + std::to_string(held) + " micro-batches in flight on this pipeline "
+                                                 "stage: a schedule holding fewer (1f1b) would need less" : "";
     return buf.status().with_context("gpt: activations for micro_batch " + std::to_string(micro_batch) + " (" +
-                                     std::to_string(bytes) + " bytes" +
+                                     std::to_string(bytes) + " bytes" + in_flight +
                                      (config_.checkpointing ? "" : "; activation checkpointing would need less") + ")");
   }
   m.arena = std::move(*buf);
