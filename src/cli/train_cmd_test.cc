@@ -272,10 +272,49 @@ TEST(TrainCmd, RanksMustMatchTheGridAndDataParallelRanksTrainTheGlobalBatch) {
   EXPECT_EQ(logged_losses(logm), l2);
 }
 
-// tp = 2 (the tiny GPT with 4 heads, its vocabulary of 257 padded to 258) as two threads and as two MPI processes: the losses of the
-// one-rank run within 1e-6, the processes' equal to the threads'; the initial weights exported
-// byte for byte as one rank exports them, and imported back; a checkpoint of the shards that
-// one rank and two resume.
+// A grid of two ranks (`two`, a 4-step profile) against the one-rank run of the same model
+// (`one`): as two threads the one-rank losses within 1e-6; the same initial weights exported
+// byte for byte (the same model whatever the grid) and imported back; a checkpoint after 2
+// steps (whole tensors, written by global rank 0) that one rank and the grid both resume,
+// continuing the uninterrupted run; and as two MPI processes the threads' losses (a two-rank
+// sum is exact in either order).
+void expect_grid_trains_as_one_rank(const std::filesystem::path& two, const std::filesystem::path& one,
+                                    const std::string& stem) {
+  const std::vector<double> l2 = two_ranks_train_as_one(two, one, stem);
+  ASSERT_EQ(l2.size(), 4u);
+
+  const std::string init2 = (dir() / (stem + "2-init.safetensors")).string();
+  const std::string init1 = (dir() / (stem + "1-init.safetensors")).string();
+  ASSERT_EQ(run("train --profile " + two.string() + " --ranks 2 --steps 1 --export-init " + init2).exit_code, 0);
+  ASSERT_EQ(run("train --profile " + one.string() + " --steps 1 --export-init " + init1).exit_code, 0);
+  EXPECT_EQ(file_bytes(init2), file_bytes(init1));
+  const std::string log_imported = (dir() / (stem + "2-imported.jsonl")).string();
+  ASSERT_EQ(run("train --profile " + two.string() + " --ranks 2 --import " + init1 + " --log-json " + log_imported)
+                .exit_code, 0);
+  EXPECT_EQ(logged_losses(log_imported), l2);
+
+  const std::string ck = (dir() / (stem + "-ck")).string();
+  ASSERT_EQ(run("train --profile " + two.string() + " --ranks 2 --steps 2 --checkpoint-dir " + ck).exit_code, 0);
+  const std::string rest1 = (dir() / (stem + "-rest1.jsonl")).string(), rest2 = (dir() / (stem + "-rest2.jsonl")).string();
+  CliRun r1 = run("train --profile " + one.string() + " --resume " + ck + " --log-json " + rest1);
+  ASSERT_EQ(r1.exit_code, 0) << r1.out;
+  CliRun r2 = run("train --profile " + two.string() + " --ranks 2 --resume " + ck + " --log-json " + rest2);
+  ASSERT_EQ(r2.exit_code, 0) << r2.out;
+  for (const std::string& rest : {rest1, rest2}) {
+    const std::vector<double> tail = logged_losses(rest);
+    ASSERT_EQ(tail.size(), 2u) << rest;
+    for (std::size_t i = 0; i < 2; ++i) EXPECT_NEAR(tail[i], l2[2 + i], 1e-6 * l2[2 + i]) << rest << " step " << i + 3;
+  }
+
+  if (run_shell("command -v mpirun").exit_code != 0) return;
+  const std::string logm = (dir() / (stem + "2-mpi.jsonl")).string();
+  CliRun m = run_shell("mpirun --allow-run-as-root --oversubscribe -x ASAN_OPTIONS=detect_leaks=0 -n 2 " +
+                       std::string(STRATA_CLI_PATH) + " train --profile " + two.string() + " --log-json " + logm);
+  ASSERT_EQ(m.exit_code, 0) << m.out;
+  EXPECT_EQ(logged_losses(logm), l2);
+}
+
+// tp = 2: the tiny GPT with 4 heads, its vocabulary of 257 padded to 258.
 TEST(TrainCmd, TensorParallelRanksTrainTheOneRankModel) {
   const auto tp2 = dir() / "tp2.toml";
   const auto one = dir() / "tp1.toml";
@@ -283,48 +322,11 @@ TEST(TrainCmd, TensorParallelRanksTrainTheOneRankModel) {
                              "micro_batch = 2\nsteps = 4\n";
   std::ofstream(tp2) << common << "[parallel]\ntp = 2\n";
   std::ofstream(one) << common;
-  const std::vector<double> l2 = two_ranks_train_as_one(tp2, one, "tp");
-  ASSERT_EQ(l2.size(), 4u);
-
-  // The same initial weights exported by both, byte for byte (the same model whatever the grid).
-  const std::string init2 = (dir() / "tp2-init.safetensors").string(), init1 = (dir() / "tp1-init.safetensors").string();
-  ASSERT_EQ(run("train --profile " + tp2.string() + " --ranks 2 --steps 1 --export-init " + init2).exit_code, 0);
-  ASSERT_EQ(run("train --profile " + one.string() + " --steps 1 --export-init " + init1).exit_code, 0);
-  EXPECT_EQ(file_bytes(init2), file_bytes(init1));
-  // A tp run imports a one-rank file and trains on as the one-rank run does.
-  const std::string log_imported = (dir() / "tp2-imported.jsonl").string();
-  ASSERT_EQ(run("train --profile " + tp2.string() + " --ranks 2 --import " + init1 + " --log-json " + log_imported)
-                .exit_code, 0);
-  EXPECT_EQ(logged_losses(log_imported), l2);
-
-  // A checkpoint of the shards after 2 steps is a one-rank checkpoint: one rank and tp 2 both
-  // resume it and continue the uninterrupted run.
-  const std::string ck = (dir() / "tp-ck").string();
-  ASSERT_EQ(run("train --profile " + tp2.string() + " --ranks 2 --steps 2 --checkpoint-dir " + ck).exit_code, 0);
-  const std::string rest1 = (dir() / "tp-rest1.jsonl").string(), rest2 = (dir() / "tp-rest2.jsonl").string();
-  CliRun r1 = run("train --profile " + one.string() + " --resume " + ck + " --log-json " + rest1);
-  ASSERT_EQ(r1.exit_code, 0) << r1.out;
-  CliRun r2 = run("train --profile " + tp2.string() + " --ranks 2 --resume " + ck + " --log-json " + rest2);
-  ASSERT_EQ(r2.exit_code, 0) << r2.out;
-  for (const std::string& rest : {rest1, rest2}) {
-    const std::vector<double> tail = logged_losses(rest);
-    ASSERT_EQ(tail.size(), 2u) << rest;
-    for (std::size_t i = 0; i < 2; ++i) EXPECT_NEAR(tail[i], l2[2 + i], 1e-6 * l2[2 + i]) << rest << " step " << i + 3;
-  }
-
-  if (run_shell("command -v mpirun").exit_code != 0) return;
-  const std::string logm = (dir() / "tp2-mpi.jsonl").string();
-  CliRun m = run_shell("mpirun --allow-run-as-root --oversubscribe -x ASAN_OPTIONS=detect_leaks=0 -n 2 " +
-                       std::string(STRATA_CLI_PATH) + " train --profile " + tp2.string() + " --log-json " + logm);
-  ASSERT_EQ(m.exit_code, 0) << m.out;
-  EXPECT_EQ(logged_losses(logm), l2);
+  expect_grid_trains_as_one_rank(tp2, one, "tp");
 }
 
-// pp = 2 (the tiny GPT's two blocks on two stages, 1F1B over 2 micro-batches) as two threads
-// and as two MPI processes: the losses of the one-rank run with grad_accum 2 within 1e-6, the
-// processes' equal to the threads'; the initial weights exported byte for byte as one rank
-// exports them (both stages' tensors, the tied wte once); a checkpoint of the stages that one
-// rank and pp 2 resume.
+// pp = 2: the tiny GPT's two blocks on two stages, 1F1B over 2 micro-batches, against one rank
+// with grad_accum 2 (the tied wte exported once, from the first stage).
 TEST(TrainCmd, PipelineRanksTrainTheOneRankModel) {
   const auto pp2 = dir() / "pp2-1f1b.toml";
   const auto one = dir() / "pp1.toml";
@@ -332,34 +334,7 @@ TEST(TrainCmd, PipelineRanksTrainTheOneRankModel) {
                              "grad_accum = 2\nsteps = 4\n";
   std::ofstream(pp2) << common << "[parallel]\npp = 2\nschedule = \"1f1b\"\n";
   std::ofstream(one) << common;
-  const std::vector<double> l2 = two_ranks_train_as_one(pp2, one, "pp");
-  ASSERT_EQ(l2.size(), 4u);
-
-  const std::string init2 = (dir() / "pp2-init.safetensors").string(), init1 = (dir() / "pp1-init.safetensors").string();
-  ASSERT_EQ(run("train --profile " + pp2.string() + " --ranks 2 --steps 1 --export-init " + init2).exit_code, 0);
-  ASSERT_EQ(run("train --profile " + one.string() + " --steps 1 --export-init " + init1).exit_code, 0);
-  EXPECT_EQ(file_bytes(init2), file_bytes(init1));
-
-  const std::string ck = (dir() / "pp-ck").string();
-  ASSERT_EQ(run("train --profile " + pp2.string() + " --ranks 2 --steps 2 --checkpoint-dir " + ck).exit_code, 0);
-  const std::string rest1 = (dir() / "pp-rest1.jsonl").string(), rest2 = (dir() / "pp-rest2.jsonl").string();
-  CliRun r1 = run("train --profile " + one.string() + " --resume " + ck + " --log-json " + rest1);
-  ASSERT_EQ(r1.exit_code, 0) << r1.out;
-  CliRun r2 = run("train --profile " + pp2.string() + " --ranks 2 --resume " + ck + " --log-json " + rest2);
-  ASSERT_EQ(r2.exit_code, 0) << r2.out;
-  for (const std::string& rest : {rest1, rest2}) {
-    const std::vector<double> tail = logged_losses(rest);
-    ASSERT_EQ(tail.size(), 2u) << rest;
-    for (std::size_t i = 0; i < 2; ++i) EXPECT_NEAR(tail[i], l2[2 + i], 1e-6 * l2[2 + i]) << rest << " step " << i + 3;
-  }
-
-  // Two stages sum the tied gradient, the loss and the norm's two parts exactly in either order.
-  if (run_shell("command -v mpirun").exit_code != 0) return;
-  const std::string logm = (dir() / "pp2-mpi.jsonl").string();
-  CliRun m = run_shell("mpirun --allow-run-as-root --oversubscribe -x ASAN_OPTIONS=detect_leaks=0 -n 2 " +
-                       std::string(STRATA_CLI_PATH) + " train --profile " + pp2.string() + " --log-json " + logm);
-  ASSERT_EQ(m.exit_code, 0) << m.out;
-  EXPECT_EQ(logged_losses(logm), l2);
+  expect_grid_trains_as_one_rank(pp2, one, "pp");
 }
 
 // A ZeRO stage (with the `zero` lines of its profile) and the optimizer state in NVMe swap, as

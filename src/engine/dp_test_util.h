@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -306,6 +307,50 @@ inline void expect_resumes_on_one_and_four(const Profile& p, const std::string& 
     EXPECT_NEAR(tail1[i], whole[3 + i], 1e-6 * whole[3 + i]) << what << ", dp 1, step " << 4 + i;
     EXPECT_NEAR(tail4[i], whole[3 + i], 1e-6 * whole[3 + i]) << what << ", dp 4, step " << 4 + i;
   }
+}
+
+// Where each parameter's whole tensor lies in the one-rank run's masters.
+struct Span {
+  std::size_t at = 0, n = 0;
+};
+inline std::map<std::string, Span> whole_spans(const Profile& p) {
+  auto gpt = Gpt::create(GptConfig::from_profile(p));
+  EXPECT_TRUE(gpt.ok()) << gpt.status();
+  std::map<std::string, Span> spans;
+  std::size_t next = 0;
+  for (const Parameter* q : (*gpt)->parameters()) {
+    spans[q->name()] = {next, q->numel()};
+    next += q->numel();
+  }
+  return spans;
+}
+
+// One rank's losses equal the one-rank run's within 1e-6 relative; its masters (in its
+// parameter order: its tensor shards of its pipeline stage's tensors) equal the one-rank
+// masters of the same names at their global elements (wte's padding rows have none), counted
+// as expect_matches_one_rank counts differences.
+inline void expect_rank_matches(const RankRun& run, const RankRun& ref, Trainer& t, const std::map<std::string, Span>& whole,
+                         const std::string& what) {
+  ASSERT_EQ(run.losses.size(), ref.losses.size()) << what;
+  for (std::size_t s = 0; s < ref.losses.size(); ++s) {
+    EXPECT_NEAR(run.losses[s], ref.losses[s], 1e-6 * ref.losses[s]) << what << " step " << s + 1;
+  }
+  std::size_t mine = 0, over = 0, compared = 0;
+  double worst = 0;
+  for (const Parameter* p : t.model().parameters()) {
+    const Span w = whole.at(p->name());
+    for (std::size_t i = 0; i < p->numel(); ++i, ++mine) {
+      const std::uint64_t g = p->shard().global_index(i);
+      if (g >= w.n) continue;
+      const double d = std::abs(double(run.masters[mine]) - ref.masters[w.at + g]);
+      worst = std::max(worst, d);
+      over += d > 1e-6 ? 1 : 0;
+      ++compared;
+    }
+  }
+  EXPECT_EQ(mine, run.masters.size()) << what;
+  EXPECT_LE(over, compared / 1000) << what << ": master weights beyond 1e-6";
+  EXPECT_LE(worst, 1e-4) << what << ": largest master weight difference";
 }
 
 }  // namespace strata::dp_test

@@ -7,7 +7,6 @@
 // summed in another order than one rank sums them).
 #include <gtest/gtest.h>
 
-#include <map>
 #include <string>
 
 #include "engine/dp_test_util.h"
@@ -35,44 +34,6 @@ Profile pp_profile(const Profile& base, int pp, PipelineSchedule schedule, int m
   return p;
 }
 
-// Where each parameter's whole tensor lies in the one-rank run's masters.
-std::map<std::string, std::pair<std::size_t, std::size_t>> whole_spans(const Profile& one) {
-  auto gpt = Gpt::create(GptConfig::from_profile(one));
-  EXPECT_TRUE(gpt.ok()) << gpt.status();
-  std::map<std::string, std::pair<std::size_t, std::size_t>> spans;
-  std::size_t next = 0;
-  for (const Parameter* q : (*gpt)->parameters()) {
-    spans[q->name()] = {next, q->numel()};
-    next += q->numel();
-  }
-  return spans;
-}
-
-void expect_stage_matches(const RankRun& run, const RankRun& ref, Trainer& t, const Profile& one,
-                          const std::string& what) {
-  ASSERT_EQ(run.losses.size(), ref.losses.size()) << what;
-  for (std::size_t s = 0; s < ref.losses.size(); ++s) {
-    EXPECT_NEAR(run.losses[s], ref.losses[s], 1e-6 * ref.losses[s]) << what << " step " << s + 1;
-  }
-  const auto whole = whole_spans(one);
-  std::size_t mine = 0, over = 0, compared = 0;
-  double worst = 0;
-  for (const Parameter* p : t.model().parameters()) {
-    const auto [at, n] = whole.at(p->name());
-    for (std::size_t i = 0; i < p->numel(); ++i, ++mine) {
-      const std::uint64_t g = p->shard().global_index(i);
-      if (g >= n) continue;
-      const double d = std::abs(double(run.masters[mine]) - ref.masters[at + g]);
-      worst = std::max(worst, d);
-      over += d > 1e-6 ? 1 : 0;
-      ++compared;
-    }
-  }
-  EXPECT_EQ(mine, run.masters.size()) << what;
-  EXPECT_LE(over, compared / 1000) << what << ": master weights beyond 1e-6";
-  EXPECT_LE(worst, 1e-4) << what << ": largest master weight difference";
-}
-
 // Every rank of `grid` trains `p` (parallel.dp, tp and pp set from it) and matches the one-rank
 // run of the same global batch.
 void expect_pipeline_matches(Grid g, Profile p, const std::string& what) {
@@ -88,6 +49,7 @@ void expect_pipeline_matches(Grid g, Profile p, const std::string& what) {
   auto ref_trainer = Trainer::create(one, *dev);
   ASSERT_TRUE(ref_trainer.ok()) << ref_trainer.status();
   const RankRun ref = train(**ref_trainer);
+  const auto whole = whole_spans(one);
 
   const int n = g.dp * g.tp * g.pp;
   LocalRanks world(n);
@@ -106,7 +68,7 @@ void expect_pipeline_matches(Grid g, Profile p, const std::string& what) {
       auto t = Trainer::create(mine, *rank_dev, nullptr, o);
       ASSERT_TRUE(t.ok()) << t.status();
       const RankRun run = train(**t);
-      expect_stage_matches(run, ref, **t, one, what + ", rank " + std::to_string(r));
+      expect_rank_matches(run, ref, **t, whole, what + ", rank " + std::to_string(r));
     });
   }
   for (auto& t : ranks) t.join();

@@ -28,49 +28,6 @@ Profile tp_profile(int tp, const Profile& base, bool sequence_parallel = false) 
   return p;
 }
 
-// Where each parameter's whole tensor lies in the one-rank run's masters.
-struct Span {
-  std::size_t at = 0, n = 0;
-};
-std::map<std::string, Span> whole_spans(const Profile& p) {
-  auto gpt = Gpt::create(GptConfig::from_profile(p));
-  EXPECT_TRUE(gpt.ok()) << gpt.status();
-  std::map<std::string, Span> spans;
-  std::size_t next = 0;
-  for (const Parameter* q : (*gpt)->parameters()) {
-    spans[q->name()] = {next, q->numel()};
-    next += q->numel();
-  }
-  return spans;
-}
-
-// One rank's losses equal the one-rank run's; its masters (in its parameter order) equal the
-// one-rank masters at their global elements (wte's padding rows have none), counted as
-// expect_matches_one_rank counts differences.
-void expect_rank_matches(const RankRun& run, const RankRun& ref, Trainer& t, const std::map<std::string, Span>& whole,
-                         const std::string& what) {
-  ASSERT_EQ(run.losses.size(), ref.losses.size()) << what;
-  for (std::size_t s = 0; s < ref.losses.size(); ++s) {
-    EXPECT_NEAR(run.losses[s], ref.losses[s], 1e-6 * ref.losses[s]) << what << " step " << s + 1;
-  }
-  std::size_t mine = 0, over = 0, compared = 0;
-  double worst = 0;
-  for (const Parameter* p : t.model().parameters()) {
-    const Span w = whole.at(p->name());
-    for (std::size_t i = 0; i < p->numel(); ++i, ++mine) {
-      const std::uint64_t g = p->shard().global_index(i);
-      if (g >= w.n) continue;
-      const double d = std::abs(double(run.masters[mine]) - ref.masters[w.at + g]);
-      worst = std::max(worst, d);
-      over += d > 1e-6 ? 1 : 0;
-      ++compared;
-    }
-  }
-  EXPECT_EQ(mine, run.masters.size()) << what;
-  EXPECT_LE(over, compared / 1000) << what << ": master weights beyond 1e-6";
-  EXPECT_LE(worst, 1e-4) << what << ": largest master weight difference";
-}
-
 void expect_tp_matches(int dp, int tp, const Profile& base, const std::string& what, bool sp = false) {
   const Profile p = tp_profile(tp, base, sp);
   Profile one = one_rank_of(tp_profile(1, base), dp);
