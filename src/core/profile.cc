@@ -151,6 +151,11 @@ std::vector<FieldError> validate_fields(const Profile& p) {
     fail("parallel.virtual_stages", "virtual_stages > 1 needs schedule = \"interleaved\"; found \"" +
                                         std::string(pipeline_schedule_name(p.parallel.schedule)) + "\"");
   }
+  if (p.parallel.pp > 1 && p.parallel.schedule == PipelineSchedule::kZbH1 && p.activation.checkpointing) {
+    fail("parallel.schedule", "\"zb-h1\" defers the weight gradients, which read the blocks' activations after "
+                              "backward, and activation.checkpointing keeps none: choose another schedule or turn "
+                              "checkpointing off");
+  }
   if (p.parallel.pp > 1 && p.parallel.schedule != PipelineSchedule::kGPipe && p.train.grad_accum < p.parallel.pp) {
     fail("train.grad_accum", "the pipeline's micro-batches per step are train.grad_accum = " +
                                  std::to_string(p.train.grad_accum) + ", fewer than its pp = " +

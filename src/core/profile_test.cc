@@ -175,6 +175,10 @@ TEST(ProfileErrors, ImpossibleCombinations) {
             "per drive, e.g. nvme_path = \"/mnt/nvme0/strata\"");
   EXPECT_EQ(toml_error("[parallel]\npp = 3\n"),
             "bad.toml:1:1: parallel.virtual_stages: pp x virtual_stages = 3 does not divide train.n_layer = 4");
+  EXPECT_NE(toml_error("[parallel]\npp = 2\nschedule = \"zb-h1\"\n[activation]\ncheckpointing = true\n[train]\ngrad_accum = 2\n")
+                .find("parallel.schedule: \"zb-h1\" defers the weight gradients"),
+            std::string::npos);
+  EXPECT_NE(toml_error("[parallel]\npp = 2\n").find("train.grad_accum = 1, fewer than its pp = 2 stages"), std::string::npos);
   EXPECT_EQ(toml_error("[memory]\nhost_budget = \"64KiB\"\n"),
             "bad.toml: nvme.block_size: nvme.block_size = 1MiB exceeds memory.host_budget = 64KiB: a budget smaller than "
             "one I/O buffer cannot work");

@@ -1,6 +1,7 @@
 // Pipeline parallelism in the trainer against the one-rank run with grad_accum = m (the same
-// micro-batches): pp = 2 and pp = 4 with every schedule, and pp = 2 x dp = 2 with ZeRO stages 1
-// and 2 and the optimizer on the device or in NVMe swap, and with tp. fp32 losses within 1e-6
+// micro-batches): pp = 2 and pp = 4 with every schedule (and activation checkpointing), pp = 2
+// x dp = 2 with ZeRO stages 0 to 3, the optimizer on the device, in host memory or in NVMe swap
+// and ZeRO-3's parameters offloaded, and pp = 2 x tp = 2. fp32 losses within 1e-6
 // relative over 20 steps; each stage's master weights (the tied wte on the first and on the
 // last stage) against the one-rank masters of the same names, counted as
 // engine/dp_test_util.h's comparison counts differences (the tied gradient and the norm are
@@ -86,6 +87,9 @@ TEST(TrainerPipeline, TwoStagesEqualTheOneRankRunWithEverySchedule) {
   expect_pipeline_matches({1, 1, 2}, pp_profile(base(), 2, S::k1F1B, 3), "pp 2, 1f1b, 3 micro-batches");
   expect_pipeline_matches({1, 1, 2}, pp_profile(base(), 2, S::kInterleaved, 4, 2), "pp 2, interleaved x 2");
   expect_pipeline_matches({1, 1, 2}, pp_profile(base(), 2, S::kZbH1, 4), "pp 2, zb-h1");
+  Profile recompute = pp_profile(base(), 2, S::kInterleaved, 4, 2);
+  recompute.activation.checkpointing = true;
+  expect_pipeline_matches({1, 1, 2}, recompute, "pp 2, interleaved x 2, activation checkpointing");
 }
 
 TEST(TrainerPipeline, FourStagesEqualTheOneRankRunWithEverySchedule) {
