@@ -4,8 +4,10 @@
 // A checkpoint is a directory DIR/step-NNNNNNNN holding
 //   manifest.json    format and version, the step, the optimizer's update count, the loss
 //                    scaler's state, the data position and the RNG (see below), the model's
-//                    dimensions and dtypes, every parameter (name, elements, offset), and every
-//                    file with its size and CRC-32C;
+//                    dimensions and dtypes, every parameter (name, elements, offset), the
+//                    grid, ZeRO stage and offload that saved it ("saved_by", for reading:
+//                    any grid resumes any checkpoint), and every file with its size and
+//                    CRC-32C;
 //   master.f32, exp_avg.f32, exp_avg_sq.f32
 //                    the optimizer tensors of every parameter in model order, little-endian fp32.
 // Saving writes everything into DIR/.step-NNNNNNNN.tmp-<pid>, fsyncs each file and the
@@ -45,9 +47,9 @@ struct CheckpointOptions {
 // group, every rank calling it: each rank writes its own shard at its global offsets and
 // fsyncs, and rank 0 writes the manifest and renames the directory into place only after every
 // rank's part is complete (src/engine/checkpoint_sharded.cc); DIR must be reachable by every
-// rank. With tensor parallelism (Trainer::tp_group) every rank calls it too: each whole tensor
-// is gathered over the dp and tp groups and global rank 0 writes a one-rank checkpoint, which
-// any grid resumes. Otherwise every rank holds the whole state and one rank (global rank 0)
+// rank. With tensor or pipeline parallelism (Trainer::tp_group, pp_group) every rank calls it
+// too: each whole tensor is gathered over the dp, tp and pp groups and global rank 0 writes a
+// one-rank checkpoint, which any grid resumes. Otherwise every rank holds the whole state and one rank (global rank 0)
 // saves.
 // Loading is per rank, whatever the world size that saved: each rank takes its own elements.
 Result<std::string> save_checkpoint(Trainer& trainer, const std::string& dir, const CheckpointOptions& options = {});
@@ -56,6 +58,18 @@ Result<std::string> save_checkpoint(Trainer& trainer, const std::string& dir, co
 // of them (the newest complete one is used). Returns the checkpoint's path.
 Result<std::string> load_checkpoint(Trainer& trainer, const std::string& path);
 
+// A checkpoint's manifest (`strata checkpoint info` and `verify`): `path` a checkpoint
+// directory or a directory of them (the newest complete one). Checks the manifest and that
+// every file it lists has its size; with `verify_checksums` re-reads every file against its
+// CRC-32C too. Errors name the file and the problem, as loading does. No state is touched;
+// `manifest` is the manifest as JSON text, with "saved_by" naming the grid (dp, tp, pp), the
+// ZeRO stage and the offload that saved it.
+struct CheckpointManifest {
+  std::string path;      // the checkpoint directory read
+  std::string manifest;  // JSON
+  bool checksums_verified = false;
+};
+Result<CheckpointManifest> read_checkpoint_manifest(const std::string& path, bool verify_checksums);
 // "step-NNNNNNNN": the name of the checkpoint of `step` inside its directory.
 std::string checkpoint_name(std::int64_t step);
 

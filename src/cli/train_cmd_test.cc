@@ -337,6 +337,40 @@ TEST(TrainCmd, PipelineRanksTrainTheOneRankModel) {
   expect_grid_trains_as_one_rank(pp2, one, "pp");
 }
 
+// `strata checkpoint info` names the grid that saved a checkpoint and what it holds; `verify`
+// passes it, and fails naming the file once one byte of it changes.
+TEST(TrainCmd, CheckpointInfoNamesTheGridAndVerifyFindsACorruptFile) {
+  const auto pp2 = dir() / "pp2-info.toml";
+  std::ofstream(pp2) << "[memory]\ndevice_budget = \"256MiB\"\n[train]\nmodel = \"tiny\"\nmicro_batch = 2\n"
+                        "grad_accum = 2\nsteps = 2\n[parallel]\npp = 2\n";
+  const std::string ck = (dir() / "info-ck").string();
+  ASSERT_EQ(run("train --profile " + pp2.string() + " --ranks 2 --checkpoint-dir " + ck).exit_code, 0);
+  CliRun info = run("checkpoint info " + ck + " --json");
+  ASSERT_EQ(info.exit_code, 0) << info.out;
+  const nlohmann::json j = nlohmann::json::parse(info.out.substr(info.out.find('{')));
+  EXPECT_EQ(j["step"], 2);
+  EXPECT_EQ(j["saved_by"]["dp"], 1);
+  EXPECT_EQ(j["saved_by"]["pp"], 2);
+  EXPECT_EQ(j["saved_by"]["zero_stage"], 0);
+  EXPECT_EQ(j["tensors"], 28);  // the whole tiny GPT: 2 + 12 x 2 blocks + ln_f's 2
+  EXPECT_EQ(j["files"].size(), 3u);
+  CliRun text = run("checkpoint info " + ck);
+  EXPECT_NE(text.out.find("saved by dp 1 x tp 1 x pp 2, ZeRO stage 0"), std::string::npos) << text.out;
+  EXPECT_EQ(run("checkpoint verify " + ck).exit_code, 0);
+  const std::string master = ck + "/step-00000002/master.f32";
+  {
+    std::fstream f(master, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put('x');
+  }
+  CliRun bad = run("checkpoint verify " + ck);
+  EXPECT_EQ(bad.exit_code, 1) << bad.out;
+  EXPECT_NE(bad.out.find(master + " fails its CRC-32C checksum"), std::string::npos) << bad.out;
+  CliRun none = run("checkpoint info " + (dir() / "no-such-ck").string());
+  EXPECT_EQ(none.exit_code, 1) << none.out;
+  EXPECT_NE(none.out.find("does not exist"), std::string::npos) << none.out;
+}
+
 // A ZeRO stage (with the `zero` lines of its profile) and the optimizer state in NVMe swap, as
 // 2 threads and as 2 MPI processes: the losses of one rank with the global batch, the same
 // initial weights exported, a sharded checkpoint (every rank writes its part) that one rank

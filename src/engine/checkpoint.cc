@@ -191,7 +191,8 @@ Status write_checkpoint(Trainer& trainer, const std::string& tmp) {
 }
 
 // Reads and checks the manifest; verifies every file's size and checksum.
-Result<json> verify(const std::string& dir) {
+// Reads and checks the manifest, and that every file it lists exists with its size.
+Result<json> read_manifest(const std::string& dir) {
   const std::string mpath = dir + "/" + kManifest;
   Fd f(::open(mpath.c_str(), O_RDONLY | O_CLOEXEC));
   if (f.fd < 0) {
@@ -226,7 +227,6 @@ Result<json> verify(const std::string& dir) {
     return bad("\"model\", \"optimizer\" and \"parameters\" are required");
   }
   if (!m.contains("files") || !m["files"].is_array()) return bad("\"files\" must be an array");
-  std::vector<char> buf(8 << 20);
   for (const json& e : m["files"]) {
     if (!e.is_object() || !e.contains("name") || !e["name"].is_string() || !e.contains("bytes") ||
         !e["bytes"].is_number_unsigned() || !e.contains("crc32c") || !e["crc32c"].is_number_unsigned()) {
@@ -247,6 +247,19 @@ Result<json> verify(const std::string& dir) {
       return data_corruption("checkpoint file " + path + " has " + std::to_string(fst.st_size) + " bytes; the manifest says " +
                              std::to_string(want) + " (truncated or replaced)");
     }
+  }
+  return m;
+}
+
+// read_manifest(), then every file re-read against its CRC-32C.
+Result<json> verify(const std::string& dir) {
+  STRATA_ASSIGN_OR_RETURN(json m, read_manifest(dir));
+  std::vector<char> buf(8 << 20);
+  for (const json& e : m["files"]) {
+    const std::string path = dir + "/" + e["name"].get<std::string>();
+    Fd d(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (d.fd < 0) return STRATA_ERRNO(errno, "open", path);
+    const std::uint64_t want = e["bytes"];
     std::uint32_t crc = 0;
     for (std::uint64_t left = want; left > 0;) {
       const std::size_t n = std::min<std::uint64_t>(left, buf.size());
@@ -350,6 +363,12 @@ Status write_manifest(Trainer& trainer, const json& files, const std::string& tm
                 {"dtype", std::string(dtype_name(gc.dtype))},
                 {"grad_dtype", std::string(dtype_name(gc.grad_dtype))}};
   m["parameters"] = params;
+  m["saved_by"] = {{"dp", trainer.dp_size()},
+                   {"tp", trainer.tp_group() == nullptr ? 1 : trainer.tp_group()->size()},
+                   {"pp", trainer.pp_group() == nullptr ? 1 : trainer.pp_group()->size()},
+                   {"zero_stage", trainer.zero_stage()},
+                   {"optimizer_device", std::string(offload_target_name(prof.offload_optimizer.device))},
+                   {"param_device", std::string(offload_target_name(prof.offload_param.device))}};
   m["files"] = files;
   const std::string text = m.dump(1);
   const std::string mpath = tmp + "/" + kManifest;
@@ -468,15 +487,28 @@ Result<std::string> save_checkpoint(Trainer& trainer, const std::string& dir, co
   return publish(trainer, dir, tmp, options);
 }
 
-Result<std::string> load_checkpoint(Trainer& trainer, const std::string& path) {
-  std::string dir = path;
+namespace {
+
+// `path` itself when it holds a manifest, else its newest complete checkpoint.
+Result<std::string> resolve(const std::string& path) {
   std::error_code ec;
-  if (!fs::exists(path + "/" + kManifest, ec)) {
-    if (!fs::is_directory(path, ec)) return not_found("checkpoint: " + path + " does not exist");
-    auto latest = latest_checkpoint(path);
-    if (!latest.ok()) return not_found("checkpoint: " + path + " holds no manifest.json and no step-NNNNNNNN checkpoint");
-    dir = *latest;
-  }
+  if (fs::exists(path + "/" + kManifest, ec)) return path;
+  if (!fs::is_directory(path, ec)) return not_found("checkpoint: " + path + " does not exist");
+  auto latest = latest_checkpoint(path);
+  if (!latest.ok()) return not_found("checkpoint: " + path + " holds no manifest.json and no step-NNNNNNNN checkpoint");
+  return latest;
+}
+
+}  // namespace
+
+Result<CheckpointManifest> read_checkpoint_manifest(const std::string& path, bool verify_checksums) {
+  STRATA_ASSIGN_OR_RETURN(std::string dir, resolve(path));
+  STRATA_ASSIGN_OR_RETURN(json m, verify_checksums ? verify(dir) : read_manifest(dir));
+  return CheckpointManifest{dir, m.dump(1), verify_checksums};
+}
+
+Result<std::string> load_checkpoint(Trainer& trainer, const std::string& path) {
+  STRATA_ASSIGN_OR_RETURN(std::string dir, resolve(path));
   STRATA_ASSIGN_OR_RETURN(json m, verify(dir));
   STRATA_RETURN_IF_ERROR(check_match(m, trainer, dir));
   StepOptimizer& opt = trainer.optimizer();
