@@ -104,6 +104,12 @@ std::vector<FieldError> validate_fields(const Profile& p) {
     fail("offload.param.device", "parameter offload needs ZeRO stage 3 (zero.stage = 3); found zero.stage = " +
                                      std::to_string(p.zero.stage));
   }
+  if (p.offload_param.device != OffloadTarget::kNone && p.zero.stage == 3 &&
+      p.offload_optimizer.device == OffloadTarget::kNone) {
+    fail("offload.param.device", "parameter offload keeps each rank's parameter shard in the offloaded optimizer's "
+                                 "host memory or NVMe swap, where its update runs; the device optimizer has neither: "
+                                 "set offload.optimizer.device = \"cpu\" or \"nvme\"");
+  }
   if (p.offload_param.device == OffloadTarget::kNvme &&
       static_cast<std::uint64_t>(p.offload_param.buffer_count) * p.offload_param.buffer_size > p.memory.host_budget) {
     fail("offload.param.buffer_size",

@@ -183,7 +183,8 @@ TEST(ProfileKeys, ParameterOffloadToTheHostAndToNvmeIsAvailable) {
   auto cpu = Profile::from_toml_string("[zero]\nstage = 3\n[offload.optimizer]\ndevice = \"cpu\"\n[offload.param]\ndevice = \"cpu\"\n", "cpu");
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   EXPECT_TRUE(cpu->check_available().ok()) << cpu->check_available();
-  auto nvme = Profile::from_toml_string("[zero]\nstage = 3\n[offload.param]\ndevice = \"nvme\"\nnvme_path = \"/tmp/p\"\n"
+  auto nvme = Profile::from_toml_string("[zero]\nstage = 3\n[offload.optimizer]\ndevice = \"nvme\"\nnvme_path = \"/tmp/o\"\n"
+                                        "[offload.param]\ndevice = \"nvme\"\nnvme_path = \"/tmp/p\"\n"
                                         "max_in_cpu = \"2GiB\"\nbuffer_count = 4\nbuffer_size = \"32MiB\"\n", "nvme");
   ASSERT_TRUE(nvme.ok()) << nvme.status();
   EXPECT_TRUE(nvme->check_available().ok()) << nvme->check_available();

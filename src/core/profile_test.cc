@@ -185,6 +185,10 @@ TEST(ProfileErrors, ImpossibleCombinations) {
   EXPECT_NE(toml_error("[precision]\ndtype = \"bf16\"\ngrad_dtype = \"fp16\"\n")
                 .find("precision.grad_dtype: grad_dtype = \"fp16\" must be \"fp32\" or the same as precision.dtype (\"bf16\")"),
             std::string::npos);
+  EXPECT_NE(toml_error("[zero]\nstage = 3\n[offload.param]\ndevice = \"cpu\"\n")
+                .find("offload.param.device: parameter offload keeps each rank's parameter shard in the offloaded "
+                      "optimizer's host memory or NVMe swap"),
+            std::string::npos);
   EXPECT_EQ(toml_error("[offload.param]\ndevice = \"cpu\"\n"),
             "bad.toml:2:10: offload.param.device: parameter offload needs ZeRO stage 3 (zero.stage = 3); found zero.stage = 0");
   EXPECT_NE(toml_error("[offload.optimizer]\ndelayed_update = true\n")

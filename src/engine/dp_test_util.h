@@ -60,9 +60,9 @@ struct RankRun {
   std::vector<float> values;   // every parameter's device value once gathered (fp32 runs)
 };
 
-inline RankRun train(Trainer& t) {
+inline RankRun train(Trainer& t, int steps = kSteps) {
   RankRun r;
-  for (int s = 0; s < kSteps; ++s) {
+  for (int s = 0; s < steps; ++s) {
     auto st = t.train_step(text());
     EXPECT_TRUE(st.ok()) << st.status();
     if (!st.ok()) return r;

@@ -10,18 +10,13 @@
 
 #include <string>
 
-#include "engine/dp_test_util.h"
+#include "engine/grid_test_util.h"
 #include "offload/offload_test_util.h"
-#include "parallel/process_grid.h"
 
 namespace strata {
 namespace {
 
 using namespace dp_test;
-
-struct Grid {
-  int dp = 1, tp = 1, pp = 1;
-};
 
 Profile pp_profile(const Profile& base, int pp, PipelineSchedule schedule, int micro_batches, int virtual_stages = 1,
                    int n_layer = 4) {
@@ -35,46 +30,6 @@ Profile pp_profile(const Profile& base, int pp, PipelineSchedule schedule, int m
   return p;
 }
 
-// Every rank of `grid` trains `p` (parallel.dp, tp and pp set from it) and matches the one-rank
-// run of the same global batch.
-void expect_pipeline_matches(Grid g, Profile p, const std::string& what) {
-  p.parallel.tp = g.tp;
-  p.parallel.pp = g.pp;
-  Profile one = one_rank_of(p, g.dp);
-  one.parallel.tp = 1;
-  one.parallel.pp = 1;
-  one.parallel.schedule = PipelineSchedule::k1F1B;
-  one.parallel.virtual_stages = 1;
-  one.offload_optimizer.device = OffloadTarget::kNone;
-  auto dev = host();
-  auto ref_trainer = Trainer::create(one, *dev);
-  ASSERT_TRUE(ref_trainer.ok()) << ref_trainer.status();
-  const RankRun ref = train(**ref_trainer);
-  const auto whole = whole_spans(one);
-
-  const int n = g.dp * g.tp * g.pp;
-  LocalRanks world(n);
-  std::vector<std::thread> ranks;
-  for (int r = 0; r < n; ++r) {
-    ranks.emplace_back([&, r] {
-      auto grid = parallel::ProcessGrid::create(*world.comms[static_cast<std::size_t>(r)], {g.dp, g.tp, g.pp});
-      ASSERT_TRUE(grid.ok()) << grid.status();
-      Profile mine = p;
-      mine.parallel.dp = g.dp;
-      auto rank_dev = host();
-      TrainerOptions o;
-      o.dp = g.dp > 1 ? &(*grid)->dp() : nullptr;
-      o.tp = g.tp > 1 ? &(*grid)->tp() : nullptr;
-      o.pp = &(*grid)->pp();
-      auto t = Trainer::create(mine, *rank_dev, nullptr, o);
-      ASSERT_TRUE(t.ok()) << t.status();
-      const RankRun run = train(**t);
-      expect_rank_matches(run, ref, **t, whole, what + ", rank " + std::to_string(r));
-    });
-  }
-  for (auto& t : ranks) t.join();
-}
-
 const Profile& base() {
   static const Profile p = profile(1, kRowsPerRank, 16 << 10, true);
   return p;
@@ -82,45 +37,45 @@ const Profile& base() {
 
 TEST(TrainerPipeline, TwoStagesEqualTheOneRankRunWithEverySchedule) {
   using S = PipelineSchedule;
-  expect_pipeline_matches({1, 1, 2}, pp_profile(base(), 2, S::kGPipe, 4), "pp 2, gpipe");
-  expect_pipeline_matches({1, 1, 2}, pp_profile(base(), 2, S::k1F1B, 4), "pp 2, 1f1b");
-  expect_pipeline_matches({1, 1, 2}, pp_profile(base(), 2, S::k1F1B, 3), "pp 2, 1f1b, 3 micro-batches");
-  expect_pipeline_matches({1, 1, 2}, pp_profile(base(), 2, S::kInterleaved, 4, 2), "pp 2, interleaved x 2");
-  expect_pipeline_matches({1, 1, 2}, pp_profile(base(), 2, S::kZbH1, 4), "pp 2, zb-h1");
+  expect_grid_matches({1, 1, 2}, pp_profile(base(), 2, S::kGPipe, 4), "pp 2, gpipe");
+  expect_grid_matches({1, 1, 2}, pp_profile(base(), 2, S::k1F1B, 4), "pp 2, 1f1b");
+  expect_grid_matches({1, 1, 2}, pp_profile(base(), 2, S::k1F1B, 3), "pp 2, 1f1b, 3 micro-batches");
+  expect_grid_matches({1, 1, 2}, pp_profile(base(), 2, S::kInterleaved, 4, 2), "pp 2, interleaved x 2");
+  expect_grid_matches({1, 1, 2}, pp_profile(base(), 2, S::kZbH1, 4), "pp 2, zb-h1");
   Profile recompute = pp_profile(base(), 2, S::kInterleaved, 4, 2);
   recompute.activation.checkpointing = true;
-  expect_pipeline_matches({1, 1, 2}, recompute, "pp 2, interleaved x 2, activation checkpointing");
+  expect_grid_matches({1, 1, 2}, recompute, "pp 2, interleaved x 2, activation checkpointing");
 }
 
 TEST(TrainerPipeline, FourStagesEqualTheOneRankRunWithEverySchedule) {
   using S = PipelineSchedule;
-  expect_pipeline_matches({1, 1, 4}, pp_profile(base(), 4, S::kGPipe, 4), "pp 4, gpipe");
-  expect_pipeline_matches({1, 1, 4}, pp_profile(base(), 4, S::k1F1B, 5), "pp 4, 1f1b, 5 micro-batches");
+  expect_grid_matches({1, 1, 4}, pp_profile(base(), 4, S::kGPipe, 4), "pp 4, gpipe");
+  expect_grid_matches({1, 1, 4}, pp_profile(base(), 4, S::k1F1B, 5), "pp 4, 1f1b, 5 micro-batches");
   // Two chunks on each of four stages: 8 parts of one block.
-  expect_pipeline_matches({1, 1, 4}, pp_profile(base(), 4, S::kInterleaved, 4, 2, 8), "pp 4, interleaved x 2");
-  expect_pipeline_matches({1, 1, 4}, pp_profile(base(), 4, S::kZbH1, 4), "pp 4, zb-h1");
+  expect_grid_matches({1, 1, 4}, pp_profile(base(), 4, S::kInterleaved, 4, 2, 8), "pp 4, interleaved x 2");
+  expect_grid_matches({1, 1, 4}, pp_profile(base(), 4, S::kZbH1, 4), "pp 4, zb-h1");
 }
 
 TEST(TrainerPipeline, ComposesWithDataParallelZeroAndOffload) {
   offload::testing::ScratchDir swap;
   for (int stage : {0, 1, 2}) {
     for (OffloadTarget target : {OffloadTarget::kNone, OffloadTarget::kNvme}) {
-      expect_pipeline_matches({2, 1, 2}, pp_profile(zero_profile(stage, target, swap.path()), 2, PipelineSchedule::k1F1B, 4),
+      expect_grid_matches({2, 1, 2}, pp_profile(zero_profile(stage, target, swap.path()), 2, PipelineSchedule::k1F1B, 4),
                               "pp 2 x dp 2, stage " + std::to_string(stage) + ", optimizer " + target_name(target));
     }
   }
-  expect_pipeline_matches({2, 1, 2}, pp_profile(zero_profile(2, OffloadTarget::kCpu, swap.path()), 2, PipelineSchedule::kZbH1, 4),
+  expect_grid_matches({2, 1, 2}, pp_profile(zero_profile(2, OffloadTarget::kCpu, swap.path()), 2, PipelineSchedule::kZbH1, 4),
                           "pp 2 x dp 2, zb-h1, stage 2, optimizer cpu");
 }
 
 TEST(TrainerPipeline, ComposesWithTensorParallelism) {
   Profile p = pp_profile(base(), 2, PipelineSchedule::kInterleaved, 4, 2);
   p.train.dims.vocab = 257;
-  expect_pipeline_matches({1, 2, 2}, p, "pp 2 x tp 2, interleaved x 2");
+  expect_grid_matches({1, 2, 2}, p, "pp 2 x tp 2, interleaved x 2");
   p.parallel.sequence_parallel = true;
   p.parallel.schedule = PipelineSchedule::kZbH1;
   p.parallel.virtual_stages = 1;
-  expect_pipeline_matches({1, 2, 2}, p, "pp 2 x tp 2, sequence parallel, zb-h1");
+  expect_grid_matches({1, 2, 2}, p, "pp 2 x tp 2, sequence parallel, zb-h1");
 }
 
 // ZeRO-3 under a pipeline: the parameters gathered per module use, kept through the step's
@@ -132,15 +87,15 @@ TEST(TrainerPipeline, ZeroStage3GathersAlongTheSchedule) {
   const auto s3 = [&](OffloadTarget opt, OffloadTarget params) {
     return pp_profile(zero3_profile(opt, swap.path(), params), 2, PipelineSchedule::k1F1B, 4);
   };
-  expect_pipeline_matches({2, 1, 2}, s3(OffloadTarget::kNone, OffloadTarget::kNone), "pp 2 x dp 2, stage 3");
-  expect_pipeline_matches({2, 1, 2}, s3(OffloadTarget::kNvme, OffloadTarget::kNone), "pp 2 x dp 2, stage 3, optimizer on nvme");
-  expect_pipeline_matches({2, 1, 2}, s3(OffloadTarget::kCpu, OffloadTarget::kCpu), "pp 2 x dp 2, stage 3, parameters on cpu");
-  expect_pipeline_matches({2, 1, 2}, s3(OffloadTarget::kNvme, OffloadTarget::kNvme),
+  expect_grid_matches({2, 1, 2}, s3(OffloadTarget::kNone, OffloadTarget::kNone), "pp 2 x dp 2, stage 3");
+  expect_grid_matches({2, 1, 2}, s3(OffloadTarget::kNvme, OffloadTarget::kNone), "pp 2 x dp 2, stage 3, optimizer on nvme");
+  expect_grid_matches({2, 1, 2}, s3(OffloadTarget::kCpu, OffloadTarget::kCpu), "pp 2 x dp 2, stage 3, parameters on cpu");
+  expect_grid_matches({2, 1, 2}, s3(OffloadTarget::kNvme, OffloadTarget::kNvme),
                           "pp 2 x dp 2, stage 3, parameters and optimizer on nvme");
   Profile zb = s3(OffloadTarget::kNone, OffloadTarget::kNone);
   zb.parallel.schedule = PipelineSchedule::kInterleaved;
   zb.parallel.virtual_stages = 2;
-  expect_pipeline_matches({2, 1, 2}, zb, "pp 2 x dp 2, stage 3, interleaved x 2");
+  expect_grid_matches({2, 1, 2}, zb, "pp 2 x dp 2, stage 3, interleaved x 2");
 }
 
 // Gathers per step (the third, once the order is recorded) of each stage of pp 2 with ZeRO-3
