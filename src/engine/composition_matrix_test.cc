@@ -117,32 +117,15 @@ TEST_P(Matrix, EqualsTheOneRankRun) {
   ASSERT_TRUE((*ref_trainer)->export_weights(one_file).ok());
   if (c.dtype != DType::kF32) {
     // Low precision: the losses only, within 2e-2 relative (rounding in another order).
-    std::vector<std::vector<double>> losses(static_cast<std::size_t>(c.grid.ranks()));
-    LocalRanks world(c.grid.ranks());
-    std::vector<std::thread> ranks;
-    for (int r = 0; r < c.grid.ranks(); ++r) {
-      ranks.emplace_back([&, r] {
-        auto grid = parallel::ProcessGrid::create(*world.comms[static_cast<std::size_t>(r)],
-                                                  {c.grid.dp, c.grid.tp, c.grid.pp});
-        ASSERT_TRUE(grid.ok()) << grid.status();
-        Profile mine = p;
-        mine.parallel.dp = c.grid.dp;
-        mine.parallel.tp = c.grid.tp;
-        mine.parallel.pp = c.grid.pp;
-        auto rank_dev = host();
-        TrainerOptions o;
-        o.dp = c.grid.dp > 1 ? &(*grid)->dp() : nullptr;
-        o.tp = c.grid.tp > 1 ? &(*grid)->tp() : nullptr;
-        o.pp = c.grid.pp > 1 ? &(*grid)->pp() : nullptr;
-        auto t = Trainer::create(mine, *rank_dev, nullptr, o);
-        ASSERT_TRUE(t.ok()) << t.status();
-        losses[static_cast<std::size_t>(r)] = steps(**t, kMatrixSteps);
-      });
-    }
-    for (auto& t : ranks) t.join();
-    ASSERT_EQ(losses[0].size(), ref.losses.size());
+    std::vector<double> losses;
+    const std::string refused = on_grid(c.grid, p, [&](int r, Trainer& t) {
+      const std::vector<double> mine = steps(t, kMatrixSteps);
+      if (r == 0) losses = mine;
+    });
+    ASSERT_EQ(refused, "") << c.name();
+    ASSERT_EQ(losses.size(), ref.losses.size());
     for (std::size_t s = 0; s < ref.losses.size(); ++s) {
-      EXPECT_NEAR(losses[0][s], ref.losses[s], 2e-2 * ref.losses[s]) << c.name() << " step " << s + 1;
+      EXPECT_NEAR(losses[s], ref.losses[s], 2e-2 * ref.losses[s]) << c.name() << " step " << s + 1;
     }
     return;
   }

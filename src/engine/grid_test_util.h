@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <string>
 #include <thread>
@@ -66,12 +67,10 @@ inline double export_difference(const std::string& a, const std::string& b) {
   return worst;
 }
 
-// Every rank of `g` trains `p` (parallel.dp, tp and pp set from `g`) for `steps` steps and
-// matches `ref` (the one-rank run, whose tensors `whole` locates); with `export_path`, the grid
-// exports its weights there (a collective, written by global rank 0). Returns the reason the
-// trainers refused the combination at start-up (every rank the same), or "" when they ran.
-inline std::string run_grid(Grid g, Profile p, const RankRun& ref, const std::map<std::string, Span>& whole,
-                            const std::string& what, int steps = kSteps, const std::string& export_path = "") {
+// One trainer of `p` per rank of `g` (parallel.dp, tp and pp set from `g`), each on a thread
+// with its own device, `body(rank, trainer)` run on each. Returns the reason the trainers
+// refused the combination at start-up (every rank the same), or "" when they ran.
+inline std::string on_grid(Grid g, Profile p, const std::function<void(int, Trainer&)>& body) {
   p.parallel.dp = g.dp;
   p.parallel.tp = g.tp;
   p.parallel.pp = g.pp;
@@ -92,16 +91,26 @@ inline std::string run_grid(Grid g, Profile p, const RankRun& ref, const std::ma
         refused[static_cast<std::size_t>(r)] = t.status().message();
         return;
       }
-      const RankRun run = train(**t, steps);
-      expect_rank_matches(run, ref, **t, whole, what + ", rank " + std::to_string(r));
-      if (!export_path.empty()) {
-        EXPECT_TRUE((*t)->export_weights(export_path).ok()) << what;
-      }
+      body(r, **t);
     });
   }
   for (auto& t : ranks) t.join();
-  for (const std::string& why : refused) EXPECT_EQ(why, refused[0]) << what << ": the ranks disagree on starting";
+  for (const std::string& why : refused) EXPECT_EQ(why, refused[0]) << g.name() << ": the ranks disagree on starting";
   return refused[0];
+}
+
+// Every rank of `g` trains `p` for `steps` steps and matches `ref` (the one-rank run, whose
+// tensors `whole` locates); with `export_path`, the grid exports its weights there (a
+// collective, written by global rank 0). on_grid's refusal, or "".
+inline std::string run_grid(Grid g, const Profile& p, const RankRun& ref, const std::map<std::string, Span>& whole,
+                            const std::string& what, int steps = kSteps, const std::string& export_path = "") {
+  return on_grid(g, p, [&](int r, Trainer& t) {
+    const RankRun run = train(t, steps);
+    expect_rank_matches(run, ref, t, whole, what + ", rank " + std::to_string(r));
+    if (!export_path.empty()) {
+      EXPECT_TRUE(t.export_weights(export_path).ok()) << what;
+    }
+  });
 }
 
 // run_grid against the one-rank run of the same global batch, which must not refuse.
