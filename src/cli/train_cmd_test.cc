@@ -337,6 +337,28 @@ TEST(TrainCmd, PipelineRanksTrainTheOneRankModel) {
   expect_grid_trains_as_one_rank(pp2, one, "pp");
 }
 
+// The README's run of the whole grid (profiles/grid-3d.toml: 2 x 2 x 2 ranks, ZeRO-3, the
+// parameters and the optimizer state on NVMe) as eight MPI processes, three steps: the losses
+// of one rank training the same global batch with everything on the device, within 1e-6.
+TEST(TrainCmd, TheWholeGridWithEverythingOnNvmeTrainsTheOneRankModel) {
+  if (run_shell("command -v mpirun").exit_code != 0) GTEST_SKIP() << "mpirun is not installed";
+  const std::string grid = std::string(STRATA_SOURCE_DIR) + "/profiles/grid-3d.toml";
+  const auto one = dir() / "grid-3d-one.toml";
+  std::ofstream(one) << "[memory]\ndevice_budget = \"512MiB\"\n[optimizer]\ntype = \"adamw\"\nlr = 0.001\n"
+                        "weight_decay = 0.0\ngrad_clip = 1.0\n[train]\nmodel = \"default\"\nmicro_batch = 4\n"
+                        "grad_accum = 2\nseed = 1234\n";
+  const std::string log8 = (dir() / "grid-3d.jsonl").string(), log1 = (dir() / "grid-3d-one.jsonl").string();
+  CliRun m = run_shell("mpirun --allow-run-as-root --oversubscribe -x ASAN_OPTIONS=detect_leaks=0 -n 8 " +
+                       std::string(STRATA_CLI_PATH) + " train --profile " + grid + " --steps 3 --log-json " + log8);
+  ASSERT_EQ(m.exit_code, 0) << m.out;
+  ASSERT_EQ(run("train --profile " + one.string() + " --steps 3 --log-json " + log1).exit_code, 0);
+  const std::vector<double> l8 = logged_losses(log8), l1 = logged_losses(log1);
+  ASSERT_EQ(l8.size(), 3u);
+  ASSERT_EQ(l1.size(), 3u);
+  for (std::size_t i = 0; i < 3; ++i) EXPECT_NEAR(l8[i], l1[i], 1e-6 * l1[i]) << "step " << i + 1;
+  EXPECT_LT(l8.back(), l8.front()) << "the loss falls";
+}
+
 // `strata checkpoint info` names the grid that saved a checkpoint and what it holds; `verify`
 // passes it, and fails naming the file once one byte of it changes.
 TEST(TrainCmd, CheckpointInfoNamesTheGridAndVerifyFindsACorruptFile) {
