@@ -48,7 +48,8 @@ class ProcessGrid;
 class Engine {
  public:
   // The rank's device (`device`: a create_device() backend name, sized by profile.memory) and
-  // trainer. profile.parallel.dp must be the communicator's size.
+  // trainer. The grid's dp x tp x pp must be the communicator's size. The rank runs
+  // profile.for_rank(rank, rank within its node): its own swap paths where they hold {rank}.
   // REQUIRES: comm, when given, outlives the engine.
   static Result<std::unique_ptr<Engine>> create(const Profile& profile, Communicator* comm = nullptr,
                                                 std::string_view device = "host");

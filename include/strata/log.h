@@ -32,6 +32,8 @@ void set_log_sink(LogSink sink);
 // process under MPI); -1 clears it.
 void set_log_process_rank(int rank);
 void set_log_thread_rank(int rank);
+// The rank the calling thread's lines carry; -1 when none.
+int log_rank();
 
 // True the first time it is called with `key` in this process.
 bool log_first_time(std::string_view key);

@@ -37,7 +37,11 @@ struct MemoryConfig {
 
 struct OptimizerOffloadConfig {
   OffloadTarget device = OffloadTarget::kNone;    // where fp32 master weights and moments live
-  std::vector<std::string> nvme_path;             // swap directories; several stripe across drives
+  // Swap directories; several stripe across drives. "{rank}" and "{local_rank}" in a path
+  // stand for the global rank and the rank within its node (Profile::for_rank), e.g.
+  // "/mnt/nvme{local_rank}/strata" gives each rank of a node its own drive. Each rank makes its
+  // own private directory in each path, so ranks may share one.
+  std::vector<std::string> nvme_path;
   bool pin_memory = true;                         // page-lock host buffers
   int buffer_count = 4;                           // pinned staging buffers for the NVMe pipeline
   std::uint64_t buffer_size = 8ULL << 20;         // bytes of state per buffer (one chunk of the pipeline)
@@ -51,7 +55,7 @@ struct OptimizerOffloadConfig {
 
 struct ParamOffloadConfig {
   OffloadTarget device = OffloadTarget::kNone;    // where parameters live between uses
-  std::vector<std::string> nvme_path;
+  std::vector<std::string> nvme_path;             // as offload.optimizer.nvme_path
   std::uint64_t max_in_cpu = 1ULL << 30;          // bytes of parameters kept in host RAM with nvme
   int buffer_count = 5;                           // pinned staging buffers for parameters
   std::uint64_t buffer_size = 64ULL << 20;        // bytes per staging buffer
@@ -201,6 +205,10 @@ struct Profile {
   // default) rather than ignored. Runs at the start of every run; `strata profile check`
   // reports it too. The loaders do not call it, so a profile for a later build still loads.
   Status check_available() const;
+
+  // The profile as one rank runs it: "{rank}" and "{local_rank}" in the nvme_path entries
+  // replaced by `rank` and `local_rank` (Engine::create does this for each rank).
+  Profile for_rank(int rank, int local_rank) const;
 };
 
 // The keys a profile accepts and documents that nothing in this build reads yet (they belong

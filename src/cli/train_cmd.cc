@@ -104,9 +104,12 @@ cxxopts::Options train_options() {
   return opts;
 }
 
-// Prints "strata train: [what: ]status" and gives back `code`.
+// Prints "strata train: [rank R: ][what: ]status" (the rank in a job of several) and gives
+// back `code`.
 int fail(int code, const Status& st, const std::string& what = {}) {
-  std::cerr << "strata train: " << (what.empty() ? "" : what + ": ") << st << "\n";
+  const int rank = log_rank();
+  std::cerr << "strata train: " << (rank >= 0 ? "rank " + std::to_string(rank) + ": " : "")
+            << (what.empty() ? "" : what + ": ") << st << "\n";
   return code;
 }
 

@@ -83,13 +83,14 @@ thread_local int t_thread_rank = -1;
 
 void set_log_process_rank(int rank) { g_process_rank.store(rank); }
 void set_log_thread_rank(int rank) { t_thread_rank = rank; }
+int log_rank() { return t_thread_rank >= 0 ? t_thread_rank : g_process_rank.load(); }
 
 namespace detail {
 
 LogLine::LogLine(LogLevel level, const char* file, int line) : level_(level) {
   double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - g_start).count();
   const char* base = std::strrchr(file, '/');
-  const int rank = t_thread_rank >= 0 ? t_thread_rank : g_process_rank.load();
+  const int rank = log_rank();
   char who[16] = "";
   if (rank >= 0) std::snprintf(who, sizeof who, " r%d", rank);
   char head[176];

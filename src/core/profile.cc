@@ -63,7 +63,37 @@ constexpr Preset kPresets[] = {
     {"4b", {34, 24, 3072, 50257, 1024}},
     {"7b", {32, 32, 4096, 50257, 2048}},
 };
+
+// The first "{...}" of a swap path that is not one of the rank placeholders; empty when none.
+std::string unknown_placeholder(const std::string& path) {
+  for (std::size_t open = path.find('{'); open != std::string::npos; open = path.find('{', open + 1)) {
+    const std::size_t close = path.find('}', open);
+    std::string word = close == std::string::npos ? path.substr(open) : path.substr(open, close - open + 1);
+    if (word != "{rank}" && word != "{local_rank}") return word;
+  }
+  return {};
+}
+
+void replace_all(std::string& s, std::string_view from, const std::string& to) {
+  for (std::size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) {
+    s.replace(at, from.size(), to);
+  }
+}
+
+void expand_rank_paths(std::vector<std::string>& paths, int rank, int local_rank) {
+  for (std::string& path : paths) {
+    replace_all(path, "{rank}", std::to_string(rank));
+    replace_all(path, "{local_rank}", std::to_string(local_rank));
+  }
+}
 }  // namespace
+
+Profile Profile::for_rank(int rank, int local_rank) const {
+  Profile p = *this;
+  expand_rank_paths(p.offload_optimizer.nvme_path, rank, local_rank);
+  expand_rank_paths(p.offload_param.nvme_path, rank, local_rank);
+  return p;
+}
 
 bool model_preset(std::string_view name, ModelDims* out) {
   for (const Preset& p : kPresets) {
@@ -91,6 +121,15 @@ std::vector<FieldError> validate_fields(const Profile& p) {
     fail("offload.optimizer.nvme_path",
          "required when offload.optimizer.device = \"nvme\": give one directory per drive, e.g. nvme_path = \"/mnt/nvme0/strata\"");
   }
+  auto check_placeholders = [&](const char* key, const std::vector<std::string>& paths) {
+    for (const std::string& path : paths) {
+      if (std::string word = unknown_placeholder(path); !word.empty()) {
+        fail(key, "'" + path + "' holds '" + word + "'; the placeholders a swap path may hold are {rank} and {local_rank}");
+      }
+    }
+  };
+  check_placeholders("offload.optimizer.nvme_path", p.offload_optimizer.nvme_path);
+  check_placeholders("offload.param.nvme_path", p.offload_param.nvme_path);
   if (p.offload_optimizer.delayed_update && p.offload_optimizer.device == OffloadTarget::kNone) {
     fail("offload.optimizer.delayed_update",
          "the delayed update runs the offloaded optimizer behind the next step: it needs offload.optimizer.device = "
@@ -421,6 +460,8 @@ host_device_bandwidth = "0"
 # Where fp32 master weights and Adam moments live: "none" (device), "cpu" (pinned host), "nvme".
 device = "none"
 # Swap directories for device = "nvme": one string, or a list to stripe over several drives.
+# "{rank}" and "{local_rank}" in a path stand for the rank and its place on its node, e.g.
+# "/mnt/nvme{local_rank}/strata" for a drive per rank; ranks may also share a directory.
 nvme_path = []
 # Page-lock host buffers (faster copies; counted against memory.host_budget).
 pin_memory = true
@@ -446,7 +487,7 @@ delayed_update_warmup = 40
 # Where parameters live between uses: "none", "cpu" (the offloaded optimizer's pinned
 # weights) or "nvme" (a swap of their own); both need zero.stage = 3 and an offloaded optimizer.
 device = "none"
-# With "nvme": one swap directory per drive.
+# With "nvme": one swap directory per drive ({rank} and {local_rank} as above).
 nvme_path = []
 # With "nvme": the most parameter bytes read from NVMe into host memory ahead of their gathers.
 max_in_cpu = "1GiB"

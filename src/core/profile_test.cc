@@ -117,6 +117,25 @@ nvme_path = "/tmp/swap"
   EXPECT_EQ(p.offload_optimizer.nvme_path[0], "/tmp/swap");
 }
 
+TEST(Profile, RankPlaceholdersInSwapPathsGiveEachRankItsOwn) {
+  Profile p = parse_toml(R"(
+[zero]
+stage = 3
+[offload.optimizer]
+device = "nvme"
+nvme_path = ["/mnt/nvme{local_rank}/opt", "/tmp/r{rank}-{rank}"]
+[offload.param]
+device = "nvme"
+nvme_path = "/tmp/params"
+)");
+  const Profile mine = p.for_rank(13, 5);
+  EXPECT_EQ(mine.offload_optimizer.nvme_path, (std::vector<std::string>{"/mnt/nvme5/opt", "/tmp/r13-13"}));
+  EXPECT_EQ(mine.offload_param.nvme_path, (std::vector<std::string>{"/tmp/params"}));
+  Profile expected = p;
+  expected.offload_optimizer.nvme_path = mine.offload_optimizer.nvme_path;
+  EXPECT_EQ(mine, expected);  // nothing else changes
+}
+
 // One test per error class, with the exact message.
 TEST(ProfileErrors, UnknownKeySuggestsNearest) {
   EXPECT_EQ(toml_error("[memory]\ndevice_budgte = \"1GiB\"\n"),
@@ -173,6 +192,9 @@ TEST(ProfileErrors, ImpossibleCombinations) {
   EXPECT_EQ(toml_error("[offload.optimizer]\ndevice = \"nvme\"\n"),
             "bad.toml:1:1: offload.optimizer.nvme_path: required when offload.optimizer.device = \"nvme\": give one directory "
             "per drive, e.g. nvme_path = \"/mnt/nvme0/strata\"");
+  EXPECT_EQ(toml_error("[offload.param]\nnvme_path = \"/mnt/nvme{node}\"\n"),
+            "bad.toml:2:13: offload.param.nvme_path: '/mnt/nvme{node}' holds '{node}'; the placeholders a swap path may "
+            "hold are {rank} and {local_rank}");
   EXPECT_EQ(toml_error("[parallel]\npp = 3\n"),
             "bad.toml:1:1: parallel.virtual_stages: pp x virtual_stages = 3 does not divide train.n_layer = 4");
   EXPECT_NE(toml_error("[parallel]\npp = 2\nschedule = \"zb-h1\"\n[activation]\ncheckpointing = true\n[train]\ngrad_accum = 2\n")

@@ -2,11 +2,23 @@
 // collectives that every rank returns the same outcome from.
 #include "strata/engine.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "parallel/process_grid.h"
 
 namespace strata {
+namespace {
+
+// This rank's place among the ranks of its node: how many ranks before it share its node.
+Result<int> local_rank(Communicator& comm) {
+  std::vector<double> nodes(static_cast<std::size_t>(comm.size()), 0.0);
+  nodes[static_cast<std::size_t>(comm.rank())] = comm.node();
+  STRATA_RETURN_IF_ERROR(comm.all_reduce_host(nodes, ReduceOp::kSum));
+  return static_cast<int>(std::count(nodes.begin(), nodes.begin() + comm.rank(), static_cast<double>(comm.node())));
+}
+
+}  // namespace
 
 Result<std::unique_ptr<Engine>> Engine::create(const Profile& profile, Communicator* comm, std::string_view device) {
   std::unique_ptr<Engine> e(new Engine());
@@ -16,17 +28,22 @@ Result<std::unique_ptr<Engine>> Engine::create(const Profile& profile, Communica
     // Collective over the world, before anything can fail on one rank alone.
     STRATA_ASSIGN_OR_RETURN(e->grid_, parallel::ProcessGrid::create(*e->comm_, {g.dp, g.tp, g.pp}));
   }
+  int local = 0;
+  if (e->comm_ != nullptr) {
+    STRATA_ASSIGN_OR_RETURN(local, local_rank(*e->comm_));
+  }
+  const Profile mine = profile.for_rank(e->rank(), local);
   // Every rank learns whether every rank could start, so that none waits for a rank that
   // never arrives at the first collective.
   Status made;
-  auto dev = create_device(device, device_options(profile.memory));
+  auto dev = create_device(device, device_options(mine.memory));
   if (dev.ok()) {
     e->device_ = std::move(*dev);
     TrainerOptions options;
     options.dp = e->grid_ ? &e->grid_->dp() : e->comm_;
     options.tp = e->grid_ ? &e->grid_->tp() : nullptr;
     options.pp = e->grid_ ? &e->grid_->pp() : nullptr;
-    auto trainer = Trainer::create(profile, *e->device_, nullptr, options);
+    auto trainer = Trainer::create(mine, *e->device_, nullptr, options);
     if (trainer.ok()) e->trainer_ = std::move(*trainer);
     made = trainer.status();
   } else {
