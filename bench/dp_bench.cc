@@ -11,9 +11,10 @@
 //     stage 2 2 + (2 + 12)/N), with stage 2's gradient bucket slots and the 1 MiB staging of
 //     gathered state reads as the declared buffers;
 //   stage 3 replaces `state` by the device's model state: device bytes less activations over
-//     (v + g [unless --params cpu] + 12 or 8 [unless --optimizer cpu]) Ψ / N plus the declared
-//     buffers (gradient slots, staging, the persistent buckets and the gather window's peak, the
-//     token and loss buffers), at most 1; and
+//     ZeRO-3's device share (v + g [unless --params cpu] + 12 or 8 [unless --optimizer cpu]) Ψ / N
+//     (DataParallel::state_bytes_per_element) plus the declared buffers (Trainer::DeviceMemory:
+//     gradient slots, staging, the gather window's peak, the padding and persistent parameters
+//     beyond the share, the token and loss buffers), at most 1; and
 //     adds `prefetch`: gathers issued on demand after the first step (ceiling 0), and the share
 //     of the step the training stream waited for gathers (from timestamps the stream takes
 //     around its waits), on the plain link and on a link throttled (--throttle) so that the
@@ -60,6 +61,7 @@ struct RankResult {
   std::uint64_t sent = 0;          // bytes sent per step
   std::uint64_t grad_collectives = 0;  // gradient reductions per step (the delayed ones)
   std::uint64_t state_bytes = 0, host_state_bytes = 0, bucket_bytes = 0, activation_bytes = 0, params = 0;
+  double state_per_element = 0;    // ZeRO's device model-state bytes per parameter (Trainer::DeviceMemory)
   std::uint64_t to_device = 0;     // host-to-device bytes per step
   GatherStats first, last;         // stage 3: after the warm-up step and after the timed ones
   double stall_share = 0;          // stage 3: the stream's wait for gathers over the step time
@@ -128,16 +130,12 @@ Result<RankResult> run_rank(const DpOptions& o, Communicator* dp, std::uint64_t 
     const CommKind k = grad_kind(t->zero_stage());
     r.grad_collectives = (after.of(k).ops - before.of(k).ops) / steps - (t->zero_stage() == 0 ? 1 : 0);  // less the loss
   }
-  for (const Parameter* q : t->model().parameters()) r.params += q->numel();
-  r.activation_bytes = Gpt::activation_bytes(t->model().config(), p.train.micro_batch);
+  const Trainer::DeviceMemory memory = t->device_memory();
+  r.params = memory.elements;
+  r.activation_bytes = memory.activations;
   r.state_bytes = dev->stats().used - r.activation_bytes;
-  const Trainer::ParameterBytes pb = t->parameter_bytes();
-  r.bucket_bytes = pb.buckets + pb.staging + pb.gathered;
-  if (p.zero.stage == 3) r.bucket_bytes += r.last.persistent * dtype_size(p.precision.dtype);
-  // The token and loss buffers; an offloaded optimizer's norm scalar.
-  const auto aligned = [](std::uint64_t b) { return (b + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment; };
-  r.bucket_bytes += aligned(2ULL * static_cast<std::uint64_t>(p.train.micro_batch * p.train.dims.seq_len) * 4) + aligned(4);
-  if (p.offload_optimizer.device != OffloadTarget::kNone) r.bucket_bytes += aligned(t->optimizer().device_bytes());
+  r.bucket_bytes = memory.buffer_bytes();
+  r.state_per_element = memory.state_per_element;
   if (auto tiers = t->optimizer().tier_stats(); tiers.has_value()) {
     r.host_state_bytes = tiers->tiers[static_cast<int>(Tier::kHost)].home_bytes;
   }
@@ -194,14 +192,8 @@ Json counters_row(const RankResult& r, int n, const Profile& p) {
 }
 
 // Stage 3: what the device holds of the model state, against ZeRO-3's per-parameter share.
-Json device_state_row(const RankResult& r, int n, const Profile& p) {
-  const double N = static_cast<double>(n);
-  const double v = static_cast<double>(dtype_size(p.precision.dtype)), g = static_cast<double>(dtype_size(p.precision.grad_dtype));
-  const bool params_home = p.offload_param.device == OffloadTarget::kNone;
-  const bool optim_home = p.offload_optimizer.device == OffloadTarget::kNone;
-  const double optim = optim_home ? 8 + (p.precision.dtype == DType::kF32 ? 0 : 4) : 0;
-  // With the parameters offloaded their gradients leave the device too.
-  const double per_param = ((params_home ? v + g : 0) + optim) / N;
+Json device_state_row(const RankResult& r) {
+  const double per_param = r.state_per_element;
   const double formula = per_param * static_cast<double>(r.params);
   return {{"measure", "device_model_state_bytes"},
           {"stage", 3},
@@ -285,7 +277,7 @@ Json state_row(const RankResult& r, int n, const Profile& p) {
 }
 
 Json state_of(const RankResult& r, int n, const Profile& p) {
-  return p.zero.stage == 3 ? device_state_row(r, n, p) : state_row(r, n, p);
+  return p.zero.stage == 3 ? device_state_row(r) : state_row(r, n, p);
 }
 
 void print_row(const Json& row) {

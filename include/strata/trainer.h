@@ -28,6 +28,7 @@
 // Thread-safety: a Trainer and its optimizer are used by one thread at a time.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -386,6 +387,32 @@ class Trainer {
     std::uint64_t total() const { return values + gradients + buckets + staging + gathered; }
   };
   ParameterBytes parameter_bytes() const;
+  // This rank's device memory: the most it has held, what holds it, and ZeRO's model-state
+  // share for the stage, dtypes and homes in use (src/engine/data_parallel.h states it).
+  struct DeviceMemory {
+    std::uint64_t peak = 0;          // the device's most bytes in use since it was made
+    std::uint64_t activations = 0;   // the model's activation allocation (every pipeline slot)
+    ParameterBytes parameters;       // values, gradients and the ZeRO stage's buffers
+    // The values, gradients and optimizer state on the device, as allocated.
+    std::uint64_t model_state = 0;
+    std::uint64_t batch = 0;         // the token and loss buffers (a pipeline stage's too)
+    std::uint64_t elements = 0;      // parameter elements of the model part this rank runs
+    double state_per_element = 0;    // ZeRO's device model-state bytes per element
+    // ZeRO's model-state bytes: state_per_element x elements.
+    double formula_bytes() const { return state_per_element * static_cast<double>(elements); }
+    // What the model state takes beyond the formula: each tensor's alignment to 256 bytes in
+    // the layout, the shards' rounding, ZeRO stage 3's persistent parameters (whole on every
+    // rank) and the optimizer's scalars.
+    std::uint64_t beyond_share() const {
+      return static_cast<std::uint64_t>(std::max(0.0, static_cast<double>(model_state) - formula_bytes()));
+    }
+    // What the formula leaves out: the gradient bucket slots, the staging, the gather window's
+    // peak, beyond_share() and the batch.
+    std::uint64_t buffer_bytes() const {
+      return parameters.buckets + parameters.staging + parameters.gathered + beyond_share() + batch;
+    }
+  };
+  DeviceMemory device_memory() const;
   // ZeRO stage 3's parameter gathers since the trainer was made (all zero for other stages).
   GatherStats gather_stats() const;
   // With the parameters on NVMe (offload.param.device = "nvme"): their swap's tier figures.

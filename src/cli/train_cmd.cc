@@ -317,6 +317,39 @@ int run_steps(Rank& r, RunTotals& totals) {
   return kExitOk;
 }
 
+// Each rank's device peak: its activations, the model state against ZeRO's formula for the
+// stage and homes (Trainer::DeviceMemory) and the buffers; one line per rank, printed by
+// global rank 0. A collective of the run's ranks (`world` null: one rank).
+void print_memory(const Rank& r, Communicator* world) {
+  constexpr std::size_t kFields = 10;
+  const Trainer::DeviceMemory d = r.t.device_memory();
+  const GptConfig& c = r.t.model().config();
+  const std::size_t n = world == nullptr ? 1 : static_cast<std::size_t>(world->size());
+  const std::size_t me = world == nullptr ? 0 : static_cast<std::size_t>(world->rank());
+  const std::uint64_t buffers = d.buffer_bytes() - d.beyond_share();
+  std::vector<double> all(kFields * n, 0.0);
+  const double mine[kFields] = {static_cast<double>(r.t.dp_rank()), static_cast<double>(c.tp_rank),
+                                static_cast<double>(c.pp_rank),     static_cast<double>(d.peak),
+                                static_cast<double>(d.activations), static_cast<double>(d.model_state),
+                                d.formula_bytes(),                  static_cast<double>(d.elements),
+                                static_cast<double>(buffers),       static_cast<double>(d.parameters.gathered)};
+  std::copy(mine, mine + kFields, all.begin() + static_cast<std::ptrdiff_t>(me * kFields));
+  if (world != nullptr && !world->all_reduce_host(all, ReduceOp::kSum).ok()) return;  // a failed rank says why
+  if (!r.prints) return;
+  const auto mib = [](double b) { return fmt("%.2f", b / (1 << 20)); };
+  std::cout << "memory   device peak per rank (MiB) = activations + model state + buffers; the model state against "
+            << "ZeRO stage " << r.t.zero_stage() << "'s " << fmt("%.2f", d.state_per_element)
+            << " B per parameter for these homes and dtypes\n";
+  for (std::size_t i = 0; i < n; ++i) {
+    const double* f = all.data() + i * kFields;
+    std::cout << "  rank " << i << " (dp " << fmt("%.0f", f[0]) << " tp " << fmt("%.0f", f[1]) << " pp "
+              << fmt("%.0f", f[2]) << "): " << mib(f[3]) << " = " << mib(f[4]) << " + " << mib(f[5]) << " (formula "
+              << mib(f[6]) << " for " << fmt("%.0f", f[7]) << " parameters) + "
+              << mib(f[8]) << " (gather window " << mib(f[9]) << "); accounted " << fmt("%.3f", (f[4] + f[5] + f[8]) / f[3])
+              << "\n";
+  }
+}
+
 // The summary line, the tier statistics and --export.
 int finish_run(Rank& r, const RunTotals& totals, int code) {
   TrainRun& run = r.run;
@@ -371,6 +404,7 @@ int run_rank(TrainRun& run, std::size_t i) {
   }
   RunTotals totals;
   const int stepped = run_steps(r, totals);
+  if (stepped == kExitOk) print_memory(r, group ? comm : nullptr);
   const int code = finish_run(r, totals, stepped);
   if (code != kExitOk) return fail_rank(code, unavailable("it stopped training (its message says why)"));
   return code;

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <regex>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -357,6 +358,19 @@ TEST(TrainCmd, TheWholeGridWithEverythingOnNvmeTrainsTheOneRankModel) {
   ASSERT_EQ(l1.size(), 3u);
   for (std::size_t i = 0; i < 3; ++i) EXPECT_NEAR(l8[i], l1[i], 1e-6 * l1[i]) << "step " << i + 1;
   EXPECT_LT(l8.back(), l8.front()) << "the loss falls";
+  // Each rank's device peak: its activations, its model state (at least ZeRO-3's formula for
+  // the stage's gradient buffer, the one model state left on the device) and its buffers.
+  const std::regex line(R"(rank (\d) \(dp \d tp \d pp \d\): [0-9.]+ = [0-9.]+ \+ ([0-9.]+) \(formula ([0-9.]+) for \d+ )"
+                        R"(parameters\) \+ [0-9.]+ \(gather window [0-9.]+\); accounted ([0-9.]+))");
+  int ranks = 0;
+  for (auto it = std::sregex_iterator(m.out.begin(), m.out.end(), line); it != std::sregex_iterator(); ++it, ++ranks) {
+    const std::smatch& k = *it;
+    EXPECT_EQ(std::stoi(k[1]), ranks) << m.out;
+    EXPECT_GE(std::stod(k[2]), std::stod(k[3])) << "model state below the formula: " << k[0];
+    EXPECT_LE(std::stod(k[2]), 1.01 * std::stod(k[3])) << k[0];
+    EXPECT_EQ(k[4], "1.000") << "device memory the accounting does not know of: " << k[0];
+  }
+  EXPECT_EQ(ranks, 8) << m.out;
 }
 
 // `strata checkpoint info` names the grid that saved a checkpoint and what it holds; `verify`

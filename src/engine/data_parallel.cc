@@ -286,6 +286,18 @@ Trainer::ParameterBytes DataParallel::device_bytes() const {
   return b;
 }
 
+double DataParallel::state_bytes_per_element(const Profile& profile) const {
+  const double N = size();
+  const double v = static_cast<double>(dtype_size(value_dtype_)), g = static_cast<double>(dtype_size(grad_dtype_));
+  const bool params_home = profile.offload_param.device == OffloadTarget::kNone;
+  const double adam = profile.offload_optimizer.device != OffloadTarget::kNone ? 0.0 : value_dtype_ == DType::kF32 ? 8.0 : 12.0;
+  const double values = stage_ == 3 ? (params_home ? v / N : 0.0) : v;
+  double grads = stage_ >= 2 ? g / N : g;
+  if (stage_ == 3 && !params_home) grads = 0;
+  if (pipelined_) grads = g;
+  return values + grads + (stage_ >= 1 ? adam / N : adam);
+}
+
 Result<std::size_t> DataParallel::index_of(const Parameter& p) const {
   auto it = index_.find(&p);
   if (it == index_.end()) return internal_error("trainer: parameter '" + p.name() + "' has no storage");

@@ -79,6 +79,15 @@ class DataParallel {
   int rank() const { return dp_ == nullptr ? 0 : dp_->rank(); }
   // The ZeRO stage that runs: profile's zero.stage with more than one rank, else 0.
   int stage() const { return stage_; }
+  // ZeRO's device model-state bytes per parameter element for this stage, the profile's
+  // dtypes and homes, with size() ranks N (the ZeRO paper's accounting: weights of v bytes,
+  // gradients of g, Adam's two fp32 moments and an fp32 master unless the weights are fp32
+  // themselves): stage 0 holds all of it, stage 1 shards the optimizer state over the N
+  // ranks, stage 2 the gradients too, stage 3 the weights too. An offloaded optimizer (cpu,
+  // nvme) keeps none of its state on the device; offloaded parameters keep neither their
+  // weights nor, as their gradients leave bucket by bucket, gradients. Under a pipeline the
+  // gradients are one whole buffer of the stage's parameters, whatever the stage.
+  double state_bytes_per_element(const Profile& profile) const;
   // What this rank's optimizer owns (empty: everything).
   const OptimizerShard& shard() const { return shard_; }
   // Device bytes of the parameters' values and gradients (with stage 2's bucket slots).

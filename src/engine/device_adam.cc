@@ -139,7 +139,9 @@ class DeviceAdam final : public StepOptimizer {
   }
 
   std::int64_t updates() const override { return updates_; }
-  std::uint64_t device_bytes() const override { return master_.size() + exp_avg_.size() + exp_avg_sq_.size(); }
+  std::uint64_t device_bytes() const override {
+    return master_.size() + exp_avg_.size() + exp_avg_sq_.size() + sumsq_.device_bytes();
+  }
 
   Status read_state(const Parameter& p, OptimizerState which, std::uint64_t first, std::span<float> out) override {
     auto read = [&](const Piece& st, std::uint64_t at, std::uint64_t len) -> Status {

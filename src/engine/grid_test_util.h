@@ -99,6 +99,26 @@ inline std::string on_grid(Grid g, Profile p, const std::function<void(int, Trai
   return refused[0];
 }
 
+// The rank's device memory against ZeRO's model state for the stage and homes in use
+// (Trainer::DeviceMemory): the model state it holds is at least the formula's and at most 15 %
+// and 16 KiB above it (the small test model's alignment padding and persistent parameters),
+// and the peak less the activations is no more than the formula plus the declared buffers
+// (no device memory the accounting does not know of) and at least 0.9 of it.
+inline void expect_peak_within_formula(const Trainer& t, const std::string& what) {
+  const Trainer::DeviceMemory m = t.device_memory();
+  const double formula = m.formula_bytes();
+  const double bound = formula + static_cast<double>(m.buffer_bytes());
+  const double ratio = (static_cast<double>(m.peak) - static_cast<double>(m.activations)) / bound;
+  const std::string figures = what + ": peak " + std::to_string(m.peak) + " B, activations " +
+                              std::to_string(m.activations) + " B, model state " + std::to_string(m.model_state) +
+                              " B against " + std::to_string(formula) + " B (" + std::to_string(m.state_per_element) +
+                              " B x " + std::to_string(m.elements) + "), buffers " + std::to_string(m.buffer_bytes()) + " B";
+  EXPECT_GE(static_cast<double>(m.model_state), formula) << figures;
+  EXPECT_LE(static_cast<double>(m.model_state), 1.15 * formula + 16384) << figures;
+  EXPECT_LE(ratio, 1.0) << figures;
+  EXPECT_GE(ratio, 0.9) << figures;
+}
+
 // Every rank of `g` trains `p` for `steps` steps and matches `ref` (the one-rank run, whose
 // tensors `whole` locates); with `export_path`, the grid exports its weights there (a
 // collective, written by global rank 0). on_grid's refusal, or "".
@@ -107,6 +127,7 @@ inline std::string run_grid(Grid g, const Profile& p, const RankRun& ref, const 
   return on_grid(g, p, [&](int r, Trainer& t) {
     const RankRun run = train(t, steps);
     expect_rank_matches(run, ref, t, whole, what + ", rank " + std::to_string(r));
+    expect_peak_within_formula(t, what + ", rank " + std::to_string(r));
     if (!export_path.empty()) {
       EXPECT_TRUE(t.export_weights(export_path).ok()) << what;
     }

@@ -70,6 +70,8 @@ class PipelineStage {
 
   // The activation slots the model must be prepared with.
   const StageSlots& slots() const { return slots_; }
+  // Device bytes of the step's token buffers (every micro-batch's tokens and targets).
+  std::uint64_t batch_bytes() const { return batches_.size(); }
   const pipeline::Schedule& schedule() const { return schedule_; }
   int stage() const { return stage_; }
 

@@ -329,6 +329,21 @@ int Trainer::dp_rank() const { return impl_->dp->rank(); }
 int Trainer::dp_size() const { return impl_->dp->size(); }
 int Trainer::zero_stage() const { return impl_->dp->stage(); }
 Trainer::ParameterBytes Trainer::parameter_bytes() const { return impl_->dp->device_bytes(); }
+Trainer::DeviceMemory Trainer::device_memory() const {
+  const Impl& m = *impl_;
+  DeviceMemory d;
+  d.peak = m.device->stats().peak_used;
+  d.activations = Gpt::activation_bytes(m.model->config(), m.profile.train.micro_batch,
+                                        m.stage != nullptr ? m.stage->slots() : StageSlots{});
+  d.parameters = m.dp->device_bytes();
+  const auto aligned = [](std::uint64_t b) { return (b + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment; };
+  d.batch = aligned(m.tokens.size()) + aligned(m.loss.size()) + (m.stage != nullptr ? aligned(m.stage->batch_bytes()) : 0);
+  for (const Parameter* p : m.model->parameters()) d.elements += p->numel();
+  d.state_per_element = m.dp->state_bytes_per_element(m.profile);
+  d.model_state = d.parameters.values + d.parameters.gradients + aligned(m.opt->device_bytes());
+  return d;
+}
+
 GatherStats Trainer::gather_stats() const { return impl_->dp->gather_stats(); }
 std::optional<TierStats> Trainer::parameter_tier_stats() const {
   const engine::ValueSwap* swap = impl_->opt->value_swap();
