@@ -28,16 +28,11 @@ fi
 
 work=$(mktemp -d)
 trap 'pkill -9 -f "$work/" 2>/dev/null || true; umount "$work/swap-5" 2>/dev/null || true; rm -rf "$work"' EXIT
-fail() { echo "FAILED: $*"; exit 1; }
+source "$(dirname "$0")/grid_test_lib.sh"
 for r in 0 1 2 3 4 5 6 7; do mkdir "$work/swap-$r"; done
 mount -t tmpfs -o size=32M tmpfs "$work/swap-5" || { echo "SKIPPED: cannot mount a tmpfs"; exit 77; }
-launch() {
-  mpirun --allow-run-as-root --oversubscribe -x ASAN_OPTIONS=detect_leaks=0 -n 8 "$strata" train \
-    --profile "$work/grid.toml" "$@"
-}
 sed -e "s|^nvme_path = .*|nvme_path = \"$work/swap-{rank}\"|" \
     -e "s|^steps = .*|steps = 12\ncheckpoint_every = 4\ncheckpoint_dir = \"$work/ck\"|" "$profile" > "$work/grid.toml"
-losses() { sed -n 's/.*"step":\([0-9]*\),.*"loss":\([-0-9.e]*\).*/\1 \2/p' "$1"; }
 
 # 1. The disk fills mid-run.
 launch --log-json "$work/whole.jsonl" > "$work/whole.out" 2>&1 &
@@ -67,8 +62,7 @@ expect_refused() {  # NAME STATUS OUTPUT
   echo "$1 refused, exit status $2: $(grep -m1 -o "rank 5: .*free" "$3")"
 }
 status=0
-timeout 300 mpirun --allow-run-as-root --oversubscribe -x ASAN_OPTIONS=detect_leaks=0 -n 8 "$strata" train \
-  --profile "$work/grid.toml" --resume "$resume" > "$work/full.out" 2>&1 || status=$?
+launch --resume "$resume" > "$work/full.out" 2>&1 || status=$?
 expect_refused "8 processes" "$status" "$work/full.out"
 ! pgrep -f "$work/grid.toml" > /dev/null || fail "ranks are still running after the job ended"
 status=0
@@ -81,12 +75,5 @@ expect_refused "8 threads" "$status" "$work/threads.out"
 rm "$work/swap-5"/filler*
 launch --resume "$resume" --log-json "$work/resumed.jsonl" > "$work/resumed.out" 2>&1 ||
   fail "the resumed run failed: $(tail -5 "$work/resumed.out")"
-expected=$(losses "$work/whole.jsonl" | awk '$1 > 8')
-got=$(losses "$work/resumed.jsonl")
-[ -n "$got" ] || fail "the resumed run logged no steps"
-[ "$got" = "$expected" ] || fail "the resumed losses differ from the uninterrupted run's:
-resumed:
-$got
-uninterrupted:
-$expected"
-echo "with the disk freed, resumed from step 8: $(echo "$got" | wc -l) steps equal to the uninterrupted run's"
+echo -n "with the disk freed, "
+expect_resumed_losses "$work/whole.jsonl" "$work/resumed.jsonl" 8

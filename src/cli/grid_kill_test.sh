@@ -16,11 +16,7 @@ command -v mpirun >/dev/null || { echo "SKIPPED: mpirun (openmpi-bin) is not ins
 
 work=$(mktemp -d)
 trap 'pkill -9 -f "$work/" 2>/dev/null || true; rm -rf "$work"' EXIT
-fail() { echo "FAILED: $*"; exit 1; }
-launch() {
-  mpirun --allow-run-as-root --oversubscribe -x ASAN_OPTIONS=detect_leaks=0 -n 8 "$strata" train \
-    --profile "$work/grid.toml" "$@"
-}
+source "$(dirname "$0")/grid_test_lib.sh"
 # The profile with a checkpoint every 4 of 12 steps (its own copy, so that its path names the job).
 sed -e "s|^steps = .*|steps = 12\ncheckpoint_every = 4\ncheckpoint_dir = \"$work/ck\"|" "$profile" > "$work/grid.toml"
 
@@ -51,13 +47,4 @@ echo "the job ended $took s after the kill, exit status $status: $(grep -m1 'exi
 last=$("$strata" checkpoint info "$work/ck" --json | sed -n 's/^ *"step": \([0-9]*\),*$/\1/p' | head -1)
 launch --checkpoint-dir "$work/ck" --resume "$work/ck" --log-json "$work/resumed.jsonl" > "$work/resumed.out" 2>&1 ||
   fail "the resumed run failed: $(tail -5 "$work/resumed.out")"
-losses() { sed -n 's/.*"step":\([0-9]*\),.*"loss":\([-0-9.e]*\).*/\1 \2/p' "$1"; }
-expected=$(losses "$work/whole.jsonl" | awk -v s="$last" '$1 > s')
-got=$(losses "$work/resumed.jsonl")
-[ -n "$got" ] || fail "the resumed run logged no steps"
-[ "$got" = "$expected" ] || fail "the resumed losses differ from the uninterrupted run's:
-resumed:
-$got
-uninterrupted:
-$expected"
-echo "resumed from step $last: $(echo "$got" | wc -l) steps equal to the uninterrupted run's"
+expect_resumed_losses "$work/whole.jsonl" "$work/resumed.jsonl" "$last"

@@ -392,9 +392,12 @@ int run_rank(TrainRun& run, std::size_t i) {
   };
   auto engine = Engine::create(run.profile, group ? comm : nullptr, run.args["device"].as<std::string>());
   if (!engine.ok()) {
+    // What the machine lacks (memory, disk space, working I/O) or a bug fails the run; the
+    // rest is the profile's or the command line's to fix.
     const StatusCode c = engine.status().code();
-    const int code = fail(c == StatusCode::kOutOfMemory || c == StatusCode::kInternal ? kExitFailed : kExitUsage,
-                          engine.status());
+    const bool machine = c == StatusCode::kOutOfMemory || c == StatusCode::kOutOfSpace || c == StatusCode::kIoError ||
+                         c == StatusCode::kDataCorruption || c == StatusCode::kInternal;
+    const int code = fail(machine ? kExitFailed : kExitUsage, engine.status());
     return fail_rank(code, engine.status());
   }
   Rank r{run, **engine, (*engine)->device(), (*engine)->trainer(), comm->rank() == 0};
