@@ -76,7 +76,7 @@ class Engine {
  private:
   Engine() = default;
   // Every rank's `mine`, agreed: OK on every rank, or on every rank the error of the lowest
-  // failing rank (its own message on that rank).
+  // failing rank (its own message on that rank; its status code and rank on the others).
   Status agree(const Status& mine, const std::string& what);
 
   // `mine`, or every rank's agreed failure (agree()).

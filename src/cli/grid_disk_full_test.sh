@@ -57,6 +57,7 @@ resume="$work/ck/step-00000008"
 expect_refused() {  # NAME STATUS OUTPUT
   [ "$2" -ne 0 ] || fail "$1: exited 0 with rank 5's swap disk full"
   [ "$2" -ne 124 ] || fail "$1: still running after 300 s"
+  [ "$2" -eq 1 ] || fail "$1: exit status $2, not 1 (a rank short of disk space fails the run)"
   grep -q "rank 5: .*out of space.*'$work/swap-5'" "$3" || fail "$1: no error names rank 5 and its path: $(tail -5 "$3")"
   [ "$(grep -c 'failed on rank 5' "$3")" -ge 7 ] || fail "$1: not every other rank names rank 5 as the cause: $(tail -5 "$3")"
   echo "$1 refused, exit status $2: $(grep -m1 -o "rank 5: .*free" "$3")"

@@ -67,13 +67,14 @@ Status Engine::synchronize() { return trainer_->optimizer().synchronize(); }
 
 Status Engine::agree(const Status& mine, const std::string& what) {
   if (comm_ == nullptr) return mine;
-  std::vector<double> failed(static_cast<std::size_t>(comm_->size()), 0.0);
-  failed[static_cast<std::size_t>(comm_->rank())] = mine.ok() ? 0.0 : 1.0;
-  STRATA_RETURN_IF_ERROR(comm_->all_reduce_host(failed, ReduceOp::kSum));
-  for (std::size_t r = 0; r < failed.size(); ++r) {
-    if (failed[r] == 0) continue;
+  // Each rank's status code (0: OK), so that every rank fails with the failing rank's kind.
+  std::vector<double> codes(static_cast<std::size_t>(comm_->size()), 0.0);
+  codes[static_cast<std::size_t>(comm_->rank())] = static_cast<double>(mine.code());
+  STRATA_RETURN_IF_ERROR(comm_->all_reduce_host(codes, ReduceOp::kSum));
+  for (std::size_t r = 0; r < codes.size(); ++r) {
+    if (codes[r] == 0) continue;
     if (!mine.ok()) return mine;
-    return unavailable(what + " failed on rank " + std::to_string(r) + " (its message says why)");
+    return Status(static_cast<StatusCode>(codes[r]), what + " failed on rank " + std::to_string(r) + " (its message says why)");
   }
   return Status::OK();
 }

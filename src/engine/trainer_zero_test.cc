@@ -258,6 +258,7 @@ TEST(TrainerZero, EnginesAgreeOnSavesAndExports) {
     EXPECT_FALSE(bad[0].ok()) << what;
     ASSERT_FALSE(bad[1].ok()) << what;
     EXPECT_NE(bad[1].message().find("failed on rank 0"), std::string::npos) << what << ": " << bad[1];
+    EXPECT_EQ(bad[1].code(), bad[0].code()) << what << ": every rank fails with the failing rank's kind";
     EXPECT_TRUE(good[0].ok() && good[1].ok()) << what << ": " << good[0] << " / " << good[1];
     EXPECT_TRUE(std::filesystem::exists(out.path() + "/stage" + std::to_string(stage) + "-w.safetensors")) << what;
   }
