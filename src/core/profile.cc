@@ -1,5 +1,6 @@
 // Profile: names, presets, cross-field validation and the normalised TOML/JSON writers.
 // Parsing lives in profile_io.cc.
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <sstream>
@@ -64,12 +65,17 @@ constexpr Preset kPresets[] = {
     {"7b", {32, 32, 4096, 50257, 2048}},
 };
 
-// The first "{...}" of a swap path that is not one of the rank placeholders; empty when none.
+// What a swap path may hold, in the order Profile::for_rank() takes their values.
+constexpr std::string_view kRankPlaceholders[] = {"{rank}", "{local_rank}"};
+
+// The first "{...}" of a swap path that is not one of kRankPlaceholders; empty when none.
 std::string unknown_placeholder(const std::string& path) {
   for (std::size_t open = path.find('{'); open != std::string::npos; open = path.find('{', open + 1)) {
     const std::size_t close = path.find('}', open);
     std::string word = close == std::string::npos ? path.substr(open) : path.substr(open, close - open + 1);
-    if (word != "{rank}" && word != "{local_rank}") return word;
+    if (std::find(std::begin(kRankPlaceholders), std::end(kRankPlaceholders), word) == std::end(kRankPlaceholders)) {
+      return word;
+    }
   }
   return {};
 }
@@ -81,9 +87,11 @@ void replace_all(std::string& s, std::string_view from, const std::string& to) {
 }
 
 void expand_rank_paths(std::vector<std::string>& paths, int rank, int local_rank) {
+  const int values[] = {rank, local_rank};
   for (std::string& path : paths) {
-    replace_all(path, "{rank}", std::to_string(rank));
-    replace_all(path, "{local_rank}", std::to_string(local_rank));
+    for (std::size_t i = 0; i < std::size(kRankPlaceholders); ++i) {
+      replace_all(path, kRankPlaceholders[i], std::to_string(values[i]));
+    }
   }
 }
 }  // namespace
